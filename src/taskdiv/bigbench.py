@@ -1,0 +1,276 @@
+"""BIG-bench as a pool source: the task.json files of the `bigbench==1.0.0` sdist.
+
+The sdist is fetched once with `pip download --no-deps` (it is never installed: its
+dependencies are heavy) and its task.json files are extracted into the cache
+(`taskdiv.fileio.cache_dir`). Set TASKDIV_BIGBENCH to an extracted
+`benchmark_tasks` directory or to the sdist tarball to use a local copy.
+
+Each example becomes one prompt formatted the way BIG-bench formats it (the task's
+own `task_prefix`, `example_input_prefix`, `choice_prefix`, `example_output_prefix`,
+choices appended in a seeded order), with:
+    task      the task name, `task/subtask` for subtasks
+    response  the target; for multiple choice the highest-scoring choice
+    choices   the options (multiple-choice tasks only)
+    targets   the accepted answers (every top-scoring choice, or every target)
+
+Each task is split deterministically into a held-out test part and a pool part:
+examples are ordered by a seeded hash of their input (identical inputs land on the
+same side) and the first `test` of them are the test part. Spec options
+(`bigbench:TASKS?key=value&...`):
+    split     pool (default) | test | all
+    test      test part per task: a fraction (<1) or a count (default 0.2; at most half)
+    max_pool  cap on the pool part per task (default: none)
+    seed      seed of the split (default 0)
+
+    python -m taskdiv.bigbench            # lists the tasks with their sizes
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import TaskdivError, unknown_name
+from .fileio import cache_dir
+
+log = logging.getLogger(__name__)
+
+VERSION = "1.0.0"
+
+# The demo preset: 30 tasks whose prompts are short (the longest median is about 350
+# characters, under 100 tokens; none near 512 tokens), chosen to vary along the axes the
+# method cares about:
+#   kind        13 yes/no, 11 multiple choice with 3 to 10 options, 6 short generative
+#               answers (arithmetic, counting, unscrambling, facts);
+#   skill       logic, arithmetic, commonsense, language, world knowledge, social;
+#   difficulty  from easy for a small model (sports_understanding, arithmetic) to near
+#               chance (logical_fallacy_detection, ruin_names), so confidence varies;
+#   size        46 to 50,000 examples, the natural skew of real task-labelled pools.
+PRESETS: dict[str, list[str]] = {
+    "demo": [
+        # yes/no
+        "sports_understanding", "navigate", "hyperbaton", "strategyqa", "implicatures",
+        "metaphor_boolean", "logical_fallacy_detection", "anachronisms", "snarks",
+        "fact_checker/fever", "winowhy", "known_unknowns", "irony_identification",
+        # multiple choice
+        "date_understanding", "ruin_names", "movie_recommendation", "intent_recognition",
+        "social_iqa", "disambiguation_qa", "emoji_movie", "elementary_math_qa/question_only",
+        "reasoning_about_colored_objects", "physical_intuition", "general_knowledge", "color/rgb",
+        # generative
+        "arithmetic/2_digit_addition", "arithmetic/3_digit_subtraction", "object_counting",
+        "word_unscrambling", "qa_wikidata",
+    ],
+    # The twelve tasks of ../shared/EXPERIMENT-NOTES.md (all multiple choice).
+    "notes12": [
+        "sports_understanding", "navigate", "hyperbaton", "logical_fallacy_detection",
+        "strategyqa", "intent_recognition", "implicatures", "movie_recommendation",
+        "date_understanding", "ruin_names", "metaphor_boolean", "social_iqa",
+    ],
+}
+
+
+def tasks_dir() -> Path:
+    """The extracted `benchmark_tasks` directory, fetching the sdist on first use."""
+    env = os.environ.get("TASKDIV_BIGBENCH")
+    if env:
+        path = Path(env)
+        if path.is_dir():
+            return path / "benchmark_tasks" if (path / "benchmark_tasks").is_dir() else path
+        if path.is_file():
+            return _extract(path)
+        raise TaskdivError(f"TASKDIV_BIGBENCH={env}: no such file or directory")
+    target = cache_dir(f"bigbench-{VERSION}") / "benchmark_tasks"
+    if (target / ".done").exists():
+        return target
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        log.warning("fetching the bigbench==%s sdist from the package registry (about 360 MB, once)", VERSION)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+               f"bigbench=={VERSION}", "-d", tmp, "--quiet"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        archives = list(Path(tmp).glob("bigbench-*.tar.gz"))
+        if proc.returncode != 0 or not archives:
+            raise TaskdivError(f"could not download bigbench=={VERSION} with pip: {proc.stderr.strip()[-500:]}"
+                               " (set TASKDIV_BIGBENCH to a local copy of the sdist)")
+        return _extract(archives[0])
+
+
+def _extract(archive: Path) -> Path:
+    """Extract the task.json files of the sdist into the cache (atomically)."""
+    target = cache_dir(f"bigbench-{VERSION}") / "benchmark_tasks"
+    if (target / ".done").exists():
+        return target
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".extract-"))
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar:
+                name = member.name
+                if not member.isfile() or not name.endswith("/task.json") or "/benchmark_tasks/" not in name:
+                    continue
+                rel = name.split("/benchmark_tasks/", 1)[1]
+                dest = staging / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(member) as src, open(dest, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        (staging / ".done").write_text(VERSION)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+@lru_cache(maxsize=4)
+def _task_files(root: Path) -> dict[str, Path]:
+    files = {}
+    for path in sorted(root.glob("*/task.json")) + sorted(root.glob("*/*/task.json")):
+        files[path.parent.relative_to(root).as_posix()] = path
+    # A task with subtasks holds no examples itself: keep the subtasks only.
+    return {name: p for name, p in files.items()
+            if not any(other.startswith(name + "/") for other in files)}
+
+
+def available_tasks() -> dict[str, Path]:
+    """Task name (or task/subtask) -> task.json path, for tasks with examples."""
+    return dict(_task_files(tasks_dir()))
+
+
+def resolve_tasks(names: list[str]) -> list[str]:
+    """Expand presets and parent tasks into task/subtask names; fail on unknown names."""
+    files = available_tasks()
+    out: list[str] = []
+    for name in names:
+        if name in PRESETS:
+            out.extend(resolve_tasks(PRESETS[name]))
+        elif name in files:
+            out.append(name)
+        elif any(t.startswith(name + "/") for t in files):
+            out.extend(t for t in files if t.startswith(name + "/"))
+        else:
+            raise unknown_name("BIG-bench task or preset", name, list(files) + list(PRESETS))
+    return list(dict.fromkeys(out))
+
+
+def read_task(name: str) -> pd.DataFrame:
+    """All examples of one task as pool rows (without the split)."""
+    path = available_tasks()[name]
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    examples = spec.get("examples") or []
+    multiple_choice = spec.get("preferred_score") == "multiple_choice_grade" or (
+        "multiple_choice_grade" in spec.get("metrics", []) and not any("target" in e for e in examples[:20]))
+    task_prefix = str(spec.get("task_prefix", ""))
+    input_prefix = spec.get("example_input_prefix", "\nQ: ")
+    output_prefix = spec.get("example_output_prefix", "\nA: ")
+    choice_prefix = spec.get("choice_prefix", "\n  choice: ")
+    append_choices = spec.get("append_choices_to_input", True)
+    rows = []
+    for index, ex in enumerate(examples):
+        text = str(ex.get("input", ""))
+        scores = ex.get("target_scores")
+        choices = targets = None
+        if multiple_choice and scores:
+            best = max(scores.values())
+            choices = list(scores)
+            targets = [c for c, s in scores.items() if s == best]
+            response = str(ex["target"]) if isinstance(ex.get("target"), str) and ex["target"] in targets \
+                else targets[0]
+            if append_choices:
+                rng = np.random.default_rng(_hash_int(f"choices:{name}:{index}"))
+                order = rng.permutation(sorted(choices))
+                text = text + choice_prefix + choice_prefix.join(order)
+        elif "target" in ex:
+            target = ex["target"]
+            targets = [str(t) for t in target] if isinstance(target, list) else [str(target)]
+            if not targets:
+                continue
+            response = targets[0]
+        else:
+            continue  # neither a target nor scores: nothing to learn or evaluate
+        prompt = (task_prefix + input_prefix + text + output_prefix).lstrip().rstrip(" ")
+        rows.append({"id": f"{name}:{index:05d}", "prompt": prompt, "task": name, "response": response,
+                     "choices": choices, "targets": targets, "_key": str(ex.get("input", ""))})
+    return pd.DataFrame(rows, columns=["id", "prompt", "task", "response", "choices", "targets", "_key"])
+
+
+def _hash_int(text: str) -> int:
+    return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "little")
+
+
+def split_task(frame: pd.DataFrame, *, test: float = 0.2, max_pool: int | None = None,
+               seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(pool part, test part) of one task's examples; see the module docstring."""
+    n = len(frame)
+    keys = [_hash_int(f"split:{seed}:{t}:{k}") for t, k in zip(frame["task"], frame["_key"])]
+    order = np.argsort(np.asarray(keys, dtype=np.uint64), kind="stable")
+    n_test = int(test) if test >= 1 else int(round(test * n))
+    n_test = min(n_test, n // 2)
+    # Identical inputs share a hash, so they sit next to each other: move the cut so
+    # that no input is on both sides.
+    sorted_keys = np.asarray(keys, dtype=np.uint64)[order]
+    while 0 < n_test < n and sorted_keys[n_test] == sorted_keys[n_test - 1]:
+        n_test += 1
+    test_part = frame.iloc[order[:n_test]]
+    pool_part = frame.iloc[order[n_test:]]
+    if max_pool is not None:
+        pool_part = pool_part.iloc[:max_pool]
+    return pool_part, test_part
+
+
+def load(tasks: list[str], *, split: str = "pool", test: float = 0.2, max_pool: int | None = None,
+         seed: int = 0) -> pd.DataFrame:
+    """Pool rows of the given tasks/presets, for one split ('pool', 'test' or 'all')."""
+    if split not in ("pool", "test", "all"):
+        raise TaskdivError(f"bigbench: split must be pool, test or all, not {split!r}")
+    parts = []
+    for name in resolve_tasks(tasks):
+        frame = read_task(name)
+        if len(frame) == 0:
+            log.warning("bigbench task %s has no usable examples; skipped", name)
+            continue
+        pool_part, test_part = split_task(frame, test=test, max_pool=max_pool, seed=seed)
+        if split in ("pool", "all"):
+            parts.append(pool_part)
+        if split in ("test", "all"):
+            parts.append(test_part)
+    if not parts:
+        raise TaskdivError(f"bigbench: no examples in {tasks}")
+    out = pd.concat(parts, ignore_index=True).drop(columns="_key")
+    if out["choices"].isna().all():
+        out = out.drop(columns="choices")
+    return out
+
+
+def load_spec(name: str, opts: dict[str, str]) -> pd.DataFrame:
+    """Load `bigbench:NAME?opts` (NAME: a preset or comma-separated tasks)."""
+    known = {"split", "test", "max_pool", "seed"}
+    unknown = set(opts) - known
+    if unknown:
+        raise TaskdivError(f"bigbench:{name}: unknown option(s) {sorted(unknown)} (known: {sorted(known)})")
+    tasks = [t for t in name.split(",") if t] or ["demo"]
+    try:
+        return load(tasks, split=opts.get("split", "pool"), test=float(opts.get("test", 0.2)),
+                    max_pool=int(opts["max_pool"]) if opts.get("max_pool") else None,
+                    seed=int(opts.get("seed", 0)))
+    except ValueError as e:
+        raise TaskdivError(f"bigbench:{name}: bad option value ({e})") from e
+
+
+def main() -> None:  # pragma: no cover - listing helper
+    for name, path in available_tasks().items():
+        print(name, path)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,131 @@
+"""The `taskdiv` command.
+
+    taskdiv pool info POOL                  prompts, tasks and per-task counts
+    taskdiv pool export POOL --out F        write a pool (e.g. a BIG-bench one) to a file
+    taskdiv select POOL --budget B ...      choose prompts to annotate
+    taskdiv env                             versions, for bug reports
+
+Every command takes --config FILE.yaml (flags override it), and -v/-q and
+--no-progress. Stage modules are imported only when their command runs, so that
+`--help` is instant and selection never imports torch.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from . import __version__
+from .errors import TaskdivError
+
+# (command words) -> (module, config class, function, one-line help)
+COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
+    ("pool", "info"): ("taskdiv.selection", "PoolInfoConfig", "run_pool_info",
+                       "Print the number of prompts and tasks and the per-task counts of a pool."),
+    ("pool", "export"): ("taskdiv.selection", "PoolExportConfig", "run_pool_export",
+                         "Write a pool (any source) to a .jsonl or .parquet file."),
+    ("select",): ("taskdiv.selection", "SelectConfig", "run_select",
+                  "Choose which prompts to annotate under a budget."),
+}
+
+GROUP_HELP = {"pool": "Inspect and export prompt pools."}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import config
+
+    parser = argparse.ArgumentParser(
+        prog="taskdiv",
+        description="Label-efficient SFT: choose which prompts to annotate by task diversity and "
+                    "model confidence (WeightedTaskDiversity, arXiv 2507.21482).")
+    parser.add_argument("--version", action="version", version=f"taskdiv {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=0, help="More log output (-vv: debug).")
+    common.add_argument("-q", "--quiet", action="store_true", help="Only warnings and errors.")
+    common.add_argument("--no-progress", action="store_true", help="Turn progress bars off.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for words, (module, cls_name, _, help_text) in COMMANDS.items():
+        target = sub
+        if len(words) == 2:
+            if words[0] not in groups:
+                gp = sub.add_parser(words[0], help=GROUP_HELP.get(words[0], ""),
+                                    description=GROUP_HELP.get(words[0], ""))
+                groups[words[0]] = gp.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+            target = groups[words[0]]
+        p = target.add_parser(words[-1], help=help_text, description=help_text, parents=[common])
+        config.add_arguments(p, getattr(importlib.import_module(module), cls_name))
+        p.set_defaults(_words=words)
+    env = sub.add_parser("env", help="Print versions of taskdiv, Python and key libraries (for bug reports).",
+                         parents=[common])
+    env.set_defaults(_words=("env",))
+    return parser
+
+
+def run_env() -> None:
+    import platform
+    from importlib import metadata
+
+    print(f"taskdiv {__version__}")
+    print(f"python {platform.python_version()} ({sys.executable})")
+    print(f"platform {platform.platform()}")
+    for pkg in ("numpy", "pandas", "pyarrow", "torch", "transformers", "accelerate", "gguf", "peft", "trl",
+                "datasets", "lm_eval", "sentence-transformers", "scikit-learn", "argilla", "matplotlib"):
+        try:
+            version = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            version = "not installed"
+        print(f"{pkg} {version}")
+    try:
+        import torch
+
+        print(f"torch threads {torch.get_num_threads()}, cpu capability {torch.backends.cpu.get_cpu_capability()}, "
+              f"cuda {torch.cuda.is_available()}")
+    except ImportError:
+        pass
+
+
+def configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if verbose < 2:
+        for noisy in ("httpx", "urllib3", "datasets", "transformers", "sentence_transformers", "filelock"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import config
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    words = getattr(args, "_words", None)
+    if words is None:
+        # `taskdiv` or `taskdiv pool` alone: show the relevant help.
+        if args.command in GROUP_HELP:
+            parser.parse_args([args.command, "--help"])
+        parser.print_help()
+        return 2
+    configure_logging(args.verbose, args.quiet)
+    if args.no_progress:
+        os.environ["TASKDIV_NO_PROGRESS"] = "1"
+    try:
+        if words == ("env",):
+            run_env()
+            return 0
+        module, cls_name, func, _ = COMMANDS[words]
+        mod = importlib.import_module(module)
+        cfg = config.build(getattr(mod, cls_name), args, args.config)
+        getattr(mod, func)(cfg)
+        return 0
+    except TaskdivError as e:
+        print(f"taskdiv: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("taskdiv: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

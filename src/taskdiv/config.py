@@ -1,0 +1,126 @@
+"""Stage configs: one dataclass per command, exposed as CLI flags and YAML keys.
+
+Each field becomes `--field-name` (metadata: `help`, `choices`, `positional`).
+Precedence: command-line flags > `--config FILE.yaml` > the dataclass defaults.
+The resolved config is what run directories record (`to_dict`).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+from .errors import TaskdivError
+
+
+def _base_type(tp):
+    """(scalar type, is_list) of an annotation such as `int | None` or `list[str]`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _base_type(args[0])
+    if origin is list:
+        return typing.get_args(tp)[0], True
+    return tp, False
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """Add one argument per dataclass field; defaults are resolved later (`build`)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("cli") is False:
+            continue
+        tp, is_list = _base_type(hints[f.name])
+        kw = {"help": _help(f), "default": argparse.SUPPRESS}
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        if tp is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = tp
+            if is_list:
+                kw["nargs"] = "+"
+        if f.metadata.get("positional"):
+            kw.pop("default")
+            parser.add_argument(f.name, nargs="?", default=argparse.SUPPRESS, metavar=f.name.upper(),
+                                **{k: v for k, v in kw.items() if k != "nargs"})
+        else:
+            flags = ["--" + f.name.replace("_", "-")] + list(f.metadata.get("aliases", ()))
+            parser.add_argument(*flags, dest=f.name, **kw)
+    parser.add_argument("--config", metavar="FILE.yaml", default=None,
+                        help="YAML file with these options as keys; command-line flags override it.")
+
+
+def _help(f) -> str:
+    text = f.metadata.get("help", "")
+    if f.default is not dataclasses.MISSING and f.default is not None and not f.metadata.get("positional"):
+        text += f" (default: {f.default})"
+    return text.replace("%", "%%")
+
+
+def build(cls, namespace: argparse.Namespace | dict | None = None, config_file: str | Path | None = None):
+    """An instance of `cls` from defaults, then the YAML file, then the given values."""
+    values: dict = {}
+    if config_file:
+        values.update(load_yaml(config_file, cls))
+    given = vars(namespace) if isinstance(namespace, argparse.Namespace) else dict(namespace or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    values.update({k: v for k, v in given.items() if k in names})
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in values:
+            values[f.name] = _coerce(values[f.name], hints[f.name], f.name, config_file)
+        elif f.metadata.get("required") or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING):
+            flag = f.name.upper() if f.metadata.get("positional") else "--" + f.name.replace("_", "-")
+            raise TaskdivError(f"missing required {flag}")
+    return cls(**values)
+
+
+def load_yaml(path, cls) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise TaskdivError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise TaskdivError(f"{path}: invalid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise TaskdivError(f"{path}: expected a mapping of option names to values")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        import difflib
+
+        hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, names, 1)) else k
+                 for k in unknown]
+        raise TaskdivError(f"{path}: unknown key(s) {', '.join(hints)}")
+    return data
+
+
+def _coerce(value, tp, name, source):
+    if value is None:
+        return None
+    base, is_list = _base_type(tp)
+    try:
+        if is_list:
+            items = value if isinstance(value, list) else [value]
+            return [base(v) for v in items]
+        if base is bool and not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        if base in (int, float, str) and not isinstance(value, base):
+            if base is int and isinstance(value, float) and value != int(value):
+                raise ValueError(f"expected a whole number, got {value}")
+            return base(value)
+        return value
+    except (TypeError, ValueError) as e:
+        where = f"{source}: " if source else ""
+        raise TaskdivError(f"{where}key {name!r}: {e}") from None
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

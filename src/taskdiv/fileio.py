@@ -1,0 +1,89 @@
+"""Atomic file output and small table readers shared by every stage.
+
+Everything taskdiv writes goes through `atomic_path`: the content is written to a
+temporary file in the same directory and renamed into place, so a crash or Ctrl-C
+never leaves a half-written output behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path next to `path`; rename it onto `path` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_jsonl(path, records) -> int:
+    """Write an iterable of dicts as JSON lines; returns the number of lines."""
+    n = 0
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(_jsonable(rec), ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def write_json(path, obj) -> None:
+    write_text(path, json.dumps(_jsonable(obj), indent=2, ensure_ascii=False) + "\n")
+
+
+def write_yaml(path, obj) -> None:
+    write_text(path, yaml.safe_dump(_jsonable(obj), sort_keys=False, allow_unicode=True))
+
+
+def write_table(path, df: pd.DataFrame) -> None:
+    """Write a DataFrame as CSV or Parquet, chosen by the file's suffix."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False)
+
+
+def _jsonable(obj):
+    """Convert numpy scalars/arrays and NaN into plain JSON values."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy scalar or array
+        return _jsonable(obj.tolist())
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def cache_dir(*parts: str) -> Path:
+    """taskdiv's cache directory ($TASKDIV_CACHE, else $XDG_CACHE_HOME/taskdiv)."""
+    root = os.environ.get("TASKDIV_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "taskdiv")
+    path = Path(root, *parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

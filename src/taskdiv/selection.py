@@ -1,0 +1,226 @@
+"""`taskdiv select` and `taskdiv pool`: load a pool, choose prompts, write the selection.
+
+    taskdiv select POOL --budget 20% --strategy weighted-task-diversity \\
+        --scores scores/scores.csv --seed 0 --out runs/sel
+
+Writes (atomically, only once every input has been validated):
+    OUT/selection.jsonl  id, task, prompt, response (if the pool has one), strategy,
+                         seed, rank, confidence (if scored)
+    OUT/allocation.csv   task, available, taken, confidence, weight, allocated
+    OUT/config.yaml      the resolved options
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .allocation import parse_budget
+from .data import FieldMap, Pool, load_pool, read_ids, read_scores
+from .embeddings import DEFAULT_MODEL
+from .errors import TaskdivError
+from .fileio import write_jsonl, write_table, write_yaml
+from .strategies import STRATEGIES, WITHIN, Inputs, TaskAllocation, get_strategy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PoolOptions(FieldMap):
+    pool: str | None = field(default=None, metadata={
+        "positional": True, "required": True,
+        "help": "The pool: a .jsonl/.json/.csv/.parquet file, a save_to_disk directory, "
+                "hf:NAME?config=C&split=S, or bigbench:PRESET_OR_TASKS?split=pool (see README)."})
+
+    def field_map(self) -> FieldMap:
+        return FieldMap(**{f.name: getattr(self, f.name) for f in fields(FieldMap)})
+
+
+@dataclass
+class SelectConfig(PoolOptions):
+    budget: str | None = field(default=None, metadata={
+        "help": "Prompts to annotate: a count (500) or a percentage of the pool (20%). "
+                "Optional for --strategy full."})
+    strategy: str = field(default="weighted-task-diversity", metadata={
+        "help": f"Selection strategy: {', '.join(STRATEGIES)}."})
+    scores: str | None = field(default=None, metadata={
+        "help": "Prompt confidences (CSV/Parquet with id, confidence), e.g. from `taskdiv score`."})
+    seed: int = field(default=0, metadata={"help": "Seed for every random choice."})
+    within: str = field(default="random", metadata={
+        "choices": list(WITHIN), "help": "How task strategies pick prompts inside a task."})
+    min_per_task: int = field(default=0, metadata={"help": "Task strategies: at least this many prompts per task."})
+    max_per_task: int | None = field(default=None, metadata={"help": "Task strategies: at most this many per task."})
+    exclude: str | None = field(default=None, metadata={
+        "help": "Ids already annotated (a file of ids, a selection.jsonl, or an annotation store's ids); "
+                "never chosen again, and counted as taken by the allocation."})
+    tasks: str | None = field(default=None, metadata={
+        "help": "'auto' or 'auto:K': cluster prompt embeddings into K pseudo-tasks and use them "
+                "as task labels (default K = clamp(round(sqrt(N/2)), 2, 100))."})
+    embedding_model: str = field(default=DEFAULT_MODEL, metadata={
+        "help": "sentence-transformers model for k-center and --tasks auto."})
+    out: str | None = field(default=None, metadata={"required": True, "help": "Output directory."})
+
+
+def parse_tasks_option(value: str | None) -> tuple[bool, int | None]:
+    """'auto' -> (True, None); 'auto:12' -> (True, 12); None -> (False, None)."""
+    if value is None:
+        return False, None
+    kind, _, k = value.partition(":")
+    if kind != "auto":
+        raise TaskdivError(f"--tasks {value!r}: expected 'auto' or 'auto:K'")
+    try:
+        return True, (int(k) if k else None)
+    except ValueError:
+        raise TaskdivError(f"--tasks {value!r}: K must be a whole number") from None
+
+
+def prepare_inputs(pool: Pool, strategy, cfg: SelectConfig, *, embeddings=None) -> Inputs:
+    """Confidence, embeddings and exclusion mask aligned with the pool's rows."""
+    inputs = Inputs()
+    if cfg.scores:
+        scores = read_scores(cfg.scores, pool)
+        inputs.confidence = scores.reindex(pool.frame["id"]).to_numpy(dtype=float)
+        log.info("scores: %d of %d prompts scored", int(np.isfinite(inputs.confidence).sum()), len(pool))
+    if "embeddings" in strategy.needs:
+        inputs.embeddings = embeddings if embeddings is not None else _embed(pool, cfg.embedding_model)
+    if cfg.exclude:
+        ids = read_ids(cfg.exclude)
+        mask = pool.frame["id"].isin(ids).to_numpy()
+        unknown = len(set(ids)) - int(mask.sum())
+        if unknown:
+            log.warning("%s: %d excluded id(s) are not in the pool; ignored", cfg.exclude, unknown)
+        inputs.excluded = mask
+    return inputs
+
+
+def _embed(pool: Pool, model: str) -> np.ndarray:
+    from .embeddings import embed
+
+    return embed(pool.frame["prompt"].tolist(), model)
+
+
+def select(cfg: SelectConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run a selection; returns (selection rows, allocation table) without writing."""
+    auto, k = parse_tasks_option(cfg.tasks)
+    params = {"seed": cfg.seed}
+    if cfg.strategy in STRATEGIES and issubclass(STRATEGIES[cfg.strategy], TaskAllocation):
+        params.update(within=cfg.within, min_per_task=cfg.min_per_task, max_per_task=cfg.max_per_task)
+    elif cfg.within != "random" or cfg.min_per_task or cfg.max_per_task is not None:
+        raise TaskdivError(f"--within/--min-per-task/--max-per-task apply to task strategies, not {cfg.strategy!r}")
+    strategy = get_strategy(cfg.strategy, **params)
+    if "confidence" in strategy.needs and not cfg.scores:
+        raise TaskdivError(f"strategy {cfg.strategy!r} needs prompt confidences: pass --scores "
+                           f"(run `taskdiv score` to make them)")
+    pool = load_pool(cfg.pool, cfg.field_map(), require_tasks=not auto)
+    embeddings = None
+    if auto:
+        from .embeddings import cluster_tasks
+
+        embeddings = _embed(pool, cfg.embedding_model)
+        pool.frame["task"] = cluster_tasks(embeddings, k, seed=cfg.seed)
+    budget = len(pool) if cfg.budget is None and cfg.strategy == "full" else None
+    if budget is None:
+        if cfg.budget is None:
+            raise TaskdivError("missing --budget (a count such as 500, or a percentage such as 20%)")
+        budget = parse_budget(cfg.budget, len(pool))
+    inputs = prepare_inputs(pool, strategy, cfg, embeddings=embeddings)
+    if cfg.strategy == "full" and inputs.excluded is not None and cfg.budget is None:
+        budget = int((~inputs.excluded).sum())
+    result = strategy.select(pool, budget, inputs)
+
+    chosen = pool.subset(result.ids).frame
+    rows = pd.DataFrame({"id": chosen["id"], "task": chosen["task"], "prompt": chosen["prompt"]})
+    if "response" in chosen.columns:
+        rows["response"] = chosen["response"]
+    rows["strategy"] = cfg.strategy
+    rows["seed"] = cfg.seed
+    rows["rank"] = np.arange(1, len(rows) + 1)
+    if inputs.confidence is not None:
+        conf = pd.Series(inputs.confidence, index=pool.frame["id"])
+        rows["confidence"] = conf.reindex(rows["id"]).to_numpy()
+    allocation = result.allocation
+    if allocation is None:
+        allocation = _counts_table(pool, rows, inputs)
+    return rows, allocation
+
+
+def _counts_table(pool: Pool, rows: pd.DataFrame, inputs: Inputs) -> pd.DataFrame:
+    """The allocation a non-task strategy ended up with, in the same table shape."""
+    frame = pool.frame.assign(confidence=inputs.confidence if inputs.confidence is not None else np.nan,
+                              excluded=inputs.excluded if inputs.excluded is not None else False)
+    grouped = frame.groupby("task", sort=True)
+    table = pd.DataFrame({"available": grouped.size() - grouped["excluded"].sum(),
+                          "taken": grouped["excluded"].sum(), "confidence": grouped["confidence"].mean()})
+    table["weight"] = np.nan
+    table["allocated"] = rows["task"].value_counts().reindex(table.index).fillna(0).astype(int)
+    return table.reset_index()
+
+
+def write_selection(out: str | Path, rows: pd.DataFrame, allocation: pd.DataFrame, cfg) -> None:
+    out = Path(out)
+    records = rows.to_dict(orient="records")
+    write_jsonl(out / "selection.jsonl", records)
+    write_table(out / "allocation.csv", allocation)
+    write_yaml(out / "config.yaml", {"command": "select", **{f.name: getattr(cfg, f.name) for f in fields(cfg)}})
+
+
+def format_allocation(allocation: pd.DataFrame, max_rows: int = 60) -> str:
+    table = allocation.copy()
+    table["confidence"] = table["confidence"].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+    table["weight"] = table["weight"].map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
+    table = table.sort_values(["allocated", "task"], ascending=[False, True])
+    cols = ["task", "available", "confidence", "weight", "allocated"]
+    if table["taken"].any():
+        cols.insert(2, "taken")
+    text = table[cols].head(max_rows).to_string(index=False)
+    if len(table) > max_rows:
+        text += f"\n... {len(table) - max_rows} more task(s) in allocation.csv"
+    return text + f"\ntotal: {int(table['allocated'].sum())} prompt(s) from {int((table['allocated'] > 0).sum())} " \
+                  f"of {len(table)} task(s)"
+
+
+def run_select(cfg: SelectConfig) -> None:
+    rows, allocation = select(cfg)
+    write_selection(cfg.out, rows, allocation, cfg)
+    print(format_allocation(allocation))
+    print(f"wrote {len(rows)} prompt(s) to {Path(cfg.out) / 'selection.jsonl'}")
+
+
+# ----------------------------------------------------------------------------- taskdiv pool
+
+
+@dataclass
+class PoolInfoConfig(PoolOptions):
+    pass
+
+
+@dataclass
+class PoolExportConfig(PoolOptions):
+    out: str | None = field(default=None, metadata={"required": True,
+                                                    "help": "Output file (.jsonl or .parquet)."})
+
+
+def run_pool_info(cfg: PoolInfoConfig) -> None:
+    pool = load_pool(cfg.pool, cfg.field_map())
+    sizes = pool.task_sizes()
+    print(f"pool: {pool.source}")
+    print(f"prompts: {len(pool)}  tasks: {len(sizes)}  "
+          f"with reference response: {int(pool.frame['response'].notna().sum()) if 'response' in pool.frame else 0}")
+    lengths = pool.frame["prompt"].str.len()
+    print(f"prompt length (characters): median {int(lengths.median())}, max {int(lengths.max())}")
+    print(sizes.rename("prompts").to_frame().to_string())
+
+
+def run_pool_export(cfg: PoolExportConfig) -> None:
+    pool = load_pool(cfg.pool, cfg.field_map())
+    out = Path(cfg.out)
+    if out.suffix == ".parquet":
+        write_table(out, pool.frame)
+    elif out.suffix == ".jsonl":
+        write_jsonl(out, pool.frame.to_dict(orient="records"))
+    else:
+        raise TaskdivError(f"{out}: export to .jsonl or .parquet")
+    print(f"wrote {len(pool)} prompt(s) to {out}")

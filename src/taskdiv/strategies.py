@@ -1,0 +1,262 @@
+"""Selection strategies: which prompts of a pool to annotate under a budget.
+
+One explicit registry, `STRATEGIES`, maps a name to a class. A strategy's `__init__`
+only stores keyword parameters (randomness enters through `seed`); `select(...)`
+returns a `Selection` with the chosen ids in rank order (a prefix of the ranking is a
+sensible smaller selection) and, for task-based strategies, the allocation table.
+
+    random                    B prompts uniformly from the pool
+    full                      the whole pool (budget = pool size)
+    proportional              stratified: b_t proportional to the task size n_t
+    task-diversity            TaskDiversity (Algorithm 1): even spread, round robin
+    weighted-task-diversity   WeightedTaskDiversity (Algorithm 2): b_t ~ 1 / C_t
+    uncertainty               the B prompts with the lowest confidence
+    k-center                  greedy farthest-point selection on prompt embeddings
+
+Task-based strategies take `within=random|k-center|lowest-confidence` (how prompts
+are picked inside a task), `min_per_task` and `max_per_task`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .allocation import MIN_CONFIDENCE, allocate
+from .data import Pool
+from .errors import TaskdivError, unknown_name
+
+WITHIN = ("random", "k-center", "lowest-confidence")
+
+
+@dataclass
+class Selection:
+    ids: np.ndarray                      # chosen ids, rank order
+    allocation: pd.DataFrame | None = None  # task, available, taken, confidence, weight, allocated
+
+
+@dataclass
+class Inputs:
+    """What a strategy may use besides the pool (aligned with the pool's rows)."""
+
+    confidence: np.ndarray | None = None   # per prompt, NaN where unscored
+    embeddings: np.ndarray | None = None   # (N, d) float32
+    excluded: np.ndarray | None = None     # bool mask of already-annotated prompts
+
+
+class Strategy:
+    name = ""
+    needs: frozenset = frozenset()   # subset of {"confidence", "embeddings"}
+    randomized = True
+
+    def __init__(self, seed: int = 0, **params):
+        self.seed = seed
+        self.params = params
+
+    def select(self, pool: Pool, budget: int, inputs: Inputs | None = None) -> Selection:
+        inputs = inputs or Inputs()
+        excluded = inputs.excluded if inputs.excluded is not None else np.zeros(len(pool), bool)
+        available = int((~excluded).sum())
+        if budget <= 0:
+            raise TaskdivError(f"budget must be positive, got {budget}")
+        if budget > available:
+            raise TaskdivError(f"budget {budget} is larger than the pool: {available} prompt(s) can be chosen"
+                               + (f" ({int(excluded.sum())} of {len(pool)} already annotated)" if excluded.any() else ""))
+        for need in self.needs:
+            if getattr(inputs, need) is None:
+                raise TaskdivError(f"strategy {self.name!r} needs prompt {need}"
+                                   + (" (pass --scores from `taskdiv score`)" if need == "confidence" else ""))
+        positions, allocation = self._select(pool, budget, inputs, excluded)
+        positions = np.asarray(positions, dtype=np.int64)
+        assert len(positions) == budget and len(np.unique(positions)) == budget, "strategy broke the budget"
+        return Selection(pool.ids[positions], allocation)
+
+    def _select(self, pool, budget, inputs, excluded):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Random(Strategy):
+    name = "random"
+
+    def _select(self, pool, budget, inputs, excluded):
+        candidates = np.flatnonzero(~excluded)
+        rng = np.random.default_rng(self.seed)
+        return rng.choice(candidates, size=budget, replace=False), None
+
+
+class Full(Strategy):
+    name = "full"
+    randomized = False
+
+    def _select(self, pool, budget, inputs, excluded):
+        candidates = np.flatnonzero(~excluded)
+        if budget != len(candidates):
+            raise TaskdivError(f"strategy 'full' selects the whole pool ({len(candidates)} prompts); "
+                               f"use --budget 100% (got {budget})")
+        return candidates, None
+
+
+class Uncertainty(Strategy):
+    """Prompt-level uncertainty: the lowest confidences, ties in seeded random order."""
+
+    name = "uncertainty"
+    needs = frozenset({"confidence"})
+
+    def _select(self, pool, budget, inputs, excluded):
+        conf = inputs.confidence
+        candidates = np.flatnonzero(~excluded & ~np.isnan(conf))
+        if len(candidates) < budget:
+            raise TaskdivError(f"strategy 'uncertainty' ranks scored prompts only: {len(candidates)} scored "
+                               f"prompt(s) can be chosen, fewer than the budget {budget}; score more prompts")
+        tiebreak = np.random.default_rng(self.seed).random(len(candidates))
+        order = np.lexsort((tiebreak, conf[candidates]))
+        return candidates[order[:budget]], None
+
+
+class KCenter(Strategy):
+    """Prompt diversity: greedy k-center on embeddings; annotated prompts are centers."""
+
+    name = "k-center"
+    needs = frozenset({"embeddings"})
+
+    def _select(self, pool, budget, inputs, excluded):
+        from .kcenter import k_center
+
+        candidates = np.flatnonzero(~excluded)
+        centers = np.flatnonzero(excluded)
+        X = inputs.embeddings
+        picks = k_center(X[candidates], budget, seed=self.seed,
+                         initial=X[centers] if len(centers) else None)
+        return candidates[picks], None
+
+
+class TaskAllocation(Strategy):
+    """Allocate the budget across tasks, then pick prompts within each task."""
+
+    weighting = "uniform"
+
+    def __init__(self, seed: int = 0, within: str = "random", min_per_task: int = 0,
+                 max_per_task: int | None = None, **params):
+        super().__init__(seed=seed, **params)
+        self.within, self.min_per_task, self.max_per_task = within, min_per_task, max_per_task
+
+    @property
+    def needs(self):
+        extra = {"k-center": {"embeddings"}, "lowest-confidence": {"confidence"}}.get(self.within, set())
+        return frozenset(extra) | (frozenset({"confidence"}) if self.weighting == "inverse" else frozenset())
+
+    def _select(self, pool, budget, inputs, excluded):
+        if self.within not in WITHIN:
+            raise unknown_name("within-task picker", self.within, WITHIN)
+        tasks, codes = pool.task_codes()
+        sizes = np.bincount(codes, minlength=len(tasks))
+        taken = np.bincount(codes[excluded], minlength=len(tasks))
+        conf = _task_confidence(codes, len(tasks), inputs.confidence)
+        weights = self._weights(tasks, sizes, conf)
+        alloc = allocate(sizes, budget, weights=weights, floor=self.min_per_task,
+                         ceilings=self.max_per_task, taken=taken, seed=self.seed)
+        new = alloc - taken
+        positions, within_rank = self._pick(codes, new, inputs, excluded)
+        # Rank across tasks by each pick's place in its task's share (stride order), so that
+        # a prefix of the ranking keeps the allocation's proportions; ties in task order.
+        task_code = codes[positions]
+        stride = (within_rank + 0.5) / np.maximum(new[task_code], 1)
+        tiebreak = np.random.default_rng(self.seed + 1).permutation(len(tasks))[task_code]
+        order = np.lexsort((tiebreak, stride))
+        table = pd.DataFrame({"task": tasks, "available": sizes - taken, "taken": taken,
+                              "confidence": conf, "weight": weights if weights is not None else 1.0,
+                              "allocated": new})
+        return positions[order], table
+
+    def _weights(self, tasks, sizes, conf):
+        return None
+
+    def _pick(self, codes, new, inputs, excluded):
+        """(positions, rank within task) of the picks: new[t] available prompts of each task t."""
+        n = len(codes)
+        rng = np.random.default_rng(self.seed)
+        if self.within == "k-center":
+            return self._pick_k_center(codes, new, inputs.embeddings, excluded)
+        key = rng.random(n)
+        if self.within == "lowest-confidence":
+            conf = inputs.confidence
+            # Scored prompts first by confidence, then unscored ones in random order.
+            key = np.where(np.isnan(conf), 2.0 + key, conf + key * 1e-12)
+        key = np.where(excluded, np.inf, key)
+        order = np.lexsort((key, codes))
+        sorted_codes = codes[order]
+        starts = np.searchsorted(sorted_codes, np.arange(len(new)))
+        rank = np.arange(n) - starts[sorted_codes]
+        chosen = rank < new[sorted_codes]
+        return order[chosen], rank[chosen]
+
+    def _pick_k_center(self, codes, new, X, excluded):
+        from .kcenter import k_center
+
+        positions, ranks = [], []
+        for t in np.flatnonzero(new):
+            rows = np.flatnonzero(codes == t)
+            free, done = rows[~excluded[rows]], rows[excluded[rows]]
+            picks = k_center(X[free], int(new[t]), seed=self.seed + int(t),
+                             initial=X[done] if len(done) else None)
+            positions.append(free[picks])
+            ranks.append(np.arange(len(picks)))
+        return np.concatenate(positions), np.concatenate(ranks)
+
+
+class TaskDiversity(TaskAllocation):
+    name = "task-diversity"
+
+
+class Proportional(TaskAllocation):
+    name = "proportional"
+    weighting = "proportional"
+
+    def _weights(self, tasks, sizes, conf):
+        return sizes.astype(float)
+
+
+class WeightedTaskDiversity(TaskAllocation):
+    name = "weighted-task-diversity"
+    weighting = "inverse"
+
+    def _weights(self, tasks, sizes, conf):
+        missing = np.isnan(conf)
+        if missing.any():
+            names = ", ".join(map(str, tasks[missing][:10]))
+            raise TaskdivError(f"weighted-task-diversity needs a confidence for every task; "
+                               f"{int(missing.sum())} task(s) have no scored prompt: {names}"
+                               + (" ..." if missing.sum() > 10 else ""))
+        return 1.0 / np.maximum(conf, MIN_CONFIDENCE)
+
+
+def _task_confidence(codes, n_tasks, confidence) -> np.ndarray:
+    """Mean confidence of the scored prompts of each task (NaN where none is scored)."""
+    if confidence is None:
+        return np.full(n_tasks, np.nan)
+    scored = ~np.isnan(confidence)
+    total = np.bincount(codes[scored], weights=confidence[scored], minlength=n_tasks)
+    count = np.bincount(codes[scored], minlength=n_tasks)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls
+    for cls in (Random, Full, Proportional, TaskDiversity, WeightedTaskDiversity, Uncertainty, KCenter)
+}
+
+
+def get_strategy(name: str, **params) -> Strategy:
+    """Instantiate a registered strategy; unknown names fail with 'did you mean'."""
+    if name not in STRATEGIES:
+        raise unknown_name("strategy", name, STRATEGIES)
+    cls = STRATEGIES[name]
+    if not issubclass(cls, TaskAllocation):
+        params = {k: v for k, v in params.items() if k == "seed"}
+    return cls(**params)
+
+
+def strategy_needs(name: str, **params) -> frozenset:
+    return get_strategy(name, **params).needs
