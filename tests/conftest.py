@@ -1,0 +1,57 @@
+"""Shared test fixtures: small pools written to disk, a tiny random causal LM.
+
+The tiny model is a 2-layer Llama with random weights and the real SmolLM2 tokenizer
+(from the embedded package), so tokenization, chat templates and padding behave as
+they do with the real model while a forward pass costs milliseconds.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+MMLU_DIR = SHARED / "data" / "mmlu"
+BBH_DIR = SHARED / "data" / "bbh"
+
+os.environ.setdefault("TASKDIV_NO_PROGRESS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def small_pool(tmp_path) -> Path:
+    """Three tasks of sizes 2, 5 and 9 with responses."""
+    rows = []
+    for task, n in (("a", 2), ("b", 5), ("c", 9)):
+        rows += [{"id": f"{task}{i}", "prompt": f"Question {i} of task {task}?", "task": task,
+                  "response": f"answer {i}"} for i in range(n)]
+    return write_jsonl(tmp_path / "pool.jsonl", rows)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer random Llama saved with the SmolLM2 tokenizer (has a chat template)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from taskdiv import models
+
+    tok = models.load_tokenizer(models.resolve("smollm2-135m-instruct"))
+    out = tmp_path_factory.mktemp("tiny-model")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
