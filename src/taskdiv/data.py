@@ -201,12 +201,21 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return _read_jsonl_slow(path)
     # pyarrow skips blank lines, which would shift the line numbers errors report.
+    # pyarrow also lets invalid UTF-8 through; the slow path names the line.
     data = path.read_bytes()
-    if table.num_columns == 0 or b"\n\n" in data or data.startswith(b"\n"):
+    if table.num_columns == 0 or b"\n\n" in data or data.startswith(b"\n") or not _is_utf8(data):
         return _read_jsonl_slow(path)
     frame = table.to_pandas()
     frame["__line__"] = np.arange(1, len(frame) + 1)
     return frame
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
 
 
 def _read_jsonl_slow(path: Path) -> pd.DataFrame:
@@ -323,8 +332,11 @@ def normalise(raw: pd.DataFrame, fields: FieldMap, *, source: str, where: str = 
     if response is None and fields.response_field in cols:
         response = raw[fields.response_field]
     if response is not None:
-        out["response"] = response.where(response.notna(), None).astype(object)
-        out.loc[out["response"].notna(), "response"] = out["response"].dropna().astype(str)
+        values = response.to_numpy(dtype=object).copy()
+        missing = pd.isna(values)
+        values[missing] = None
+        values[~missing] = [str(v) for v in values[~missing]]
+        out["response"] = pd.Series(values, index=out.index, dtype=object)
     for extra in ("choices", "targets"):
         if extra in cols:
             out[extra] = raw[extra]

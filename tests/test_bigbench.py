@@ -1,0 +1,57 @@
+"""Integration: real BIG-bench tasks from the bigbench==1.0.0 sdist (fetched once)."""
+import pytest
+
+from taskdiv import bigbench
+from taskdiv.data import load_pool
+from taskdiv.errors import TaskdivError
+
+pytestmark = pytest.mark.slow
+
+
+def test_preset_tasks_exist_and_are_short():
+    tasks = bigbench.resolve_tasks(["demo"])
+    assert len(tasks) == 30
+    pool = load_pool("bigbench:demo?max_pool=40")
+    assert pool.frame["task"].nunique() == 30
+    lengths = pool.frame.groupby("task")["prompt"].apply(lambda s: s.str.len().median())
+    assert lengths.max() < 2000, lengths.idxmax()  # ~4 characters a token: well under 512 tokens
+
+
+def test_multiple_choice_formatting_and_targets():
+    pool = load_pool("bigbench:navigate,arithmetic/2_digit_addition?split=all")
+    nav = pool.frame[pool.frame["task"] == "navigate"].iloc[0]
+    assert nav["prompt"].startswith("If you follow these instructions, do you return to the starting point?")
+    assert nav["prompt"].endswith("A:")
+    assert sorted(nav["choices"]) == ["False", "True"] and nav["response"] in nav["choices"]
+    assert list(nav["targets"]) == [nav["response"]]
+    add = pool.frame[pool.frame["task"] == "arithmetic/2_digit_addition"].iloc[0]
+    assert add["prompt"].startswith("Q: What is") and add["choices"] is None
+    a, b = map(int, add["prompt"].split("What is ")[1].split("?")[0].split(" plus "))
+    assert add["response"] == str(a + b)
+
+
+def test_split_is_deterministic_disjoint_and_complete():
+    spec = "bigbench:hyperbaton,snarks?test=50"
+    pool, test = load_pool(spec), load_pool(spec + "&split=test")
+    again = load_pool(spec + "&split=test")
+    assert list(test.ids) == list(again.ids)
+    assert not set(pool.ids) & set(test.ids)
+    assert test.task_sizes().to_dict() == {"hyperbaton": 50, "snarks": 50}
+    # No input text on both sides.
+    assert not set(pool.frame["prompt"]) & set(test.frame["prompt"])
+    other_seed = load_pool(spec + "&split=test&seed=1")
+    assert set(other_seed.ids) != set(test.ids)
+
+
+def test_subtasks_and_caps():
+    pool = load_pool("bigbench:arithmetic?max_pool=10&test=5")
+    assert pool.frame["task"].nunique() == 20
+    assert pool.frame["task"].str.startswith("arithmetic/").all()
+    assert pool.task_sizes().max() == 10
+
+
+def test_unknown_task_suggests():
+    with pytest.raises(TaskdivError, match="Did you mean 'navigate'"):
+        load_pool("bigbench:navigat")
+    with pytest.raises(TaskdivError, match="unknown option"):
+        load_pool("bigbench:navigate?splits=test")

@@ -1,0 +1,182 @@
+"""Loading pools: formats, shapes, field mapping, ids, and bad input."""
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import write_jsonl
+from taskdiv.data import FieldMap, load_pool, read_ids, read_scores, stable_id
+from taskdiv.errors import DataError, TaskdivError
+
+ROWS = [{"id": "x1", "prompt": "Add 2 and 2.", "task": "math", "response": "4"},
+        {"id": "x2", "prompt": "Capital of France?", "task": "geo", "response": "Paris"},
+        {"id": "x3", "prompt": "Add 3 and 3.", "task": "math", "response": None}]
+
+
+def check(pool):
+    assert list(pool.frame["id"]) == ["x1", "x2", "x3"]
+    assert list(pool.frame["task"]) == ["math", "geo", "math"]
+    assert pool.frame["response"].iloc[1] == "Paris" and pool.frame["response"].iloc[2] is None
+    assert pool.task_sizes().to_dict() == {"geo": 1, "math": 2}
+
+
+def test_jsonl(tmp_path):
+    check(load_pool(str(write_jsonl(tmp_path / "p.jsonl", ROWS))))
+
+
+def test_json_list_and_wrapped(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps(ROWS))
+    (tmp_path / "b.json").write_text(json.dumps({"data": ROWS}))
+    check(load_pool(str(tmp_path / "a.json")))
+    check(load_pool(str(tmp_path / "b.json")))
+
+
+def test_csv(tmp_path):
+    pd.DataFrame(ROWS).to_csv(tmp_path / "p.csv", index=False)
+    pool = load_pool(str(tmp_path / "p.csv"))
+    assert pool.frame["response"].iloc[0] == "4"
+
+
+def test_parquet(tmp_path):
+    pd.DataFrame(ROWS).to_parquet(tmp_path / "p.parquet")
+    check(load_pool(str(tmp_path / "p.parquet")))
+
+
+def test_datasets_save_to_disk(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "ds"))
+    check(load_pool(str(tmp_path / "ds")))
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS)}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(TaskdivError, match="several splits"):
+        load_pool(str(tmp_path / "dd"))
+    check(load_pool(str(tmp_path / "dd" / "train")))
+
+
+def test_field_mapping_and_template(tmp_path):
+    rows = [{"instruction": "Summarise.", "context": "Long text.", "category": "summarization", "response": "Short."},
+            {"instruction": "Name a colour.", "context": "", "category": "brainstorming", "response": "Red"}]
+    path = write_jsonl(tmp_path / "dolly.jsonl", rows)
+    pool = load_pool(str(path), FieldMap(task_field="category", prompt_template="{instruction}\n\n{context}"))
+    assert list(pool.frame["prompt"]) == ["Summarise.\n\nLong text.", "Name a colour."]
+    assert list(pool.frame["task"]) == ["summarization", "brainstorming"]
+    assert pool.frame["id"].iloc[0] == stable_id("summarization", "Summarise.\n\nLong text.")
+
+
+def test_alpaca_shape(tmp_path):
+    rows = [{"instruction": "Translate.", "input": "Bonjour", "output": "Hello", "task": "mt"},
+            {"instruction": "Say hi.", "input": "", "output": "Hi", "task": "chat"}]
+    pool = load_pool(str(write_jsonl(tmp_path / "a.jsonl", rows)))
+    assert list(pool.frame["prompt"]) == ["Translate.\n\nBonjour", "Say hi."]
+    assert list(pool.frame["response"]) == ["Hello", "Hi"]
+
+
+def test_chat_shapes(tmp_path):
+    rows = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"},
+                          {"role": "assistant", "content": "Hello."}], "task": "greet"}]
+    pool = load_pool(str(write_jsonl(tmp_path / "m.jsonl", rows)))
+    assert pool.frame.iloc[0][["prompt", "response"]].tolist() == ["Hi?", "Hello."]
+    rows = [{"conversations": [{"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"}], "task": "m"}]
+    pool = load_pool(str(write_jsonl(tmp_path / "s.jsonl", rows)))
+    assert pool.frame.iloc[0][["prompt", "response"]].tolist() == ["2+2?", "4"]
+
+
+def test_generated_ids_are_stable_and_unique(tmp_path):
+    rows = [{"prompt": "same", "task": "t"}, {"prompt": "same", "task": "t"}, {"prompt": "other", "task": "t"}]
+    a = load_pool(str(write_jsonl(tmp_path / "a.jsonl", rows)))
+    b = load_pool(str(write_jsonl(tmp_path / "b.jsonl", rows)))
+    assert list(a.ids) == list(b.ids)
+    assert a.ids[1] == a.ids[0] + "-1" and len(set(a.ids)) == 3
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_missing_prompt_names_line_and_field(tmp_path):
+    rows = [ROWS[0], {"id": "y", "task": "t"}]
+    with pytest.raises(DataError, match=r"p.jsonl, line 2, field 'prompt': missing or empty prompt"):
+        load_pool(str(write_jsonl(tmp_path / "p.jsonl", rows)))
+
+
+def test_empty_prompt_after_blank_line(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(ROWS[0]) + "\n\n" + json.dumps({"id": "y", "prompt": "  ", "task": "t"}) + "\n")
+    with pytest.raises(DataError, match=r"line 3, field 'prompt'"):
+        load_pool(str(path))
+
+
+def test_missing_task(tmp_path):
+    rows = [ROWS[0], {"id": "y", "prompt": "p", "task": ""}]
+    with pytest.raises(DataError, match=r"line 2, field 'task'"):
+        load_pool(str(write_jsonl(tmp_path / "p.jsonl", rows)))
+    rows = [{"id": "y", "prompt": "p"}]
+    with pytest.raises(DataError, match="--tasks auto"):
+        load_pool(str(write_jsonl(tmp_path / "q.jsonl", rows)))
+    assert len(load_pool(str(tmp_path / "q.jsonl"), require_tasks=False)) == 1
+
+
+def test_duplicate_ids(tmp_path):
+    rows = [ROWS[0], ROWS[1], dict(ROWS[2], id="x1")]
+    with pytest.raises(DataError, match=r"line 1, field 'id': duplicate id 'x1' \(also at line 3"):
+        load_pool(str(write_jsonl(tmp_path / "p.jsonl", rows)))
+
+
+def test_malformed_jsonl(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(ROWS[0]) + "\n{\"id\": \"y\", \"prompt\": \n")
+    with pytest.raises(DataError, match=r"p.jsonl, line 2: malformed JSON"):
+        load_pool(str(path))
+
+
+def test_not_utf8(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(json.dumps(ROWS[0]).encode() + b"\n" + b'{"id": "y", "prompt": "caf\xe9", "task": "t"}\n')
+    with pytest.raises(DataError, match=r"line 2: not UTF-8"):
+        load_pool(str(path))
+    csv = tmp_path / "p.csv"
+    csv.write_bytes(b"id,prompt,task\n1,ok,t\n2,caf\xe9,t\n")
+    with pytest.raises(DataError, match=r"p.csv, line 3: not UTF-8"):
+        load_pool(str(csv))
+
+
+def test_unknown_path_and_format(tmp_path):
+    with pytest.raises(TaskdivError, match="no such file"):
+        load_pool(str(tmp_path / "nope.jsonl"))
+    (tmp_path / "p.txt").write_text("x")
+    with pytest.raises(TaskdivError, match="unknown pool format"):
+        load_pool(str(tmp_path / "p.txt"))
+
+
+def test_empty_pool(tmp_path):
+    (tmp_path / "e.jsonl").write_text("")
+    with pytest.raises(TaskdivError, match="empty|no prompt field"):
+        load_pool(str(tmp_path / "e.jsonl"))
+
+
+# --------------------------------------------------------------------------- scores and ids
+
+
+def test_read_scores_validates(tmp_path, small_pool):
+    pool = load_pool(str(small_pool))
+    good = tmp_path / "s.csv"
+    pd.DataFrame({"id": ["a0", "b1"], "confidence": [0.5, 0.25]}).to_csv(good, index=False)
+    assert read_scores(good, pool).to_dict() == {"a0": 0.5, "b1": 0.25}
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"id": ["a0", "b1"], "confidence": [0.5, 1.5]}).to_csv(bad, index=False)
+    with pytest.raises(DataError, match=r"row 2, field 'confidence'"):
+        read_scores(bad, pool)
+    nan = tmp_path / "nan.csv"
+    pd.DataFrame({"id": ["a0", "b1"], "confidence": [float("nan"), 0.1]}).to_csv(nan, index=False)
+    with pytest.raises(DataError, match=r"row 1, field 'confidence'"):
+        read_scores(nan, pool)
+    foreign = tmp_path / "foreign.csv"
+    pd.DataFrame({"id": ["a0", "zz", "yy"], "confidence": [0.5, 0.1, 0.2]}).to_csv(foreign, index=False)
+    with pytest.raises(DataError, match="2 of 3 scored id"):
+        read_scores(foreign, pool)
+
+
+def test_read_ids_formats(tmp_path):
+    (tmp_path / "ids.txt").write_text("a\nb\n\n")
+    assert read_ids(tmp_path / "ids.txt") == ["a", "b"]
+    write_jsonl(tmp_path / "sel.jsonl", [{"id": "c", "prompt": "p"}])
+    assert read_ids(tmp_path / "sel.jsonl") == ["c"]

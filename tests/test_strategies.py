@@ -1,0 +1,155 @@
+"""One contract, run against every registered strategy (and every within-task picker)."""
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from taskdiv.data import Pool
+from taskdiv.errors import TaskdivError
+from taskdiv.kcenter import k_center, k_center_naive
+from taskdiv.strategies import STRATEGIES, Inputs, TaskAllocation, get_strategy
+
+VARIANTS = [(name, {}) for name in STRATEGIES] + [
+    (name, {"within": within})
+    for name in ("task-diversity", "weighted-task-diversity", "proportional")
+    for within in ("k-center", "lowest-confidence")
+] + [("weighted-task-diversity", {"min_per_task": 1}), ("task-diversity", {"max_per_task": 50})]
+
+
+def make_pool(sizes, seed=0):
+    rows = [{"id": f"t{t}-{i}", "prompt": f"p {t} {i}", "task": f"t{t}"} for t, n in enumerate(sizes) for i in range(n)]
+    frame = pd.DataFrame(rows)
+    rng = np.random.default_rng(seed)
+    inputs = Inputs(confidence=rng.uniform(0.05, 1.0, len(frame)),
+                    embeddings=rng.normal(size=(len(frame), 8)).astype(np.float32))
+    return Pool(frame, "test"), inputs
+
+
+@st.composite
+def pools(draw):
+    shape = draw(st.sampled_from(["tiny-tasks", "one-huge", "mixed", "single"]))
+    if shape == "tiny-tasks":
+        sizes = draw(st.lists(st.integers(1, 3), min_size=5, max_size=60))
+    elif shape == "one-huge":
+        sizes = [draw(st.integers(100, 400))] + draw(st.lists(st.integers(1, 5), min_size=1, max_size=8))
+    elif shape == "single":
+        sizes = [draw(st.integers(1, 50))]
+    else:
+        sizes = draw(st.lists(st.integers(1, 40), min_size=1, max_size=15))
+    n = sum(sizes)
+    excluded_frac = draw(st.sampled_from([0.0, 0.0, 0.2]))
+    budget_kind = draw(st.sampled_from(["one", "some", "all"]))
+    return sizes, excluded_frac, budget_kind, draw(st.integers(0, 2**16)), n
+
+
+@pytest.mark.parametrize("name,params", VARIANTS, ids=[f"{n}{'-' + '-'.join(map(str, p.values())) if p else ''}"
+                                                       for n, p in VARIANTS])
+@given(drawn=pools())
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_strategy_contract(name, params, drawn):
+    sizes, excluded_frac, budget_kind, seed, n = drawn
+    pool, inputs = make_pool(sizes, seed)
+    rng = np.random.default_rng(seed)
+    inputs.excluded = rng.random(n) < excluded_frac
+    available = int((~inputs.excluded).sum())
+    if available == 0:
+        return
+    budget = {"one": 1, "some": max(1, available // 3), "all": available}[budget_kind]
+    if name == "full":
+        budget = available
+    if params.get("min_per_task"):
+        budget = max(budget, min(available, len(sizes)))
+    strategy = get_strategy(name, seed=seed, **params)
+    try:
+        result = strategy.select(pool, budget, inputs)
+    except TaskdivError as e:
+        # The only legitimate refusal: a floor/ceiling that the budget cannot satisfy.
+        assert "floor" in str(e) or "exceeds" in str(e), e
+        return
+    ids = list(result.ids)
+    assert len(ids) == budget
+    assert len(set(ids)) == budget
+    pool_ids = set(pool.ids)
+    assert set(ids) <= pool_ids
+    assert not set(ids) & set(pool.ids[inputs.excluded])
+    again = get_strategy(name, seed=seed, **params).select(pool, budget, inputs)
+    assert list(again.ids) == ids, "same seed, same selection (and order)"
+    if isinstance(strategy, TaskAllocation):
+        counts = pool.frame.set_index("id").loc[ids, "task"].value_counts()
+        table = result.allocation.set_index("task")
+        assert (counts <= table.loc[counts.index, "available"]).all()
+        assert table["allocated"].sum() == budget
+        assert (table["allocated"] <= table["available"]).all()
+
+
+@pytest.mark.parametrize("name,params", VARIANTS, ids=[f"{n}{'-' + '-'.join(map(str, p.values())) if p else ''}"
+                                                       for n, p in VARIANTS])
+def test_other_seed_other_selection(name, params):
+    pool, inputs = make_pool([30, 20, 40, 10])
+    strategy = get_strategy(name, seed=1, **params)
+    budget = len(pool) if name == "full" else 25
+    a = list(strategy.select(pool, budget, inputs).ids)
+    b = list(get_strategy(name, seed=2, **params).select(pool, budget, inputs).ids)
+    random_inside = name in ("random", "task-diversity", "weighted-task-diversity", "proportional",
+                             "k-center") and params.get("within") != "lowest-confidence"
+    if random_inside:
+        assert a != b
+    elif name in ("full", "uncertainty"):
+        assert a == b  # no randomness involved (continuous confidences have no ties)
+
+
+def test_weighted_gives_more_to_unsure_tasks():
+    pool, inputs = make_pool([100, 100])
+    inputs.confidence = np.where(pool.frame["task"] == "t0", 0.2, 0.8)
+    result = get_strategy("weighted-task-diversity", seed=0).select(pool, 50, inputs)
+    table = result.allocation.set_index("task")
+    assert table.loc["t0", "allocated"] == 40 and table.loc["t1", "allocated"] == 10
+
+
+def test_rank_order_interleaves_tasks():
+    pool, inputs = make_pool([50, 50, 50])
+    result = get_strategy("task-diversity", seed=0).select(pool, 30, inputs)
+    first = pool.frame.set_index("id").loc[list(result.ids[:3]), "task"]
+    assert sorted(first) == ["t0", "t1", "t2"]
+
+
+def test_uncertainty_picks_lowest():
+    pool, inputs = make_pool([20, 20])
+    ids = get_strategy("uncertainty", seed=0).select(pool, 5, inputs).ids
+    lowest = pool.ids[np.argsort(inputs.confidence)[:5]]
+    assert list(ids) == list(lowest)
+
+
+def test_weighted_names_tasks_without_scores():
+    pool, inputs = make_pool([5, 5, 5])
+    inputs.confidence[pool.frame["task"] == "t1"] = np.nan
+    with pytest.raises(TaskdivError, match="t1"):
+        get_strategy("weighted-task-diversity").select(pool, 5, inputs)
+
+
+def test_needs_are_enforced():
+    pool, _ = make_pool([5, 5])
+    with pytest.raises(TaskdivError, match="confidence"):
+        get_strategy("uncertainty").select(pool, 3, Inputs())
+    with pytest.raises(TaskdivError, match="embeddings"):
+        get_strategy("k-center").select(pool, 3, Inputs())
+
+
+def test_unknown_strategy_suggests():
+    with pytest.raises(TaskdivError, match="Did you mean 'task-diversity'"):
+        get_strategy("task-diversty")
+
+
+def test_budget_larger_than_pool_says_pool_size():
+    pool, inputs = make_pool([5, 5])
+    with pytest.raises(TaskdivError, match="10 prompt"):
+        get_strategy("random").select(pool, 11, inputs)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_k_center_matches_naive_reference(seed):
+    X = np.random.default_rng(seed).normal(size=(200, 16)).astype(np.float32)
+    np.testing.assert_array_equal(k_center(X, 25, seed=seed), k_center_naive(X, 25, seed=seed))
+    init = X[:5]
+    np.testing.assert_array_equal(k_center(X[5:], 10, initial=init), k_center_naive(X[5:], 10, initial=init))
