@@ -29,7 +29,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 install: $(VENV)/.installed
 
 demo: install
-	$(TASKDIV) demo --out $(DEMO_OUT)
+	$(TASKDIV) select bigbench:demo --budget 1000 --strategy task-diversity --seed 0 --out $(DEMO_OUT)/selection
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -1,6 +1,7 @@
 """Loading pools: formats, shapes, field mapping, ids, and bad input."""
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -160,7 +161,8 @@ def test_read_scores_validates(tmp_path, small_pool):
     pool = load_pool(str(small_pool))
     good = tmp_path / "s.csv"
     pd.DataFrame({"id": ["a0", "b1"], "confidence": [0.5, 0.25]}).to_csv(good, index=False)
-    assert read_scores(good, pool).to_dict() == {"a0": 0.5, "b1": 0.25}
+    conf = read_scores(good, pool)
+    assert conf[0] == 0.5 and conf[3] == 0.25 and np.isnan(conf).sum() == 14
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"id": ["a0", "b1"], "confidence": [0.5, 1.5]}).to_csv(bad, index=False)
     with pytest.raises(DataError, match=r"row 2, field 'confidence'"):

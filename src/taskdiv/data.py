@@ -80,10 +80,22 @@ class Pool:
         codes, uniques = pd.factorize(self.frame["task"], sort=True)
         return np.asarray(uniques, dtype=object), codes
 
+    def positions(self, ids) -> np.ndarray:
+        """Row position of each id (-1 where the id is not in the pool); vectorised."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        def arrow(values):  # zero-copy for pyarrow-backed string columns (pandas >= 3)
+            if not isinstance(values, pd.Series):
+                values = pd.Series(np.asarray(values, dtype=object))
+            return pa.array(values.astype("str")).cast(pa.large_string())
+
+        haystack = arrow(self.frame["id"])
+        return pc.index_in(arrow(ids), value_set=haystack).fill_null(-1).to_numpy().astype(np.int64)
+
     def subset(self, ids) -> "Pool":
         """The rows with these ids, in the given order."""
-        index = pd.Index(self.frame["id"])
-        pos = index.get_indexer(list(ids))
+        pos = self.positions(ids)
         if (pos < 0).any():
             missing = [i for i, p in zip(ids, pos) if p < 0][:5]
             raise TaskdivError(f"ids not in the pool {self.source}: {missing}")
@@ -347,8 +359,8 @@ def normalise(raw: pd.DataFrame, fields: FieldMap, *, source: str, where: str = 
         if missing.any():
             raise err("missing id", int(np.argmax(missing)), fields.id_field)
         out["id"] = ids.astype(str)
-        dup = out["id"].duplicated(keep=False).to_numpy()
-        if dup.any():
+        if out["id"].nunique() != len(out):
+            dup = out["id"].duplicated(keep=False).to_numpy()
             first = out["id"].iloc[int(np.argmax(dup))]
             rows = np.flatnonzero((out["id"] == first).to_numpy())
             raise err(f"duplicate id {first!r} (also at {loc} {int(lines[rows[1]])}; "
@@ -459,12 +471,12 @@ def read_ids(path) -> list[str]:
     return [s.strip() for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
 
 
-def read_scores(path, pool: Pool) -> pd.Series:
-    """Per-prompt confidence in [0, 1] (higher = more confident), indexed by id.
+def read_scores(path, pool: Pool) -> np.ndarray:
+    """Per-prompt confidence in [0, 1] (higher = more confident), aligned with the
+    pool's rows; NaN where a prompt has no score.
 
-    The file is CSV or Parquet with columns `id` and `confidence`; prompts without a
-    row are unscored. Ids not in the pool, duplicates and values outside [0, 1] are
-    errors.
+    The file is CSV or Parquet with columns `id` and `confidence`. Ids not in the
+    pool, duplicates and values outside [0, 1] are errors.
     """
     path = Path(path)
     if not path.exists():
@@ -490,17 +502,19 @@ def read_scores(path, pool: Pool) -> pd.Series:
         i = int(np.argmax(bad))
         raise DataError(f"confidence {raw['confidence'].iloc[i]!r} is not a number in [0, 1] "
                         f"({int(bad.sum())} such row(s))", file=path, row=i + 1, field="confidence")
-    dup = ids.duplicated().to_numpy()
-    if dup.any():
-        i = int(np.argmax(dup))
+    if ids.nunique() != len(ids):
+        i = int(np.argmax(ids.duplicated().to_numpy()))
         raise DataError(f"duplicate id {ids.iloc[i]!r}", file=path, row=i + 1, field="id")
-    unknown = ~ids.isin(pool.frame["id"]).to_numpy()
+    pos = pool.positions(ids)
+    unknown = pos < 0
     if unknown.any():
         examples = ", ".join(repr(x) for x in ids[unknown].head(3))
         raise DataError(f"{int(unknown.sum())} of {len(ids)} scored id(s) are not in the pool "
                         f"{pool.source} (e.g. {examples}); were the scores made for another pool?",
                         file=path, field="id")
-    return pd.Series(conf, index=pd.Index(ids, name="id"), name="confidence")
+    aligned = np.full(len(pool), np.nan)
+    aligned[pos] = conf
+    return aligned
 
 
 def main(argv=None) -> None:  # pragma: no cover - convenience entry point

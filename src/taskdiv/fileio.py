@@ -38,7 +38,14 @@ def write_text(path, text: str) -> None:
 
 
 def write_jsonl(path, records) -> int:
-    """Write an iterable of dicts as JSON lines; returns the number of lines."""
+    """Write a DataFrame or an iterable of dicts as JSON lines; returns the line count."""
+    if isinstance(records, pd.DataFrame):
+        with atomic_path(path) as tmp:
+            if len(records):
+                records.to_json(tmp, orient="records", lines=True, force_ascii=False)
+            else:
+                tmp.write_text("")
+        return len(records)
     n = 0
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for rec in records:

@@ -81,15 +81,16 @@ def prepare_inputs(pool: Pool, strategy, cfg: SelectConfig, *, embeddings=None) 
     """Confidence, embeddings and exclusion mask aligned with the pool's rows."""
     inputs = Inputs()
     if cfg.scores:
-        scores = read_scores(cfg.scores, pool)
-        inputs.confidence = scores.reindex(pool.frame["id"]).to_numpy(dtype=float)
+        inputs.confidence = read_scores(cfg.scores, pool)
         log.info("scores: %d of %d prompts scored", int(np.isfinite(inputs.confidence).sum()), len(pool))
     if "embeddings" in strategy.needs:
         inputs.embeddings = embeddings if embeddings is not None else _embed(pool, cfg.embedding_model)
     if cfg.exclude:
         ids = read_ids(cfg.exclude)
-        mask = pool.frame["id"].isin(ids).to_numpy()
-        unknown = len(set(ids)) - int(mask.sum())
+        pos = pool.positions(ids)
+        mask = np.zeros(len(pool), dtype=bool)
+        mask[pos[pos >= 0]] = True
+        unknown = len(set(np.asarray(ids)[pos < 0]))
         if unknown:
             log.warning("%s: %d excluded id(s) are not in the pool; ignored", cfg.exclude, unknown)
         inputs.excluded = mask
@@ -131,16 +132,15 @@ def select(cfg: SelectConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
         budget = int((~inputs.excluded).sum())
     result = strategy.select(pool, budget, inputs)
 
-    chosen = pool.subset(result.ids).frame
-    rows = pd.DataFrame({"id": chosen["id"], "task": chosen["task"], "prompt": chosen["prompt"]})
+    chosen = pool.frame.iloc[result.positions]
+    rows = chosen[["id", "task", "prompt"]].reset_index(drop=True)
     if "response" in chosen.columns:
-        rows["response"] = chosen["response"]
+        rows["response"] = chosen["response"].to_numpy()
     rows["strategy"] = cfg.strategy
     rows["seed"] = cfg.seed
     rows["rank"] = np.arange(1, len(rows) + 1)
     if inputs.confidence is not None:
-        conf = pd.Series(inputs.confidence, index=pool.frame["id"])
-        rows["confidence"] = conf.reindex(rows["id"]).to_numpy()
+        rows["confidence"] = inputs.confidence[result.positions]
     allocation = result.allocation
     if allocation is None:
         allocation = _counts_table(pool, rows, inputs)
@@ -161,8 +161,7 @@ def _counts_table(pool: Pool, rows: pd.DataFrame, inputs: Inputs) -> pd.DataFram
 
 def write_selection(out: str | Path, rows: pd.DataFrame, allocation: pd.DataFrame, cfg) -> None:
     out = Path(out)
-    records = rows.to_dict(orient="records")
-    write_jsonl(out / "selection.jsonl", records)
+    write_jsonl(out / "selection.jsonl", rows)
     write_table(out / "allocation.csv", allocation)
     write_yaml(out / "config.yaml", {"command": "select", **{f.name: getattr(cfg, f.name) for f in fields(cfg)}})
 

@@ -33,6 +33,7 @@ WITHIN = ("random", "k-center", "lowest-confidence")
 @dataclass
 class Selection:
     ids: np.ndarray                      # chosen ids, rank order
+    positions: np.ndarray                # their row positions in the pool
     allocation: pd.DataFrame | None = None  # task, available, taken, confidence, weight, allocated
 
 
@@ -70,7 +71,7 @@ class Strategy:
         positions, allocation = self._select(pool, budget, inputs, excluded)
         positions = np.asarray(positions, dtype=np.int64)
         assert len(positions) == budget and len(np.unique(positions)) == budget, "strategy broke the budget"
-        return Selection(pool.ids[positions], allocation)
+        return Selection(pool.frame["id"].to_numpy()[positions], positions, allocation)
 
     def _select(self, pool, budget, inputs, excluded):  # pragma: no cover - abstract
         raise NotImplementedError
