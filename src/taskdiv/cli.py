@@ -28,6 +28,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                          "Write a pool (any source) to a .jsonl or .parquet file."),
     ("select",): ("taskdiv.selection", "SelectConfig", "run_select",
                   "Choose which prompts to annotate under a budget."),
+    ("report",): ("taskdiv.report", "ReportConfig", "run_report",
+                  "Write report.md and plots (accuracy vs budget, allocation, per-task gains) for an experiment."),
 }
 
 GROUP_HELP = {"pool": "Inspect and export prompt pools."}

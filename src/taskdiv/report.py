@@ -1,0 +1,256 @@
+"""`taskdiv report EXP`: tables and plots of an experiment, the way a paper shows them.
+
+Reads the experiment's tables (written by experiments.py):
+    EXP/results.csv      one row per run: run, strategy, budget, budget_n, seed, accuracy, ...
+    EXP/per_task.csv     run, task, n, accuracy
+    EXP/allocations.csv  run, strategy, budget, budget_n, seed, task, allocated, confidence
+and writes EXP/report.md with:
+    - mean accuracy and a 95% t-interval over seeds for every strategy x budget, with
+      `full` and the base model as reference rows;
+    - paired differences against random at the same budget and seed;
+    - the annotation saving: the smallest budget reaching the full-data accuracy;
+and the plots accuracy_vs_budget.png, allocation.png, task_gains.png.
+
+    taskdiv report results/cpu-small
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import TaskdivError
+from .fileio import atomic_path, write_text
+
+log = logging.getLogger(__name__)
+
+REFERENCE = ("full", "base")
+ORDER = ["random", "proportional", "task-diversity", "weighted-task-diversity", "k-center", "uncertainty"]
+
+
+@dataclass
+class ReportConfig:
+    exp: str | None = field(default=None, metadata={"positional": True, "required": True,
+                                                    "help": "Experiment directory (holds results.csv)."})
+
+
+def mean_ci(values) -> tuple[float, float, float]:
+    """Mean and 95% t-interval (NaN half-width for a single value)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if len(v) == 0:
+        return np.nan, np.nan, np.nan
+    m = float(v.mean())
+    if len(v) < 2:
+        return m, np.nan, np.nan
+    half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return m, m - half, m + half
+
+
+def _strategies(results: pd.DataFrame) -> list[str]:
+    found = [s for s in results["strategy"].unique() if s not in REFERENCE]
+    return sorted(found, key=lambda s: (ORDER.index(s) if s in ORDER else len(ORDER), s))
+
+
+def summary_table(results: pd.DataFrame) -> pd.DataFrame:
+    """strategy x budget: mean, ci_low, ci_high, seeds."""
+    rows = []
+    for (strategy, budget_n), group in results.groupby(["strategy", "budget_n"], sort=False):
+        m, lo, hi = mean_ci(group["accuracy"])
+        rows.append({"strategy": strategy, "budget": group["budget"].iloc[0], "budget_n": int(budget_n),
+                     "mean": m, "ci_low": lo, "ci_high": hi, "seeds": int(group["accuracy"].notna().sum())})
+    return pd.DataFrame(rows)
+
+
+def paired_vs_random(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean difference to random at the same budget and seed, with a 95% t-interval."""
+    rand = results[results["strategy"] == "random"].set_index(["budget_n", "seed"])["accuracy"]
+    rows = []
+    for strategy in _strategies(results):
+        if strategy == "random":
+            continue
+        for budget_n, group in results[results["strategy"] == strategy].groupby("budget_n"):
+            keys = [(budget_n, s) for s in group["seed"]]
+            present = [k in rand.index for k in keys]
+            diffs = group["accuracy"].to_numpy()[present] - rand.loc[[k for k, p in zip(keys, present) if p]].to_numpy()
+            m, lo, hi = mean_ci(diffs)
+            rows.append({"strategy": strategy, "budget_n": int(budget_n), "diff": m, "ci_low": lo, "ci_high": hi,
+                         "wins": int((diffs > 0).sum()), "pairs": len(diffs)})
+    return pd.DataFrame(rows)
+
+
+def annotation_saving(summary: pd.DataFrame, full_acc: float | None) -> dict[str, str]:
+    out = {}
+    for strategy in summary["strategy"].unique():
+        if strategy in REFERENCE:
+            continue
+        rows = summary[summary["strategy"] == strategy].sort_values("budget_n")
+        if full_acc is None or np.isnan(full_acc):
+            out[strategy] = "no full-data run"
+            continue
+        reached = rows[rows["mean"] >= full_acc]
+        out[strategy] = (f"{reached['budget'].iloc[0]} ({int(reached['budget_n'].iloc[0])} prompts)"
+                         if len(reached) else "not reached")
+    return out
+
+
+def _fmt(m, lo, hi) -> str:
+    if np.isnan(m):
+        return "n/a"
+    return f"{m:.3f}" if np.isnan(lo) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def plot_accuracy(results: pd.DataFrame, summary: pd.DataFrame, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for strategy in _strategies(results):
+        rows = summary[summary["strategy"] == strategy].sort_values("budget_n")
+        line, = ax.plot(rows["budget_n"], rows["mean"], marker="o", label=strategy)
+        ax.fill_between(rows["budget_n"], rows["ci_low"], rows["ci_high"], color=line.get_color(), alpha=0.15)
+    for ref, style in (("full", "--"), ("base", ":")):
+        ref_rows = results[results["strategy"] == ref]
+        if len(ref_rows):
+            ax.axhline(ref_rows["accuracy"].mean(), color="black", linestyle=style,
+                       label=f"{ref} ({ref_rows['accuracy'].mean():.3f})" if ref == "base" else
+                       f"full data, {int(ref_rows['budget_n'].iloc[0])} prompts ({ref_rows['accuracy'].mean():.3f})")
+    ax.set_xlabel("annotation budget (prompts)")
+    ax.set_ylabel("held-out macro accuracy")
+    ax.set_title("Accuracy against budget (mean and 95% interval over seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    return fig
+
+
+def plot_allocation(allocations: pd.DataFrame, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pick = ["task-diversity", "weighted-task-diversity"]
+    sub = allocations[allocations["strategy"].isin(pick)]
+    if sub.empty:
+        return None
+    budget_n = sub["budget_n"].max()
+    sub = sub[(sub["budget_n"] == budget_n) & (sub["seed"] == sub["seed"].min())]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, strategy in zip(axes, pick):
+        rows = sub[sub["strategy"] == strategy]
+        ax.scatter(rows["confidence"], rows["allocated"], label=strategy)
+        ax.set_title(f"{strategy} ({int(budget_n)} prompts)")
+        ax.set_xlabel("task confidence C_t (mean token probability)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("prompts allocated to the task")
+    _save(fig, path)
+    return fig
+
+
+def plot_task_gains(per_task: pd.DataFrame, results: pd.DataFrame, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base_runs = results.loc[results["strategy"] == "base", "run"]
+    if base_runs.empty or per_task.empty:
+        return None
+    base = per_task[per_task["run"].isin(base_runs)].groupby("task")["accuracy"].mean()
+    budget_n = results.loc[~results["strategy"].isin(REFERENCE), "budget_n"].max()
+    runs = results[(results["budget_n"] == budget_n) | (results["strategy"] == "full")]
+    merged = per_task.merge(runs[["run", "strategy"]], on="run")
+    gains = merged.groupby(["task", "strategy"])["accuracy"].mean().unstack("strategy").sub(base, axis=0)
+    cols = [s for s in _strategies(results) if s in gains.columns] + (["full"] if "full" in gains.columns else [])
+    gains = gains[cols]
+    fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 4, 0.32 * len(gains) + 1.5))
+    lim = float(np.nanmax(np.abs(gains.to_numpy()))) or 1.0
+    im = ax.imshow(gains.to_numpy(), cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
+    ax.set_yticks(range(len(gains)), gains.index)
+    ax.set_title(f"Accuracy gain over the base model per task ({int(budget_n)}-prompt budget; full)")
+    fig.colorbar(im, ax=ax, label="accuracy - base accuracy")
+    _save(fig, path)
+    return fig
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def build_report(exp: Path) -> str:
+    exp = Path(exp)
+    path = exp / "results.csv"
+    if not path.exists():
+        raise TaskdivError(f"{path}: no such file (run `taskdiv experiment` first)")
+    results = pd.read_csv(path)
+    missing = {"run", "strategy", "budget", "budget_n", "seed", "accuracy"} - set(results.columns)
+    if missing:
+        raise TaskdivError(f"{path}: missing column(s) {sorted(missing)}")
+    per_task = pd.read_csv(exp / "per_task.csv") if (exp / "per_task.csv").exists() else pd.DataFrame()
+    allocations = pd.read_csv(exp / "allocations.csv") if (exp / "allocations.csv").exists() else pd.DataFrame()
+    summary = summary_table(results)
+    full = results[results["strategy"] == "full"]["accuracy"]
+    base = results[results["strategy"] == "base"]["accuracy"]
+    full_acc = float(full.mean()) if len(full) else None
+    strategies = _strategies(results)
+    budgets = sorted(summary.loc[summary["strategy"].isin(strategies), "budget_n"].unique())
+    labels = {int(b): summary.loc[summary["budget_n"] == b, "budget"].iloc[0] for b in budgets}
+
+    lines = [f"# Experiment report: {exp.name}", ""]
+    lines += [f"Runs: {len(results)}. Accuracy is the held-out macro accuracy; cells give the mean over "
+              f"seeds and its 95% t-interval.", ""]
+    head = "| strategy | " + " | ".join(f"{labels[int(b)]} ({int(b)})" for b in budgets) + " |"
+    lines += [head, "|---" * (len(budgets) + 1) + "|"]
+    for strategy in strategies:
+        cells = []
+        for b in budgets:
+            row = summary[(summary["strategy"] == strategy) & (summary["budget_n"] == b)]
+            cells.append(_fmt(*row[["mean", "ci_low", "ci_high"]].iloc[0]) + f" (n={row['seeds'].iloc[0]})"
+                         if len(row) else "n/a")
+        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    for ref, values in (("full", full), ("base", base)):
+        if len(values):
+            m, lo, hi = mean_ci(values)
+            n = int(results.loc[results['strategy'] == ref, 'budget_n'].iloc[0])
+            label = f"full data ({n} prompts)" if ref == "full" else "base model (no finetuning)"
+            lines.append(f"| {label} | " + " | ".join([_fmt(m, lo, hi)] * len(budgets)) + " |")
+    paired = paired_vs_random(results)
+    if len(paired):
+        lines += ["", "## Paired difference against random (same budget and seed)", "",
+                  "| strategy | budget | mean difference [95% CI] | wins / pairs |", "|---|---|---|---|"]
+        for _, r in paired.iterrows():
+            lines.append(f"| {r['strategy']} | {labels.get(int(r['budget_n']), r['budget_n'])} | "
+                         f"{_fmt(r['diff'], r['ci_low'], r['ci_high'])} | {r['wins']} / {r['pairs']} |")
+    lines += ["", "## Annotation saving", "",
+              f"Smallest budget whose mean accuracy reaches the full-data accuracy"
+              f"{f' ({full_acc:.3f})' if full_acc is not None else ''}:", ""]
+    for strategy, text in annotation_saving(summary, full_acc).items():
+        lines.append(f"- {strategy}: {text}")
+    lines += ["", "## Plots", "", "![accuracy against budget](accuracy_vs_budget.png)", ""]
+    plot_accuracy(results, summary, exp / "accuracy_vs_budget.png")
+    if plot_allocation(allocations, exp / "allocation.png") is not None:
+        lines += ["![allocation against task confidence](allocation.png)", ""]
+    if plot_task_gains(per_task, results, exp / "task_gains.png") is not None:
+        lines += ["![per-task gains over the base model](task_gains.png)", ""]
+    text = "\n".join(lines) + "\n"
+    write_text(exp / "report.md", text)
+    return text
+
+
+def run_report(cfg: ReportConfig) -> None:
+    text = build_report(Path(cfg.exp))
+    print(text)
+    print(f"wrote {Path(cfg.exp) / 'report.md'} and its plots")

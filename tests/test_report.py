@@ -1,0 +1,71 @@
+"""`taskdiv report` from fixture experiment tables."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from taskdiv.cli import main
+from taskdiv.report import build_report, plot_accuracy, summary_table
+
+STRATEGIES = ["random", "task-diversity", "weighted-task-diversity", "k-center", "uncertainty"]
+TASKS = ["t1", "t2", "t3"]
+
+
+@pytest.fixture
+def exp(tmp_path):
+    rng = np.random.default_rng(0)
+    rows, per_task, allocs = [], [], []
+    conf = {"t1": 0.3, "t2": 0.5, "t3": 0.8}
+
+    def add(run, strategy, budget, budget_n, seed, acc):
+        rows.append({"run": run, "strategy": strategy, "budget": budget, "budget_n": budget_n, "seed": seed,
+                     "accuracy": acc, "ci_low": acc - 0.03, "ci_high": acc + 0.03, "n_test": 300})
+        per_task.extend({"run": run, "task": t, "n": 100, "accuracy": acc + rng.normal(0, 0.02)} for t in TASKS)
+
+    for strategy in STRATEGIES:
+        for budget, n in (("10%", 30), ("20%", 60)):
+            for seed in range(3):
+                run = f"{strategy}-{n}-s{seed}"
+                add(run, strategy, budget, n, seed, 0.5 + n / 600 + rng.normal(0, 0.01)
+                    + (0.05 if strategy == "weighted-task-diversity" else 0))
+                for t in TASKS:
+                    allocs.append({"run": run, "strategy": strategy, "budget": budget, "budget_n": n, "seed": seed,
+                                   "task": t, "allocated": n // 3, "confidence": conf[t]})
+    add("full", "full", "100%", 300, 0, 0.62)
+    add("base", "base", "0", 0, 0, 0.40)
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    pd.DataFrame(per_task).to_csv(tmp_path / "per_task.csv", index=False)
+    pd.DataFrame(allocs).to_csv(tmp_path / "allocations.csv", index=False)
+    return tmp_path
+
+
+def test_report_table_has_every_cell(exp):
+    text = build_report(exp)
+    for strategy in STRATEGIES:
+        line = next(l for l in text.splitlines() if l.startswith(f"| {strategy} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")][1:]
+        assert len(cells) == 2 and all(c != "n/a" and "(n=3)" in c for c in cells), line
+    assert "| full data (300 prompts) |" in text and "| base model (no finetuning) |" in text
+    # weighted reaches the full-data accuracy at 20%; random does not reach it.
+    assert "- weighted-task-diversity: 20% (60 prompts)" in text
+    assert "- random: not reached" in text
+    assert "Paired difference against random" in text
+    for png in ("accuracy_vs_budget.png", "allocation.png", "task_gains.png"):
+        assert (exp / png).stat().st_size > 5000
+        assert (exp / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_accuracy_plot_has_one_series_per_strategy(exp, tmp_path):
+    results = pd.read_csv(exp / "results.csv")
+    fig = plot_accuracy(results, summary_table(results), tmp_path / "p.png")
+    ax = fig.axes[0]
+    labels = [l.get_label() for l in ax.get_lines()]
+    assert [l for l in labels if l in STRATEGIES] == STRATEGIES
+    assert sum(l.startswith("full data") for l in labels) == 1
+    assert len(ax.collections) == len(STRATEGIES)  # one interval band per strategy
+
+
+def test_report_cli_and_missing_results(exp, tmp_path, capsys):
+    assert main(["report", str(exp)]) == 0
+    assert (exp / "report.md").exists()
+    assert main(["report", str(tmp_path / "nope")]) == 1
+    assert "no such file" in capsys.readouterr().err
