@@ -48,6 +48,9 @@ def test_subtasks_and_caps():
     assert pool.frame["task"].nunique() == 20
     assert pool.frame["task"].str.startswith("arithmetic/").all()
     assert pool.task_sizes().max() == 10
+    skewed = load_pool("bigbench:hyperbaton,snarks?test=20&pool_frac=0.1&max_pool=300")
+    # snarks: 181 - 20 = 161 -> 16; hyperbaton: 49,980 -> 4,998 -> capped at 300
+    assert skewed.task_sizes().to_dict() == {"hyperbaton": 300, "snarks": 16}
 
 
 def test_unknown_task_suggests():

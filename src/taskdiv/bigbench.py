@@ -19,6 +19,8 @@ same side) and the first `test` of them are the test part. Spec options
 (`bigbench:TASKS?key=value&...`):
     split     pool (default) | test | all
     test      test part per task: a fraction (<1) or a count (default 0.2; at most half)
+    pool_frac keep this fraction of each task's pool part (default 1): shrinks a pool
+              while keeping the natural skew of task sizes (applied before max_pool)
     max_pool  cap on the pool part per task (default: none)
     seed      seed of the split (default 0)
 
@@ -209,7 +211,7 @@ def _hash_int(text: str) -> int:
 
 
 def split_task(frame: pd.DataFrame, *, test: float = 0.2, max_pool: int | None = None,
-               seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+               pool_frac: float = 1.0, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(pool part, test part) of one task's examples; see the module docstring."""
     n = len(frame)
     keys = [_hash_int(f"split:{seed}:{t}:{k}") for t, k in zip(frame["task"], frame["_key"])]
@@ -223,13 +225,15 @@ def split_task(frame: pd.DataFrame, *, test: float = 0.2, max_pool: int | None =
         n_test += 1
     test_part = frame.iloc[order[:n_test]]
     pool_part = frame.iloc[order[n_test:]]
+    if pool_frac < 1:
+        pool_part = pool_part.iloc[:max(1, int(round(pool_frac * len(pool_part))))]
     if max_pool is not None:
         pool_part = pool_part.iloc[:max_pool]
     return pool_part, test_part
 
 
 def load(tasks: list[str], *, split: str = "pool", test: float = 0.2, max_pool: int | None = None,
-         seed: int = 0) -> pd.DataFrame:
+         pool_frac: float = 1.0, seed: int = 0) -> pd.DataFrame:
     """Pool rows of the given tasks/presets, for one split ('pool', 'test' or 'all')."""
     if split not in ("pool", "test", "all"):
         raise TaskdivError(f"bigbench: split must be pool, test or all, not {split!r}")
@@ -239,7 +243,7 @@ def load(tasks: list[str], *, split: str = "pool", test: float = 0.2, max_pool: 
         if len(frame) == 0:
             log.warning("bigbench task %s has no usable examples; skipped", name)
             continue
-        pool_part, test_part = split_task(frame, test=test, max_pool=max_pool, seed=seed)
+        pool_part, test_part = split_task(frame, test=test, max_pool=max_pool, pool_frac=pool_frac, seed=seed)
         if split in ("pool", "all"):
             parts.append(pool_part)
         if split in ("test", "all"):
@@ -254,7 +258,7 @@ def load(tasks: list[str], *, split: str = "pool", test: float = 0.2, max_pool: 
 
 def load_spec(name: str, opts: dict[str, str]) -> pd.DataFrame:
     """Load `bigbench:NAME?opts` (NAME: a preset or comma-separated tasks)."""
-    known = {"split", "test", "max_pool", "seed"}
+    known = {"split", "test", "max_pool", "pool_frac", "seed"}
     unknown = set(opts) - known
     if unknown:
         raise TaskdivError(f"bigbench:{name}: unknown option(s) {sorted(unknown)} (known: {sorted(known)})")
@@ -262,7 +266,7 @@ def load_spec(name: str, opts: dict[str, str]) -> pd.DataFrame:
     try:
         return load(tasks, split=opts.get("split", "pool"), test=float(opts.get("test", 0.2)),
                     max_pool=int(opts["max_pool"]) if opts.get("max_pool") else None,
-                    seed=int(opts.get("seed", 0)))
+                    pool_frac=float(opts.get("pool_frac", 1.0)), seed=int(opts.get("seed", 0)))
     except ValueError as e:
         raise TaskdivError(f"bigbench:{name}: bad option value ({e})") from e
 

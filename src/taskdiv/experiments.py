@@ -1,0 +1,311 @@
+"""`taskdiv experiment CONFIG.yaml --out EXP`: strategies x budgets x seeds, end to end.
+
+Each run selects prompts, annotates them with the pool's reference responses (the
+paper's simulation of annotators), finetunes the model and evaluates it on the
+held-out test set; `full` (the whole pool) and the untrained base model are the
+reference rows. Confidence scores are computed once per experiment (EXP/scores) and
+shared by every run that needs them; embeddings are cached on disk likewise.
+
+Layout and resumption:
+    EXP/config.yaml                 the resolved experiment config
+    EXP/scores/                     `taskdiv score` output, shared
+    EXP/runs/RUN/                   selection/, data.jsonl, train/, eval/, result.json, done
+    EXP/results.csv                 one row per finished run (rebuilt from the run dirs)
+    EXP/per_task.csv, allocations.csv
+A rerun skips runs with a `done` marker; inside an unfinished run each stage skips
+what it already finished (training resumes from its last checkpoint), so a grid
+killed at any point resumes where it stopped, with no duplicate rows.
+
+The config (YAML) keys are the fields of `ExperimentConfig`; `score`, `train` and
+`evaluate` hold options of those commands (same names as their flags).
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import config as configmod
+from .errors import TaskdivError, unknown_name
+from .fileio import write_json, write_jsonl, write_table, write_text, write_yaml
+
+log = logging.getLogger(__name__)
+
+# Figures from ../shared/EXPERIMENT-NOTES.md (SmolLM2-135M, 2 cores), for --dry-run estimates.
+SECONDS_PER_EXAMPLE_EPOCH = 0.5
+SECONDS_PER_TEST_ITEM = 0.2
+
+
+@dataclass
+class ExperimentConfig:
+    pool: str | None = field(default=None, metadata={"required": True, "help": "Pool spec to select from."})
+    test: str | None = field(default=None, metadata={"required": True,
+                                                     "help": "Held-out test spec (rows with targets/choices)."})
+    model: str = field(default="smollm2-135m-instruct", metadata={"help": "Base model (scored, trained, evaluated)."})
+    strategies: list[str] = field(default_factory=lambda: ["random", "task-diversity", "weighted-task-diversity"],
+                                  metadata={"help": "Strategies to compare."})
+    budgets: list[str] = field(default_factory=lambda: ["10%", "20%"], metadata={"help": "Budgets (counts or %)."})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds (selection and training)."})
+    full: bool = field(default=True, metadata={"help": "Add a run trained on the whole pool."})
+    full_seeds: list[int] | None = field(default=None, metadata={"help": "Seeds of the full run (default: first seed)."})
+    base: bool = field(default=True, metadata={"help": "Add the untrained base model as a reference row."})
+    within: str = field(default="random", metadata={"help": "Within-task picker of the task strategies."})
+    min_per_task: int = field(default=0, metadata={"help": "Task strategies: at least this many per task."})
+    embedding_model: str | None = field(default=None, metadata={"help": "Embedding model for k-center."})
+    score: dict = field(default_factory=dict, metadata={"help": "Options of `taskdiv score`."})
+    train: dict = field(default_factory=dict, metadata={"help": "Options of `taskdiv train`."})
+    evaluate: dict = field(default_factory=dict, metadata={"help": "Options of `taskdiv evaluate`."})
+    name: str = field(default="experiment", metadata={"help": "A name for reports."})
+
+
+@dataclass
+class ExperimentCommand:
+    config: str | None = field(default=None, metadata={"positional": True, "required": True,
+                                                       "help": "Experiment YAML (e.g. configs/cpu-small.yaml)."})
+    out: str | None = field(default=None, metadata={"required": True, "help": "Experiment directory."})
+    dry_run: bool = field(default=False, metadata={"help": "Validate, print the grid and a time estimate, stop."})
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    strategy: str          # a strategy name, or 'full' / 'base'
+    budget: str
+    budget_n: int
+    seed: int
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    return configmod.build(ExperimentConfig, {}, path)
+
+
+def _stage_config(cls, options: dict, key: str, fixed: dict):
+    """A stage's config from the experiment's `key:` options plus the fixed fields."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    clean = {str(k).replace("-", "_"): v for k, v in (options or {}).items()}
+    unknown = sorted(set(clean) - names)
+    if unknown:
+        raise TaskdivError(f"experiment config: unknown key(s) {', '.join(f'{key}.{k}' for k in unknown)}")
+    clash = sorted(set(clean) & set(fixed))
+    if clash:
+        raise TaskdivError(f"experiment config: {', '.join(f'{key}.{k}' for k in clash)} is set by the experiment")
+    return configmod.build(cls, {**clean, **fixed})
+
+
+def plan(cfg: ExperimentConfig, pool_size: int) -> list[Run]:
+    """Validate the grid against the pool and list the runs (base first, then seed by seed)."""
+    from .allocation import parse_budget
+    from .strategies import STRATEGIES
+
+    for s in cfg.strategies:
+        if s not in STRATEGIES or s == "full":
+            raise TaskdivError(f"experiment config: key 'strategies': "
+                               f"{unknown_name('strategy', s, [k for k in STRATEGIES if k != 'full'])}")
+    if not cfg.seeds:
+        raise TaskdivError("experiment config: key 'seeds' is empty")
+    budgets = []
+    for b in cfg.budgets:
+        try:
+            n = parse_budget(b, pool_size)
+        except TaskdivError as e:
+            raise TaskdivError(f"experiment config: key 'budgets': {e}") from None
+        if not 0 < n <= pool_size:
+            raise TaskdivError(f"experiment config: key 'budgets': {b} is {n} prompts; the pool has {pool_size}")
+        budgets.append((str(b), n))
+    runs = [Run("base", "base", "0", 0, cfg.seeds[0])] if cfg.base else []
+    full_seeds = cfg.full_seeds if cfg.full_seeds is not None else cfg.seeds[:1]
+    for i, seed in enumerate(cfg.seeds):
+        for budget, n in budgets:
+            for s in cfg.strategies:
+                runs.append(Run(f"{s}-b{n}-s{seed}", s, budget, n, seed))
+        if cfg.full and seed in full_seeds:
+            runs.append(Run(f"full-s{seed}", "full", "100%", pool_size, seed))
+    return runs
+
+
+def validate_model(name: str) -> None:
+    from .models import EMBEDDED
+
+    path = Path(name)
+    if name in EMBEDDED or path.exists() or (name.count("/") == 1 and not name.startswith((".", "/"))):
+        return
+    raise TaskdivError(f"experiment config: key 'model': {unknown_name('model', name, EMBEDDED)}")
+
+
+class Experiment:
+    def __init__(self, cfg: ExperimentConfig, out: str | Path):
+        self.cfg, self.out = cfg, Path(out)
+
+    # ------------------------------------------------------------------ setup
+    def prepare(self) -> list[Run]:
+        """Everything that can fail on a bad config, before any run starts."""
+        from .data import load_pool
+        from .evaluation import EvalConfig
+        from .scoring import ScoreConfig
+        from .training import TrainConfig
+
+        cfg = self.cfg
+        validate_model(cfg.model)
+        self.pool = load_pool(cfg.pool)
+        self.runs = plan(cfg, len(self.pool))
+        # Build every stage config once now, so that a bad key fails before any run.
+        self.score_cfg = _stage_config(ScoreConfig, cfg.score, "score",
+                                       {"pool": cfg.pool, "model": cfg.model, "out": str(self.out / "scores")})
+        _stage_config(TrainConfig, cfg.train, "train", {"data": "x", "model": cfg.model, "out": "x", "seed": 0})
+        _stage_config(EvalConfig, cfg.evaluate, "evaluate", self._eval_fixed(cfg.model, "x"))
+        from .selection import SelectConfig
+
+        for s in cfg.strategies:
+            self._select_config(Run("check", s, "1", 1, 0), Path("x"))
+        return self.runs
+
+    def _eval_fixed(self, model: str, out: str) -> dict:
+        return {"model": model, "suite": "heldout", "heldout": self.cfg.test, "out": out}
+
+    def _select_config(self, run: Run, out: Path):
+        from .selection import SelectConfig
+        from .strategies import STRATEGIES, TaskAllocation
+
+        task_strategy = run.strategy in STRATEGIES and issubclass(STRATEGIES[run.strategy], TaskAllocation)
+        needs = {"weighted-task-diversity", "uncertainty"} | ({"task-diversity", "proportional"}
+                                                              if self.cfg.within == "lowest-confidence" else set())
+        extra = {"embedding_model": self.cfg.embedding_model} if self.cfg.embedding_model else {}
+        return SelectConfig(pool=self.cfg.pool, budget=run.budget if run.strategy != "full" else None,
+                            strategy=run.strategy, seed=run.seed, out=str(out),
+                            scores=str(self.out / "scores" / "scores.csv") if run.strategy in needs else None,
+                            within=self.cfg.within if task_strategy else "random",
+                            min_per_task=self.cfg.min_per_task if task_strategy else 0, **extra)
+
+    def needs_scores(self) -> bool:
+        return any(s in ("weighted-task-diversity", "uncertainty") for s in self.cfg.strategies) or (
+            self.cfg.within == "lowest-confidence")
+
+    # ------------------------------------------------------------------ running
+    def run(self) -> pd.DataFrame:
+        from .progress import bar
+
+        runs = self.prepare()
+        write_yaml(self.out / "config.yaml", configmod.to_dict(self.cfg))
+        todo = [r for r in runs if not (self.run_dir(r) / "done").exists()]
+        log.info("experiment %s: %d run(s), %d already done", self.cfg.name, len(runs), len(runs) - len(todo))
+        if todo and self.needs_scores() and not (self.out / "scores" / "scores.csv").exists():
+            from .scoring import score
+
+            log.info("scoring the pool once for the whole experiment")
+            score(self.score_cfg)
+        with bar(total=len(runs), initial=len(runs) - len(todo), desc="experiment", unit="run") as progress:
+            for r in todo:
+                self.run_one(r, lambda stage, r=r: progress.set_postfix_str(f"{r.id}: {stage}"))
+                progress.update(1)
+                self.collect()
+        return self.collect()
+
+    def run_dir(self, run: Run) -> Path:
+        return self.out / "runs" / run.id
+
+    def run_one(self, run: Run, stage) -> None:
+        from .evaluation import EvalConfig, evaluate
+        from .training import TrainConfig, train
+
+        d = self.run_dir(run)
+        started = time.time()
+        record = dataclasses.asdict(run)
+        write_yaml(d / "run.yaml", {**record, "model": self.cfg.model, "pool": self.cfg.pool, "test": self.cfg.test})
+        model = self.cfg.model
+        if run.strategy != "base":
+            stage("select")
+            sel_dir = d / "selection"
+            if not (sel_dir / "selection.jsonl").exists():
+                from .selection import select, write_selection
+
+                sel_cfg = self._select_config(run, sel_dir)
+                rows, allocation = select(sel_cfg)
+                write_selection(sel_dir, rows, allocation, sel_cfg)
+            stage("annotate")
+            data = d / "data.jsonl"
+            if not data.exists():
+                self.oracle(sel_dir / "selection.jsonl", data)
+            stage("train")
+            t0 = time.time()
+            train_cfg = _stage_config(TrainConfig, self.cfg.train, "train",
+                                      {"data": str(data), "model": self.cfg.model, "out": str(d / "train"),
+                                       "seed": run.seed})
+            train(train_cfg)
+            record["train_seconds"] = round(time.time() - t0, 1)
+            model = str(d / "train")
+        stage("evaluate")
+        t0 = time.time()
+        result = evaluate(_stage_config(EvalConfig, self.cfg.evaluate, "evaluate",
+                                        self._eval_fixed(model, str(d / "eval"))))
+        record["eval_seconds"] = round(time.time() - t0, 1)
+        record.update(accuracy=result["accuracy"], ci_low=result["ci_low"], ci_high=result["ci_high"],
+                      n_test=result["n"], seconds=round(time.time() - started, 1))
+        write_json(d / "result.json", record)
+        write_text(d / "done", time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+        gc.collect()
+
+    def oracle(self, selection: Path, data: Path) -> None:
+        """Annotate with the pool's reference responses (the paper's simulated annotators)."""
+        rows = [json.loads(line) for line in selection.read_text(encoding="utf-8").splitlines() if line.strip()]
+        missing = [r["id"] for r in rows if not r.get("response")]
+        if missing:
+            raise TaskdivError(f"{selection}: {len(missing)} selected prompt(s) have no reference response "
+                               f"(e.g. {missing[:3]}); an experiment needs a pool with responses")
+        write_jsonl(data, [{k: r[k] for k in ("id", "task", "prompt", "response")} for r in rows])
+
+    # ------------------------------------------------------------------ tables
+    def collect(self) -> pd.DataFrame:
+        """Rebuild results.csv, per_task.csv and allocations.csv from the finished runs."""
+        results, per_task, allocations = [], [], []
+        for r in self.runs:
+            d = self.run_dir(r)
+            if not (d / "done").exists():
+                continue
+            results.append(json.loads((d / "result.json").read_text()))
+            tasks = pd.read_csv(d / "eval" / "per_task.csv")
+            per_task.append(tasks.assign(run=r.id)[["run", "task", "n", "accuracy"]])
+            alloc_path = d / "selection" / "allocation.csv"
+            if alloc_path.exists():
+                alloc = pd.read_csv(alloc_path)
+                allocations.append(alloc.assign(run=r.id, strategy=r.strategy, budget=r.budget,
+                                                budget_n=r.budget_n, seed=r.seed)
+                                   [["run", "strategy", "budget", "budget_n", "seed", "task", "allocated",
+                                     "confidence"]])
+        table = pd.DataFrame(results)
+        if len(table):
+            write_table(self.out / "results.csv", table)
+            write_table(self.out / "per_task.csv", pd.concat(per_task, ignore_index=True))
+        if allocations:
+            write_table(self.out / "allocations.csv", pd.concat(allocations, ignore_index=True))
+        return table
+
+
+def estimate_seconds(cfg: ExperimentConfig, runs: list[Run], n_test: int) -> float:
+    epochs = float((cfg.train or {}).get("epochs", 2))
+    trained = sum(r.budget_n for r in runs if r.strategy != "base")
+    return trained * epochs * SECONDS_PER_EXAMPLE_EPOCH + len(runs) * n_test * SECONDS_PER_TEST_ITEM
+
+
+def run_experiment(cmd: ExperimentCommand) -> None:
+    cfg = load_config(cmd.config)
+    exp = Experiment(cfg, cmd.out)
+    if cmd.dry_run:
+        from .data import load_pool
+
+        runs = exp.prepare()
+        n_test = len(load_pool(cfg.test))
+        for r in runs:
+            print(f"{r.id:40s} strategy={r.strategy:24s} budget={r.budget_n:6d} seed={r.seed}")
+        est = estimate_seconds(cfg, runs, n_test)
+        print(f"{len(runs)} run(s); pool {len(exp.pool)} prompts, test {n_test} items; "
+              f"estimate from EXPERIMENT-NOTES rates: {est / 60:.0f} min (plus scoring)")
+        return
+    table = exp.run()
+    print(f"{len(table)} run(s) finished; results in {Path(cmd.out) / 'results.csv'}; "
+          f"next: taskdiv report {cmd.out}")
