@@ -193,8 +193,9 @@ def _read_jsonl_answers(path: Path) -> list[Item]:
                             field="response")
         status = "skipped" if rec.get("status") in ("skipped", "cancelled", "discarded") else (
             "submitted" if (response or "").strip() else "empty")
-        item = items.setdefault(str(pid), Item(id=str(pid), prompt=rec.get("prompt"), answers=[],
-                                               where=f"line {lineno}"))
+        prompt = rec.get("prompt")
+        item = items.setdefault(str(pid), Item(id=str(pid), prompt=prompt if isinstance(prompt, str) else None,
+                                               answers=[], where=f"line {lineno}"))
         item.answers.append(Answer(response=response or "", status=status, annotator=rec.get("annotator"),
                                    submitted_at=rec.get("submitted_at"), where=f"line {lineno}"))
     return list(items.values())
