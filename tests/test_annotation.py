@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from taskdiv import annotation, cli
-from taskdiv.data import read_ids
+from taskdiv import annotation, annotation_store, cli
+from taskdiv.data import load_pool, read_ids
 
 from conftest import write_jsonl
 
@@ -248,6 +248,8 @@ def test_rounds_store_and_exclude(selection, tmp_path, small_pool):
     assert {r["id"]: r["response"] for r in rows}[ids[1]] == "a correction"
     assert {r["id"]: r["response"] for r in rows}[ids[2]] == f"answer {ids[2]}"
     assert [r["round"] for r in _jsonl(store)] == [1, 1, 1] + [2] * (len(ids2) + 1)
+    sft = load_pool(out).frame  # how `taskdiv train` reads a dataset
+    assert sft["id"].tolist() == ids[:3] + ids2 and sft["response"].str.strip().astype(bool).all()
 
 
 def test_oracle(selection, tmp_path, small_pool):
@@ -373,8 +375,8 @@ def test_failed_write_leaves_store_untouched(selection, tmp_path, monkeypatch):
             raise OSError("disk full")
         return real(path, records)
 
-    real = annotation._write_records
-    monkeypatch.setattr(annotation, "_write_records", failing)
+    real = annotation_store._write_records
+    monkeypatch.setattr(annotation_store, "_write_records", failing)
     with pytest.raises(OSError):
         annotation.run_import(annotation.ImportConfig(
             file=str(_answers(tmp_path / "r2.jsonl", [{"id": ids[1], "response": "y"}])), format="jsonl",
