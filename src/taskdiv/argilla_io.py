@@ -1,0 +1,173 @@
+"""Argilla 2.x datasets on disk: the dataset taskdiv exports and the reader for the
+annotated dataset coming back.
+
+    taskdiv annotate export runs/sel/selection.jsonl --format argilla --out runs/ar
+    # with a server:  rg.Dataset.from_disk("runs/ar/argilla", client=client)
+    # annotate, then: dataset.to_disk("annotated")
+    taskdiv annotate import annotated --format argilla --selection runs/sel/selection.jsonl \\
+        --out runs/ann/sft.jsonl
+
+The dataset is built with the SDK's own classes: `rg.Settings` with a TextField
+`prompt`, a TextQuestion `response`, metadata properties `task` (terms) and
+`confidence` (float), and one `rg.Record` per prompt whose id is taskdiv's prompt id.
+It is written in the layout `Dataset.to_disk` produces (.argilla/dataset.json,
+.argilla/settings.json, records.json), which `Dataset.from_disk` loads onto a server.
+
+Why not `Dataset.to_disk` alone: in argilla 2.8 every SDK object needs a client,
+the client checks its server on creation, and `to_disk` reads the records back from
+the server. taskdiv writes without a server: a client whose connection check is
+skipped (it is never asked to send a request), `Dataset.to_disk(with_records=False)`
+for the dataset model and settings, and the SDK's record serialiser (`JsonIO.to_json`,
+which `to_disk` itself calls) for records.json.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import DataError, TaskdivError
+
+FIELD, QUESTION = "prompt", "response"
+INSTALL_HINT = "the argilla format needs the argilla SDK: pip install 'taskdiv[annotate]'"
+
+
+def _import_argilla():
+    try:
+        import argilla as rg
+    except ImportError as e:
+        raise TaskdivError(INSTALL_HINT) from e
+    return rg
+
+
+@contextlib.contextmanager
+def offline_client():
+    """An `rg.Argilla` client for building and serialising objects without a server.
+
+    It is made the SDK's default client while the block runs (SDK classes such as
+    `Settings.from_json` look the default up) and the previous default is restored.
+    """
+    rg = _import_argilla()
+
+    class OfflineArgilla(rg.Argilla):
+        def _validate_connection(self) -> None:
+            pass  # no server: this client only serves as the objects' owner
+
+    previous = rg.Argilla._default_client
+    client = OfflineArgilla(api_url="http://127.0.0.1:6900", api_key="offline")
+    rg.Argilla._set_default(client)
+    try:
+        yield client
+    finally:
+        rg.Argilla._set_default(previous)
+
+
+@contextlib.contextmanager
+def _quiet_sdk():
+    """Silence the SDK's INFO messages (it logs 'Loading ... from' on the root logger while saving)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def settings(tasks: list[str], with_confidence: bool):
+    """The dataset settings (call inside `offline_client()` or with a real client)."""
+    rg = _import_argilla()
+    metadata = [rg.TermsMetadataProperty(name="task", title="Task", options=sorted(tasks))]
+    if with_confidence:
+        metadata.append(rg.FloatMetadataProperty(name="confidence", title="Model confidence",
+                                                 min=0.0, max=1.0))
+    return rg.Settings(
+        guidelines="Write the response a good assistant would give to the prompt. "
+                   "The task and the base model's confidence are shown as metadata.",
+        fields=[rg.TextField(name=FIELD, title="Prompt", use_markdown=False)],
+        questions=[rg.TextQuestion(name=QUESTION, title="Your response", required=True, use_markdown=False)],
+        metadata=metadata,
+        allow_extra_metadata=False,
+    )
+
+
+def records(rows: pd.DataFrame) -> list:
+    rg = _import_argilla()
+    out = []
+    for rec in rows.to_dict(orient="records"):
+        meta = {"task": rec["task"]}
+        conf = rec.get("confidence")
+        if conf is not None and not (isinstance(conf, float) and math.isnan(conf)):
+            meta["confidence"] = float(conf)
+        out.append(rg.Record(id=rec["id"], fields={FIELD: rec["prompt"]}, metadata=meta))
+    return out
+
+
+def write_export(out_dir: Path, rows: pd.DataFrame, name: str) -> Path:
+    """Write the dataset into `out_dir`, which must not exist yet (the caller renames it into place)."""
+    rg = _import_argilla()
+    from argilla.records._io import JsonIO
+
+    out_dir.mkdir(parents=True)
+    with offline_client(), _quiet_sdk():
+        ds = rg.Dataset(name=name, settings=settings(rows["task"].unique().tolist(), "confidence" in rows.columns),
+                        workspace=rg.Workspace(name="argilla"))
+        ds.to_disk(str(out_dir), with_records=False)
+        JsonIO.to_json(records(rows), out_dir / ds._DEFAULT_RECORDS_PATH)
+    return out_dir
+
+
+# ----------------------------------------------------------------------------- import
+
+
+def read_export(path: Path):
+    """Items (see annotation.Item) from a dataset saved with `Dataset.to_disk` (or its records.json).
+
+    Each record becomes one item; each response to the `response` question one answer.
+    The records file keeps a response's value and user but not its status, so a blank
+    or missing value counts as 'empty' (Argilla keeps no value for a discarded text answer);
+    a `status` other than 'submitted', where an export carries one, counts as 'skipped'.
+    """
+    from .annotation import Answer, Item, read_json_document
+
+    records_path = path / "records.json" if path.is_dir() else path
+    if not records_path.exists():
+        raise DataError("no records.json: not a dataset saved with Argilla's Dataset.to_disk "
+                        "(save it with with_records=True)", file=path)
+    data = read_json_document(records_path)
+    if not isinstance(data, list):
+        raise DataError("not an Argilla records file: expected a list of records", file=records_path)
+    items = []
+    for n, rec in enumerate(data, 1):
+        if not isinstance(rec, dict) or not isinstance(rec.get("fields"), dict):
+            raise DataError("not an Argilla record: expected an object with 'fields'", file=records_path, row=n)
+        pid = rec.get("id")
+        if pid is None or str(pid).strip() == "":
+            raise DataError("record has no id (was it created from taskdiv's export?)",
+                            file=records_path, row=n, field="id")
+        where = f"record {pid}"
+        responses = (rec.get("responses") or {})
+        if not isinstance(responses, dict):
+            raise DataError(f"{where}: 'responses' is not an object", file=records_path, row=n, field="responses")
+        answers = []
+        for k, resp in enumerate(responses.get(QUESTION) or [], 1):
+            if not isinstance(resp, dict):
+                raise DataError(f"{where}: response {k} is not an object", file=records_path, row=n,
+                                field=f"responses.{QUESTION}")
+            value = resp.get("value")
+            if value is not None and not isinstance(value, str):
+                raise DataError(f"{where}: response {k} is {type(value).__name__}, expected text",
+                                file=records_path, row=n, field=f"responses.{QUESTION}")
+            status = resp.get("status") or "submitted"
+            if status != "submitted":
+                status = "skipped"
+            elif not (value or "").strip():
+                status = "empty"
+            answers.append(Answer(response=value or "", status=status, annotator=resp.get("user_id"),
+                                  submitted_at=resp.get("updated_at"), where=f"{where}, response {k}"))
+        prompt = rec["fields"].get(FIELD)
+        items.append(Item(id=str(pid), prompt=prompt if isinstance(prompt, str) else None, answers=answers,
+                          where=where))
+    return items

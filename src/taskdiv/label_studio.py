@@ -1,0 +1,153 @@
+"""Label Studio files: the tasks file and labeling configuration taskdiv exports, and
+the reader for Label Studio's JSON export of those tasks with their annotations.
+
+    taskdiv annotate export runs/sel/selection.jsonl --format label-studio --out runs/ls
+    # Label Studio: create a project with runs/ls/label-studio/config.xml as its
+    # labeling interface, import runs/ls/label-studio/tasks.json, annotate, then
+    # Export -> JSON (the full format, with annotations):
+    taskdiv annotate import export.json --format label-studio --selection runs/sel/selection.jsonl \\
+        --out runs/ann/sft.jsonl
+
+Each task's `data` carries taskdiv's prompt id (`id`), so the answers join back to the
+selection whatever ids Label Studio gives its tasks.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from xml.sax.saxutils import quoteattr
+
+import pandas as pd
+
+from .errors import DataError
+
+# Names of the control and object tags in the labeling configuration; the reader
+# looks for the answer under RESPONSE_TAG.
+RESPONSE_TAG = "response"
+PROMPT_TAG = "prompt"
+
+
+def labeling_config(with_confidence: bool) -> str:
+    """The labeling interface: task and confidence as metadata, the prompt, a free-text answer.
+
+    Label Studio checks on import that every task has the data keys the config names,
+    so the confidence row is only there when the selection was scored.
+    """
+    meta = ['    <Text name="task" value="$task"/>']
+    if with_confidence:
+        meta += ['    <Header value="Model confidence (mean token probability)" size="6"/>',
+                 '    <Text name="confidence" value="$confidence_text"/>']
+    return "\n".join([
+        "<View>",
+        '  <View style="padding: 0 1em; margin-bottom: 1em; background: #f5f5f5; border-radius: 4px">',
+        '    <Header value="Task" size="6"/>',
+        *meta,
+        "  </View>",
+        '  <Header value="Prompt"/>',
+        f'  <Text name="{PROMPT_TAG}" value="$prompt"/>',
+        '  <Header value="Your response"/>',
+        f'  <TextArea name="{RESPONSE_TAG}" toName="{PROMPT_TAG}" rows="8" editable="true"',
+        '            maxSubmissions="1" required="true" showSubmitButton="false"',
+        f'            placeholder={quoteattr("Write the answer a good assistant would give.")}/>',
+        "</View>",
+        "",
+    ])
+
+
+def tasks(rows: pd.DataFrame) -> list[dict]:
+    """Label Studio tasks, one per selected prompt, in the selection's order."""
+    with_conf = "confidence" in rows.columns
+    out = []
+    for rec in rows.to_dict(orient="records"):
+        data = {"id": rec["id"], "task": rec["task"], "prompt": rec["prompt"]}
+        if with_conf:
+            conf = rec.get("confidence")
+            ok = conf is not None and not (isinstance(conf, float) and math.isnan(conf))
+            data["confidence"] = float(conf) if ok else None
+            data["confidence_text"] = f"{conf:.3f}" if ok else "not scored"
+        out.append({"data": data})
+    return out
+
+
+# ----------------------------------------------------------------------------- import
+
+
+def read_export(path: Path):
+    """Items (see annotation.Item) from Label Studio's JSON export of a project.
+
+    Each task becomes one item; each of its annotations one answer. A cancelled
+    annotation (the annotator pressed Skip) is 'skipped'; one whose response text is
+    blank is 'empty'. Drafts are not annotations and are not read.
+    """
+    from .annotation import Answer, Item, read_json_document
+
+    data = read_json_document(path)
+    if not isinstance(data, list):
+        raise DataError("not a Label Studio JSON export: expected a list of tasks "
+                        "(export the project with the JSON format, not JSON_MIN or CSV)", file=path)
+    items = []
+    for n, task in enumerate(data, 1):
+        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+            raise DataError("not a Label Studio task: expected an object with 'data' "
+                            "(export the project with the JSON format)", file=path, row=n)
+        where = f"task {task.get('id', n)}"
+        pid = task["data"].get("id")
+        if pid is None or str(pid).strip() == "":
+            raise DataError(f"{where} has no data.id (was it imported from taskdiv's tasks.json?)",
+                            file=path, row=n, field="data.id")
+        annotations = task.get("annotations", [])
+        if not isinstance(annotations, list):
+            raise DataError(f"{where}: 'annotations' is not a list", file=path, row=n, field="annotations")
+        answers = []
+        for k, ann in enumerate(annotations, 1):
+            if not isinstance(ann, dict):
+                raise DataError(f"{where}: annotation {k} is not an object", file=path, row=n, field="annotations")
+            text = _response_text(ann, path, n, where)
+            status = "skipped" if ann.get("was_cancelled") else ("submitted" if text.strip() else "empty")
+            answers.append(Answer(
+                response=text, status=status, annotator=_annotator(ann.get("completed_by")),
+                submitted_at=ann.get("updated_at") or ann.get("created_at"),
+                where=f"{where}, annotation {ann.get('id', k)}"))
+        prompt = task["data"].get("prompt")
+        items.append(Item(id=str(pid), prompt=prompt if isinstance(prompt, str) else None, answers=answers,
+                          where=where))
+    return items
+
+
+def _response_text(ann: dict, path: Path, n: int, where: str) -> str:
+    """The text typed into the response TextArea ('' when there is none)."""
+    results = ann.get("result") or []
+    if not isinstance(results, list):
+        raise DataError(f"{where}: annotation 'result' is not a list", file=path, row=n, field="result")
+    texts = []
+    for res in results:
+        if not isinstance(res, dict) or res.get("from_name") != RESPONSE_TAG:
+            continue
+        value = res.get("value") or {}
+        text = value.get("text") if isinstance(value, dict) else None
+        if isinstance(text, str):
+            text = [text]
+        if not isinstance(text, list) or not all(isinstance(t, str) for t in text):
+            raise DataError(f"{where}: the '{RESPONSE_TAG}' result has no text list (value.text)",
+                            file=path, row=n, field="result")
+        texts.extend(text)
+    # A TextArea may hold several entries; they form one answer, one per line.
+    return "\n".join(texts)
+
+
+def _annotator(completed_by) -> str | None:
+    if isinstance(completed_by, dict):  # the export's expanded user object
+        return str(completed_by.get("email") or completed_by.get("id"))
+    return None if completed_by is None else str(completed_by)
+
+
+def write_export(out_dir: Path, rows: pd.DataFrame) -> list[Path]:
+    """Write tasks.json and config.xml into out_dir (atomically each)."""
+    from .fileio import write_text
+
+    with_conf = "confidence" in rows.columns
+    tasks_path, config_path = out_dir / "tasks.json", out_dir / "config.xml"
+    write_text(tasks_path, json.dumps(tasks(rows), indent=1, ensure_ascii=False) + "\n")
+    write_text(config_path, labeling_config(with_conf))
+    return [tasks_path, config_path]

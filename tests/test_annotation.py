@@ -1,0 +1,400 @@
+"""`taskdiv annotate export|import|oracle`: formats, the import rules, rounds, bad input.
+
+Label Studio import is tested on a real export of Label Studio 1.23.2 (tests/data, made
+by tests/test_label_studio.py); Argilla round-trips through the argilla SDK's own
+classes on disk (no server: Argilla's server needs Elasticsearch).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from taskdiv import annotation, annotation_store, cli
+from taskdiv.data import load_pool, read_ids
+
+from conftest import write_jsonl
+
+DATA = Path(__file__).parent / "data"
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _run(*args) -> int:
+    return cli.main([str(a) for a in args])
+
+
+@pytest.fixture
+def selection(tmp_path, small_pool) -> Path:
+    """A scored selection of 6 prompts from the small pool (tasks a, b, c)."""
+    rows = _jsonl(small_pool)
+    (tmp_path / "scores.csv").write_text("id,confidence\n" + "".join(
+        f"{r['id']},{0.1 + 0.05 * k:.2f}\n" for k, r in enumerate(rows)))
+    assert _run("select", small_pool, "--budget", 6, "--scores", tmp_path / "scores.csv",
+                "--out", tmp_path / "sel", "-q") == 0
+    return tmp_path / "sel" / "selection.jsonl"
+
+
+def _answers(path: Path, rows) -> Path:
+    return write_jsonl(path, rows)
+
+
+def _snapshot(directory: Path) -> dict:
+    return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+# ----------------------------------------------------------------------------- help
+
+
+@pytest.mark.parametrize("words", [["annotate"], ["annotate", "export"], ["annotate", "import"],
+                                   ["annotate", "oracle"]])
+def test_help(words, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(words + ["--help"])
+    assert e.value.code == 0
+    assert "usage: taskdiv annotate" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def test_export_label_studio(selection, tmp_path):
+    assert _run("annotate", "export", selection, "--format", "label-studio", "--out", tmp_path / "ls") == 0
+    sel = _jsonl(selection)
+    tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())
+    assert [t["data"]["id"] for t in tasks] == [r["id"] for r in sel]
+    assert [t["data"]["prompt"] for t in tasks] == [r["prompt"] for r in sel]
+    assert [t["data"]["confidence"] for t in tasks] == [r["confidence"] for r in sel]
+    assert all(set(t) == {"data"} for t in tasks), "a tasks file Label Studio imports as is"
+    assert all(set(t["data"]) == {"id", "task", "prompt", "confidence", "confidence_text"} for t in tasks), \
+        "the pool's reference responses are not shown to annotators"
+    view = ET.fromstring((tmp_path / "ls" / "config.xml").read_text())
+    area = view.find(".//TextArea")
+    assert area.get("name") == "response" and area.get("toName") == "prompt"
+    texts = {t.get("name"): t.get("value") for t in view.iter("Text")}
+    assert texts == {"task": "$task", "confidence": "$confidence_text", "prompt": "$prompt"}
+    # every variable the config uses is in every task
+    assert all({v[1:] for v in texts.values()} <= set(t["data"]) for t in tasks)
+
+
+def test_export_label_studio_unscored(tmp_path, small_pool):
+    assert _run("select", small_pool, "--budget", 4, "--strategy", "task-diversity", "--out", tmp_path / "s",
+                "-q") == 0
+    assert _run("annotate", "export", tmp_path / "s" / "selection.jsonl", "--format", "label-studio",
+                "--out", tmp_path / "ls") == 0
+    view = ET.fromstring((tmp_path / "ls" / "config.xml").read_text())
+    assert {t.get("name") for t in view.iter("Text")} == {"task", "prompt"}
+    tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())
+    assert all(set(t["data"]) == {"id", "task", "prompt"} for t in tasks)
+
+
+def test_export_jsonl(selection, tmp_path):
+    assert _run("annotate", "export", selection, "--format", "jsonl", "--out", tmp_path / "js") == 0
+    rows = _jsonl(tmp_path / "js" / "prompts.jsonl")
+    sel = _jsonl(selection)
+    assert [r["id"] for r in rows] == [r["id"] for r in sel]
+    assert all(r["response"] == "" and set(r) == {"id", "task", "prompt", "confidence", "response"} for r in rows)
+
+
+def _argilla_load(directory: Path):
+    """(settings, records) read back with the argilla SDK's own classes."""
+    import argilla as rg
+
+    from taskdiv.argilla_io import offline_client
+
+    with offline_client():
+        settings = rg.Settings.from_json(directory / ".argilla" / "settings.json")
+    records = [rg.Record.from_dict(d) for d in json.loads((directory / "records.json").read_text())]
+    return settings, records
+
+
+def test_export_argilla(selection, tmp_path):
+    import argilla as rg
+
+    out = tmp_path / "ar"
+    assert _run("annotate", "export", selection, "--format", "argilla", "--out", out, "--name", "round-1") == 0
+    settings, records = _argilla_load(out)
+    assert [f.name for f in settings.fields] == ["prompt"]
+    assert [(q.name, q.type) for q in settings.questions] == [("response", "text")]
+    assert {m.name: type(m) for m in settings.metadata} == {"task": rg.TermsMetadataProperty,
+                                                           "confidence": rg.FloatMetadataProperty}
+    assert settings.metadata["task"].options == sorted({r["task"] for r in _jsonl(selection)})
+    assert json.loads((out / ".argilla" / "dataset.json").read_text())["name"] == "round-1"
+    sel = _jsonl(selection)
+    assert [str(r.id) for r in records] == [r["id"] for r in sel]
+    assert [r.fields["prompt"] for r in records] == [r["prompt"] for r in sel]
+    assert [r.metadata["confidence"] for r in records] == [r["confidence"] for r in sel]
+    assert all(len(r.responses) == 0 for r in records)
+    # exporting again replaces the dataset; a foreign non-empty directory is refused
+    assert _run("annotate", "export", selection, "--format", "argilla", "--out", out) == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".ar")) == []
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("x")
+    assert _run("annotate", "export", selection, "--format", "argilla", "--out", tmp_path / "other") == 1
+    assert (tmp_path / "other" / "keep.txt").read_text() == "x"
+
+
+def test_argilla_round_trip_through_sdk(selection, tmp_path):
+    """export -> load with the SDK -> responses as rg.Response -> save with the SDK -> import."""
+    import argilla as rg
+    from argilla.records._io import JsonIO
+
+    from taskdiv.argilla_io import offline_client
+
+    assert _run("annotate", "export", selection, "--format", "argilla", "--out", tmp_path / "ar") == 0
+    settings, records = _argilla_load(tmp_path / "ar")
+    alice, bob = uuid.UUID(int=1), uuid.UUID(int=2)
+    ids = [str(r.id) for r in records]
+    records[0].responses.add(rg.Response("response", "Alice's answer", user_id=alice, status="submitted"))
+    records[1].responses.add(rg.Response("response", "Alice again", user_id=alice, status="submitted"))
+    records[1].responses.add(rg.Response("response", "Bob's answer", user_id=bob, status="submitted"))
+    records[2].responses.add(rg.Response("response", None, user_id=alice, status="discarded"))
+    records[3].responses.add(rg.Response("response", "  padded  \n", user_id=bob, status="submitted"))
+    annotated = tmp_path / "annotated"
+    annotated.mkdir()
+    with offline_client():
+        ds = rg.Dataset(name="annotated", settings=settings, workspace=rg.Workspace(name="argilla"))
+        ds.to_disk(str(annotated), with_records=False)
+    JsonIO.to_json(records, annotated / "records.json")
+
+    out = tmp_path / "ann" / "sft.jsonl"
+    assert _run("annotate", "import", annotated, "--format", "argilla", "--selection", selection, "--out", out) == 0
+    rows = {r["id"]: r["response"] for r in _jsonl(out)}
+    # no submission times in Argilla's records file: the last answer in file order wins
+    assert rows == {ids[0]: "Alice's answer", ids[1]: "Bob's answer", ids[3]: "padded"}
+    report = json.loads((tmp_path / "ann" / "import-round-1.json").read_text())
+    assert report["empty"] == [ids[2]] and list(report["superseded"]) == [ids[1]]
+    assert report["not_annotated"] == ids[4:]
+    # the records file alone is accepted too, and adds nothing new
+    assert _run("annotate", "import", annotated / "records.json", "--format", "argilla", "--selection", selection,
+                "--out", out) == 0
+    assert len(_jsonl(tmp_path / "ann" / "annotations.jsonl")) == 3
+
+
+# ----------------------------------------------------------------------------- import rules
+
+
+def test_label_studio_real_export(tmp_path, capsys):
+    """A Label Studio 1.23.2 export: one skip, one task untouched, one answered twice, one corrected."""
+    out = tmp_path / "ann" / "sft.jsonl"
+    assert _run("annotate", "import", DATA / "label_studio_export.json", "--format", "label-studio",
+                "--selection", DATA / "label_studio_selection.jsonl", "--out", out) == 0
+    sel = [r["id"] for r in _jsonl(DATA / "label_studio_selection.jsonl")]
+    rows = _jsonl(out)
+    skipped, untouched, twice, fixed = sel[:4]
+    assert [r["id"] for r in rows] == [i for i in sel if i not in (skipped, untouched)]
+    answers = {r["id"]: r["response"] for r in rows}
+    assert answers[twice] == f"second answer to {twice}"
+    assert answers[fixed] == f"corrected answer to {fixed}"
+    assert all(answers[i] == f"first answer to {i}" for i in sel[4:])
+    printed = capsys.readouterr().out
+    assert f"skipped by the annotator: {skipped!r}" in printed
+    assert f"in the export without an answer: {untouched!r}" in printed
+    store = _jsonl(tmp_path / "ann" / "annotations.jsonl")
+    assert {r["annotator"] for r in store} == {"1"} and all(r["submitted_at"] for r in store)
+
+
+def test_latest_submitted_wins(selection, tmp_path):
+    a, b, c, d = [r["id"] for r in _jsonl(selection)][:4]
+    answers = _answers(tmp_path / "answers.jsonl", [
+        {"id": a, "response": "late", "submitted_at": "2025-01-02T10:00:00Z"},
+        {"id": a, "response": "early", "submitted_at": "2025-01-01T10:00:00Z"},
+        {"id": b, "response": "first"}, {"id": b, "response": "second"},
+        {"id": c, "response": "   "}, {"id": c, "response": None, "status": "skipped"},
+        {"id": d, "status": "skipped"}])
+    out = tmp_path / "sft.jsonl"
+    assert _run("annotate", "import", answers, "--format", "jsonl", "--selection", selection, "--out", out) == 0
+    assert {r["id"]: r["response"] for r in _jsonl(out)} == {a: "late", b: "second"}
+    report = json.loads((tmp_path / "import-round-1.json").read_text())
+    assert report["superseded"] == {a: {"kept": "line 1", "dropped": ["line 2"]},
+                                    b: {"kept": "line 4", "dropped": ["line 3"]}}
+    assert report["skipped"] == [c, d] and report["empty"] == []
+    assert report["not_in_export"] == [r["id"] for r in _jsonl(selection)][4:]
+
+
+def test_rounds_store_and_exclude(selection, tmp_path, small_pool):
+    ids = [r["id"] for r in _jsonl(selection)]
+    out = tmp_path / "ann" / "sft.jsonl"
+    first = _answers(tmp_path / "r1.jsonl", [{"id": i, "response": f"answer {i}",
+                                              "submitted_at": "2025-01-01T00:00:00Z"} for i in ids[:3]])
+    assert _run("annotate", "import", first, "--format", "jsonl", "--selection", selection, "--out", out) == 0
+    store = tmp_path / "ann" / "annotations.jsonl"
+    assert sorted(read_ids(store)) == sorted(ids[:3])
+
+    # Round 2: a new selection that excludes the store; its answers add to the same dataset.
+    assert _run("select", small_pool, "--budget", 4, "--strategy", "random", "--exclude", store,
+                "--out", tmp_path / "sel2", "-q") == 0
+    sel2 = tmp_path / "sel2" / "selection.jsonl"
+    ids2 = [r["id"] for r in _jsonl(sel2)]
+    assert not set(ids2) & set(ids[:3])
+    second = _answers(tmp_path / "r2.jsonl", [
+        *[{"id": i, "response": f"answer {i}"} for i in ids2],
+        {"id": ids[0], "response": f"answer {ids[0]}"},  # same answer again: unchanged
+        {"id": ids[1], "response": "a correction", "submitted_at": "2025-02-01T00:00:00Z"},  # newer: replaces
+        {"id": ids[2], "response": "stale", "submitted_at": "2024-12-01T00:00:00Z"}])  # older: kept stored
+    assert _run("annotate", "import", second, "--format", "jsonl", "--selection", sel2, "--out", out) == 0
+    report = json.loads((tmp_path / "ann" / "import-round-2.json").read_text())
+    assert report["imported"] == ids2 and report["replaced"] == [ids[1]]
+    assert report["unchanged"] == [ids[0]] and report["kept_stored"] == [ids[2]]
+    assert report["earlier_round"] == ids[:3]
+    rows = _jsonl(out)
+    assert [r["id"] for r in rows] == ids[:3] + ids2, "each prompt once, in the order first annotated"
+    assert {r["id"]: r["response"] for r in rows}[ids[1]] == "a correction"
+    assert {r["id"]: r["response"] for r in rows}[ids[2]] == f"answer {ids[2]}"
+    assert [r["round"] for r in _jsonl(store)] == [1, 1, 1] + [2] * (len(ids2) + 1)
+    sft = load_pool(out).frame  # how `taskdiv train` reads a dataset
+    assert sft["id"].tolist() == ids[:3] + ids2 and sft["response"].str.strip().astype(bool).all()
+
+
+def test_oracle(selection, tmp_path, small_pool):
+    out = tmp_path / "ann" / "sft.jsonl"
+    assert _run("annotate", "oracle", selection, "--pool", small_pool, "--out", out) == 0
+    pool = {r["id"]: r for r in _jsonl(small_pool)}
+    rows = _jsonl(out)
+    assert [r["id"] for r in rows] == [r["id"] for r in _jsonl(selection)]
+    assert all(r["response"] == pool[r["id"]]["response"] and r["prompt"] == pool[r["id"]]["prompt"] for r in rows)
+    assert all(set(r) == {"id", "task", "prompt", "response"} for r in rows)
+
+
+def test_oracle_missing_reference(selection, tmp_path, small_pool, capsys):
+    rows = _jsonl(small_pool)
+    first = _jsonl(selection)[0]["id"]
+    for r in rows:
+        if r["id"] == first:
+            r["response"] = ""
+    pool = write_jsonl(tmp_path / "pool-gaps.jsonl", rows)
+    assert _run("annotate", "oracle", selection, "--pool", pool, "--out", tmp_path / "ann" / "sft.jsonl") == 1
+    err = capsys.readouterr().err
+    assert "no reference response" in err and repr(first) in err and "pool-gaps.jsonl" in err
+    assert not (tmp_path / "ann").exists()
+    other = write_jsonl(tmp_path / "other-pool.jsonl", [{"id": "zz", "prompt": "p", "task": "t", "response": "r"}])
+    assert _run("annotate", "oracle", selection, "--pool", other, "--out", tmp_path / "ann" / "sft.jsonl") == 1
+    assert "not in the pool" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _import(tmp_path, selection, file, fmt="label-studio", *extra) -> int:
+    return _run("annotate", "import", file, "--format", fmt, "--selection", selection,
+                "--out", tmp_path / "ann" / "sft.jsonl", *extra)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "the file is empty"),
+    (b"[]", "holds no tasks"),
+    (b'[{"data": {"id": "x"}, "annotations": [}]', "line 1: malformed JSON"),
+    (b'{"tasks": 1}', "expected a list of tasks"),
+    (b'[{"prompt": "p", "response": "r"}]', "row 1: not a Label Studio task"),
+    (b'[{"id": 7, "data": {"prompt": "p"}, "annotations": []}]', "task 7 has no data.id"),
+])
+def test_bad_label_studio_file(selection, tmp_path, capsys, content, message):
+    bad = tmp_path / "export.json"
+    bad.write_bytes(content)
+    assert _import(tmp_path, selection, bad) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err and message in err
+    assert not (tmp_path / "ann").exists(), "nothing written"
+
+
+def test_bad_jsonl_and_argilla_files(selection, tmp_path, capsys):
+    bad = tmp_path / "answers.jsonl"
+    bad.write_text('{"id": "a0", "response": "ok"}\n{"id": "a1", "response": 3}\n')
+    assert _import(tmp_path, selection, bad, "jsonl") == 1
+    assert f"{bad}, line 2, field 'response'" in capsys.readouterr().err
+    (tmp_path / "empty-dataset").mkdir()
+    assert _import(tmp_path, selection, tmp_path / "empty-dataset", "argilla") == 1
+    assert "no records.json" in capsys.readouterr().err
+    assert not (tmp_path / "ann").exists()
+
+
+def test_export_of_another_selection(selection, tmp_path, capsys):
+    """The real Label Studio export belongs to another selection: every id is named as unknown."""
+    assert _import(tmp_path, selection, DATA / "label_studio_export.json") == 1
+    err = capsys.readouterr().err
+    assert "label_studio_export.json" in err and "12 of 12 id(s) are not in the selection" in err
+    assert "'chess-1'" in err and "another selection" in err
+    assert not (tmp_path / "ann").exists()
+
+
+def test_unknown_ids_skipped_on_request(selection, tmp_path, capsys):
+    ids = [r["id"] for r in _jsonl(selection)]
+    answers = _answers(tmp_path / "a.jsonl", [{"id": ids[0], "response": "ok"}, {"id": "ghost", "response": "boo"}])
+    assert _import(tmp_path, selection, answers, "jsonl") == 1
+    assert "'ghost'" in capsys.readouterr().err
+    assert _import(tmp_path, selection, answers, "jsonl", "--skip-unknown") == 0
+    assert "not in the selection (dropped): 'ghost'" in capsys.readouterr().out
+    assert [r["id"] for r in _jsonl(tmp_path / "ann" / "sft.jsonl")] == [ids[0]]
+
+
+def test_prompt_differs_from_selection(selection, tmp_path, capsys):
+    pid = _jsonl(selection)[0]["id"]
+    answers = _answers(tmp_path / "a.jsonl", [{"id": pid, "prompt": "a different prompt", "response": "r"}])
+    assert _import(tmp_path, selection, answers, "jsonl") == 1
+    assert "differ from the selection's text" in capsys.readouterr().err
+
+
+def test_nothing_to_import(selection, tmp_path, capsys):
+    ids = [r["id"] for r in _jsonl(selection)]
+    answers = _answers(tmp_path / "a.jsonl", [{"id": ids[0], "status": "skipped"}, {"id": ids[1], "response": ""}])
+    assert _import(tmp_path, selection, answers, "jsonl") == 1
+    err = capsys.readouterr().err
+    assert "no answers to import (1 skipped, 1 empty" in err and "a.jsonl" in err
+    assert not (tmp_path / "ann").exists()
+
+
+@pytest.mark.parametrize("command", ["export", "import"])
+def test_unknown_format(selection, tmp_path, capsys, command):
+    args = ["annotate", command, selection, "--format", "labelstudio", "--out", tmp_path / "x"]
+    if command == "import":
+        args = ["annotate", "import", selection, "--format", "argila", "--selection", selection,
+                "--out", tmp_path / "x.jsonl"]
+    assert _run(*args) == 1
+    err = capsys.readouterr().err
+    assert "unknown annotation format" in err and "Did you mean" in err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.jsonl").exists()
+
+
+def test_failed_write_leaves_store_untouched(selection, tmp_path, monkeypatch):
+    ids = [r["id"] for r in _jsonl(selection)]
+    out = tmp_path / "ann" / "sft.jsonl"
+    assert _import(tmp_path, selection, _answers(tmp_path / "r1.jsonl", [{"id": ids[0], "response": "x"}]),
+                   "jsonl") == 0
+    before = _snapshot(tmp_path / "ann")
+    calls = []
+
+    def failing(path, records):
+        calls.append(path)
+        if len(calls) == 2:  # the store was written to its temporary file; the SFT data fails
+            raise OSError("disk full")
+        return real(path, records)
+
+    real = annotation_store._write_records
+    monkeypatch.setattr(annotation_store, "_write_records", failing)
+    with pytest.raises(OSError):
+        annotation.run_import(annotation.ImportConfig(
+            file=str(_answers(tmp_path / "r2.jsonl", [{"id": ids[1], "response": "y"}])), format="jsonl",
+            selection=str(selection), out=str(out)))
+    assert _snapshot(tmp_path / "ann") == before, "no file changed, no temporary left behind"
+
+
+def test_out_must_not_be_the_store(selection, tmp_path, capsys):
+    answers = _answers(tmp_path / "a.jsonl", [{"id": _jsonl(selection)[0]["id"], "response": "r"}])
+    assert _run("annotate", "import", answers, "--format", "jsonl", "--selection", selection,
+                "--out", tmp_path / "annotations.jsonl") == 1
+    assert "is the annotation store" in capsys.readouterr().err
+
+
+def test_config_file(selection, tmp_path):
+    """Options from --config YAML, as for every command."""
+    cfg = tmp_path / "export.yaml"
+    cfg.write_text(f"format: jsonl\nout: {tmp_path / 'js'}\n")
+    assert _run("annotate", "export", selection, "--config", cfg) == 0
+    assert (tmp_path / "js" / "prompts.jsonl").exists()
+    shutil.rmtree(tmp_path / "js")
