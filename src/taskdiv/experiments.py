@@ -33,7 +33,7 @@ import pandas as pd
 
 from . import config as configmod
 from .errors import TaskdivError, unknown_name
-from .fileio import write_json, write_jsonl, write_table, write_text, write_yaml
+from .fileio import write_json, write_table, write_text, write_yaml
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +159,6 @@ class Experiment:
                                        {"pool": cfg.pool, "model": cfg.model, "out": str(self.out / "scores")})
         _stage_config(TrainConfig, cfg.train, "train", {"data": "x", "model": cfg.model, "out": "x", "seed": 0})
         _stage_config(EvalConfig, cfg.evaluate, "evaluate", self._eval_fixed(cfg.model, "x"))
-        from .selection import SelectConfig
-
         for s in cfg.strategies:
             self._select_config(Run("check", s, "1", 1, 0), Path("x"))
         return self.runs
@@ -252,12 +250,9 @@ class Experiment:
 
     def oracle(self, selection: Path, data: Path) -> None:
         """Annotate with the pool's reference responses (the paper's simulated annotators)."""
-        rows = [json.loads(line) for line in selection.read_text(encoding="utf-8").splitlines() if line.strip()]
-        missing = [r["id"] for r in rows if not r.get("response")]
-        if missing:
-            raise TaskdivError(f"{selection}: {len(missing)} selected prompt(s) have no reference response "
-                               f"(e.g. {missing[:3]}); an experiment needs a pool with responses")
-        write_jsonl(data, [{k: r[k] for k in ("id", "task", "prompt", "response")} for r in rows])
+        from .annotation import OracleConfig, run_oracle
+
+        run_oracle(OracleConfig(selection=str(selection), pool=self.cfg.pool, out=str(data)))
 
     # ------------------------------------------------------------------ tables
     def collect(self) -> pd.DataFrame:
