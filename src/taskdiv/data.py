@@ -12,7 +12,7 @@ A pool is a table with one row per prompt and these columns:
 Sources (`load_pool(spec)`):
     path.jsonl | path.json | path.csv | path.parquet   a file
     DIR                                                 a `datasets` save_to_disk dir
-    hf:NAME?config=C&split=S                            a Hugging Face hub dataset
+    hf:NAME?config=C&split=S&sample=N&seed=0            a Hugging Face hub dataset
     bigbench:PRESET_OR_TASKS?split=pool|test&...        BIG-bench (see bigbench.py)
 
 Field names are mapped with `FieldMap`; Alpaca (instruction/input/output) and chat
@@ -277,15 +277,25 @@ def _read_json(path: Path) -> pd.DataFrame:
 
 
 def _read_hub(name: str, opts: dict[str, str]) -> pd.DataFrame:
+    """A hub dataset split; `sample=N` keeps a seeded random N rows (large collections
+    such as FLAN v2 stay memory-mapped until the sample is taken)."""
     try:
         import datasets
     except ImportError as e:
         raise TaskdivError("hub datasets need `pip install taskdiv[hf]`") from e
-    unknown = set(opts) - {"config", "split", "revision"}
+    known = {"config", "split", "revision", "sample", "seed"}
+    unknown = set(opts) - known
     if unknown:
-        raise TaskdivError(f"hf:{name}: unknown option(s) {sorted(unknown)} (known: config, split, revision)")
+        raise TaskdivError(f"hf:{name}: unknown option(s) {sorted(unknown)} (known: {', '.join(sorted(known))})")
     ds = datasets.load_dataset(name, opts.get("config"), split=opts.get("split", "train"),
                                revision=opts.get("revision"))
+    if opts.get("sample"):
+        try:
+            n, seed = int(opts["sample"]), int(opts.get("seed", 0))
+        except ValueError:
+            raise TaskdivError(f"hf:{name}: sample and seed must be whole numbers") from None
+        if n < len(ds):
+            ds = ds.shuffle(seed=seed).select(range(n))
     return ds.to_pandas()
 
 
