@@ -182,3 +182,18 @@ def test_read_ids_formats(tmp_path):
     assert read_ids(tmp_path / "ids.txt") == ["a", "b"]
     write_jsonl(tmp_path / "sel.jsonl", [{"id": "c", "prompt": "p"}])
     assert read_ids(tmp_path / "sel.jsonl") == ["c"]
+
+
+def test_hub_loader_with_sampling(tmp_path):
+    # load_dataset on a local data directory takes the same code path as a hub name, offline.
+    data = tmp_path / "hubdata"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", [{"id": f"r{i}", "prompt": f"p{i}", "task": f"t{i % 3}"} for i in range(50)])
+    full = load_pool(f"hf:{data}?split=train")
+    assert len(full) == 50
+    a = load_pool(f"hf:{data}?split=train&sample=10&seed=1")
+    b = load_pool(f"hf:{data}?split=train&sample=10&seed=1")
+    c = load_pool(f"hf:{data}?split=train&sample=10&seed=2")
+    assert len(a) == 10 and list(a.ids) == list(b.ids) and list(a.ids) != list(c.ids)
+    with pytest.raises(TaskdivError, match="unknown option"):
+        load_pool(f"hf:{data}?splt=train")
