@@ -3,6 +3,7 @@
     taskdiv pool info POOL                  prompts, tasks and per-task counts
     taskdiv pool export POOL --out F        write a pool (e.g. a BIG-bench one) to a file
     taskdiv select POOL --budget B ...      choose prompts to annotate
+    taskdiv score POOL --out DIR            the model's confidence per prompt and per task
     taskdiv env                             versions, for bug reports
 
 Every command takes --config FILE.yaml (flags override it), and -v/-q and
@@ -28,6 +29,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                          "Write a pool (any source) to a .jsonl or .parquet file."),
     ("select",): ("taskdiv.selection", "SelectConfig", "run_select",
                   "Choose which prompts to annotate under a budget."),
+    ("score",): ("taskdiv.scoring", "ScoreConfig", "run_score",
+                 "Score the base model's confidence on each prompt (and per task), cached and resumable."),
 }
 
 GROUP_HELP = {"pool": "Inspect and export prompt pools."}
