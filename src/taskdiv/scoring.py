@@ -362,10 +362,10 @@ def score(cfg: ScoreConfig) -> pd.DataFrame:
 
     _check(cfg)
     pool = load_pool(cfg.pool, cfg.field_map())
-    out = Path(cfg.out)
-    _open_out(out)
     ref = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(ref)
+    out = Path(cfg.out)
+    _open_out(out)
     chat = models.chat_default(ref, tokenizer) if cfg.chat_template is None else cfg.chat_template
     if chat and not getattr(tokenizer, "chat_template", None):
         raise TaskdivError(f"--chat-template: the tokenizer of {cfg.model} has no chat template")
