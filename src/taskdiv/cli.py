@@ -4,6 +4,7 @@
     taskdiv pool export POOL --out F        write a pool (e.g. a BIG-bench one) to a file
     taskdiv select POOL --budget B ...      choose prompts to annotate
     taskdiv annotate export|import|oracle   the annotation round-trip
+    taskdiv score POOL --out DIR            the model's confidence per prompt and per task
     taskdiv env                             versions, for bug reports
 
 Every command takes --config FILE.yaml (flags override it), and -v/-q and
@@ -37,6 +38,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                              "Read annotators' answers from a tool's export into the SFT dataset."),
     ("annotate", "oracle"): ("taskdiv.annotation", "OracleConfig", "run_oracle",
                              "Answer selected prompts with the pool's reference responses (experiments)."),
+    ("score",): ("taskdiv.scoring", "ScoreConfig", "run_score",
+                 "Score the base model's confidence on each prompt (and per task), cached and resumable."),
 }
 
 GROUP_HELP = {"pool": "Inspect and export prompt pools.",

@@ -1,0 +1,459 @@
+"""`taskdiv score`: the base model's confidence on each prompt, and per task.
+
+    taskdiv score bigbench:demo --per-task 16 --out runs/scores
+    taskdiv select bigbench:demo --budget 1000 --scores runs/scores/scores.csv --out runs/sel
+
+For each prompt the model generates greedily (up to --max-new-tokens, stopping at
+EOS, which counts as a generated token); from the raw logits of every step we keep the
+log-probability of the chosen token and the entropy of the next-token distribution,
+and compute every metric of `taskdiv.metrics`. Prompts are formatted by
+`models.encode_prompt` (raw text, or the chat template), truncated from the left when
+longer than --max-prompt-tokens (the BOS token is kept), sorted by length and run in
+left-padded batches with a KV cache; rows that reach EOS leave the batch.
+
+Cache and resume: results go to OUT/cache.sqlite, keyed by (settings, prompt sha256),
+where `settings` hashes the model fingerprint, dtype, max-new-tokens, chat template
+and prompt-length limit. Each batch is one transaction, so a killed run loses at most
+the batch in flight; a rerun reuses every stored row, and other settings never see
+them.
+
+Sampling: --per-task N scores a seeded sample of N prompts per task (all of a smaller
+task). --target-ci W then scores more, round by round, in every task whose 95%
+t-interval on the mean confidence (with the finite-population correction) is wider
+than W (ci_high - ci_low), until it is narrow enough or the task is exhausted.
+
+Writes OUT/scores.csv and OUT/scores.parquet (id, task, confidence, every metric,
+generated, tokens, prompt_tokens, truncated), OUT/tasks.csv (task, available,
+scored, confidence, sd, ci_low, ci_high) and OUT/config.yaml.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import math
+import sqlite3
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import metrics as metrics_mod
+from .data import Pool, load_pool
+from .errors import TaskdivError
+from .fileio import write_table, write_yaml
+from .selection import PoolOptions
+
+log = logging.getLogger(__name__)
+
+# Bump when the way prompts become model inputs changes, so old cache rows are not reused.
+FORMAT_VERSION = 1
+# --target-ci: the fewest prompts a task gets per extra round (one round scores the
+# extra prompts of every task that still needs them, together, in batches).
+CI_MIN_STEP = 8
+
+
+@dataclass
+class ScoreConfig(PoolOptions):
+    model: str = field(default="gemma-3-270m", metadata={
+        "help": "Model: an embedded name (gemma-3-270m, smollm2-135m-instruct), a local model directory, "
+                "a .gguf file or a hub id."})
+    chat_template: bool | None = field(default=None, metadata={
+        "help": "Format prompts with the model's chat template (default: on for instruct models, "
+                "off for base models)."})
+    dtype: str = field(default="auto", metadata={
+        "choices": ["auto", "float32", "bfloat16"],
+        "help": "Weights and compute dtype; auto = bfloat16 where the hardware supports it, else float32."})
+    max_new_tokens: int = field(default=32, metadata={"help": "Greedy tokens generated per prompt (EOS stops earlier)."})
+    batch_size: int = field(default=16, metadata={"help": "Prompts per batch (sorted by length, left padded)."})
+    max_prompt_tokens: int | None = field(default=None, metadata={
+        "help": "Longer prompts are truncated from the left (default: the model's context minus "
+                "--max-new-tokens)."})
+    metric: str = field(default="mean_prob", metadata={
+        "choices": list(metrics_mod.METRICS),
+        "help": "The metric written as `confidence` (mean_entropy is written as exp(-mean_entropy))."})
+    per_task: int | None = field(default=None, metadata={
+        "help": "Score a seeded random sample of this many prompts per task (all of a smaller task)."})
+    target_ci: float | None = field(default=None, metadata={
+        "help": "Then keep scoring more prompts in tasks whose 95% interval on the mean confidence "
+                "(ci_high - ci_low) is wider than this."})
+    seed: int = field(default=0, metadata={"help": "Seed of the per-task samples."})
+    out: str | None = field(default=None, metadata={"required": True, "help": "Output directory."})
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+@dataclass
+class Generation:
+    """One greedy response: its tokens and per-step statistics from the raw logits."""
+
+    token_ids: list[int]
+    logprobs: np.ndarray    # log p of each chosen token
+    entropies: np.ndarray   # entropy (nats) of each step's full distribution
+
+
+def generate_greedy(model, batch: list[list[int]], *, max_new_tokens: int, eos_ids, pad_id: int) -> list[Generation]:
+    """Greedy generation for a batch of token-id lists (left padded, KV cache).
+
+    The probabilities come from the raw logits (float32 log-softmax), with no logits
+    processor. A row stops at its first EOS (counted as generated) and leaves the
+    batch, so finished rows cost nothing.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    dev = model.device
+    n, width = len(batch), max(len(ids) for ids in batch)
+    assert n > 0 and min(len(ids) for ids in batch) > 0, "every prompt needs at least one token"
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for i, ids in enumerate(batch):
+        input_ids[i, width - len(ids):] = torch.tensor(ids)
+        mask[i, width - len(ids):] = 1
+    input_ids, mask = input_ids.to(dev), mask.to(dev)
+    # Positions count real tokens only, as `generate` does for left padding.
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=dev)
+    rows = torch.arange(n, device=dev)  # original row of each row still in the batch
+    steps: list[list[tuple[int, float, float]]] = [[] for _ in range(n)]
+    with torch.inference_mode():
+        cache = DynamicCache(config=model.config)
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+        last = positions[:, -1]
+        for step in range(max_new_tokens):
+            logits = out.logits[:, -1, :].float()
+            logp = torch.log_softmax(logits, dim=-1)
+            chosen = logits.argmax(dim=-1)
+            chosen_lp = logp.gather(1, chosen[:, None])[:, 0]
+            entropy = torch.special.entr(logp.exp()).sum(dim=-1)
+            for r, t, lp, h in zip(rows.tolist(), chosen.tolist(), chosen_lp.tolist(), entropy.tolist()):
+                steps[r].append((t, lp, h))
+            if step == max_new_tokens - 1:
+                break
+            live = ~torch.isin(chosen, eos)
+            if not live.any():
+                break
+            if not live.all():
+                keep = live.nonzero()[:, 0]
+                cache.batch_select_indices(keep)
+                rows, mask, last, chosen = rows[keep], mask[keep], last[keep], chosen[keep]
+            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+            last = last + 1
+            out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=last[:, None],
+                        past_key_values=cache, use_cache=True)
+    return [Generation([t for t, _, _ in s], np.array([lp for _, lp, _ in s], dtype=np.float32),
+                       np.array([h for _, _, h in s], dtype=np.float32)) for s in steps]
+
+
+@functools.lru_cache(maxsize=1)
+def _load_model(ref, dtype: str):
+    """One model kept loaded, so in-process callers (experiments) load it once."""
+    from . import models
+
+    log.info("loading %s (%s)", ref.name, dtype)
+    return models.load(ref, dtype)
+
+
+# ----------------------------------------------------------------------------- cache
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS settings (settings TEXT PRIMARY KEY, description TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS scores (
+    settings TEXT NOT NULL, prompt_sha TEXT NOT NULL,
+    generated TEXT NOT NULL, token_ids BLOB NOT NULL, logprobs BLOB NOT NULL, entropies BLOB NOT NULL,
+    prompt_tokens INTEGER NOT NULL, truncated INTEGER NOT NULL, run TEXT NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (settings, prompt_sha));
+"""
+
+
+class ScoreCache:
+    """SQLite store of generations, one row per (settings, prompt sha256)."""
+
+    def __init__(self, path: Path, settings: dict):
+        self.path = path
+        self.settings_json = json.dumps(settings, sort_keys=True)
+        self.key = hashlib.sha256(self.settings_json.encode()).hexdigest()[:24]
+        self.run = f"{time.time():.6f}"
+        self.conn = sqlite3.connect(str(path), timeout=60)
+        with self.conn:
+            self.conn.executescript(SCHEMA)
+            self.conn.execute("INSERT OR IGNORE INTO settings VALUES (?, ?)", (self.key, self.settings_json))
+
+    def stored(self) -> set[str]:
+        cur = self.conn.execute("SELECT prompt_sha FROM scores WHERE settings = ?", (self.key,))
+        return {row[0] for row in cur}
+
+    def add(self, rows: list[tuple[str, Generation, str, int, bool]]) -> None:
+        """Store one batch in one transaction: (sha, generation, text, prompt tokens, truncated)."""
+        now = time.time()
+        with self.conn:
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(self.key, sha, text, np.asarray(g.token_ids, dtype=np.int32).tobytes(), g.logprobs.tobytes(),
+                  g.entropies.tobytes(), n_prompt, int(trunc), self.run, now)
+                 for sha, g, text, n_prompt, trunc in rows])
+
+    def read(self, shas) -> pd.DataFrame:
+        """Metrics and text of the stored rows among `shas`, indexed by sha."""
+        wanted = set(shas)
+        records = []
+        cur = self.conn.execute("SELECT prompt_sha, generated, logprobs, entropies, prompt_tokens, truncated "
+                                "FROM scores WHERE settings = ?", (self.key,))
+        for sha, text, lp, ent, n_prompt, trunc in cur:
+            if sha not in wanted:
+                continue
+            lp, ent = np.frombuffer(lp, dtype=np.float32), np.frombuffer(ent, dtype=np.float32)
+            records.append({"prompt_sha": sha, **metrics_mod.compute_all(lp, ent), "generated": text,
+                            "tokens": len(lp), "prompt_tokens": n_prompt, "truncated": bool(trunc)})
+        cols = ["prompt_sha", *metrics_mod.METRICS, "generated", "tokens", "prompt_tokens", "truncated"]
+        return pd.DataFrame.from_records(records, columns=cols).set_index("prompt_sha")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def prompt_sha(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+
+
+# ----------------------------------------------------------------------------- task statistics
+
+
+def task_table(scores: pd.DataFrame, pool: Pool) -> pd.DataFrame:
+    """Per task: available, scored, mean confidence, sd and its 95% interval.
+
+    The interval is a t-interval on the mean with the finite-population correction
+    sqrt((N - n) / (N - 1)): a fully scored task has no sampling error left. With one
+    scored prompt of several the interval is unknown (NaN). Bounds are clipped to [0, 1].
+    """
+    from scipy import stats
+
+    available = pool.task_sizes()
+    grouped = scores.groupby("task")["confidence"]
+    table = pd.DataFrame({"available": available,
+                          "scored": grouped.size().reindex(available.index).fillna(0).astype(int),
+                          "confidence": grouped.mean().reindex(available.index),
+                          "sd": grouped.std(ddof=1).reindex(available.index)})
+    n, big_n = table["scored"].to_numpy(float), table["available"].to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fpc = np.sqrt(np.where(big_n > 1, (big_n - n) / (big_n - 1), 0.0))
+        tq = stats.t.ppf(0.975, np.maximum(n - 1, 1))
+        half = np.where(n >= big_n, 0.0, tq * table["sd"].to_numpy(float) / np.sqrt(n) * fpc)
+    half = np.where(n == 0, np.nan, half)
+    table["ci_low"] = np.clip(table["confidence"] - half, 0, 1)
+    table["ci_high"] = np.clip(table["confidence"] + half, 0, 1)
+    return table.rename_axis("task").reset_index()
+
+
+def _next_sizes(table: pd.DataFrame, width: float) -> dict[str, int]:
+    """--target-ci: the new sample size of each task whose interval is still too wide."""
+    out = {}
+    for row in table.itertuples(index=False):
+        wide = not (row.ci_high - row.ci_low <= width)  # NaN (one prompt scored) counts as wide
+        if not wide or row.scored >= row.available:
+            continue
+        k, big_n = int(row.scored), int(row.available)
+        if np.isfinite(row.sd) and row.sd > 0:
+            # Normal-approximation sample size for this width, with the finite-population correction.
+            n0 = (2 * 1.96 * row.sd / width) ** 2
+            need = math.ceil(n0 / (1 + (n0 - 1) / big_n))
+        else:
+            need = k + CI_MIN_STEP
+        # At least one step, at most doubling per round: sd from few prompts is itself noisy.
+        out[row.task] = min(big_n, max(k + CI_MIN_STEP, min(2 * k, need)))
+    return out
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _check(cfg: ScoreConfig) -> None:
+    for name in ("max_new_tokens", "batch_size", "per_task", "max_prompt_tokens"):
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise TaskdivError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if cfg.target_ci is not None and not 0 < cfg.target_ci <= 1:
+        raise TaskdivError(f"--target-ci must be in (0, 1], got {cfg.target_ci}")
+    metrics_mod.get(cfg.metric)
+
+
+def _open_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise TaskdivError(f"{out}: cannot write to the output directory ({e.strerror or e})") from None
+
+
+class _Scorer:
+    """Formats, tokenizes, batches and generates the prompts the cache lacks."""
+
+    def __init__(self, cfg: ScoreConfig, ref, tokenizer, chat: bool, max_prompt: int, cache: ScoreCache):
+        self.cfg, self.ref, self.tok, self.chat, self.max_prompt, self.cache = cfg, ref, tokenizer, chat, max_prompt, cache
+        self.computed = 0
+        self.seconds = 0.0
+
+    def encode(self, prompt: str) -> tuple[list[int], bool]:
+        from . import models
+
+        ids = models.encode_prompt(self.tok, prompt, self.chat)
+        if len(ids) <= self.max_prompt:
+            return ids, False
+        # Keep the end of the prompt (where the question is) and the leading BOS.
+        head = ids[:1] if ids[0] == self.tok.bos_token_id else []
+        return head + ids[len(ids) - (self.max_prompt - len(head)):], True
+
+    def run(self, prompts: dict[str, str], desc: str) -> None:
+        """Generate for {sha: prompt} (all missing from the cache), storing batch by batch."""
+        if not prompts:
+            return
+        from . import progress
+
+        model, _ = _load_model(self.ref, self.cfg.dtype)
+        eos = {self.tok.eos_token_id} | set(_as_list(model.generation_config.eos_token_id))
+        eos.discard(None)
+        encoded = {sha: self.encode(p) for sha, p in prompts.items()}
+        truncated = sum(t for _, t in encoded.values())
+        if truncated:
+            log.warning("%d prompt(s) are longer than %d tokens: truncated from the left", truncated, self.max_prompt)
+        # Longest first: similar lengths share a batch (little padding) and memory peaks early.
+        order = sorted(encoded, key=lambda s: (-len(encoded[s][0]), s))
+        start = time.perf_counter()
+        with progress.bar(total=len(order), desc=desc, unit="prompt") as pbar:
+            for i in range(0, len(order), self.cfg.batch_size):
+                shas = order[i:i + self.cfg.batch_size]
+                gens = generate_greedy(model, [encoded[s][0] for s in shas], max_new_tokens=self.cfg.max_new_tokens,
+                                       eos_ids=eos, pad_id=self.tok.pad_token_id)
+                self.cache.add([(s, g, self.tok.decode(g.token_ids, skip_special_tokens=True),
+                                 len(encoded[s][0]), encoded[s][1]) for s, g in zip(shas, gens)])
+                self.computed += len(shas)
+                pbar.update(len(shas))
+        self.seconds += time.perf_counter() - start
+
+
+def _as_list(value) -> list:
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _sample_orders(pool: Pool, seed: int) -> dict[str, np.ndarray]:
+    """Per task, its row positions in a seeded random order (a task's own seed comes from
+    its name, so adding or removing other tasks does not change its sample)."""
+    orders = {}
+    for task, positions in pool.frame.groupby("task", sort=True).indices.items():
+        task_seed = int.from_bytes(hashlib.sha256(f"{seed}:{task}".encode()).digest()[:8], "little")
+        orders[task] = np.random.default_rng(task_seed).permutation(positions)
+    return orders
+
+
+def score(cfg: ScoreConfig) -> pd.DataFrame:
+    """Score the pool as configured, write the outputs, return the scores table.
+
+    The table has one row per scored prompt, in pool order; `run_score` prints the
+    summary. The task table is `task_table(scores, pool)` (also in OUT/tasks.csv).
+    """
+    from . import models
+
+    _check(cfg)
+    pool = load_pool(cfg.pool, cfg.field_map())
+    ref = models.resolve(cfg.model)
+    tokenizer = models.load_tokenizer(ref)
+    out = Path(cfg.out)
+    _open_out(out)
+    chat = models.chat_default(ref, tokenizer) if cfg.chat_template is None else cfg.chat_template
+    if chat and not getattr(tokenizer, "chat_template", None):
+        raise TaskdivError(f"--chat-template: the tokenizer of {cfg.model} has no chat template")
+    from transformers import AutoConfig
+
+    context = getattr(AutoConfig.from_pretrained(ref.path), "max_position_embeddings", None) or 2048
+    max_prompt = cfg.max_prompt_tokens or max(1, context - cfg.max_new_tokens)
+    dtype = str(models.resolve_dtype(cfg.dtype)).removeprefix("torch.")
+    settings = {"model": models.fingerprint(ref), "dtype": dtype, "max_new_tokens": cfg.max_new_tokens,
+                "chat": chat, "max_prompt_tokens": max_prompt, "format": FORMAT_VERSION}
+    cache = ScoreCache(out / "cache.sqlite", settings)
+    scorer = _Scorer(cfg, ref, tokenizer, chat, max_prompt, cache)
+    started = time.perf_counter()
+    try:
+        frame = pool.frame
+        shas = np.array([prompt_sha(p) for p in frame["prompt"]], dtype=object)
+        stored = cache.stored()
+        orders = _sample_orders(pool, cfg.seed)
+        sizes = {t: len(o) if cfg.per_task is None else min(cfg.per_task, len(o)) for t, o in orders.items()}
+        chosen = np.zeros(len(frame), dtype=bool)
+        reused: set[str] = set()
+        round_no = 0
+        while sizes:
+            new = np.concatenate([orders[t][:k] for t, k in sizes.items()])
+            new = new[~chosen[new]]
+            chosen[new] = True
+            todo = {shas[i]: frame["prompt"].iat[i] for i in new}
+            reused |= {s for s in todo if s in stored}
+            todo = {s: p for s, p in todo.items() if s not in stored}
+            round_no += 1
+            scorer.run(todo, "scoring" if round_no == 1 else f"scoring (round {round_no})")
+            stored |= set(todo)
+            if cfg.target_ci is None:
+                break
+            scores = _scores_table(frame, shas, chosen, cache, cfg.metric)
+            table = task_table(scores, pool)
+            grow = _next_sizes(table, cfg.target_ci)
+            sizes = {t: k for t, k in grow.items()}
+            if sizes:
+                log.info("--target-ci %.3g: %d task(s) still wider; scoring up to %d more prompt(s)", cfg.target_ci,
+                         len(sizes), sum(k - int(table.set_index("task").at[t, "scored"]) for t, k in sizes.items()))
+        scores = _scores_table(frame, shas, chosen, cache, cfg.metric)
+    finally:
+        cache.close()
+    table = task_table(scores, pool)
+    write_table(out / "scores.csv", scores)
+    write_table(out / "scores.parquet", scores)
+    write_table(out / "tasks.csv", table)
+    write_yaml(out / "config.yaml", {"command": "score", **{f.name: getattr(cfg, f.name) for f in fields(cfg)},
+                                     "resolved": {**settings, "model_path": ref.path, "settings_key": cache.key}})
+    scores.attrs.update(reused=len(reused), computed=scorer.computed, seconds=time.perf_counter() - started,
+                        generation_seconds=scorer.seconds, available=len(frame))
+    log.info("scored %d of %d prompts: %d reused from the cache, %d generated", len(scores), len(frame),
+             len(reused), scorer.computed)
+    return scores
+
+
+def _scores_table(frame: pd.DataFrame, shas: np.ndarray, chosen: np.ndarray, cache: ScoreCache,
+                  metric: str) -> pd.DataFrame:
+    rows = np.flatnonzero(chosen)
+    stored = cache.read(set(shas[rows]))
+    missing = set(shas[rows]) - set(stored.index)
+    assert not missing, f"{len(missing)} chosen prompt(s) have no stored score"
+    table = stored.loc[shas[rows]].reset_index(drop=True)
+    table.insert(0, "id", frame["id"].to_numpy()[rows])
+    table.insert(1, "task", frame["task"].to_numpy()[rows])
+    table.insert(2, "confidence", metrics_mod.confidence(metric, table[metric].to_numpy()))
+    return table
+
+
+def format_tasks(table: pd.DataFrame, max_rows: int = 60) -> str:
+    """The task table, least confident first."""
+    shown = table.sort_values(["confidence", "task"]).head(max_rows)
+    text = shown.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+    if len(table) > max_rows:
+        text += f"\n... {len(table) - max_rows} more task(s) in tasks.csv"
+    return text
+
+
+def run_score(cfg: ScoreConfig) -> None:
+    scores = score(cfg)
+    out = Path(cfg.out)
+    table = pd.read_csv(out / "tasks.csv")
+    a = scores.attrs
+    print(format_tasks(table))
+    rate = f" ({a['computed'] / a['generation_seconds']:.2f} prompts/s)" if a["computed"] else ""
+    print(f"scored {len(scores)} of {a['available']} prompt(s) in {len(table)} task(s): {a['reused']} reused from "
+          f"the cache, {a['computed']} generated in {a['generation_seconds']:.1f} s{rate}; "
+          f"{int(scores['truncated'].sum())} truncated from the left")
+    print(f"confidence = {cfg.metric}" + (" as exp(-mean_entropy)" if cfg.metric == "mean_entropy" else "")
+          + f"; wrote {out / 'scores.csv'}, {out / 'scores.parquet'}, {out / 'tasks.csv'}")
