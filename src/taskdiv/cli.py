@@ -3,6 +3,8 @@
     taskdiv pool info POOL                  prompts, tasks and per-task counts
     taskdiv pool export POOL --out F        write a pool (e.g. a BIG-bench one) to a file
     taskdiv select POOL --budget B ...      choose prompts to annotate
+    taskdiv train DATA --model M --out RUN  finetune (LoRA by default)
+    taskdiv evaluate RUN --suite S --out D  held-out accuracy, MMLU, BBH
     taskdiv env                             versions, for bug reports
 
 Every command takes --config FILE.yaml (flags override it), and -v/-q and
@@ -28,6 +30,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                          "Write a pool (any source) to a .jsonl or .parquet file."),
     ("select",): ("taskdiv.selection", "SelectConfig", "run_select",
                   "Choose which prompts to annotate under a budget."),
+    ("train",): ("taskdiv.training", "TrainConfig", "run_train",
+                 "Finetune a model on prompt/response data (TRL SFTTrainer, PEFT LoRA)."),
+    ("evaluate",): ("taskdiv.evaluation", "EvalConfig", "run_evaluate",
+                    "Evaluate a model or run: held-out BIG-bench accuracy, MMLU, BBH (lm-evaluation-harness)."),
 }
 
 GROUP_HELP = {"pool": "Inspect and export prompt pools."}
