@@ -5,6 +5,8 @@
     taskdiv select POOL --budget B ...      choose prompts to annotate
     taskdiv annotate export|import|oracle   the annotation round-trip
     taskdiv score POOL --out DIR            the model's confidence per prompt and per task
+    taskdiv train DATA --model M --out RUN  finetune (LoRA by default)
+    taskdiv evaluate RUN --suite S --out D  held-out accuracy, MMLU, BBH
     taskdiv env                             versions, for bug reports
 
 Every command takes --config FILE.yaml (flags override it), and -v/-q and
@@ -40,6 +42,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                              "Answer selected prompts with the pool's reference responses (experiments)."),
     ("score",): ("taskdiv.scoring", "ScoreConfig", "run_score",
                  "Score the base model's confidence on each prompt (and per task), cached and resumable."),
+    ("train",): ("taskdiv.training", "TrainConfig", "run_train",
+                 "Finetune a model on prompt/response data (TRL SFTTrainer, PEFT LoRA)."),
+    ("evaluate",): ("taskdiv.evaluation", "EvalConfig", "run_evaluate",
+                    "Evaluate a model or run: held-out BIG-bench accuracy, MMLU, BBH (lm-evaluation-harness)."),
 }
 
 GROUP_HELP = {"pool": "Inspect and export prompt pools.",

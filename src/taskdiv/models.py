@@ -79,14 +79,18 @@ def resolve(name: str) -> ModelRef:
     if path.is_dir():
         adapter_cfg = path / "adapter" / "adapter_config.json"
         run_cfg = path / "config.yaml"
-        if adapter_cfg.exists() and run_cfg.exists():  # a `taskdiv train` run directory
+        if run_cfg.exists() and (adapter_cfg.exists() or (path / "merged" / "config.json").exists()):
+            # a `taskdiv train` run directory: its base model, formatted the way it was trained
             import yaml
 
-            base = yaml.safe_load(run_cfg.read_text())["model"]
-            ref = resolve(base)
-            if (path / "merged").is_dir():
-                return ModelRef(name, str(path / "merged"), ref.chat)
-            return ModelRef(name, ref.path, ref.chat, adapter=str(path / "adapter"))
+            run = yaml.safe_load(run_cfg.read_text(encoding="utf-8")) or {}
+            if "model" not in run:
+                raise TaskdivError(f"{run_cfg}: no 'model' key; not a taskdiv train run")
+            ref = resolve(run["model"])
+            chat = bool(run.get("chat", ref.chat))
+            if (path / "merged" / "config.json").exists():
+                return ModelRef(name, str(path / "merged"), chat)
+            return ModelRef(name, ref.path, chat, adapter=str(path / "adapter"))
         if (path / "adapter_config.json").exists():
             base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
             ref = resolve(base)

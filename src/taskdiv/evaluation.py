@@ -1,0 +1,410 @@
+"""`taskdiv evaluate`: held-out BIG-bench accuracy, and MMLU/BBH through lm-evaluation-harness.
+
+    taskdiv evaluate runs/ft --suite heldout --heldout 'bigbench:demo?split=test' --out runs/ft/eval
+    taskdiv evaluate smollm2-135m-instruct --suite mmlu --limit 20 --out runs/base/mmlu
+    taskdiv evaluate runs/ft --suite bbh --bbh-variant zeroshot --out runs/ft/bbh
+
+RUN_OR_MODEL is a `taskdiv train` run directory (its adapter is applied and merged) or
+anything `--model` accepts. Prompts are formatted by `models.encode_prompt`, as in
+training and scoring.
+
+Suite `heldout` (the held-out part of each BIG-bench task of the pool):
+  multiple choice  every choice is scored as the reply training teaches,
+                   `models.encode_response(prompt, choice)` (for base models " choice" + EOS,
+                   for chat models the assistant turn with its end-of-turn tokens), after
+                   the prompt's tokens; the prediction is the choice with the highest mean
+                   log-probability per token (log-likelihood / number of choice tokens).
+                   The prompt is run once per item and its KV cache shared by the choices.
+  generative       greedy generation, stopped at EOS or at the first newline (and after
+                   the longest target's length + 4 tokens, capped by --max-new-tokens);
+                   correct when it equals a target after lower-casing and collapsing
+                   whitespace.
+Suites `mmlu` and `bbh`: see `taskdiv.harness`.
+
+Writes (atomically) to --out:
+    results.json   per-task accuracy with 95% bootstrap intervals, macro and micro average,
+                   timings, the resolved config; a rerun with the same config reuses it
+    per_task.csv   task, n, accuracy, ci_low, ci_high (last row: macro)
+    items.jsonl    heldout: id, task, kind, prediction, correct (for paired comparisons)
+The heldout suite appends finished batches to .items.partial.jsonl, so an interrupted
+evaluation resumes where it stopped.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError, TaskdivError
+from .fileio import write_json, write_jsonl, write_table
+
+log = logging.getLogger(__name__)
+
+SUITES = ("heldout", "mmlu", "bbh")
+
+
+@dataclass
+class EvalConfig:
+    model: str | None = field(default=None, metadata={
+        "positional": True, "required": True,
+        "help": "A `taskdiv train` run directory, or a model (gemma-3-270m, smollm2-135m-instruct, a path, a hub id)."})
+    suite: str = field(default="heldout", metadata={"choices": list(SUITES), "help": "What to evaluate."})
+    out: str | None = field(default=None, metadata={"required": True, "help": "Output directory."})
+    heldout: str = field(default="bigbench:demo?split=test", metadata={
+        "help": "heldout: a pool whose rows carry targets (and choices for multiple choice)."})
+    limit: int | None = field(default=None, metadata={
+        "help": "At most N items per task (heldout, BBH) or subject (MMLU), for quick runs."})
+    tasks: list[str] | None = field(default=None, metadata={
+        "help": "mmlu/bbh: only these subjects / tasks (names as in the data directory)."})
+    mmlu_dir: str | None = field(default=None, metadata={
+        "help": "MMLU in the original CSV layout (dev/, test/ with SUBJECT_dev.csv ...); "
+                "default: ../shared/data/mmlu when present."})
+    bbh_dir: str | None = field(default=None, metadata={
+        "help": "BBH's original JSON files (TASK.json, cot-prompts/TASK.txt); default: ../shared/data/bbh."})
+    bbh_variant: str = field(default="both", metadata={
+        "choices": ["both", "cot", "zeroshot"], "help": "bbh: 3-shot chain of thought, zero-shot, or both."})
+    harness_tasks: list[str] | None = field(default=None, metadata={
+        "help": "Online: lm-evaluation-harness task names from its hub configs (e.g. mmlu, bbh_zeroshot), "
+                "instead of the local files."})
+    max_gen_toks: int | None = field(default=None, metadata={
+        "help": "mmlu/bbh: cap on generated tokens (the harness's task default otherwise: 1024 for BBH CoT)."})
+    max_new_tokens: int = field(default=32, metadata={"help": "heldout: cap on generated tokens."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts per forward pass."})
+    dtype: str = field(default="auto", metadata={
+        "choices": ["auto", "bfloat16", "float32"], "help": "auto = bfloat16 where supported, else float32."})
+    chat_template: bool | None = field(default=None, metadata={
+        "help": "Use the chat template (default: as the run was trained / yes for instruct models)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the bootstrap."})
+    n_boot: int = field(default=2000, metadata={"help": "Bootstrap resamples for the 95% intervals."})
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def load_model(ref, dtype: str):
+    """(model, tokenizer) ready for inference; a LoRA adapter is merged for speed."""
+    from . import models
+
+    try:
+        model, tok = models.load(ref, dtype)
+    except RuntimeError as e:  # e.g. an adapter of another base model: size mismatch
+        raise TaskdivError(f"{ref.name}: cannot load the model{' with its adapter' if ref.adapter else ''} "
+                           f"({str(e).splitlines()[0][:300]})") from None
+    if ref.adapter:
+        model = model.merge_and_unload()
+    model.eval()
+    return model, tok
+
+
+def free(*objs) -> None:
+    import torch
+
+    del objs
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _left_pad(seqs: list[list[int]], pad_id: int):
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s)
+        mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def choice_scores(model, prompt_ids: list[list[int]], choice_ids: list[list[list[int]]], pad_id: int,
+                  max_rows: int = 64) -> list[np.ndarray]:
+    """Mean log-probability per token of each choice continuation, one array per prompt.
+
+    The prompts run once (left-padded, KV cache kept); the cache rows are then repeated
+    for each choice and the choices run on top of it, so a prompt's tokens are computed
+    once however many choices it has.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    ids, mask = _left_pad(prompt_ids, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        cache = out.past_key_values
+        owner = [i for i, cs in enumerate(choice_ids) for _ in cs]
+        flat = [c for cs in choice_ids for c in cs]
+        scores = np.zeros(len(flat))
+        lengths = mask.sum(-1)
+        for start in range(0, len(flat), max_rows):  # bounded memory: cache copies per choice
+            rows = torch.tensor(owner[start:start + max_rows], device=device)
+            conts = flat[start:start + max_rows]
+            width = max(len(c) for c in conts)
+            cids = torch.full((len(conts), width), pad_id, dtype=torch.long, device=device)
+            cmask = torch.zeros_like(cids)
+            for j, c in enumerate(conts):
+                cids[j, :len(c)] = torch.tensor(c, device=device)
+                cmask[j, :len(c)] = 1
+            sub = _select_cache(cache, rows)
+            attn = torch.cat([mask[rows], cmask], dim=1)
+            cpos = lengths[rows, None] + torch.arange(width, device=device)[None, :]
+            logits = model(input_ids=cids, attention_mask=attn, position_ids=cpos, past_key_values=sub,
+                           use_cache=True).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], dim=-1) if width > 1 else None
+            tok_lp = torch.zeros(cids.shape, device=device)
+            tok_lp[:, 0] = first[rows].gather(1, cids[:, :1]).squeeze(1)
+            if logp is not None:
+                tok_lp[:, 1:] = logp.gather(2, cids[:, 1:, None]).squeeze(2)
+            tok_lp = tok_lp * cmask
+            scores[start:start + len(conts)] = (tok_lp.sum(1) / cmask.sum(1)).cpu().numpy()
+            del sub, logits, logp
+    out_scores, k = [], 0
+    for cs in choice_ids:
+        out_scores.append(scores[k:k + len(cs)])
+        k += len(cs)
+    return out_scores
+
+
+def _select_cache(cache, rows):
+    """A copy of the KV cache with batch rows `rows` (repeats allowed)."""
+    import copy
+
+    sub = copy.copy(cache)
+    sub.layers = [copy.copy(layer) for layer in cache.layers]
+    sub.batch_select_indices(rows)  # indexing makes new tensors: `cache` itself is untouched
+    return sub
+
+
+def generate(model, tok, prompt_ids: list[list[int]], max_new_tokens: int) -> list[str]:
+    """Greedy continuations, cut at the first newline."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids, mask = _left_pad(prompt_ids, tok.pad_token_id)
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                             max_new_tokens=max_new_tokens, stop_strings=["\n"], tokenizer=tok,
+                             pad_token_id=tok.pad_token_id, top_p=None, top_k=None, temperature=None)
+    texts = tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    return [t.split("\n", 1)[0] for t in texts]
+
+
+def normalise_answer(text: str) -> str:
+    return " ".join(str(text).lower().split())
+
+
+# ----------------------------------------------------------------------------- heldout suite
+
+
+def load_heldout(spec: str, limit: int | None) -> pd.DataFrame:
+    from .data import load_pool
+
+    frame = load_pool(spec, require_tasks=True).frame
+    if "targets" not in frame.columns:
+        raise DataError("no 'targets' field: held-out evaluation needs the accepted answers of each row "
+                        "(and 'choices' for multiple choice)", file=spec)
+    bad = frame["targets"].map(lambda t: t is None or (not isinstance(t, str) and len(t) == 0)
+                               if not isinstance(t, float) else True)
+    if bad.any():
+        raise DataError(f"{int(bad.sum())} row(s) without targets: ids {', '.join(frame['id'][bad][:10])}",
+                        file=spec, field="targets")
+    frame = frame.copy()
+    frame["targets"] = frame["targets"].map(lambda t: [t] if isinstance(t, str) else [str(x) for x in t])
+    if "choices" not in frame.columns:
+        frame["choices"] = None
+    frame["choices"] = frame["choices"].map(
+        lambda c: None if c is None or isinstance(c, float) else [str(x) for x in c])
+    mc = frame["choices"].notna()
+    stray = mc & ~frame.apply(lambda r: r["choices"] is not None and set(r["targets"]) <= set(r["choices"]), axis=1)
+    if stray.any():
+        raise DataError(f"targets that are not among the choices: ids {', '.join(frame['id'][stray][:10])}",
+                        file=spec, field="targets")
+    if limit is not None:
+        frame = frame.groupby("task", sort=False, group_keys=False).head(limit)
+    return frame.reset_index(drop=True)
+
+
+def run_heldout(model, tok, frame: pd.DataFrame, chat: bool, cfg: EvalConfig, partial: Path, key: str):
+    """Per-item results (id, task, kind, prediction, correct), resuming from `partial`."""
+    from . import models
+    from .progress import bar
+
+    done: dict[str, dict] = {}
+    if partial.exists():
+        lines = partial.read_text(encoding="utf-8").splitlines()
+        if lines and json.loads(lines[0]).get("key") == key:
+            for ln in lines[1:]:
+                try:
+                    rec = json.loads(ln)
+                except json.JSONDecodeError:
+                    break  # a line cut off by the interruption
+                done[rec["id"]] = rec
+            log.info("resuming: %d of %d item(s) already evaluated", len(done), len(frame))
+        else:
+            partial.unlink()
+    if not partial.exists():
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps({"key": key}) + "\n", encoding="utf-8")
+
+    todo = frame[~frame["id"].isin(list(done))]
+    prompts = {i: models.encode_prompt(tok, p, chat) for i, p in zip(todo["id"], todo["prompt"])}
+    # Similar lengths in a batch: less padding.
+    todo = todo.assign(_len=todo["id"].map(lambda i: len(prompts[i]))).sort_values("_len", kind="stable")
+    mc, gen = todo[todo["choices"].notna()], todo[todo["choices"].isna()]
+    progress = bar(total=len(frame), initial=len(done), desc="evaluate", unit="item")
+    with open(partial, "a", encoding="utf-8") as sink:
+        for start in range(0, len(mc), cfg.batch_size):
+            batch = mc.iloc[start:start + cfg.batch_size]
+            conts = [[models.encode_response(tok, p, c, chat) for c in cs]
+                     for p, cs in zip(batch["prompt"], batch["choices"])]
+            scores = choice_scores(model, [prompts[i] for i in batch["id"]], conts, tok.pad_token_id)
+            recs = []
+            for (_, row), s in zip(batch.iterrows(), scores):
+                pred = row["choices"][int(np.argmax(s))]
+                recs.append({"id": row["id"], "task": row["task"], "kind": "mc", "prediction": pred,
+                             "correct": pred in row["targets"], "scores": [round(float(x), 5) for x in s]})
+            _append(sink, recs, done, progress)
+        for start in range(0, len(gen), cfg.batch_size):
+            batch = gen.iloc[start:start + cfg.batch_size]
+            longest = max(len(tok(t, add_special_tokens=False)["input_ids"]) for ts in batch["targets"] for t in ts)
+            texts = generate(model, tok, [prompts[i] for i in batch["id"]], min(cfg.max_new_tokens, longest + 4))
+            recs = [{"id": i, "task": t, "kind": "generative", "prediction": text,
+                     "correct": normalise_answer(text) in {normalise_answer(x) for x in ts}}
+                    for i, t, ts, text in zip(batch["id"], batch["task"], batch["targets"], texts)]
+            _append(sink, recs, done, progress)
+    progress.close()
+    return pd.DataFrame([done[i] for i in frame["id"]])
+
+
+def _append(sink, recs, done, progress) -> None:
+    sink.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+    sink.flush()
+    for r in recs:
+        done[r["id"]] = r
+    progress.update(len(recs))
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def summarise(items: pd.DataFrame, *, n_boot: int, seed: int) -> tuple[pd.DataFrame, dict]:
+    """Per-task accuracy with 95% bootstrap intervals, and the macro average with its interval.
+
+    Resampling the items of a task with replacement and counting the correct ones is a
+    binomial draw with the task's accuracy, so the bootstrap is drawn that way directly;
+    the macro resample averages independent resamples of every task.
+    """
+    rng = np.random.default_rng(seed)
+    rows, boots = [], []
+    for task, grp in items.groupby("task", sort=True):
+        n, acc = len(grp), float(grp["correct"].mean())
+        boot = rng.binomial(n, acc, size=n_boot) / n
+        boots.append(boot)
+        lo, hi = np.percentile(boot, [2.5, 97.5])
+        rows.append({"task": task, "n": n, "accuracy": acc, "ci_low": float(lo), "ci_high": float(hi)})
+    table = pd.DataFrame(rows, columns=["task", "n", "accuracy", "ci_low", "ci_high"])
+    macro_boot = np.mean(boots, axis=0) if boots else np.array([np.nan])
+    lo, hi = np.percentile(macro_boot, [2.5, 97.5])
+    macro = {"n_tasks": len(table), "n": int(table["n"].sum()), "accuracy": float(table["accuracy"].mean()),
+             "ci_low": float(lo), "ci_high": float(hi),
+             "micro_accuracy": float(items["correct"].mean()) if len(items) else float("nan")}
+    return table, macro
+
+
+def format_table(table: pd.DataFrame, macro: dict, max_rows: int = 80) -> str:
+    shown = table.head(max_rows).copy()
+    for col in ("accuracy", "ci_low", "ci_high"):
+        shown[col] = shown[col].map(lambda v: f"{v:.3f}")
+    text = shown.to_string(index=False)
+    if len(table) > max_rows:
+        text += f"\n... {len(table) - max_rows} more task(s) in per_task.csv"
+    return text + (f"\nmacro accuracy {macro['accuracy']:.3f} [{macro['ci_low']:.3f}, {macro['ci_high']:.3f}] "
+                   f"over {macro['n_tasks']} task(s), {macro['n']} item(s); micro {macro['micro_accuracy']:.3f}")
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def _config_key(cfg: EvalConfig, fingerprint: str, chat: bool, dtype: str) -> dict:
+    keep = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in ("out", "batch_size")}
+    return {**keep, "fingerprint": fingerprint, "chat": chat, "dtype_resolved": dtype}
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Run one suite; writes results.json, per_task.csv (and items.jsonl) into cfg.out."""
+    from . import models
+
+    if cfg.model is None or cfg.out is None:
+        raise TaskdivError("evaluate needs RUN_OR_MODEL and --out")
+    if cfg.suite not in SUITES:
+        raise TaskdivError(f"--suite must be one of {', '.join(SUITES)}")
+    if (cfg.limit is not None and cfg.limit < 1) or cfg.batch_size < 1 or cfg.n_boot < 1:
+        raise TaskdivError("--limit, --batch-size and --n-boot must be positive")
+    out = Path(cfg.out)
+    ref = models.resolve(cfg.model)
+    dtype = "bfloat16" if cfg.dtype == "auto" and models.bf16_supported() else (
+        "float32" if cfg.dtype == "auto" else cfg.dtype)
+    prepared = None
+    if cfg.suite == "heldout":
+        frame = load_heldout(cfg.heldout, cfg.limit)  # validate inputs before loading the model
+    else:
+        from . import harness
+
+        prepared = harness.prepare(cfg, out)  # validates and converts the local files
+    tok = models.load_tokenizer(ref)
+    chat = models.chat_default(ref, tok) if cfg.chat_template is None else cfg.chat_template
+    key = _config_key(cfg, models.fingerprint(ref), chat, dtype)
+    results_path = out / "results.json"
+    if results_path.exists():
+        old = json.loads(results_path.read_text(encoding="utf-8"))
+        if old.get("config") == json.loads(json.dumps(key)):
+            log.info("%s: already evaluated with this config; reusing it", results_path)
+            return old
+
+    start = time.perf_counter()
+    model, tok = load_model(ref, dtype)
+    try:
+        if cfg.suite == "heldout":
+            partial = out / ".items.partial.jsonl"
+            items = run_heldout(model, tok, frame, chat, cfg, partial, json.dumps(key, sort_keys=True, default=str))
+        else:
+            items, raw = harness.run(model, tok, prepared, cfg, chat)
+    finally:
+        free(model)
+    seconds = time.perf_counter() - start
+    table, macro = summarise(items, n_boot=cfg.n_boot, seed=cfg.seed)
+    results = {"suite": cfg.suite, "model": cfg.model, "chat": chat, "dtype": dtype,
+               "tasks": {r["task"]: {k: r[k] for k in ("n", "accuracy", "ci_low", "ci_high")}
+                         for r in table.to_dict(orient="records")},
+               "macro": macro, "seconds": round(seconds, 2),
+               "seconds_per_item": round(seconds / max(1, len(items)), 4), "config": key}
+    if cfg.suite == "heldout":
+        write_jsonl(out / "items.jsonl", items.to_dict(orient="records"))
+    else:
+        results["harness"] = raw
+        write_jsonl(out / "items.jsonl", items.to_dict(orient="records"))
+    macro_row = pd.DataFrame([{"task": "macro", "n": macro["n"], "accuracy": macro["accuracy"],
+                               "ci_low": macro["ci_low"], "ci_high": macro["ci_high"]}])
+    write_table(out / "per_task.csv", pd.concat([table, macro_row], ignore_index=True))
+    write_json(results_path, results)
+    if cfg.suite == "heldout":
+        (out / ".items.partial.jsonl").unlink(missing_ok=True)
+    results["table"] = format_table(table, macro)
+    return results
+
+
+def run_evaluate(cfg: EvalConfig) -> None:
+    results = evaluate(cfg)
+    print(results.pop("table", None) or format_table(
+        pd.DataFrame([{"task": t, **v} for t, v in results["tasks"].items()]), results["macro"]))
+    print(f"{results['seconds']:.0f} s ({results['seconds_per_item']:.3f} s per item); "
+          f"wrote {Path(cfg.out) / 'results.json'} and per_task.csv")

@@ -1,0 +1,331 @@
+"""`taskdiv train`: supervised finetuning with TRL's SFTTrainer and PEFT LoRA.
+
+    taskdiv train runs/sel/selection.jsonl --model smollm2-135m-instruct --out runs/ft
+    python -c "from taskdiv.training import train, TrainConfig; train(TrainConfig(data=..., out=...))"
+
+DATA is a prompt/response dataset: JSONL (or any pool source `taskdiv.data` reads)
+with `prompt`, `response` (required, non-empty) and optionally `task`, `id`.
+Each example is tokenized exactly as `models.encode_prompt` + `models.encode_response`
+do it (raw text plus EOS for base models, the chat template for instruct models), and
+handed to SFTTrainer pre-tokenized with a `completion_mask`, so the loss falls on the
+response tokens only and the model sees the very tokens evaluation uses.
+
+RUN/ holds:
+    config.yaml       the resolved options (model, data hash, dtype, chat, ...)
+    train_log.jsonl   one line per optimizer step: step, epoch, loss, learning_rate
+    checkpoints/      Trainer checkpoints while training (removed when done)
+    adapter/          the LoRA adapter (plain `peft.PeftModel.from_pretrained`)
+    merged/           merged full weights (with --merge, and always for --method full)
+    done              marker: a rerun with the same options does nothing
+
+An interrupted run resumes from its last complete checkpoint; a rerun with different
+options (another model, other data, another learning rate ...) is refused.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from . import __version__
+from .errors import DataError, TaskdivError
+from .fileio import write_text, write_yaml
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LR = {"lora": 3e-4, "full": 2e-5}
+# Options whose change makes an existing run directory a different run.
+RUN_IDENTITY = ("model", "data_sha256", "method", "epochs", "lr", "batch_size", "grad_accum", "max_length",
+                "lora_r", "lora_alpha", "lora_dropout", "target_modules", "seed", "dtype", "chat",
+                "warmup", "scheduler", "weight_decay")
+
+
+@dataclass
+class TrainConfig:
+    data: str | None = field(default=None, metadata={
+        "positional": True, "required": True,
+        "help": "SFT data: JSONL with prompt and response (task, id optional), e.g. a selection.jsonl "
+                "with responses or an annotation import; any pool source taskdiv reads works."})
+    model: str = field(default="gemma-3-270m", metadata={
+        "help": "Base model: gemma-3-270m, smollm2-135m-instruct, a local HF directory, a .gguf file or a hub id."})
+    out: str | None = field(default=None, metadata={"required": True, "help": "Run directory (RUN/)."})
+    method: str = field(default="lora", metadata={"choices": ["lora", "full"],
+                                                  "help": "LoRA adapter or full finetuning."})
+    epochs: float = field(default=2.0, metadata={"help": "Passes over the data."})
+    lr: float | None = field(default=None, metadata={
+        "help": "Peak learning rate (default: 3e-4 for LoRA, 2e-5 for full finetuning)."})
+    batch_size: int = field(default=8, metadata={"help": "Examples per device batch."})
+    grad_accum: int = field(default=1, metadata={"help": "Gradient accumulation steps (effective batch = "
+                                                         "batch-size x grad-accum)."})
+    max_length: int = field(default=512, metadata={
+        "help": "Longest example in tokens; longer ones are cut at the end (a warning says how many)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    target_modules: str = field(default="all-linear", metadata={
+        "help": "LoRA target modules: all-linear, or comma-separated names (q_proj,v_proj)."})
+    warmup: float = field(default=0.03, metadata={"help": "Warmup: a fraction of the steps (<1) or a step count."})
+    scheduler: str = field(default="linear", metadata={"choices": ["linear", "cosine", "constant_with_warmup"],
+                                                       "help": "Learning-rate schedule."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    seed: int = field(default=0, metadata={"help": "Seed for adapter init, dropout and data order."})
+    dtype: str = field(default="auto", metadata={
+        "choices": ["auto", "bfloat16", "float32"],
+        "help": "Mixed precision: auto = bf16 autocast where the CPU/GPU supports it, else float32."})
+    chat_template: bool | None = field(default=None, metadata={
+        "help": "Format prompts with the chat template (default: yes for instruct models)."})
+    merge: bool = field(default=False, metadata={"help": "Also write merged full weights to RUN/merged."})
+    save_steps: int = field(default=20, metadata={
+        "help": "Checkpoint every N optimizer steps (an interrupted run resumes from the last one)."})
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load_examples(spec: str) -> "pd.DataFrame":
+    """The SFT rows (id, prompt, response, task?) of DATA; every row needs a response."""
+    from .data import FieldMap, load_pool
+
+    if not str(spec).startswith(("hf:", "bigbench:")) and Path(spec).is_file() and Path(spec).stat().st_size == 0:
+        raise DataError("the dataset is empty", file=spec)
+    frame = load_pool(spec, FieldMap(), require_tasks=False).frame
+    if "response" not in frame.columns:
+        raise DataError("no 'response' field: training needs a response for every prompt "
+                        "(annotate the selection first, see `taskdiv annotate`)", file=spec)
+    missing = frame["response"].isna() | (frame["response"].astype(str).str.strip() == "")
+    if missing.any():
+        rows = [f"{i} (row {r + 1})" for r, i in zip(frame.index[missing][:10], frame["id"][missing][:10])]
+        more = f" and {int(missing.sum()) - 10} more" if missing.sum() > 10 else ""
+        raise DataError(f"{int(missing.sum())} row(s) have no response: ids {', '.join(rows)}{more}",
+                        file=spec, field="response")
+    return frame
+
+
+def tokenize(frame, tokenizer, chat: bool, max_length: int):
+    """input_ids and completion_mask per example, from the shared prompt formatting."""
+    from . import models
+
+    input_ids, masks, cut = [], [], 0
+    for prompt, response in zip(frame["prompt"], frame["response"]):
+        p = models.encode_prompt(tokenizer, prompt, chat)
+        r = models.encode_response(tokenizer, prompt, str(response), chat)
+        ids, mask = p + r, [0] * len(p) + [1] * len(r)
+        if len(ids) > max_length:
+            cut += 1
+            ids, mask = ids[:max_length], mask[:max_length]
+        input_ids.append(ids)
+        masks.append(mask)
+    if cut:
+        log.warning("%d of %d example(s) are longer than --max-length %d tokens and were cut at the end "
+                    "(those whose response is cut entirely are dropped)", cut, len(frame), max_length)
+    return {"input_ids": input_ids, "completion_mask": masks}
+
+
+def file_sha256(spec: str) -> str:
+    path = Path(spec)
+    if not path.is_file():
+        return hashlib.sha256(spec.encode()).hexdigest()  # hub/bigbench spec: its text identifies it
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- run directory
+
+
+def resolved_config(cfg: TrainConfig, chat: bool) -> dict:
+    from . import models
+
+    out = {"command": "train", **{f.name: getattr(cfg, f.name) for f in fields(cfg)}}
+    out["lr"] = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.method]
+    out["dtype"] = "bfloat16" if cfg.dtype == "auto" and models.bf16_supported() else (
+        "float32" if cfg.dtype == "auto" else cfg.dtype)
+    out["chat"] = chat
+    out["data_sha256"] = file_sha256(cfg.data)
+    out["taskdiv_version"] = __version__
+    return out
+
+
+def check_existing(run: Path, resolved: dict) -> bool:
+    """True when RUN holds this finished run; error when it holds a different one."""
+    cfg_path = run / "config.yaml"
+    if not cfg_path.exists():
+        if run.exists() and any(p for p in run.iterdir() if not p.name.startswith(".")):
+            raise TaskdivError(f"{run}: exists and is not a taskdiv train run; choose another --out")
+        return False
+    old = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+    if old.get("command") != "train":
+        raise TaskdivError(f"{run}: holds a {old.get('command', 'non-train')!r} output, not a training run")
+    if old.get("model") != resolved["model"]:
+        raise TaskdivError(f"{run}: is a run of model {old.get('model')!r}, but --model is "
+                           f"{resolved['model']!r}; choose another --out (or the same --model to resume)")
+    diff = [k for k in RUN_IDENTITY if old.get(k) != resolved.get(k)]
+    if diff:
+        detail = ", ".join(f"{k}: {old.get(k)!r} -> {resolved.get(k)!r}" for k in diff)
+        raise TaskdivError(f"{run}: was trained with different options ({detail}); choose another --out")
+    return (run / "done").exists()
+
+
+def last_checkpoint(ckpt_dir: Path) -> str | None:
+    """The newest complete Trainer checkpoint (trainer_state.json is written last)."""
+    if not ckpt_dir.is_dir():
+        return None
+    done = []
+    for d in ckpt_dir.glob("checkpoint-*"):
+        if (d / "trainer_state.json").exists():
+            done.append((int(d.name.split("-")[1]), d))
+        else:
+            shutil.rmtree(d, ignore_errors=True)  # cut off while being written
+    return str(max(done)[1]) if done else None
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _callbacks(log_path: Path, resume_step: int):
+    from transformers import TrainerCallback
+
+    from .progress import bar
+
+    class LogAndProgress(TrainerCallback):
+        """Loss per step into train_log.jsonl, and a progress bar with loss and time left."""
+
+        def __init__(self):
+            self.bar = None
+            # Steps after the checkpoint we resume from will be trained again: drop their lines.
+            if log_path.exists():
+                lines = [ln for ln in log_path.read_text(encoding="utf-8").splitlines()
+                         if ln.strip() and json.loads(ln)["step"] <= resume_step]
+                write_text(log_path, "".join(ln + "\n" for ln in lines))
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.bar = bar(total=state.max_steps, initial=state.global_step, desc="train", unit="step")
+
+        def on_step_end(self, args, state, control, **kw):
+            self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not logs or "loss" not in logs:
+                return
+            rec = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "loss": logs["loss"],
+                   "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm")}
+            with open(log_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec) + "\n")
+            self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.close()
+
+    return LogAndProgress()
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Finetune cfg.model on cfg.data into cfg.out; returns the run directory."""
+    from . import models
+    from .packages import require
+
+    if cfg.out is None or cfg.data is None:
+        raise TaskdivError("train needs DATA and --out")
+    if cfg.epochs <= 0 or cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.max_length < 2 or cfg.save_steps < 1:
+        raise TaskdivError("--epochs, --batch-size, --grad-accum, --save-steps must be positive, --max-length >= 2")
+    run = Path(cfg.out)
+    frame = load_examples(cfg.data)          # validate the data before touching RUN/
+    ref = models.resolve(cfg.model)
+    if ref.adapter:
+        raise TaskdivError(f"--model {cfg.model}: an adapter cannot be the base of a new run; train that run "
+                           f"with --merge and pass its directory (its merged/ weights are used)")
+    tokenizer = models.load_tokenizer(ref)
+    chat = models.chat_default(ref, tokenizer) if cfg.chat_template is None else cfg.chat_template
+    resolved = resolved_config(cfg, chat)
+    if check_existing(run, resolved):
+        log.info("%s: already trained (done); nothing to do", run)
+        return run
+
+    datasets = require("datasets", "hf")
+    trl = require("trl", "train")
+    peft = require("peft", "train")
+    import torch
+    import transformers
+
+    encoded = tokenize(frame, tokenizer, chat, cfg.max_length)
+    dataset = datasets.Dataset.from_dict(encoded)
+    run.mkdir(parents=True, exist_ok=True)
+    write_yaml(run / "config.yaml", resolved)
+    ckpt_dir = run / "checkpoints"
+    resume = last_checkpoint(ckpt_dir)
+    resume_step = int(Path(resume).name.split("-")[1]) if resume else 0
+    if resume:
+        log.info("resuming %s from %s", run, resume)
+
+    bf16 = resolved["dtype"] == "bfloat16"
+    transformers.set_seed(cfg.seed)  # before the model exists: LoRA init is random
+    # float32 master weights; bf16 enters through autocast (args.bf16), as mixed precision should.
+    model = transformers.AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch.float32)
+    peft_config = None
+    if cfg.method == "lora":
+        targets = cfg.target_modules if cfg.target_modules == "all-linear" else \
+            [t.strip() for t in cfg.target_modules.split(",") if t.strip()]
+        peft_config = peft.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                      target_modules=targets, task_type="CAUSAL_LM")
+    args = trl.SFTConfig(
+        output_dir=str(ckpt_dir), num_train_epochs=cfg.epochs, learning_rate=resolved["lr"],
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup, weight_decay=cfg.weight_decay,
+        seed=cfg.seed, data_seed=cfg.seed, bf16=bf16, max_length=cfg.max_length, completion_only_loss=True,
+        logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1,
+        report_to="none", disable_tqdm=True, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
+        gradient_checkpointing=False, remove_unused_columns=True)
+    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=peft_config, callbacks=[_callbacks(run / "train_log.jsonl", resume_step)])
+    trainer.remove_callback(transformers.PrinterCallback)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+        _save(trainer.model, tokenizer, run, merge=cfg.merge or cfg.method == "full", lora=cfg.method == "lora")
+    finally:
+        del trainer, model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    write_text(run / "done", "")
+    return run
+
+
+def _save(model, tokenizer, run: Path, *, merge: bool, lora: bool) -> None:
+    """adapter/ (and merged/) written to temporary directories, then renamed into place."""
+    outputs = []
+    if lora:
+        outputs.append(("adapter", lambda d: model.save_pretrained(d)))
+    if merge:
+        def merged(d):
+            full = model.merge_and_unload() if lora else model
+            full.save_pretrained(d, safe_serialization=True)
+        outputs.append(("merged", merged))  # after the adapter: merging changes the model
+    for name, save in outputs:
+        tmp = run / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(run / name, ignore_errors=True)
+        os.replace(tmp, run / name)
+
+
+def run_train(cfg: TrainConfig) -> None:
+    run = train(cfg)
+    log_path = run / "train_log.jsonl"
+    losses = [json.loads(ln)["loss"] for ln in log_path.read_text().splitlines() if ln.strip()] \
+        if log_path.exists() else []
+    if losses:
+        k = max(1, len(losses) // 10)
+        print(f"loss: first {sum(losses[:k]) / k:.4f}, last {sum(losses[-k:]) / k:.4f} ({len(losses)} steps)")
+    print(f"run: {run} (adapter: {run / 'adapter'}{', merged: ' + str(run / 'merged') if (run / 'merged').exists() else ''})")
