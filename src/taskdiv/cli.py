@@ -7,6 +7,8 @@
     taskdiv score POOL --out DIR            the model's confidence per prompt and per task
     taskdiv train DATA --model M --out RUN  finetune (LoRA by default)
     taskdiv evaluate RUN --suite S --out D  held-out accuracy, MMLU, BBH
+    taskdiv experiment CONFIG.yaml --out EXP strategies x budgets x seeds, end to end
+    taskdiv report EXP                      tables and plots of an experiment
     taskdiv env                             versions, for bug reports
 
 Every command takes --config FILE.yaml (flags override it), and -v/-q and
@@ -30,22 +32,24 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                        "Print the number of prompts and tasks and the per-task counts of a pool."),
     ("pool", "export"): ("taskdiv.selection", "PoolExportConfig", "run_pool_export",
                          "Write a pool (any source) to a .jsonl or .parquet file."),
+    ("score",): ("taskdiv.scoring", "ScoreConfig", "run_score",
+                 "Score the base model's confidence on each prompt (and per task), cached and resumable."),
     ("select",): ("taskdiv.selection", "SelectConfig", "run_select",
                   "Choose which prompts to annotate under a budget."),
-    ("report",): ("taskdiv.report", "ReportConfig", "run_report",
-                  "Write report.md and plots (accuracy vs budget, allocation, per-task gains) for an experiment."),
     ("annotate", "export"): ("taskdiv.annotation", "ExportConfig", "run_export",
                              "Write selected prompts for Label Studio, Argilla or as plain JSONL."),
     ("annotate", "import"): ("taskdiv.annotation", "ImportConfig", "run_import",
                              "Read annotators' answers from a tool's export into the SFT dataset."),
     ("annotate", "oracle"): ("taskdiv.annotation", "OracleConfig", "run_oracle",
                              "Answer selected prompts with the pool's reference responses (experiments)."),
-    ("score",): ("taskdiv.scoring", "ScoreConfig", "run_score",
-                 "Score the base model's confidence on each prompt (and per task), cached and resumable."),
     ("train",): ("taskdiv.training", "TrainConfig", "run_train",
                  "Finetune a model on prompt/response data (TRL SFTTrainer, PEFT LoRA)."),
     ("evaluate",): ("taskdiv.evaluation", "EvalConfig", "run_evaluate",
                     "Evaluate a model or run: held-out BIG-bench accuracy, MMLU, BBH (lm-evaluation-harness)."),
+    ("experiment",): ("taskdiv.experiments", "ExperimentCommand", "run_experiment",
+                      "Compare strategies across budgets and seeds: select, annotate, train, evaluate."),
+    ("report",): ("taskdiv.report", "ReportConfig", "run_report",
+                  "Write report.md and plots (accuracy vs budget, allocation, per-task gains) for an experiment."),
 }
 
 GROUP_HELP = {"pool": "Inspect and export prompt pools.",

@@ -45,8 +45,13 @@ SECONDS_PER_TEST_ITEM = 0.2
 @dataclass
 class ExperimentConfig:
     pool: str | None = field(default=None, metadata={"required": True, "help": "Pool spec to select from."})
-    test: str | None = field(default=None, metadata={"required": True,
-                                                     "help": "Held-out test spec (rows with targets/choices)."})
+    test: str | None = field(default=None, metadata={
+        "help": "Held-out test spec for the heldout suite (rows with targets/choices), e.g. "
+                "bigbench:notes12?split=test."})
+    suites: list[str] = field(default_factory=lambda: ["heldout"], metadata={
+        "help": "Evaluation suites (heldout, mmlu, bbh); the first is the report's accuracy."})
+    pool_fields: dict = field(default_factory=dict, metadata={
+        "help": "Field mapping of the pool (id_field, prompt_field, task_field, response_field, prompt_template)."})
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "Base model (scored, trained, evaluated)."})
     strategies: list[str] = field(default_factory=lambda: ["random", "task-diversity", "weighted-task-diversity"],
                                   metadata={"help": "Strategies to compare."})
@@ -66,7 +71,7 @@ class ExperimentConfig:
 
 @dataclass
 class ExperimentCommand:
-    config: str | None = field(default=None, metadata={"positional": True, "required": True,
+    config_yaml: str | None = field(default=None, metadata={"positional": True, "required": True,
                                                        "help": "Experiment YAML (e.g. configs/cpu-small.yaml)."})
     out: str | None = field(default=None, metadata={"required": True, "help": "Experiment directory."})
     dry_run: bool = field(default=False, metadata={"help": "Validate, print the grid and a time estimate, stop."})
@@ -150,21 +155,38 @@ class Experiment:
         from .scoring import ScoreConfig
         from .training import TrainConfig
 
+        from .data import FieldMap
+        from .evaluation import SUITES
+
         cfg = self.cfg
         validate_model(cfg.model)
-        self.pool = load_pool(cfg.pool)
+        unknown = sorted(set(cfg.pool_fields) - set(FieldMap.__dataclass_fields__))
+        if unknown:
+            raise TaskdivError(f"experiment config: unknown key(s) {', '.join('pool_fields.' + k for k in unknown)}")
+        self.fields = dict(cfg.pool_fields)
+        for suite in cfg.suites:
+            if suite not in SUITES:
+                raise TaskdivError(f"experiment config: key 'suites': {unknown_name('suite', suite, SUITES)}")
+        if not cfg.suites:
+            raise TaskdivError("experiment config: key 'suites' is empty")
+        if "heldout" in cfg.suites and not cfg.test:
+            raise TaskdivError("experiment config: key 'test' is required for the heldout suite")
+        self.pool = load_pool(cfg.pool, FieldMap(**self.fields))
         self.runs = plan(cfg, len(self.pool))
         # Build every stage config once now, so that a bad key fails before any run.
         self.score_cfg = _stage_config(ScoreConfig, cfg.score, "score",
-                                       {"pool": cfg.pool, "model": cfg.model, "out": str(self.out / "scores")})
+                                       {"pool": cfg.pool, "model": cfg.model, "out": str(self.out / "scores"),
+                                        **self.fields})
         _stage_config(TrainConfig, cfg.train, "train", {"data": "x", "model": cfg.model, "out": "x", "seed": 0})
-        _stage_config(EvalConfig, cfg.evaluate, "evaluate", self._eval_fixed(cfg.model, "x"))
+        for suite in cfg.suites:
+            _stage_config(EvalConfig, cfg.evaluate, "evaluate", self._eval_fixed(cfg.model, "x", suite))
         for s in cfg.strategies:
             self._select_config(Run("check", s, "1", 1, 0), Path("x"))
         return self.runs
 
-    def _eval_fixed(self, model: str, out: str) -> dict:
-        return {"model": model, "suite": "heldout", "heldout": self.cfg.test, "out": out}
+    def _eval_fixed(self, model: str, out: str, suite: str) -> dict:
+        fixed = {"model": model, "suite": suite, "out": out}
+        return {**fixed, "heldout": self.cfg.test} if suite == "heldout" else fixed
 
     def _select_config(self, run: Run, out: Path):
         from .selection import SelectConfig
@@ -174,7 +196,7 @@ class Experiment:
         needs = {"weighted-task-diversity", "uncertainty"} | ({"task-diversity", "proportional"}
                                                               if self.cfg.within == "lowest-confidence" else set())
         extra = {"embedding_model": self.cfg.embedding_model} if self.cfg.embedding_model else {}
-        return SelectConfig(pool=self.cfg.pool, budget=run.budget if run.strategy != "full" else None,
+        return SelectConfig(pool=self.cfg.pool, **self.fields, budget=run.budget if run.strategy != "full" else None,
                             strategy=run.strategy, seed=run.seed, out=str(out),
                             scores=str(self.out / "scores" / "scores.csv") if run.strategy in needs else None,
                             within=self.cfg.within if task_strategy else "random",
@@ -190,6 +212,7 @@ class Experiment:
 
         runs = self.prepare()
         write_yaml(self.out / "config.yaml", configmod.to_dict(self.cfg))
+        _quiet_inner_progress()
         todo = [r for r in runs if not (self.run_dir(r) / "done").exists()]
         log.info("experiment %s: %d run(s), %d already done", self.cfg.name, len(runs), len(runs) - len(todo))
         if todo and self.needs_scores() and not (self.out / "scores" / "scores.csv").exists():
@@ -197,7 +220,8 @@ class Experiment:
 
             log.info("scoring the pool once for the whole experiment")
             score(self.score_cfg)
-        with bar(total=len(runs), initial=len(runs) - len(todo), desc="experiment", unit="run") as progress:
+        with bar(total=len(runs), initial=len(runs) - len(todo), desc="experiment", unit="run",
+                 outer=True) as progress:
             for r in todo:
                 self.run_one(r, lambda stage, r=r: progress.set_postfix_str(f"{r.id}: {stage}"))
                 progress.update(1)
@@ -214,6 +238,7 @@ class Experiment:
         d = self.run_dir(run)
         started = time.time()
         record = dataclasses.asdict(run)
+        record["run"] = record.pop("id")
         write_yaml(d / "run.yaml", {**record, "model": self.cfg.model, "pool": self.cfg.pool, "test": self.cfg.test})
         model = self.cfg.model
         if run.strategy != "base":
@@ -237,13 +262,19 @@ class Experiment:
             train(train_cfg)
             record["train_seconds"] = round(time.time() - t0, 1)
             model = str(d / "train")
-        stage("evaluate")
         t0 = time.time()
-        result = evaluate(_stage_config(EvalConfig, self.cfg.evaluate, "evaluate",
-                                        self._eval_fixed(model, str(d / "eval"))))
+        for i, suite in enumerate(self.cfg.suites):
+            stage(f"evaluate {suite}")
+            eval_dir = d / ("eval" if i == 0 else f"eval-{suite}")
+            macro = evaluate(_stage_config(EvalConfig, self.cfg.evaluate, "evaluate",
+                                           self._eval_fixed(model, str(eval_dir), suite)))["macro"]
+            if i == 0:
+                record.update(suite=suite, accuracy=macro["accuracy"], ci_low=macro["ci_low"],
+                              ci_high=macro["ci_high"], n_test=macro["n"])
+            record[f"{suite}_accuracy"] = macro["accuracy"]
         record["eval_seconds"] = round(time.time() - t0, 1)
-        record.update(accuracy=result["accuracy"], ci_low=result["ci_low"], ci_high=result["ci_high"],
-                      n_test=result["n"], seconds=round(time.time() - started, 1))
+        record["seconds"] = round(time.time() - started, 1)
+        record = {"run": record.pop("run"), **record}
         write_json(d / "result.json", record)
         write_text(d / "done", time.strftime("%Y-%m-%dT%H:%M:%S\n"))
         gc.collect()
@@ -252,7 +283,7 @@ class Experiment:
         """Annotate with the pool's reference responses (the paper's simulated annotators)."""
         from .annotation import OracleConfig, run_oracle
 
-        run_oracle(OracleConfig(selection=str(selection), pool=self.cfg.pool, out=str(data)))
+        run_oracle(OracleConfig(selection=str(selection), pool=self.cfg.pool, out=str(data), **self.fields))
 
     # ------------------------------------------------------------------ tables
     def collect(self) -> pd.DataFrame:
@@ -264,6 +295,7 @@ class Experiment:
                 continue
             results.append(json.loads((d / "result.json").read_text()))
             tasks = pd.read_csv(d / "eval" / "per_task.csv")
+            tasks = tasks[tasks["task"] != "macro"]
             per_task.append(tasks.assign(run=r.id)[["run", "task", "n", "accuracy"]])
             alloc_path = d / "selection" / "allocation.csv"
             if alloc_path.exists():
@@ -281,6 +313,25 @@ class Experiment:
         return table
 
 
+def _quiet_inner_progress() -> None:
+    """One progress display for the whole grid: silence the stages' own bars."""
+    import os
+
+    os.environ["TASKDIV_INNER_PROGRESS_OFF"] = "1"
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
 def estimate_seconds(cfg: ExperimentConfig, runs: list[Run], n_test: int) -> float:
     epochs = float((cfg.train or {}).get("epochs", 2))
     trained = sum(r.budget_n for r in runs if r.strategy != "base")
@@ -288,13 +339,13 @@ def estimate_seconds(cfg: ExperimentConfig, runs: list[Run], n_test: int) -> flo
 
 
 def run_experiment(cmd: ExperimentCommand) -> None:
-    cfg = load_config(cmd.config)
+    cfg = load_config(cmd.config_yaml)
     exp = Experiment(cfg, cmd.out)
     if cmd.dry_run:
         from .data import load_pool
 
         runs = exp.prepare()
-        n_test = len(load_pool(cfg.test))
+        n_test = len(load_pool(cfg.test)) if cfg.test else 0
         for r in runs:
             print(f"{r.id:40s} strategy={r.strategy:24s} budget={r.budget_n:6d} seed={r.seed}")
         est = estimate_seconds(cfg, runs, n_test)

@@ -1,0 +1,94 @@
+"""`taskdiv experiment`: a tiny grid end to end, SIGKILL and resume, bad configs."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from taskdiv.cli import main
+
+POOL = "bigbench:navigate,snarks?test=8&max_pool=10"
+
+
+def write_config(path: Path, tiny_model: Path, **overrides) -> Path:
+    cfg = {"name": "tiny", "pool": POOL, "test": POOL + "&split=test", "model": str(tiny_model),
+           "strategies": ["random", "weighted-task-diversity"], "budgets": [4, 8], "seeds": [0, 1],
+           "score": {"max_new_tokens": 4, "batch_size": 8},
+           "train": {"epochs": 1, "batch_size": 4, "save_steps": 100},
+           "evaluate": {"batch_size": 8, "n_boot": 50}}
+    cfg.update(overrides)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.slow
+def test_tiny_grid_end_to_end_survives_sigkill(tmp_path, tiny_model_dir):
+    cfg = write_config(tmp_path / "tiny.yaml", tiny_model_dir)
+    exp = tmp_path / "exp"
+    env = dict(os.environ, TASKDIV_NO_PROGRESS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "taskdiv.cli", "experiment", str(cfg), "--out", str(exp)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and len(list(exp.glob("runs/*/done"))) < 3 and proc.poll() is None:
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in exp.glob("runs/*/done")}
+    assert len(finished) >= 3, "the grid did not get going"
+    assert len(finished) < 10, "killed too late to test resumption"
+
+    assert main(["experiment", str(cfg), "--out", str(exp)]) == 0
+    results = pd.read_csv(exp / "results.csv")
+    # 2 strategies x 2 budgets x 2 seeds, plus full and base: each exactly once.
+    assert len(results) == 10 and results["run"].is_unique
+    assert set(results["strategy"]) == {"random", "weighted-task-diversity", "full", "base"}
+    assert sorted(results.loc[results["strategy"] == "random", "budget_n"]) == [4, 4, 8, 8]
+    assert results.loc[results["strategy"] == "full", "budget_n"].item() == 20
+    for name, mtime in finished.items():  # finished runs were not repeated
+        assert (exp / "runs" / name / "done").stat().st_mtime_ns == mtime
+    # Scores were computed once and shared; the weighted runs used them.
+    assert (exp / "scores" / "scores.csv").exists()
+    alloc = pd.read_csv(exp / "allocations.csv")
+    assert set(alloc["strategy"]) == {"random", "weighted-task-diversity", "full"}
+    assert alloc.groupby("run")["allocated"].sum().min() == 4
+    per_task = pd.read_csv(exp / "per_task.csv")
+    assert set(per_task["task"]) == {"navigate", "snarks"} and per_task["run"].nunique() == 10
+
+    # A rerun of a finished grid does nothing, and the report covers every cell.
+    assert main(["experiment", str(cfg), "--out", str(exp)]) == 0
+    assert len(pd.read_csv(exp / "results.csv")) == 10
+    assert main(["report", str(exp)]) == 0
+    report = (exp / "report.md").read_text()
+    assert "| random |" in report and "| weighted-task-diversity |" in report and "n/a" not in report
+    assert (exp / "accuracy_vs_budget.png").exists() and (exp / "allocation.png").exists()
+
+
+@pytest.mark.parametrize("override,match", [
+    ({"strategies": ["random", "task-diversty"]}, "key 'strategies'"),
+    ({"budgets": [4, 500]}, "key 'budgets': 500 is 500 prompts; the pool has 20"),
+    ({"model": "no-such-model"}, "key 'model'"),
+    ({"train": {"epochz": 1}}, "train.epochz"),
+    ({"suites": ["heldout", "mmlux"]}, "key 'suites'"),
+    ({"colour": "red"}, "colour"),
+])
+def test_bad_config_fails_before_any_run(tmp_path, tiny_model_dir, capsys, override, match):
+    cfg = write_config(tmp_path / "bad.yaml", tiny_model_dir, **override)
+    exp = tmp_path / "exp"
+    assert main(["experiment", str(cfg), "--out", str(exp)]) == 1
+    assert match in capsys.readouterr().err
+    assert not (exp / "runs").exists()
+
+
+def test_dry_run_lists_the_grid(tmp_path, tiny_model_dir, capsys):
+    cfg = write_config(tmp_path / "ok.yaml", tiny_model_dir, full=False, base=False)
+    assert main(["experiment", str(cfg), "--out", str(tmp_path / "exp"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "8 run(s)" in out and "random-b4-s0" in out and "weighted-task-diversity-b8-s1" in out
+    assert not (tmp_path / "exp").exists()
