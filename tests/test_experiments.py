@@ -92,3 +92,16 @@ def test_dry_run_lists_the_grid(tmp_path, tiny_model_dir, capsys):
     out = capsys.readouterr().out
     assert "8 run(s)" in out and "random-b4-s0" in out and "weighted-task-diversity-b8-s1" in out
     assert not (tmp_path / "exp").exists()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_parse(path):
+    from taskdiv.data import parse_spec
+    from taskdiv.evaluation import SUITES
+    from taskdiv.experiments import load_config
+    from taskdiv.strategies import STRATEGIES
+
+    cfg = load_config(path)
+    assert set(cfg.strategies) <= set(STRATEGIES) and set(cfg.suites) <= set(SUITES)
+    assert parse_spec(cfg.pool)[0] in ("hf", "bigbench")
+    assert {"random", "task-diversity", "weighted-task-diversity", "k-center", "uncertainty"} <= set(cfg.strategies)

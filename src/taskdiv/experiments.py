@@ -65,7 +65,9 @@ class ExperimentConfig:
     embedding_model: str | None = field(default=None, metadata={"help": "Embedding model for k-center."})
     score: dict = field(default_factory=dict, metadata={"help": "Options of `taskdiv score`."})
     train: dict = field(default_factory=dict, metadata={"help": "Options of `taskdiv train`."})
-    evaluate: dict = field(default_factory=dict, metadata={"help": "Options of `taskdiv evaluate`."})
+    evaluate: dict = field(default_factory=dict, metadata={"help": "Options of `taskdiv evaluate` (every suite)."})
+    suite_options: dict = field(default_factory=dict, metadata={
+        "help": "Per-suite options over `evaluate`, e.g. {mmlu: {harness_tasks: [mmlu]}}."})
     name: str = field(default="experiment", metadata={"help": "A name for reports."})
 
 
@@ -150,13 +152,10 @@ class Experiment:
     # ------------------------------------------------------------------ setup
     def prepare(self) -> list[Run]:
         """Everything that can fail on a bad config, before any run starts."""
-        from .data import load_pool
-        from .evaluation import EvalConfig
+        from .data import FieldMap, load_pool
+        from .evaluation import SUITES
         from .scoring import ScoreConfig
         from .training import TrainConfig
-
-        from .data import FieldMap
-        from .evaluation import SUITES
 
         cfg = self.cfg
         validate_model(cfg.model)
@@ -178,15 +177,23 @@ class Experiment:
                                        {"pool": cfg.pool, "model": cfg.model, "out": str(self.out / "scores"),
                                         **self.fields})
         _stage_config(TrainConfig, cfg.train, "train", {"data": "x", "model": cfg.model, "out": "x", "seed": 0})
+        unknown = sorted(set(cfg.suite_options) - set(cfg.suites))
+        if unknown:
+            raise TaskdivError(f"experiment config: key 'suite_options': {', '.join(unknown)} not in 'suites'")
         for suite in cfg.suites:
-            _stage_config(EvalConfig, cfg.evaluate, "evaluate", self._eval_fixed(cfg.model, "x", suite))
+            self._eval_config(cfg.model, "x", suite)
         for s in cfg.strategies:
             self._select_config(Run("check", s, "1", 1, 0), Path("x"))
         return self.runs
 
-    def _eval_fixed(self, model: str, out: str, suite: str) -> dict:
+    def _eval_config(self, model: str, out: str, suite: str):
+        from .evaluation import EvalConfig
+
         fixed = {"model": model, "suite": suite, "out": out}
-        return {**fixed, "heldout": self.cfg.test} if suite == "heldout" else fixed
+        if suite == "heldout":
+            fixed["heldout"] = self.cfg.test
+        options = {**(self.cfg.evaluate or {}), **(self.cfg.suite_options.get(suite) or {})}
+        return _stage_config(EvalConfig, options, "evaluate", fixed)
 
     def _select_config(self, run: Run, out: Path):
         from .selection import SelectConfig
@@ -232,7 +239,7 @@ class Experiment:
         return self.out / "runs" / run.id
 
     def run_one(self, run: Run, stage) -> None:
-        from .evaluation import EvalConfig, evaluate
+        from .evaluation import evaluate
         from .training import TrainConfig, train
 
         d = self.run_dir(run)
@@ -266,8 +273,7 @@ class Experiment:
         for i, suite in enumerate(self.cfg.suites):
             stage(f"evaluate {suite}")
             eval_dir = d / ("eval" if i == 0 else f"eval-{suite}")
-            macro = evaluate(_stage_config(EvalConfig, self.cfg.evaluate, "evaluate",
-                                           self._eval_fixed(model, str(eval_dir), suite)))["macro"]
+            macro = evaluate(self._eval_config(model, str(eval_dir), suite))["macro"]
             if i == 0:
                 record.update(suite=suite, accuracy=macro["accuracy"], ci_low=macro["ci_low"],
                               ci_high=macro["ci_high"], n_test=macro["n"])
