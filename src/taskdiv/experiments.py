@@ -37,9 +37,11 @@ from .fileio import write_json, write_table, write_text, write_yaml
 
 log = logging.getLogger(__name__)
 
-# Figures from ../shared/EXPERIMENT-NOTES.md (SmolLM2-135M, 2 cores), for --dry-run estimates.
+# Figures measured by bench/bench_training.py (SmolLM2-135M, bf16, 2 cores), for --dry-run
+# estimates: LoRA training per example-epoch, and held-out evaluation per multiple-choice
+# item (the prompt's KV cache shared by its choices; EXPERIMENT-NOTES' naive loop took 0.2 s).
 SECONDS_PER_EXAMPLE_EPOCH = 0.5
-SECONDS_PER_TEST_ITEM = 0.2
+SECONDS_PER_TEST_ITEM = 0.1
 
 
 @dataclass
@@ -356,7 +358,7 @@ def run_experiment(cmd: ExperimentCommand) -> None:
             print(f"{r.id:40s} strategy={r.strategy:24s} budget={r.budget_n:6d} seed={r.seed}")
         est = estimate_seconds(cfg, runs, n_test)
         print(f"{len(runs)} run(s); pool {len(exp.pool)} prompts, test {n_test} items; "
-              f"estimate from EXPERIMENT-NOTES rates: {est / 60:.0f} min (plus scoring)")
+              f"estimate at SmolLM2-135M rates on 2 cores: {est / 60:.0f} min (plus scoring)")
         return
     table = exp.run()
     print(f"{len(table)} run(s) finished; results in {Path(cmd.out) / 'results.csv'}; "
