@@ -23,7 +23,8 @@ Suites `mmlu` and `bbh`: see `taskdiv.harness`.
 
 Writes (atomically) to --out:
     results.json   per-task accuracy with 95% bootstrap intervals, macro and micro average,
-                   timings, the resolved config; a rerun with the same config reuses it
+                   timings (model loading apart; on a resumed run only the resumed part),
+                   the resolved config; a rerun with the same config reuses it
     per_task.csv   task, n, accuracy, ci_low, ci_high (last row: macro)
     items.jsonl    heldout: id, task, kind, prediction, correct (for paired comparisons)
 The heldout suite appends finished batches to .items.partial.jsonl, so an interrupted
@@ -372,6 +373,7 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     start = time.perf_counter()
     model, tok = load_model(ref, dtype)
+    loaded = time.perf_counter()
     try:
         if cfg.suite == "heldout":
             partial = out / ".items.partial.jsonl"
@@ -380,12 +382,12 @@ def evaluate(cfg: EvalConfig) -> dict:
             items, raw = harness.run(model, tok, prepared, cfg, chat)
     finally:
         free(model)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - loaded
     table, macro = summarise(items, n_boot=cfg.n_boot, seed=cfg.seed)
     results = {"suite": cfg.suite, "model": cfg.model, "chat": chat, "dtype": dtype,
                "tasks": {r["task"]: {k: r[k] for k in ("n", "accuracy", "ci_low", "ci_high")}
                          for r in table.to_dict(orient="records")},
-               "macro": macro, "seconds": round(seconds, 2),
+               "macro": macro, "load_seconds": round(loaded - start, 2), "seconds": round(seconds, 2),
                "seconds_per_item": round(seconds / max(1, len(items)), 4), "config": key}
     if cfg.suite == "heldout":
         write_jsonl(out / "items.jsonl", items.to_dict(orient="records"))

@@ -13,6 +13,7 @@ response tokens only and the model sees the very tokens evaluation uses.
 RUN/ holds:
     config.yaml       the resolved options (model, data hash, dtype, chat, ...)
     train_log.jsonl   one line per optimizer step: step, epoch, loss, learning_rate
+    train_metrics.json  examples, tokens, runtime, tokens/s, seconds per example-epoch
     checkpoints/      Trainer checkpoints while training (removed when done)
     adapter/          the LoRA adapter (plain `peft.PeftModel.from_pretrained`)
     merged/           merged full weights (with --merge, and always for --method full)
@@ -38,7 +39,7 @@ import yaml
 
 from . import __version__
 from .errors import DataError, TaskdivError
-from .fileio import write_text, write_yaml
+from .fileio import write_json, write_text, write_yaml
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +298,16 @@ def train(cfg: TrainConfig) -> Path:
                                      peft_config=peft_config,
                                      callbacks=[_callbacks(run / "train_log.jsonl", resume_step)])
             trainer.remove_callback(transformers.PrinterCallback)
-            trainer.train(resume_from_checkpoint=resume)
+            result = trainer.train(resume_from_checkpoint=resume)
+        tokens = sum(len(ids) for ids in encoded["input_ids"])
+        seconds = result.metrics.get("train_runtime", float("nan"))
+        done_epochs = cfg.epochs * (1 - resume_step / max(1, trainer.state.max_steps))  # this session's share
+        write_json(run / "train_metrics.json", {
+            "examples": len(frame), "tokens_per_epoch": tokens, "epochs": cfg.epochs, "steps": trainer.state.max_steps,
+            "resumed_from_step": resume_step, "train_runtime": seconds,
+            "tokens_per_second": tokens * done_epochs / seconds if seconds else None,
+            "seconds_per_example_epoch": seconds / (len(frame) * done_epochs) if done_epochs else None,
+            "final_loss": result.training_loss})
         _save(trainer.model, tokenizer, run, merge=cfg.merge or cfg.method == "full", lora=cfg.method == "lora")
     finally:
         del trainer, model  # ~30 runs share one process in an experiment: free each one's memory
