@@ -26,13 +26,9 @@ def _pool_rows():
     return rows
 
 
-@pytest.mark.parametrize("chat", [True, False])
-def test_choice_scores_equal_full_sequence_scoring(tiny_model_dir, chat):
-    """Sharing the prompt's KV cache across choices gives the log-probabilities of scoring
-    each prompt + choice sequence on its own."""
+def _check_choice_scores(model, tok, chat):
     import torch
 
-    model, tok = evaluation.load_model(models.resolve(str(tiny_model_dir)), "float32")
     prompts = ["Q: Is the sky blue?\nA:", "Q: What is two plus two? Answer with a number.\nA:", "x"]
     choices = [["yes", "no"], ["4", "five", "twenty two or so"], ["a", "b", "c", "d"]]
     pids = [models.encode_prompt(tok, p, chat) for p in prompts]
@@ -44,6 +40,21 @@ def test_choice_scores_equal_full_sequence_scoring(tiny_model_dir, chat):
                 lp = torch.log_softmax(model(torch.tensor([p + c])).logits[0].float(), -1)
             expected = np.mean([lp[len(p) - 1 + j, t].item() for j, t in enumerate(c)])
             assert value == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_choice_scores_equal_full_sequence_scoring(tiny_model_dir, chat):
+    """Sharing the prompt's KV cache across choices gives the log-probabilities of scoring
+    each prompt + choice sequence on its own (left padding, chunked choices)."""
+    _check_choice_scores(*evaluation.load_model(models.resolve(str(tiny_model_dir)), "float32"), chat)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2-135m-instruct", "gemma-3-270m"])
+def test_choice_scores_on_the_real_models(name):
+    """The same check on both embedded architectures (Gemma 3 has sliding-window layers)."""
+    ref = models.resolve(name)
+    _check_choice_scores(*evaluation.load_model(ref, "float32"), ref.chat)
 
 
 def test_summarise_bootstrap_intervals():

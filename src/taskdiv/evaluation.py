@@ -103,10 +103,10 @@ def load_model(ref, dtype: str):
     return model, tok
 
 
-def free(*objs) -> None:
+def free() -> None:
+    """Return the memory of dropped models (an experiment evaluates ~30 runs in one process)."""
     import torch
 
-    del objs
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -336,8 +336,12 @@ def format_table(table: pd.DataFrame, macro: dict, max_rows: int = 80) -> str:
 
 
 def _config_key(cfg: EvalConfig, fingerprint: str, chat: bool, dtype: str) -> dict:
+    """Everything that changes the answers: options, weights, and the held-out file's content."""
+    from .training import file_sha256
+
     keep = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in ("out", "batch_size")}
-    return {**keep, "fingerprint": fingerprint, "chat": chat, "dtype_resolved": dtype}
+    data = file_sha256(cfg.heldout) if cfg.suite == "heldout" else None
+    return {**keep, "fingerprint": fingerprint, "chat": chat, "dtype_resolved": dtype, "heldout_sha256": data}
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -379,9 +383,10 @@ def evaluate(cfg: EvalConfig) -> dict:
             partial = out / ".items.partial.jsonl"
             items = run_heldout(model, tok, frame, chat, cfg, partial, json.dumps(key, sort_keys=True, default=str))
         else:
-            items, raw = harness.run(model, tok, prepared, cfg, chat)
+            items, raw = harness.run(model, tok, prepared, cfg, chat, json.dumps(key, sort_keys=True, default=str))
     finally:
-        free(model)
+        del model
+        free()
     seconds = time.perf_counter() - loaded
     table, macro = summarise(items, n_boot=cfg.n_boot, seed=cfg.seed)
     results = {"suite": cfg.suite, "model": cfg.model, "chat": chat, "dtype": dtype,
