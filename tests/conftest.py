@@ -17,6 +17,9 @@ MMLU_DIR = SHARED / "data" / "mmlu"
 BBH_DIR = SHARED / "data" / "bbh"
 
 os.environ.setdefault("TASKDIV_NO_PROGRESS", "1")
+# The machine is shared: with OpenMP's default spin-waiting, torch's threads stall each
+# other when cores are oversubscribed (measured 10-20x slower forward passes).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

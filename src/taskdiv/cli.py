@@ -26,6 +26,11 @@ import sys
 from . import __version__
 from .errors import TaskdivError
 
+# Set before torch (and its OpenMP runtime) loads: spinning OpenMP threads stall each
+# other whenever the cores are shared with other work; measured 10-20x slower forward
+# passes on a busy 2-core machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # (command words) -> (module, config class, function, one-line help)
 COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("pool", "info"): ("taskdiv.selection", "PoolInfoConfig", "run_pool_info",

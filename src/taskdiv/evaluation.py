@@ -23,7 +23,8 @@ Suites `mmlu` and `bbh`: see `taskdiv.harness`.
 
 Writes (atomically) to --out:
     results.json   per-task accuracy with 95% bootstrap intervals, macro and micro average,
-                   timings, the resolved config; a rerun with the same config reuses it
+                   timings (model loading apart; on a resumed run only the resumed part),
+                   the resolved config; a rerun with the same config reuses it
     per_task.csv   task, n, accuracy, ci_low, ci_high (last row: macro)
     items.jsonl    heldout: id, task, kind, prediction, correct (for paired comparisons)
 The heldout suite appends finished batches to .items.partial.jsonl, so an interrupted
@@ -102,10 +103,10 @@ def load_model(ref, dtype: str):
     return model, tok
 
 
-def free(*objs) -> None:
+def free() -> None:
+    """Return the memory of dropped models (an experiment evaluates ~30 runs in one process)."""
     import torch
 
-    del objs
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -335,8 +336,12 @@ def format_table(table: pd.DataFrame, macro: dict, max_rows: int = 80) -> str:
 
 
 def _config_key(cfg: EvalConfig, fingerprint: str, chat: bool, dtype: str) -> dict:
+    """Everything that changes the answers: options, weights, and the held-out file's content."""
+    from .training import file_sha256
+
     keep = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in ("out", "batch_size")}
-    return {**keep, "fingerprint": fingerprint, "chat": chat, "dtype_resolved": dtype}
+    data = file_sha256(cfg.heldout) if cfg.suite == "heldout" else None
+    return {**keep, "fingerprint": fingerprint, "chat": chat, "dtype_resolved": dtype, "heldout_sha256": data}
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -372,20 +377,22 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     start = time.perf_counter()
     model, tok = load_model(ref, dtype)
+    loaded = time.perf_counter()
     try:
         if cfg.suite == "heldout":
             partial = out / ".items.partial.jsonl"
             items = run_heldout(model, tok, frame, chat, cfg, partial, json.dumps(key, sort_keys=True, default=str))
         else:
-            items, raw = harness.run(model, tok, prepared, cfg, chat)
+            items, raw = harness.run(model, tok, prepared, cfg, chat, json.dumps(key, sort_keys=True, default=str))
     finally:
-        free(model)
-    seconds = time.perf_counter() - start
+        del model
+        free()
+    seconds = time.perf_counter() - loaded
     table, macro = summarise(items, n_boot=cfg.n_boot, seed=cfg.seed)
     results = {"suite": cfg.suite, "model": cfg.model, "chat": chat, "dtype": dtype,
                "tasks": {r["task"]: {k: r[k] for k in ("n", "accuracy", "ci_low", "ci_high")}
                          for r in table.to_dict(orient="records")},
-               "macro": macro, "seconds": round(seconds, 2),
+               "macro": macro, "load_seconds": round(loaded - start, 2), "seconds": round(seconds, 2),
                "seconds_per_item": round(seconds / max(1, len(items)), 4), "config": key}
     if cfg.suite == "heldout":
         write_jsonl(out / "items.jsonl", items.to_dict(orient="records"))

@@ -246,8 +246,13 @@ def prepare(cfg, out: Path) -> Prepared:
     return prepare_bbh(root, cfg.tasks, cfg.bbh_variant, where)
 
 
-def run(model, tok, prepared: Prepared, cfg, chat: bool) -> tuple[pd.DataFrame, dict]:
-    """Per-sample correctness (id, task, prediction, correct) and the harness's own results."""
+def run(model, tok, prepared: Prepared, cfg, chat: bool, key: str) -> tuple[pd.DataFrame, dict]:
+    """Per-sample correctness (id, task, prediction, correct) and the harness's own results.
+
+    `key` identifies everything that changes the answers (weights, options); the harness's
+    request cache, which makes an interrupted run resume, is kept per key because the
+    harness itself keys it by the request text only.
+    """
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -256,11 +261,7 @@ def run(model, tok, prepared: Prepared, cfg, chat: bool) -> tuple[pd.DataFrame, 
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=cfg.batch_size, device=device)
     manager = TaskManager(include_path=str(prepared.include_dir), include_defaults=False) \
         if prepared.include_dir else TaskManager()
-    # The request cache makes an interrupted run resume; it is keyed by everything that
-    # changes the answers, because the harness keys it by the request text only.
-    key = hashlib.sha256(json.dumps([cfg.model, chat, cfg.dtype, prepared.tasks, cfg.limit, cfg.max_gen_toks],
-                                    default=str).encode()).hexdigest()[:16]
-    cache = Path(cfg.out) / "harness" / ".cache" / key
+    cache = Path(cfg.out) / "harness" / ".cache" / hashlib.sha256(key.encode()).hexdigest()[:16]
     cache.parent.mkdir(parents=True, exist_ok=True)
     results = simple_evaluate(
         model=lm, tasks=prepared.tasks, task_manager=manager, limit=cfg.limit, log_samples=True,

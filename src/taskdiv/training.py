@@ -13,6 +13,7 @@ response tokens only and the model sees the very tokens evaluation uses.
 RUN/ holds:
     config.yaml       the resolved options (model, data hash, dtype, chat, ...)
     train_log.jsonl   one line per optimizer step: step, epoch, loss, learning_rate
+    train_metrics.json  examples, tokens, runtime, tokens/s, seconds per example-epoch
     checkpoints/      Trainer checkpoints while training (removed when done)
     adapter/          the LoRA adapter (plain `peft.PeftModel.from_pretrained`)
     merged/           merged full weights (with --merge, and always for --method full)
@@ -23,12 +24,14 @@ options (another model, other data, another learning rate ...) is refused.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import json
 import logging
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -36,7 +39,7 @@ import yaml
 
 from . import __version__
 from .errors import DataError, TaskdivError
-from .fileio import write_text, write_yaml
+from .fileio import write_json, write_text, write_yaml
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,7 @@ DEFAULT_LR = {"lora": 3e-4, "full": 2e-5}
 # Options whose change makes an existing run directory a different run.
 RUN_IDENTITY = ("model", "data_sha256", "method", "epochs", "lr", "batch_size", "grad_accum", "max_length",
                 "lora_r", "lora_alpha", "lora_dropout", "target_modules", "seed", "dtype", "chat",
-                "warmup", "scheduler", "weight_decay")
+                "warmup", "scheduler", "weight_decay", "activation_checkpointing")
 
 
 @dataclass
@@ -82,6 +85,9 @@ class TrainConfig:
     chat_template: bool | None = field(default=None, metadata={
         "help": "Format prompts with the chat template (default: yes for instruct models)."})
     merge: bool = field(default=False, metadata={"help": "Also write merged full weights to RUN/merged."})
+    activation_checkpointing: bool = field(default=False, metadata={
+        "help": "Recompute activations in the backward pass: less memory, about 20-30% slower "
+                "(for large models on a GPU)."})
     save_steps: int = field(default=20, metadata={
         "help": "Checkpoint every N optimizer steps (an interrupted run resumes from the last one)."})
 
@@ -284,21 +290,47 @@ def train(cfg: TrainConfig) -> Path:
         seed=cfg.seed, data_seed=cfg.seed, bf16=bf16, max_length=cfg.max_length, completion_only_loss=True,
         logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1,
         report_to="none", disable_tqdm=True, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
-        gradient_checkpointing=False, remove_unused_columns=True)
-    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             peft_config=peft_config, callbacks=[_callbacks(run / "train_log.jsonl", resume_step)])
-    trainer.remove_callback(transformers.PrinterCallback)
+        activation_checkpointing=cfg.activation_checkpointing, remove_unused_columns=True)
+    trainer = None
     try:
-        trainer.train(resume_from_checkpoint=resume)
+        with _quiet(datasets):
+            trainer = trl.SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                     peft_config=peft_config,
+                                     callbacks=[_callbacks(run / "train_log.jsonl", resume_step)])
+            trainer.remove_callback(transformers.PrinterCallback)
+            result = trainer.train(resume_from_checkpoint=resume)
+        tokens = sum(len(ids) for ids in encoded["input_ids"])
+        seconds = result.metrics.get("train_runtime", float("nan"))
+        done_epochs = cfg.epochs * (1 - resume_step / max(1, trainer.state.max_steps))  # this session's share
+        write_json(run / "train_metrics.json", {
+            "examples": len(frame), "tokens_per_epoch": tokens, "epochs": cfg.epochs, "steps": trainer.state.max_steps,
+            "resumed_from_step": resume_step, "train_runtime": seconds,
+            "tokens_per_second": tokens * done_epochs / seconds if seconds else None,
+            "seconds_per_example_epoch": seconds / (len(frame) * done_epochs) if done_epochs else None,
+            "final_loss": result.training_loss})
         _save(trainer.model, tokenizer, run, merge=cfg.merge or cfg.method == "full", lora=cfg.method == "lora")
     finally:
-        del trainer, model
+        del trainer, model  # ~30 runs share one process in an experiment: free each one's memory
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     write_text(run / "done", "")
     return run
+
+
+@contextlib.contextmanager
+def _quiet(datasets):
+    """Hide the dataset-preparation progress bars and deprecation chatter of the libraries."""
+    was = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            yield
+    finally:
+        if was:
+            datasets.enable_progress_bars()
 
 
 def _save(model, tokenizer, run: Path, *, merge: bool, lora: bool) -> None:

@@ -1,0 +1,105 @@
+"""Training and evaluation throughput, bf16 against float32, for both embedded models.
+
+    python bench/bench_training.py            # or `make bench`
+    python bench/bench_training.py --quick    # fewer examples, for a smoke run
+
+Each measurement runs in its own subprocess so that its peak memory (ru_maxrss) is its
+own; bf16 and float32 runs alternate so that load from other work on the machine hits
+both alike. Training: LoRA (the defaults of `taskdiv train`) on the pool part of the
+notes12 BIG-bench tasks, one epoch; tokens/s counts prompt + response tokens. Evaluation:
+`taskdiv evaluate --suite heldout` on their test part (multiple choice, prefix-shared
+scoring), items/s. Prints the ratios bf16/float32 measured side by side.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TASKDIV_NO_PROGRESS", "1")
+MODELS = ("smollm2-135m-instruct", "gemma-3-270m")
+
+
+def one(kind: str, model: str, dtype: str, data: str) -> dict:
+    """A single measurement (runs in the child process, so ru_maxrss is its own peak)."""
+    from taskdiv.evaluation import EvalConfig, evaluate
+    from taskdiv.training import TrainConfig, train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if kind == "train":
+            run = train(TrainConfig(data=data, model=model, out=f"{tmp}/run", epochs=1, dtype=dtype))
+            m = json.loads((run / "train_metrics.json").read_text())
+            out = {"tokens_per_second": m["tokens_per_second"], "seconds_per_example_epoch":
+                   m["seconds_per_example_epoch"], "examples": m["examples"]}
+        else:
+            r = evaluate(EvalConfig(model=model, heldout=data, out=f"{tmp}/eval", dtype=dtype, batch_size=16))
+            seconds, items = r["seconds"], r["macro"]["n"]  # scoring only, model loading apart
+            out = {"items_per_second": items / seconds, "seconds_per_item": seconds / items, "items": items,
+                   "accuracy": r["macro"]["accuracy"]}
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def measure(kind, model, dtype, data) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--one", kind, model, dtype, data],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} {model} {dtype} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def write_data(tmp: str, n_train: int, n_eval: int) -> dict[str, str]:
+    """The pool part (training) and test part (evaluation) of notes12 as JSONL files."""
+    from taskdiv.data import load_pool
+    from taskdiv.fileio import write_jsonl
+
+    train = load_pool(f"bigbench:notes12?max_pool={max(1, n_train // 12)}").frame
+    test = load_pool("bigbench:notes12?split=test").frame.groupby("task").head(max(1, n_eval // 12))
+    write_jsonl(f"{tmp}/train.jsonl", train[["id", "task", "prompt", "response"]].to_dict("records"))
+    write_jsonl(f"{tmp}/test.jsonl", test.to_dict("records"))
+    return {"train": f"{tmp}/train.jsonl", "eval": f"{tmp}/test.jsonl"}
+
+
+def main(quick: bool) -> None:
+    n_train, n_eval, reps = (24, 24, 1) if quick else (96, 120, 2)
+    import torch
+
+    tmp = tempfile.mkdtemp(prefix="bench-training-")
+    files = write_data(tmp, n_train, n_eval)
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; {n_train} training examples x 1 epoch, "
+          f"{n_eval} evaluation items; best of {reps} run(s) each, bf16 and float32 alternating")
+    for model in MODELS:
+        for kind, key in (("train", "tokens_per_second"), ("eval", "items_per_second")):
+            best: dict[str, dict] = {}
+            for _ in range(reps):
+                for dtype in ("bfloat16", "float32"):
+                    r = measure(kind, model, dtype, files[kind])
+                    if dtype not in best or r[key] > best[dtype][key]:
+                        best[dtype] = r
+            bf, fp = best["bfloat16"], best["float32"]
+            if kind == "train":
+                print(f"{model:22s} train  bf16 {bf[key]:7.0f} tok/s ({bf['seconds_per_example_epoch']:.3f} s/example-epoch, "
+                      f"peak {bf['peak_rss_mb']:.0f} MB)  float32 {fp[key]:7.0f} tok/s "
+                      f"({fp['seconds_per_example_epoch']:.3f} s/example-epoch, peak {fp['peak_rss_mb']:.0f} MB)  "
+                      f"bf16/float32 = {bf[key] / fp[key]:.2f}x", flush=True)
+            else:
+                print(f"{model:22s} eval   bf16 {bf[key]:7.2f} items/s ({bf['seconds_per_item']:.3f} s/item, "
+                      f"peak {bf['peak_rss_mb']:.0f} MB)  float32 {fp[key]:7.2f} items/s "
+                      f"({fp['seconds_per_item']:.3f} s/item, peak {fp['peak_rss_mb']:.0f} MB)  "
+                      f"bf16/float32 = {bf[key] / fp[key]:.2f}x  (accuracy bf16 {bf['accuracy']:.3f}, "
+                      f"float32 {fp['accuracy']:.3f})", flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--one":
+        print(json.dumps(one(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])))
+    else:
+        main(quick="--quick" in sys.argv)

@@ -1,0 +1,199 @@
+"""`taskdiv evaluate --suite heldout`: choice scoring, bootstrap, outputs, resume, bad
+input, and the real-model check that finetuning raises held-out accuracy."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import write_jsonl
+from taskdiv import evaluation, models
+from taskdiv.errors import DataError, TaskdivError
+from taskdiv.evaluation import EvalConfig, evaluate
+
+
+def _pool_rows():
+    rows = []
+    for i in range(6):
+        rows.append({"id": f"mc{i}", "task": "colors", "prompt": f"Q: Which colour is item {i}?\nA:",
+                     "choices": ["red", "green", "deep blue sea"], "targets": [["red", "green", "deep blue sea"][i % 3]]})
+        rows.append({"id": f"yn{i}", "task": "yesno", "prompt": f"Q: Is {i} even?\nA:",
+                     "choices": ["yes", "no"], "targets": ["yes" if i % 2 == 0 else "no"]})
+        rows.append({"id": f"g{i}", "task": "sum", "prompt": f"Q: {i} + 1 =\nA:", "targets": [str(i + 1)]})
+    return rows
+
+
+def _check_choice_scores(model, tok, chat):
+    import torch
+
+    prompts = ["Q: Is the sky blue?\nA:", "Q: What is two plus two? Answer with a number.\nA:", "x"]
+    choices = [["yes", "no"], ["4", "five", "twenty two or so"], ["a", "b", "c", "d"]]
+    pids = [models.encode_prompt(tok, p, chat) for p in prompts]
+    cids = [[models.encode_response(tok, p, c, chat) for c in cs] for p, cs in zip(prompts, choices)]
+    fast = evaluation.choice_scores(model, pids, cids, tok.pad_token_id, max_rows=2)
+    for p, cs, got in zip(pids, cids, fast):
+        for c, value in zip(cs, got):
+            with torch.no_grad():
+                lp = torch.log_softmax(model(torch.tensor([p + c])).logits[0].float(), -1)
+            expected = np.mean([lp[len(p) - 1 + j, t].item() for j, t in enumerate(c)])
+            assert value == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_choice_scores_equal_full_sequence_scoring(tiny_model_dir, chat):
+    """Sharing the prompt's KV cache across choices gives the log-probabilities of scoring
+    each prompt + choice sequence on its own (left padding, chunked choices)."""
+    _check_choice_scores(*evaluation.load_model(models.resolve(str(tiny_model_dir)), "float32"), chat)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2-135m-instruct", "gemma-3-270m"])
+def test_choice_scores_on_the_real_models(name):
+    """The same check on both embedded architectures (Gemma 3 has sliding-window layers)."""
+    ref = models.resolve(name)
+    _check_choice_scores(*evaluation.load_model(ref, "float32"), ref.chat)
+
+
+def test_summarise_bootstrap_intervals():
+    items = pd.DataFrame({"task": ["a"] * 50 + ["b"] * 20,
+                          "correct": [True] * 40 + [False] * 10 + [True] * 5 + [False] * 15})
+    table, macro = evaluation.summarise(items, n_boot=4000, seed=0)
+    a, b = table.set_index("task").loc["a"], table.set_index("task").loc["b"]
+    assert (a["n"], a["accuracy"], b["accuracy"]) == (50, 0.8, 0.25)
+    for row in (a, b):
+        assert row["ci_low"] < row["accuracy"] < row["ci_high"]
+    # Normal approximation of the binomial interval, for scale.
+    assert a["ci_high"] - a["ci_low"] == pytest.approx(2 * 1.96 * math.sqrt(0.8 * 0.2 / 50), rel=0.2)
+    assert macro["accuracy"] == pytest.approx(0.525) and macro["micro_accuracy"] == pytest.approx(45 / 70)
+    assert macro["ci_low"] < 0.525 < macro["ci_high"]
+    assert evaluation.summarise(items, n_boot=4000, seed=0)[1] == macro
+    assert evaluation.summarise(items, n_boot=4000, seed=1)[1] != macro
+
+
+def test_heldout_end_to_end_and_rerun(tiny_model_dir, tmp_path, capsys):
+    pool = write_jsonl(tmp_path / "test.jsonl", _pool_rows())
+    out = tmp_path / "eval"
+    cfg = EvalConfig(model=str(tiny_model_dir), heldout=str(pool), out=str(out), limit=4, batch_size=3)
+    evaluation.run_evaluate(cfg)
+    printed = capsys.readouterr().out
+    assert "macro accuracy" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["tasks"]) == {"colors", "yesno", "sum"}
+    assert all(t["n"] == 4 for t in results["tasks"].values()), "--limit caps items per task"
+    table = pd.read_csv(out / "per_task.csv")
+    assert list(table.columns) == ["task", "n", "accuracy", "ci_low", "ci_high"]
+    assert table["task"].iloc[-1] == "macro"
+    items = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
+    assert len(items) == 12 and not (out / ".items.partial.jsonl").exists()
+    by_id = {r["id"]: r for r in _pool_rows()}
+    for it in items:
+        row = by_id[it["id"]]
+        if "choices" in row:
+            assert it["prediction"] in row["choices"] and len(it["scores"]) == len(row["choices"])
+            assert it["correct"] == (it["prediction"] in row["targets"])
+        else:
+            assert it["kind"] == "generative" and "\n" not in it["prediction"]
+    stamp = (out / "results.json").stat().st_mtime_ns
+    again = evaluate(cfg)
+    assert again["macro"] == results["macro"]
+    assert (out / "results.json").stat().st_mtime_ns == stamp, "a finished evaluation is reused"
+
+
+def test_heldout_resumes_after_interruption(tiny_model_dir, tmp_path, monkeypatch):
+    pool = write_jsonl(tmp_path / "test.jsonl", _pool_rows())
+    cfg = dict(model=str(tiny_model_dir), heldout=str(pool), batch_size=2)
+    full = evaluate(EvalConfig(out=str(tmp_path / "full"), **cfg))
+
+    real = evaluation.choice_scores
+    calls = []
+
+    def interrupted(model, prompt_ids, *a, **kw):
+        calls.append(len(prompt_ids))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(model, prompt_ids, *a, **kw)
+
+    monkeypatch.setattr(evaluation, "choice_scores", interrupted)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(EvalConfig(out=str(out), **cfg))
+    partial = (out / ".items.partial.jsonl").read_text().splitlines()
+    assert len(partial) == 1 + 4 and not (out / "results.json").exists()
+
+    calls.clear()
+    monkeypatch.setattr(evaluation, "choice_scores", lambda *a, **kw: (calls.append(len(a[1])), real(*a, **kw))[1])
+    resumed = evaluate(EvalConfig(out=str(out), **cfg))
+    assert sum(calls) == 12 - 4, "only the items not yet in the partial file are scored"
+    assert resumed["tasks"] == full["tasks"]
+
+
+def test_bad_heldout_input_writes_nothing(tiny_model_dir, tmp_path):
+    no_targets = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "task": "t", "prompt": "hi"}])
+    with pytest.raises(DataError, match="no 'targets' field"):
+        evaluate(EvalConfig(model=str(tiny_model_dir), heldout=str(no_targets), out=str(tmp_path / "o1")))
+    stray = write_jsonl(tmp_path / "s.jsonl", [{"id": "a", "task": "t", "prompt": "hi", "choices": ["x", "y"],
+                                                 "targets": ["z"]}])
+    with pytest.raises(DataError, match="not among the choices: ids a"):
+        evaluate(EvalConfig(model=str(tiny_model_dir), heldout=str(stray), out=str(tmp_path / "o2")))
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_run_dir_with_adapter_of_another_model(tiny_model_dir, tmp_path):
+    """A run directory whose adapter does not fit the base model its config names."""
+    import shutil
+
+    import torch
+    import yaml
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from taskdiv.training import TrainConfig, train
+
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"p{i}", "response": f"r{i}"} for i in range(4)])
+    run = train(TrainConfig(data=str(data), model=str(tiny_model_dir), out=str(tmp_path / "run"), epochs=1))
+    other = tmp_path / "wider"
+    cfg = LlamaConfig.from_pretrained(tiny_model_dir)
+    cfg.hidden_size, cfg.intermediate_size = 96, 192
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(other)
+    for f in tiny_model_dir.iterdir():
+        if f.name.startswith(("tokenizer", "chat_template", "special")):
+            shutil.copy(f, other / f.name)
+    conf = yaml.safe_load((run / "config.yaml").read_text())
+    conf["model"] = str(other)
+    (run / "config.yaml").write_text(yaml.safe_dump(conf))
+    pool = write_jsonl(tmp_path / "t.jsonl", _pool_rows()[:3])
+    with pytest.raises(TaskdivError, match="cannot load the model with its adapter"):
+        evaluate(EvalConfig(model=str(run), heldout=str(pool), out=str(tmp_path / "e")))
+    assert not (tmp_path / "e" / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_finetuning_raises_heldout_accuracy(tmp_path):
+    """smollm2-135m-instruct on BIG-bench 2-digit addition: the untrained model answers
+    in its own words ("99 + 55 = ...") and never matches exactly; 64 pool examples for
+    2 epochs teach it the answer format. The held-out items are paired, so the gain is
+    tested with an exact McNemar test (all discordant pairs favour the finetuned model)."""
+    from taskdiv.data import load_pool
+    from taskdiv.training import TrainConfig, train
+
+    task = "arithmetic/2_digit_addition"
+    pool = load_pool(f"bigbench:{task}?max_pool=64").frame
+    data = write_jsonl(tmp_path / "train.jsonl", pool[["id", "task", "prompt", "response"]].to_dict("records"))
+    test_ids = set(load_pool(f"bigbench:{task}?split=test").frame["id"])
+    assert not test_ids & set(pool["id"]), "held-out items are never trained on"
+    run = train(TrainConfig(data=str(data), model="smollm2-135m-instruct", out=str(tmp_path / "run")))
+    spec = f"bigbench:{task}?split=test"
+    base = evaluate(EvalConfig(model="smollm2-135m-instruct", heldout=spec, limit=40, out=str(tmp_path / "base")))
+    tuned = evaluate(EvalConfig(model=str(run), heldout=spec, limit=40, out=str(tmp_path / "tuned")))
+    b = {json.loads(x)["id"]: json.loads(x)["correct"] for x in (tmp_path / "base/items.jsonl").read_text().splitlines()}
+    t = {json.loads(x)["id"]: json.loads(x)["correct"] for x in (tmp_path / "tuned/items.jsonl").read_text().splitlines()}
+    assert b.keys() == t.keys() and len(b) == 40
+    gained = sum(t[i] and not b[i] for i in b)
+    lost = sum(b[i] and not t[i] for i in b)
+    n = gained + lost  # one-sided exact McNemar: P(X >= gained), X ~ Binomial(n, 1/2)
+    p = sum(math.comb(n, k) for k in range(gained, n + 1)) / 2 ** n if n else 1.0
+    assert tuned["macro"]["accuracy"] >= base["macro"]["accuracy"] + 0.15, (base["macro"], tuned["macro"])
+    assert p < 0.01, (gained, lost, p)

@@ -1,0 +1,216 @@
+"""`taskdiv train`: LoRA on the tiny random model (weights change, loss drops, the run
+directory loads with plain peft, reruns and resumes), and bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from conftest import write_jsonl
+from taskdiv import cli, models, training
+from taskdiv.errors import DataError, TaskdivError
+from taskdiv.training import TrainConfig, train
+
+
+def _rows(n=24):
+    return [{"id": f"r{i}", "task": "count", "prompt": f"Count to {i % 7 + 1}.",
+             "response": " ".join(str(k) for k in range(1, i % 7 + 2))} for i in range(n)]
+
+
+def _cfg(data, model, out, **kw):
+    kw = {"epochs": 2, "lr": 1e-2, "batch_size": 8, "save_steps": 2, **kw}
+    return TrainConfig(data=str(data), model=str(model), out=str(out), **kw)
+
+
+def _completion_loss(model, tok, rows, chat):
+    """Mean loss on the response tokens, computed directly from the logits."""
+    import torch
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for r in rows:
+            p = models.encode_prompt(tok, r["prompt"], chat)
+            c = models.encode_response(tok, r["prompt"], r["response"], chat)
+            logits = model(torch.tensor([p + c])).logits[0].float()
+            lp = torch.log_softmax(logits[len(p) - 1:-1], -1).gather(1, torch.tensor(c)[:, None])
+            total -= lp.sum().item()
+            count += len(c)
+    return total / count
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    """One LoRA run on the tiny model, with the in-memory model's logits captured before saving."""
+    import torch
+
+    tmp = tmp_path_factory.mktemp("train")
+    data = write_jsonl(tmp / "data.jsonl", _rows())
+    probe = torch.tensor([[1, 20, 300, 4000, 50, 60]])
+    captured = {}
+    original = training._save
+
+    def spy(model, tokenizer, run, **kw):
+        from accelerate.utils import extract_model_from_parallel
+
+        # Training wrapped forward() in bf16 autocast; compare the float32 weights themselves.
+        model = extract_model_from_parallel(model, keep_fp32_wrapper=False).eval()
+        with torch.no_grad():
+            captured["logits"] = model(probe).logits.float().clone()
+        original(model, tokenizer, run, **kw)
+
+    training._save = spy
+    try:
+        run = train(_cfg(data, tiny_model_dir, tmp / "run", merge=True))
+    finally:
+        training._save = original
+    return {"run": run, "data": data, "probe": probe, "logits": captured["logits"], "tmp": tmp}
+
+
+def test_lora_changes_adapter_and_lowers_loss(trained, tiny_model_dir):
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = trained["run"]
+    assert (run / "done").exists() and (run / "config.yaml").exists()
+    assert not (run / "checkpoints").exists(), "checkpoints are removed once the run is done"
+    weights = load_file(run / "adapter" / "adapter_model.safetensors")
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b, "the adapter holds LoRA B matrices"
+    # PEFT initialises B to zero: any non-zero entry was put there by training.
+    assert all(v.abs().max() > 0 for v in lora_b)
+
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, len(log) + 1)), "one log line per step"
+    assert len(log) == 6  # 24 examples / batch 8 x 2 epochs
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = _rows()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    before = _completion_loss(base, tok, rows, chat=True)
+    tuned = PeftModel.from_pretrained(base, run / "adapter").eval()
+    after = _completion_loss(tuned, tok, rows, chat=True)
+    assert after < before - 0.5, (before, after)
+    assert log[-1]["loss"] < log[0]["loss"]
+
+
+def test_plain_peft_reproduces_trained_logits(trained, tiny_model_dir):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run = trained["run"]
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, run / "adapter").eval()
+    with torch.no_grad():
+        logits = model(trained["probe"]).logits.float()
+    torch.testing.assert_close(logits, trained["logits"], atol=1e-4, rtol=1e-4)
+    merged = AutoModelForCausalLM.from_pretrained(run / "merged", dtype=torch.float32).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(trained["probe"]).logits.float(), trained["logits"], atol=1e-4, rtol=1e-4)
+    # taskdiv's own resolution of the run directory reads the same weights.
+    ref = models.resolve(str(run))
+    assert ref.chat is True and ref.path == str(run / "merged")
+
+
+def test_rerun_of_finished_run_does_nothing(trained):
+    run = trained["run"]
+    stamp = (run / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
+    cfg = training.TrainConfig(**{**yaml_config(run), "data": str(trained["data"]), "out": str(run)})
+    assert train(cfg) == run
+    assert (run / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+
+
+def yaml_config(run):
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    return {f: cfg[f] for f in TrainConfig.__dataclass_fields__ if f in cfg}
+
+
+def test_interrupted_run_resumes_to_the_same_adapter(trained, tiny_model_dir, tmp_path, monkeypatch):
+    """Ctrl-C after step 3 (checkpoint at step 2); the rerun resumes and ends where an
+    uninterrupted run with the same seed ends."""
+    import torch
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    cfg = _cfg(trained["data"], tiny_model_dir, run, merge=True)
+    make = training._callbacks
+
+    def interrupting(log_path, resume_step):
+        cb = make(log_path, resume_step)
+        step_end = cb.on_step_end
+
+        def on_step_end(args, state, control, **kw):
+            step_end(args, state, control, **kw)
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+        cb.on_step_end = on_step_end
+        return cb
+
+    monkeypatch.setattr(training, "_callbacks", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.undo()
+    assert not (run / "done").exists() and not (run / "adapter").exists()
+    assert (run / "checkpoints" / "checkpoint-2").is_dir()
+    train(cfg)
+    steps = [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 7)), steps
+    ours = load_file(run / "adapter" / "adapter_model.safetensors")
+    straight = load_file(trained["run"] / "adapter" / "adapter_model.safetensors")
+    assert ours.keys() == straight.keys()
+    for k in ours:
+        torch.testing.assert_close(ours[k], straight[k], atol=1e-5, rtol=1e-4)
+
+
+def test_bad_input_is_refused_before_anything_is_written(trained, tiny_model_dir, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="empty"):
+        train(_cfg(empty, tiny_model_dir, tmp_path / "r1"))
+    assert not (tmp_path / "r1").exists()
+
+    rows = _rows(6)
+    rows[2]["response"] = ""
+    del rows[4]["response"]
+    partial = write_jsonl(tmp_path / "partial.jsonl", rows)
+    with pytest.raises(DataError, match=r"2 row\(s\) have no response: ids r2 \(row 3\), r4 \(row 5\)"):
+        train(_cfg(partial, tiny_model_dir, tmp_path / "r2"))
+    assert not (tmp_path / "r2").exists()
+
+    no_response = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "hi", "task": "t"}])
+    with pytest.raises(DataError, match="no 'response' field"):
+        train(_cfg(no_response, tiny_model_dir, tmp_path / "r3"))
+
+    # The finished run belongs to the tiny model: another --model must not touch it.
+    run = trained["run"]
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(TaskdivError, match="is a run of model .* but --model is 'smollm2-135m-instruct'"):
+        train(_cfg(trained["data"], "smollm2-135m-instruct", run))
+    with pytest.raises(TaskdivError, match=r"different options \(lr"):
+        train(_cfg(trained["data"], tiny_model_dir, run, lr=1e-3, merge=True))
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_help_of_train_and_evaluate(capsys):
+    for words in (["train"], ["evaluate"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(words + ["--help"])
+        assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--method {lora,full}" in out and "--suite {heldout,mmlu,bbh}" in out
+
+
+def test_cli_train_prints_loss(tiny_model_dir, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", _rows(8))
+    code = cli.main(["train", str(data), "--model", str(tiny_model_dir), "--out", str(tmp_path / "run"),
+                     "--epochs", "1", "--no-progress"])
+    assert code == 0
+    assert "loss: first" in capsys.readouterr().out
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").exists()
+    shutil.rmtree(tmp_path / "run")
