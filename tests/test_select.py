@@ -192,3 +192,13 @@ def test_writes_nothing_over_previous_output_on_error(small_pool, tmp_path, caps
 def test_task_labels_required_unless_auto(tmp_path, capsys):
     pool = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"p{i}"} for i in range(4)])
     bad(["select", pool, "--budget", "2", "--strategy", "random", "--out", tmp_path / "o"], capsys, "--tasks auto")
+
+
+def test_outputs_have_normal_permissions(small_pool, tmp_path):
+    import os
+
+    out = tmp_path / "o"
+    assert run("select", small_pool, "--budget", "3", "--strategy", "random", "--out", out) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "selection.jsonl").stat().st_mode & 0o777 == 0o666 & ~umask
