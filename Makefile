@@ -28,8 +28,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 install: $(VENV)/.installed
 
+# Score the base model's confidence on a seeded sample of 16 prompts per task of the
+# BIG-bench demo pool (30 tasks, 92k prompts), then allocate 1000 annotations with
+# WeightedTaskDiversity. Rerunning reuses the cached scores.
 demo: install
-	$(TASKDIV) demo --out $(DEMO_OUT)
+	$(TASKDIV) score bigbench:demo --per-task 16 --seed 0 --out $(DEMO_OUT)/scores
+	$(TASKDIV) select bigbench:demo --budget 1000 --strategy weighted-task-diversity \
+		--scores $(DEMO_OUT)/scores/scores.csv --seed 0 --out $(DEMO_OUT)/selection
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -215,6 +215,10 @@ def test_bad_input(capsys, small_pool, tmp_path):
     err = _cli_error(capsys, ["score", str(small_pool), "--per-task", "0", "--out", str(tmp_path / "o4")])
     assert "--per-task must be at least 1" in err
     assert not any((tmp_path / d).exists() for d in ("o1", "o2", "o3", "o4"))
+    (tmp_path / "o5").mkdir()
+    (tmp_path / "o5" / "cache.sqlite").write_text("not a database")
+    err = _cli_error(capsys, ["score", str(small_pool), "--out", str(tmp_path / "o5")])
+    assert "cache.sqlite: not a usable score cache" in err
 
 
 # ----------------------------------------------------------------------------- kill and resume
