@@ -372,11 +372,11 @@ def score(cfg: ScoreConfig) -> pd.DataFrame:
     pool = load_pool(cfg.pool, cfg.field_map())
     ref = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(ref)
-    out = Path(cfg.out)
-    _open_out(out)
     chat = models.chat_default(ref, tokenizer) if cfg.chat_template is None else cfg.chat_template
     if chat and not getattr(tokenizer, "chat_template", None):
         raise TaskdivError(f"--chat-template: the tokenizer of {cfg.model} has no chat template")
+    out = Path(cfg.out)
+    _open_out(out)
     from transformers import AutoConfig
 
     context = getattr(AutoConfig.from_pretrained(ref.path), "max_position_embeddings", None) or 2048
