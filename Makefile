@@ -40,8 +40,13 @@ $(LS_VENV)/.installed: Makefile
 
 label-studio: $(LS_VENV)/.installed
 
+# Score the base model's confidence on a seeded sample of 16 prompts per task of the
+# BIG-bench demo pool (30 tasks, 92k prompts), then allocate 1000 annotations with
+# WeightedTaskDiversity. Rerunning reuses the cached scores.
 demo: install
-	$(TASKDIV) select bigbench:demo --budget 1000 --strategy task-diversity --seed 0 --out $(DEMO_OUT)/selection
+	$(TASKDIV) score bigbench:demo --per-task 16 --seed 0 --out $(DEMO_OUT)/scores
+	$(TASKDIV) select bigbench:demo --budget 1000 --strategy weighted-task-diversity \
+		--scores $(DEMO_OUT)/scores/scores.csv --seed 0 --out $(DEMO_OUT)/selection
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -215,6 +215,10 @@ def test_bad_input(capsys, small_pool, tmp_path):
     err = _cli_error(capsys, ["score", str(small_pool), "--per-task", "0", "--out", str(tmp_path / "o4")])
     assert "--per-task must be at least 1" in err
     assert not any((tmp_path / d).exists() for d in ("o1", "o2", "o3", "o4"))
+    (tmp_path / "o5").mkdir()
+    (tmp_path / "o5" / "cache.sqlite").write_text("not a database")
+    err = _cli_error(capsys, ["score", str(small_pool), "--out", str(tmp_path / "o5")])
+    assert "cache.sqlite: not a usable score cache" in err
 
 
 # ----------------------------------------------------------------------------- kill and resume
@@ -269,13 +273,13 @@ REAL_PROMPTS = "bigbench:sports_understanding,date_understanding,arithmetic/2_di
 
 
 @pytest.mark.slow
-def test_mean_prob_agrees_with_transformers_generate(tmp_path):
-    """mean_prob from `taskdiv score` (float32, batched, the default model) equals an
-    independent computation: `generate(output_logits=True)` one prompt at a time,
-    softmax of the raw logits."""
+@pytest.mark.parametrize("model_name", ["gemma-3-270m", "smollm2-135m-instruct"])
+def test_mean_prob_agrees_with_transformers_generate(model_name, tmp_path):
+    """mean_prob from `taskdiv score` (float32, batched) equals an independent
+    computation: `generate(output_logits=True)` one prompt at a time, softmax of the
+    raw logits. For the base model (raw text) and the instruct one (chat template)."""
     import torch
 
-    model_name = "gemma-3-270m"
     out = tmp_path / "s"
     assert cli.main(["score", REAL_PROMPTS, "--model", model_name, "--dtype", "float32", "--per-task", "1",
                      "--max-new-tokens", "12", "--out", str(out), "--no-progress"]) == 0

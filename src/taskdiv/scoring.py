@@ -153,8 +153,12 @@ def generate_greedy(model, batch: list[list[int]], *, max_new_tokens: int, eos_i
 @functools.lru_cache(maxsize=1)
 def _load_model(ref, dtype: str):
     """One model kept loaded, so in-process callers (experiments) load it once."""
-    from . import models
+    import transformers
 
+    from . import models, progress
+
+    if not progress.enabled():
+        transformers.utils.logging.disable_progress_bar()  # its "Loading weights" bar
     log.info("loading %s (%s)", ref.name, dtype)
     return models.load(ref, dtype)
 
@@ -180,9 +184,13 @@ class ScoreCache:
         self.key = hashlib.sha256(self.settings_json.encode()).hexdigest()[:24]
         self.run = f"{time.time():.6f}"
         self.conn = sqlite3.connect(str(path), timeout=60)
-        with self.conn:
-            self.conn.executescript(SCHEMA)
-            self.conn.execute("INSERT OR IGNORE INTO settings VALUES (?, ?)", (self.key, self.settings_json))
+        try:
+            with self.conn:
+                self.conn.executescript(SCHEMA)
+                self.conn.execute("INSERT OR IGNORE INTO settings VALUES (?, ?)", (self.key, self.settings_json))
+        except sqlite3.DatabaseError as e:
+            self.conn.close()
+            raise TaskdivError(f"{path}: not a usable score cache ({e}); move it away to start afresh") from None
 
     def stored(self) -> set[str]:
         cur = self.conn.execute("SELECT prompt_sha FROM scores WHERE settings = ?", (self.key,))
@@ -364,11 +372,11 @@ def score(cfg: ScoreConfig) -> pd.DataFrame:
     pool = load_pool(cfg.pool, cfg.field_map())
     ref = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(ref)
-    out = Path(cfg.out)
-    _open_out(out)
     chat = models.chat_default(ref, tokenizer) if cfg.chat_template is None else cfg.chat_template
     if chat and not getattr(tokenizer, "chat_template", None):
         raise TaskdivError(f"--chat-template: the tokenizer of {cfg.model} has no chat template")
+    out = Path(cfg.out)
+    _open_out(out)
     from transformers import AutoConfig
 
     context = getattr(AutoConfig.from_pretrained(ref.path), "max_position_embeddings", None) or 2048
@@ -400,13 +408,12 @@ def score(cfg: ScoreConfig) -> pd.DataFrame:
             stored |= set(todo)
             if cfg.target_ci is None:
                 break
-            scores = _scores_table(frame, shas, chosen, cache, cfg.metric)
-            table = task_table(scores, pool)
-            grow = _next_sizes(table, cfg.target_ci)
-            sizes = {t: k for t, k in grow.items()}
+            table = task_table(_scores_table(frame, shas, chosen, cache, cfg.metric), pool)
+            sizes = _next_sizes(table, cfg.target_ci)
             if sizes:
-                log.info("--target-ci %.3g: %d task(s) still wider; scoring up to %d more prompt(s)", cfg.target_ci,
-                         len(sizes), sum(k - int(table.set_index("task").at[t, "scored"]) for t, k in sizes.items()))
+                scored = table.set_index("task")["scored"]
+                log.info("--target-ci %g: %d task(s) still wider; scoring up to %d more prompt(s)", cfg.target_ci,
+                         len(sizes), sum(k - scored[t] for t, k in sizes.items()))
         scores = _scores_table(frame, shas, chosen, cache, cfg.metric)
     finally:
         cache.close()
