@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+
 import pyarrow as pa
 import pyarrow.json as pj
 import pyarrow.parquet as pq
@@ -22,7 +22,6 @@ import pyarrow.parquet as pq
 from taskdiv.data import load_pool
 from taskdiv.kcenter import k_center, k_center_naive
 from taskdiv.selection import SelectConfig, select, write_selection
-
 
 def make_pool(root: Path, n=1_000_000, tasks=10_000, seed=0):
     rng = np.random.default_rng(seed)
@@ -44,7 +43,6 @@ def make_pool(root: Path, n=1_000_000, tasks=10_000, seed=0):
     pq.write_table(pa.table({"id": ids, "confidence": conf}), scores)
     return pool, scores
 
-
 def timed(fn, repeat=3):
     best = float("inf")
     for _ in range(repeat):
@@ -52,7 +50,6 @@ def timed(fn, repeat=3):
         out = fn()
         best = min(best, time.perf_counter() - t)
     return best, out
-
 
 def bench_select():
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,7 +75,6 @@ def bench_select():
         print(f"selection adds {ratio:.2f}x the read time (target <= 1.0x): {'PASS' if ratio <= 1 else 'FAIL'}; "
               f"{(select_s - raw_s) / raw_s:.2f}x the bare parse")
 
-
 def bench_k_center():
     rng = np.random.default_rng(0)
     small = rng.normal(size=(300, 384)).astype(np.float32)
@@ -92,7 +88,6 @@ def bench_k_center():
         dt = time.perf_counter() - t
         assert len(np.unique(picks)) == k
         print(f"k-center on 100,000 x 384, k={k}: {dt:.1f} s (target < 60 s): {'PASS' if dt < 60 else 'FAIL'}")
-
 
 if __name__ == "__main__":
     bench_select()

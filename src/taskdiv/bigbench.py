@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import TaskdivError, unknown_name
-from .fileio import cache_dir
+from .fileio import atomic_dir, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -112,25 +112,16 @@ def _extract(archive: Path) -> Path:
     target = cache_dir(f"bigbench-{VERSION}") / "benchmark_tasks"
     if (target / ".done").exists():
         return target
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".extract-"))
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            for member in tar:
-                name = member.name
-                if not member.isfile() or not name.endswith("/task.json") or "/benchmark_tasks/" not in name:
-                    continue
-                rel = name.split("/benchmark_tasks/", 1)[1]
-                dest = staging / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(member) as src, open(dest, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
+    with atomic_dir(target) as staging, tarfile.open(archive, "r:gz") as tar:
+        for member in tar:
+            name = member.name
+            if not member.isfile() or not name.endswith("/task.json") or "/benchmark_tasks/" not in name:
+                continue
+            dest = staging / name.split("/benchmark_tasks/", 1)[1]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with tar.extractfile(member) as src, open(dest, "wb") as dst:
+                shutil.copyfileobj(src, dst)
         (staging / ".done").write_text(VERSION)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

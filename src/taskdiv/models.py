@@ -22,13 +22,11 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import TaskdivError, unknown_name
-from .fileio import cache_dir
+from .fileio import atomic_dir, cache_dir
 from .packages import ensure_model_package, require
 
 log = logging.getLogger(__name__)
@@ -130,8 +128,7 @@ def _converted(key: str, gguf_path) -> Path:
     require("gguf", "score")
     import torch
 
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{key}-"))
-    try:
+    with atomic_dir(target) as staging:
         gguf = Path(gguf_path(staging))
         log.warning("dequantizing %s to safetensors (once; later loads use the cache)", gguf.name)
         tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -146,12 +143,6 @@ def _converted(key: str, gguf_path) -> Path:
         if gguf.parent == staging:
             gguf.unlink()
         (staging / ".done").write_text(gguf.name)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

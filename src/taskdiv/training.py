@@ -95,7 +95,7 @@ class TrainConfig:
 # ----------------------------------------------------------------------------- data
 
 
-def load_examples(spec: str) -> "pd.DataFrame":
+def load_examples(spec: str):
     """The SFT rows (id, prompt, response, task?) of DATA; every row needs a response."""
     from .data import FieldMap, load_pool
 
