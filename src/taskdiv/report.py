@@ -210,8 +210,15 @@ def build_report(exp: Path) -> str:
     labels = {int(b): summary.loc[summary["budget_n"] == b, "budget"].iloc[0] for b in budgets}
 
     lines = [f"# Experiment report: {exp.name}", ""]
-    lines += [f"Runs: {len(results)}. Accuracy is the held-out macro accuracy; cells give the mean over "
-              f"seeds and its 95% t-interval.", ""]
+    timing = ""
+    if "seconds" in results.columns:
+        timing = (f" Compute time: {results['seconds'].sum() / 60:.0f} min over the runs"
+                  + (f" (training {results['train_seconds'].sum() / 60:.0f} min, evaluation "
+                     f"{results['eval_seconds'].sum() / 60:.0f} min)" if "train_seconds" in results.columns else "")
+                  + ".")
+    suite = results["suite"].iloc[0] if "suite" in results.columns else "heldout"
+    lines += [f"Runs: {len(results)}. Accuracy is the {suite} macro accuracy; cells give the mean over "
+              f"seeds and its 95% t-interval.{timing}", ""]
     head = "| strategy | " + " | ".join(f"{labels[int(b)]} ({int(b)})" for b in budgets) + " |"
     lines += [head, "|---" * (len(budgets) + 1) + "|"]
     for strategy in strategies:
