@@ -128,3 +128,14 @@ def test_bbh_bad_files(tmp_path):
     (root / "cot-prompts" / "t.txt").write_text("Describe.\n\nQ: a\nA: b\n")
     with pytest.raises(DataError, match="does not start with"):
         harness.read_bbh(root, None, cot=True)
+
+
+def test_bbh_task_subset(tmp_path):
+    root = tmp_path / "bbh"
+    root.mkdir()
+    for name in ("navigate", "snarks"):
+        (root / f"{name}.json").write_text(json.dumps({"examples": [{"input": name, "target": "Yes"}]}))
+    assert list(harness.read_bbh(root, ["snarks"], cot=False)) == ["snarks"]
+    assert list(harness.read_bbh(root, None, cot=False)) == ["navigate", "snarks"]
+    with pytest.raises(TaskdivError, match="unknown BBH task 'snark'.*Did you mean 'snarks'"):
+        harness.read_bbh(root, ["snark"], cot=False)

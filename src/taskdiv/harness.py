@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import DataError, TaskdivError
+from .errors import DataError, TaskdivError, unknown_name
 from .fileio import write_jsonl, write_yaml
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,16 @@ def default_data_dir(kind: str) -> Path | None:
     return None
 
 
+def _only(found: dict[str, Path], wanted: list[str] | None, kind: str) -> dict[str, Path]:
+    """The entries of FOUND named in WANTED (all of them when WANTED is empty); an unknown name fails."""
+    if not wanted:
+        return found
+    unknown = [w for w in wanted if w not in found]
+    if unknown:
+        raise unknown_name(kind, unknown[0], found)
+    return {w: found[w] for w in wanted}
+
+
 # ----------------------------------------------------------------------------- MMLU
 
 
@@ -78,13 +88,7 @@ def read_mmlu(root: Path, subjects: list[str] | None) -> dict[str, dict[str, pd.
     found = {p.name[:-len("_test.csv")]: p for p in sorted((root / "test").glob("*_test.csv"))}
     if not found:
         raise TaskdivError(f"{root / 'test'}: no SUBJECT_test.csv files (the MMLU layout)")
-    if subjects:
-        unknown = [s for s in subjects if s not in found]
-        if unknown:
-            from .errors import unknown_name
-
-            raise unknown_name("MMLU subject", unknown[0], found)
-        found = {s: found[s] for s in subjects}
+    found = _only(found, subjects, "MMLU subject")
     out = {}
     for subject, test_path in found.items():
         dev_path = root / "dev" / f"{subject}_dev.csv"
@@ -145,13 +149,7 @@ def read_bbh(root: Path, tasks: list[str] | None, cot: bool) -> dict[str, dict]:
     found = {p.stem: p for p in sorted(root.glob("*.json"))}
     if not found:
         raise TaskdivError(f"{root}: no TASK.json files (the BBH layout)")
-    if tasks:
-        unknown = [t for t in tasks if t not in found]
-        if unknown:
-            from .errors import unknown_name
-
-            raise unknown_name("BBH task", unknown[0], found)
-        found = {t: found[t] for t in tasks}
+    found = _only(found, tasks, "BBH task")
     out = {}
     for task, path in found.items():
         try:
