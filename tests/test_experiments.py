@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -58,6 +59,9 @@ def test_tiny_grid_end_to_end_survives_sigkill(tmp_path, tiny_model_dir):
     alloc = pd.read_csv(exp / "allocations.csv")
     assert set(alloc["strategy"]) == {"random", "weighted-task-diversity", "full"}
     assert alloc.groupby("run")["allocated"].sum().min() == 4
+    # ... and every allocation row carries its task's confidence, whatever the strategy.
+    task_conf = pd.read_csv(exp / "scores" / "tasks.csv").set_index("task")["confidence"]
+    assert np.allclose(alloc["confidence"], alloc["task"].map(task_conf))
     per_task = pd.read_csv(exp / "per_task.csv")
     assert set(per_task["task"]) == {"navigate", "snarks"} and per_task["run"].nunique() == 10
 

@@ -297,6 +297,10 @@ class Experiment:
     def collect(self) -> pd.DataFrame:
         """Rebuild results.csv, per_task.csv and allocations.csv from the finished runs."""
         results, per_task, allocations = [], [], []
+        # Every run's allocation gets the task confidences, also where its strategy did not use them
+        # (random, task-diversity), so the report can set the allocations side by side.
+        tasks_csv = self.out / "scores" / "tasks.csv"
+        task_conf = pd.read_csv(tasks_csv).set_index("task")["confidence"] if tasks_csv.exists() else None
         for r in self.runs:
             d = self.run_dir(r)
             if not (d / "done").exists():
@@ -308,6 +312,8 @@ class Experiment:
             alloc_path = d / "selection" / "allocation.csv"
             if alloc_path.exists():
                 alloc = pd.read_csv(alloc_path)
+                if task_conf is not None:
+                    alloc["confidence"] = alloc["confidence"].fillna(alloc["task"].map(task_conf))
                 allocations.append(alloc.assign(run=r.id, strategy=r.strategy, budget=r.budget,
                                                 budget_n=r.budget_n, seed=r.seed)
                                    [["run", "strategy", "budget", "budget_n", "seed", "task", "allocated",
