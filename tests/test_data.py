@@ -99,10 +99,13 @@ def test_missing_prompt_names_line_and_field(tmp_path):
         load_pool(str(write_jsonl(tmp_path / "p.jsonl", rows)))
 
 
-def test_empty_prompt_after_blank_line(tmp_path):
+@pytest.mark.parametrize("head,sep", [("", "\n\n"), ("", "\n   \n"), ("", "\r\n\r\n"), ("  \n", "\n\n")])
+def test_empty_prompt_after_blank_line(tmp_path, head, sep):
     path = tmp_path / "p.jsonl"
-    path.write_text(json.dumps(ROWS[0]) + "\n\n" + json.dumps({"id": "y", "prompt": "  ", "task": "t"}) + "\n")
-    with pytest.raises(DataError, match=r"line 3, field 'prompt'"):
+    path.write_bytes((head + json.dumps(ROWS[0]) + sep + json.dumps({"id": "y", "prompt": "  ", "task": "t"})
+                      + "\n").encode())
+    line = 3 + head.count("\n")
+    with pytest.raises(DataError, match=rf"line {line}, field 'prompt'"):
         load_pool(str(path))
 
 

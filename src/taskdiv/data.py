@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,8 +193,8 @@ def _read_path(path: Path) -> tuple[pd.DataFrame, str]:
                        f"a save_to_disk directory, hf:NAME or bigbench:TASKS)")
 
 
-def _check_utf8(path: Path) -> None:
-    data = path.read_bytes()
+def _check_utf8(path: Path, data: bytes | None = None) -> None:
+    data = path.read_bytes() if data is None else data
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -202,32 +203,31 @@ def _check_utf8(path: Path) -> None:
                         file=path, line=line) from None
 
 
+# A line holding nothing but whitespace, anywhere but at the very end of the file.
+_BLANK_LINE = re.compile(rb"\n[ \t\r\f\v]*\n")
+_BLANK_FIRST_LINE = re.compile(rb"[ \t\r\f\v]*\n")
+
+
 def _read_jsonl(path: Path) -> pd.DataFrame:
     # Fast path: pyarrow's multithreaded reader. Anything it rejects is re-read line by
     # line in Python, which finds and names the offending line.
     import pyarrow as pa
     import pyarrow.json as pj
 
+    data = path.read_bytes()
+    _check_utf8(path, data)  # pyarrow lets invalid UTF-8 through
+    # pyarrow skips blank lines, which would shift the line numbers errors report.
+    if _BLANK_LINE.search(data) or _BLANK_FIRST_LINE.match(data):
+        return _read_jsonl_slow(path)
     try:
-        table = pj.read_json(path, read_options=pj.ReadOptions(block_size=1 << 24))
+        table = pj.read_json(pa.BufferReader(data), read_options=pj.ReadOptions(block_size=1 << 24))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return _read_jsonl_slow(path)
-    # pyarrow skips blank lines, which would shift the line numbers errors report.
-    # pyarrow also lets invalid UTF-8 through; the slow path names the line.
-    data = path.read_bytes()
-    if table.num_columns == 0 or b"\n\n" in data or data.startswith(b"\n") or not _is_utf8(data):
+    if table.num_columns == 0:
         return _read_jsonl_slow(path)
     frame = table.to_pandas()
     frame["__line__"] = np.arange(1, len(frame) + 1)
     return frame
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-        return True
-    except UnicodeDecodeError:
-        return False
 
 
 def _read_jsonl_slow(path: Path) -> pd.DataFrame:
