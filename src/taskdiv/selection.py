@@ -161,9 +161,11 @@ def _counts_table(pool: Pool, rows: pd.DataFrame, inputs: Inputs) -> pd.DataFram
 
 def write_selection(out: str | Path, rows: pd.DataFrame, allocation: pd.DataFrame, cfg) -> None:
     out = Path(out)
-    write_jsonl(out / "selection.jsonl", rows)
+    # selection.jsonl last: it is the marker of a finished selection (`taskdiv experiment`
+    # resumes past a run whose selection.jsonl exists), so a kill before it leaves no marker.
     write_table(out / "allocation.csv", allocation)
     write_yaml(out / "config.yaml", {"command": "select", **{f.name: getattr(cfg, f.name) for f in fields(cfg)}})
+    write_jsonl(out / "selection.jsonl", rows)
 
 
 def format_allocation(allocation: pd.DataFrame, max_rows: int = 60) -> str:
