@@ -109,3 +109,21 @@ def test_shipped_configs_parse(path):
     assert set(cfg.strategies) <= set(STRATEGIES) and set(cfg.suites) <= set(SUITES)
     assert parse_spec(cfg.pool)[0] in ("hf", "bigbench")
     assert {"random", "task-diversity", "weighted-task-diversity", "k-center", "uncertainty"} <= set(cfg.strategies)
+
+
+@pytest.mark.parametrize("strategies,within,scored", [
+    (["random", "k-center"], "lowest-confidence", set()),
+    (["random", "task-diversity", "proportional"], "lowest-confidence", {"task-diversity", "proportional"}),
+    (["random", "task-diversity", "uncertainty", "weighted-task-diversity"], "random",
+     {"uncertainty", "weighted-task-diversity"}),
+])
+def test_scores_only_where_a_strategy_reads_them(tmp_path, tiny_model_dir, strategies, within, scored):
+    from taskdiv.experiments import Experiment, Run, load_config
+
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_model_dir, strategies=strategies, within=within))
+    exp = Experiment(cfg, tmp_path / "exp")
+    exp.prepare()
+    passed = {s for s in strategies if exp._select_config(Run("x", s, "4", 4, 0), tmp_path / "x").scores}
+    assert passed == scored
+    # The experiment scores the pool exactly when some run reads the scores.
+    assert exp.needs_scores() == bool(scored)

@@ -202,18 +202,23 @@ class Experiment:
         from .strategies import STRATEGIES, TaskAllocation
 
         task_strategy = run.strategy in STRATEGIES and issubclass(STRATEGIES[run.strategy], TaskAllocation)
-        needs = {"weighted-task-diversity", "uncertainty"} | ({"task-diversity", "proportional"}
-                                                              if self.cfg.within == "lowest-confidence" else set())
         extra = {"embedding_model": self.cfg.embedding_model} if self.cfg.embedding_model else {}
+        scores = self.out / "scores" / "scores.csv"
         return SelectConfig(pool=self.cfg.pool, **self.fields, budget=run.budget if run.strategy != "full" else None,
                             strategy=run.strategy, seed=run.seed, out=str(out),
-                            scores=str(self.out / "scores" / "scores.csv") if run.strategy in needs else None,
+                            scores=str(scores) if self._needs_scores(run.strategy) else None,
                             within=self.cfg.within if task_strategy else "random",
                             min_per_task=self.cfg.min_per_task if task_strategy else 0, **extra)
 
+    def _needs_scores(self, strategy: str) -> bool:
+        """Whether a run of `strategy` reads the experiment's confidences (`within` only
+        matters to task strategies; get_strategy drops it for the others)."""
+        from .strategies import strategy_needs
+
+        return "confidence" in strategy_needs(strategy, within=self.cfg.within)
+
     def needs_scores(self) -> bool:
-        return any(s in ("weighted-task-diversity", "uncertainty") for s in self.cfg.strategies) or (
-            self.cfg.within == "lowest-confidence")
+        return any(self._needs_scores(s) for s in self.cfg.strategies)
 
     # ------------------------------------------------------------------ running
     def run(self) -> pd.DataFrame:
