@@ -81,6 +81,10 @@ def test_tiny_grid_end_to_end_survives_sigkill(tmp_path, tiny_model_dir):
     ({"train": {"epochz": 1}}, "train.epochz"),
     ({"suites": ["heldout", "mmlux"]}, "key 'suites'"),
     ({"colour": "red"}, "colour"),
+    ({"seeds": [0, 1, 0]}, "key 'seeds' (0, 1, 0) repeats a run: random-b4-s0, weighted-task-diversity-b4-s0"),
+    ({"strategies": ["random", "weighted-task-diversity", "random"]}, "key 'strategies'"),
+    ({"budgets": [4, "20%"]}, "key 'budgets' (4, 20% (4 prompts)) repeats a run: random-b4-s0"),
+    ({"full_seeds": [7, 7]}, "key 'full_seeds' (7, 7) repeats a run: full-s7 would run twice"),
 ])
 def test_bad_config_fails_before_any_run(tmp_path, tiny_model_dir, capsys, override, match):
     cfg = write_config(tmp_path / "bad.yaml", tiny_model_dir, **override)
@@ -96,6 +100,15 @@ def test_dry_run_lists_the_grid(tmp_path, tiny_model_dir, capsys):
     out = capsys.readouterr().out
     assert "8 run(s)" in out and "random-b4-s0" in out and "weighted-task-diversity-b8-s1" in out
     assert not (tmp_path / "exp").exists()
+
+
+def test_full_seeds_outside_the_grid_seeds_run_after_the_grid(tmp_path, tiny_model_dir):
+    from taskdiv.experiments import load_config, plan
+
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_model_dir, full_seeds=[1, 7]))
+    ids = [r.id for r in plan(cfg, 20)]
+    assert ids[-1] == "full-s7" and ids.index("full-s1") == ids.index("weighted-task-diversity-b8-s1") + 1
+    assert "full-s0" not in ids and len(ids) == len(set(ids)) == 1 + 8 + 2
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)

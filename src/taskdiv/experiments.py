@@ -26,6 +26,7 @@ import gc
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +61,8 @@ class ExperimentConfig:
     budgets: list[str] = field(default_factory=lambda: ["10%", "20%"], metadata={"help": "Budgets (counts or %)."})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds (selection and training)."})
     full: bool = field(default=True, metadata={"help": "Add a run trained on the whole pool."})
-    full_seeds: list[int] | None = field(default=None, metadata={"help": "Seeds of the full run (default: first seed)."})
+    full_seeds: list[int] | None = field(default=None, metadata={
+        "help": "Seeds of the full run (default: first seed); ones not in seeds run after the grid."})
     base: bool = field(default=True, metadata={"help": "Add the untrained base model as a reference row."})
     within: str = field(default="random", metadata={"help": "Within-task picker of the task strategies."})
     min_per_task: int = field(default=0, metadata={"help": "Task strategies: at least this many per task."})
@@ -127,14 +129,31 @@ def plan(cfg: ExperimentConfig, pool_size: int) -> list[Run]:
         if not 0 < n <= pool_size:
             raise TaskdivError(f"experiment config: key 'budgets': {b} is {n} prompts; the pool has {pool_size}")
         budgets.append((str(b), n))
+    full_seeds = list(cfg.full_seeds) if cfg.full_seeds is not None else cfg.seeds[:1]
     runs = [Run("base", "base", "0", 0, cfg.seeds[0])] if cfg.base else []
-    full_seeds = cfg.full_seeds if cfg.full_seeds is not None else cfg.seeds[:1]
-    for i, seed in enumerate(cfg.seeds):
+    for seed in cfg.seeds:
         for budget, n in budgets:
             for s in cfg.strategies:
                 runs.append(Run(f"{s}-b{n}-s{seed}", s, budget, n, seed))
         if cfg.full and seed in full_seeds:
             runs.append(Run(f"full-s{seed}", "full", "100%", pool_size, seed))
+    # Full-data seeds that are not grid seeds run after the grid.
+    runs += [Run(f"full-s{seed}", "full", "100%", pool_size, seed)
+             for seed in full_seeds if cfg.full and seed not in cfg.seeds]
+    # A run's id is its directory: a repeated seed, strategy or budget (10% and 100 of a
+    # 1000-prompt pool are one budget) would run twice into one directory and count twice.
+    counts = Counter(r.id for r in runs)
+    repeated = [i for i, c in counts.items() if c > 1]
+    if repeated:
+        sizes = Counter(n for _, n in budgets)
+        keys = {"seeds": cfg.seeds, "strategies": cfg.strategies, "full_seeds": full_seeds,
+                "budgets": [b if sizes[n] == 1 or b == str(n) else f"{b} ({n} prompts)" for b, n in budgets]}
+        # Two budget values that differ but give one prompt count are the remaining cause.
+        key = next((k for k, v in keys.items() if len(set(v)) < len(v)), "budgets")
+        values = keys[key]
+        shown = ", ".join(repeated[:5]) + (f" and {len(repeated) - 5} more" if len(repeated) > 5 else "")
+        raise TaskdivError(f"experiment config: key '{key}' ({', '.join(map(str, values))}) repeats a run: "
+                           f"{shown} would run twice into one directory")
     return runs
 
 
