@@ -140,3 +140,25 @@ def test_scores_only_where_a_strategy_reads_them(tmp_path, tiny_model_dir, strat
     assert passed == scored
     # The experiment scores the pool exactly when some run reads the scores.
     assert exp.needs_scores() == bool(scored)
+
+
+def test_rerun_may_extend_the_grid_but_not_change_a_run(tmp_path, tiny_model_dir, capsys):
+    exp = tmp_path / "exp"
+    base_only = {"strategies": [], "budgets": [], "seeds": [0], "full": False, "name": "first"}
+    assert main(["experiment", str(write_config(tmp_path / "a.yaml", tiny_model_dir, **base_only)),
+                 "--out", str(exp)]) == 0
+    written = (exp / "config.yaml").read_text()
+    result = (exp / "runs" / "base" / "result.json").read_text()
+    changed = write_config(tmp_path / "b.yaml", tiny_model_dir, **base_only,
+                           train={"epochs": 2, "batch_size": 4, "save_steps": 100}, evaluate={"batch_size": 4})
+    for argv in (["--dry-run"], []):
+        assert main(["experiment", str(changed), "--out", str(exp), *argv]) == 1
+        err = capsys.readouterr().err
+        assert f"{exp}: was run with a different train, evaluate (train: " in err and "use another --out" in err
+    assert (exp / "config.yaml").read_text() == written
+    assert (exp / "runs" / "base" / "result.json").read_text() == result
+    # Another name and a grid extended by nothing new to train are fine, and recorded.
+    renamed = write_config(tmp_path / "c.yaml", tiny_model_dir, **{**base_only, "name": "second", "seeds": [0, 1]})
+    assert main(["experiment", str(renamed), "--out", str(exp)]) == 0
+    assert "name: second" in (exp / "config.yaml").read_text()
+    assert (exp / "runs" / "base" / "result.json").read_text() == result

@@ -14,7 +14,9 @@ Layout and resumption:
     EXP/per_task.csv, allocations.csv
 A rerun skips runs with a `done` marker; inside an unfinished run each stage skips
 what it already finished (training resumes from its last checkpoint), so a grid
-killed at any point resumes where it stopped, with no duplicate rows.
+killed at any point resumes where it stopped, with no duplicate rows. A rerun may extend
+the grid (strategies, budgets, seeds) but fails if a key that defines a run (model, pool,
+train, ...: RUN_DEFINING) differs from EXP/config.yaml.
 
 The config (YAML) keys are the fields of `ExperimentConfig`; `score`, `train` and
 `evaluate` hold options of those commands (same names as their flags).
@@ -73,6 +75,12 @@ class ExperimentConfig:
     suite_options: dict = field(default_factory=dict, metadata={
         "help": "Per-suite options over `evaluate`, e.g. {mmlu: {harness_tasks: [mmlu]}}."})
     name: str = field(default="experiment", metadata={"help": "A name for reports."})
+
+
+# The keys that define what a run computes; the others (strategies, budgets, seeds, full,
+# full_seeds, base, name) only choose which runs there are, so a rerun may change them.
+RUN_DEFINING = ("pool", "test", "pool_fields", "model", "suites", "within", "min_per_task", "embedding_model",
+                "score", "train", "evaluate", "suite_options")
 
 
 @dataclass
@@ -179,6 +187,7 @@ class Experiment:
         from .training import TrainConfig
 
         cfg = self.cfg
+        self.check_previous_config()
         validate_model(cfg.model)
         unknown = sorted(set(cfg.pool_fields) - set(FieldMap.__dataclass_fields__))
         if unknown:
@@ -206,6 +215,19 @@ class Experiment:
         for s in cfg.strategies:
             self._select_config(Run("check", s, "1", 1, 0), Path("x"))
         return self.runs
+
+    def check_previous_config(self) -> None:
+        """A rerun into the same --out may only extend the grid: finished runs are skipped, so a
+        change to what defines a run would mix old and new results under the new config.yaml."""
+        path = self.out / "config.yaml"
+        if not path.exists():
+            return
+        old, new = configmod.to_dict(load_config(path)), configmod.to_dict(self.cfg)
+        changed = [k for k in RUN_DEFINING if old[k] != new[k]]
+        if changed:
+            detail = "; ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed)
+            raise TaskdivError(f"{self.out}: was run with a different {', '.join(changed)} ({detail}); "
+                               f"use another --out, or set them back as in {path}")
 
     def _eval_config(self, model: str, out: str, suite: str):
         from .evaluation import EvalConfig
