@@ -303,7 +303,7 @@ class Experiment:
                 from .selection import select, write_selection
 
                 sel_cfg = self._select_config(run, sel_dir)
-                rows, allocation = select(sel_cfg)
+                rows, allocation = select(sel_cfg, pool=self.pool)
                 write_selection(sel_dir, rows, allocation, sel_cfg)
             stage("annotate")
             data = d / "data.jsonl"
