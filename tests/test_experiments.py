@@ -81,6 +81,10 @@ def test_tiny_grid_end_to_end_survives_sigkill(tmp_path, tiny_model_dir):
     ({"train": {"epochz": 1}}, "train.epochz"),
     ({"suites": ["heldout", "mmlux"]}, "key 'suites'"),
     ({"colour": "red"}, "colour"),
+    ({"seeds": [0, 1, 0]}, "key 'seeds' (0, 1, 0) repeats a run: random-b4-s0, weighted-task-diversity-b4-s0"),
+    ({"strategies": ["random", "weighted-task-diversity", "random"]}, "key 'strategies'"),
+    ({"budgets": [4, "20%"]}, "key 'budgets' (4, 20% (4 prompts)) repeats a run: random-b4-s0"),
+    ({"full_seeds": [7, 7]}, "key 'full_seeds' (7, 7) repeats a run: full-s7 would run twice"),
 ])
 def test_bad_config_fails_before_any_run(tmp_path, tiny_model_dir, capsys, override, match):
     cfg = write_config(tmp_path / "bad.yaml", tiny_model_dir, **override)
@@ -98,6 +102,15 @@ def test_dry_run_lists_the_grid(tmp_path, tiny_model_dir, capsys):
     assert not (tmp_path / "exp").exists()
 
 
+def test_full_seeds_outside_the_grid_seeds_run_after_the_grid(tmp_path, tiny_model_dir):
+    from taskdiv.experiments import load_config, plan
+
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_model_dir, full_seeds=[1, 7]))
+    ids = [r.id for r in plan(cfg, 20)]
+    assert ids[-1] == "full-s7" and ids.index("full-s1") == ids.index("weighted-task-diversity-b8-s1") + 1
+    assert "full-s0" not in ids and len(ids) == len(set(ids)) == 1 + 8 + 2
+
+
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_parse(path):
     from taskdiv.data import parse_spec
@@ -109,3 +122,43 @@ def test_shipped_configs_parse(path):
     assert set(cfg.strategies) <= set(STRATEGIES) and set(cfg.suites) <= set(SUITES)
     assert parse_spec(cfg.pool)[0] in ("hf", "bigbench")
     assert {"random", "task-diversity", "weighted-task-diversity", "k-center", "uncertainty"} <= set(cfg.strategies)
+
+
+@pytest.mark.parametrize("strategies,within,scored", [
+    (["random", "k-center"], "lowest-confidence", set()),
+    (["random", "task-diversity", "proportional"], "lowest-confidence", {"task-diversity", "proportional"}),
+    (["random", "task-diversity", "uncertainty", "weighted-task-diversity"], "random",
+     {"uncertainty", "weighted-task-diversity"}),
+])
+def test_scores_only_where_a_strategy_reads_them(tmp_path, tiny_model_dir, strategies, within, scored):
+    from taskdiv.experiments import Experiment, Run, load_config
+
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_model_dir, strategies=strategies, within=within))
+    exp = Experiment(cfg, tmp_path / "exp")
+    exp.prepare()
+    passed = {s for s in strategies if exp._select_config(Run("x", s, "4", 4, 0), tmp_path / "x").scores}
+    assert passed == scored
+    # The experiment scores the pool exactly when some run reads the scores.
+    assert exp.needs_scores() == bool(scored)
+
+
+def test_rerun_may_extend_the_grid_but_not_change_a_run(tmp_path, tiny_model_dir, capsys):
+    exp = tmp_path / "exp"
+    base_only = {"strategies": [], "budgets": [], "seeds": [0], "full": False, "name": "first"}
+    assert main(["experiment", str(write_config(tmp_path / "a.yaml", tiny_model_dir, **base_only)),
+                 "--out", str(exp)]) == 0
+    written = (exp / "config.yaml").read_text()
+    result = (exp / "runs" / "base" / "result.json").read_text()
+    changed = write_config(tmp_path / "b.yaml", tiny_model_dir, **base_only,
+                           train={"epochs": 2, "batch_size": 4, "save_steps": 100}, evaluate={"batch_size": 4})
+    for argv in (["--dry-run"], []):
+        assert main(["experiment", str(changed), "--out", str(exp), *argv]) == 1
+        err = capsys.readouterr().err
+        assert f"{exp}: was run with a different train, evaluate (train: " in err and "use another --out" in err
+    assert (exp / "config.yaml").read_text() == written
+    assert (exp / "runs" / "base" / "result.json").read_text() == result
+    # Another name and a grid extended by nothing new to train are fine, and recorded.
+    renamed = write_config(tmp_path / "c.yaml", tiny_model_dir, **{**base_only, "name": "second", "seeds": [0, 1]})
+    assert main(["experiment", str(renamed), "--out", str(exp)]) == 0
+    assert "name: second" in (exp / "config.yaml").read_text()
+    assert (exp / "runs" / "base" / "result.json").read_text() == result

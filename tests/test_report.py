@@ -69,3 +69,15 @@ def test_report_cli_and_missing_results(exp, tmp_path, capsys):
     assert (exp / "report.md").exists()
     assert main(["report", str(tmp_path / "nope")]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def test_paired_difference_counts_only_runs_with_an_accuracy(exp):
+    from taskdiv.report import paired_vs_random
+
+    results = pd.read_csv(exp / "results.csv")
+    lost = (results["strategy"] == "k-center") & (results["budget_n"] == 30) & (results["seed"] == 1)
+    results.loc[lost, "accuracy"] = np.nan
+    row = paired_vs_random(results).set_index(["strategy", "budget_n"]).loc[("k-center", 30)]
+    assert row["pairs"] == 2 and not np.isnan(row["diff"])
+    kept = results[(results["budget_n"] == 30) & (results["seed"] != 1)].set_index(["strategy", "seed"])["accuracy"]
+    assert np.isclose(row["diff"], (kept["k-center"] - kept["random"]).mean())

@@ -14,7 +14,9 @@ Layout and resumption:
     EXP/per_task.csv, allocations.csv
 A rerun skips runs with a `done` marker; inside an unfinished run each stage skips
 what it already finished (training resumes from its last checkpoint), so a grid
-killed at any point resumes where it stopped, with no duplicate rows.
+killed at any point resumes where it stopped, with no duplicate rows. A rerun may extend
+the grid (strategies, budgets, seeds) but fails if a key that defines a run (model, pool,
+train, ...: RUN_DEFINING) differs from EXP/config.yaml.
 
 The config (YAML) keys are the fields of `ExperimentConfig`; `score`, `train` and
 `evaluate` hold options of those commands (same names as their flags).
@@ -26,6 +28,7 @@ import gc
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +63,8 @@ class ExperimentConfig:
     budgets: list[str] = field(default_factory=lambda: ["10%", "20%"], metadata={"help": "Budgets (counts or %)."})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds (selection and training)."})
     full: bool = field(default=True, metadata={"help": "Add a run trained on the whole pool."})
-    full_seeds: list[int] | None = field(default=None, metadata={"help": "Seeds of the full run (default: first seed)."})
+    full_seeds: list[int] | None = field(default=None, metadata={
+        "help": "Seeds of the full run (default: first seed); ones not in seeds run after the grid."})
     base: bool = field(default=True, metadata={"help": "Add the untrained base model as a reference row."})
     within: str = field(default="random", metadata={"help": "Within-task picker of the task strategies."})
     min_per_task: int = field(default=0, metadata={"help": "Task strategies: at least this many per task."})
@@ -71,6 +75,12 @@ class ExperimentConfig:
     suite_options: dict = field(default_factory=dict, metadata={
         "help": "Per-suite options over `evaluate`, e.g. {mmlu: {harness_tasks: [mmlu]}}."})
     name: str = field(default="experiment", metadata={"help": "A name for reports."})
+
+
+# The keys that define what a run computes; the others (strategies, budgets, seeds, full,
+# full_seeds, base, name) only choose which runs there are, so a rerun may change them.
+RUN_DEFINING = ("pool", "test", "pool_fields", "model", "suites", "within", "min_per_task", "embedding_model",
+                "score", "train", "evaluate", "suite_options")
 
 
 @dataclass
@@ -127,14 +137,31 @@ def plan(cfg: ExperimentConfig, pool_size: int) -> list[Run]:
         if not 0 < n <= pool_size:
             raise TaskdivError(f"experiment config: key 'budgets': {b} is {n} prompts; the pool has {pool_size}")
         budgets.append((str(b), n))
+    full_seeds = list(cfg.full_seeds) if cfg.full_seeds is not None else cfg.seeds[:1]
     runs = [Run("base", "base", "0", 0, cfg.seeds[0])] if cfg.base else []
-    full_seeds = cfg.full_seeds if cfg.full_seeds is not None else cfg.seeds[:1]
-    for i, seed in enumerate(cfg.seeds):
+    for seed in cfg.seeds:
         for budget, n in budgets:
             for s in cfg.strategies:
                 runs.append(Run(f"{s}-b{n}-s{seed}", s, budget, n, seed))
         if cfg.full and seed in full_seeds:
             runs.append(Run(f"full-s{seed}", "full", "100%", pool_size, seed))
+    # Full-data seeds that are not grid seeds run after the grid.
+    runs += [Run(f"full-s{seed}", "full", "100%", pool_size, seed)
+             for seed in full_seeds if cfg.full and seed not in cfg.seeds]
+    # A run's id is its directory: a repeated seed, strategy or budget (10% and 100 of a
+    # 1000-prompt pool are one budget) would run twice into one directory and count twice.
+    counts = Counter(r.id for r in runs)
+    repeated = [i for i, c in counts.items() if c > 1]
+    if repeated:
+        sizes = Counter(n for _, n in budgets)
+        keys = {"seeds": cfg.seeds, "strategies": cfg.strategies, "full_seeds": full_seeds,
+                "budgets": [b if sizes[n] == 1 or b == str(n) else f"{b} ({n} prompts)" for b, n in budgets]}
+        # Two budget values that differ but give one prompt count are the remaining cause.
+        key = next((k for k, v in keys.items() if len(set(v)) < len(v)), "budgets")
+        values = keys[key]
+        shown = ", ".join(repeated[:5]) + (f" and {len(repeated) - 5} more" if len(repeated) > 5 else "")
+        raise TaskdivError(f"experiment config: key '{key}' ({', '.join(map(str, values))}) repeats a run: "
+                           f"{shown} would run twice into one directory")
     return runs
 
 
@@ -160,6 +187,7 @@ class Experiment:
         from .training import TrainConfig
 
         cfg = self.cfg
+        self.check_previous_config()
         validate_model(cfg.model)
         unknown = sorted(set(cfg.pool_fields) - set(FieldMap.__dataclass_fields__))
         if unknown:
@@ -188,6 +216,19 @@ class Experiment:
             self._select_config(Run("check", s, "1", 1, 0), Path("x"))
         return self.runs
 
+    def check_previous_config(self) -> None:
+        """A rerun into the same --out may only extend the grid: finished runs are skipped, so a
+        change to what defines a run would mix old and new results under the new config.yaml."""
+        path = self.out / "config.yaml"
+        if not path.exists():
+            return
+        old, new = configmod.to_dict(load_config(path)), configmod.to_dict(self.cfg)
+        changed = [k for k in RUN_DEFINING if old[k] != new[k]]
+        if changed:
+            detail = "; ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed)
+            raise TaskdivError(f"{self.out}: was run with a different {', '.join(changed)} ({detail}); "
+                               f"use another --out, or set them back as in {path}")
+
     def _eval_config(self, model: str, out: str, suite: str):
         from .evaluation import EvalConfig
 
@@ -202,18 +243,23 @@ class Experiment:
         from .strategies import STRATEGIES, TaskAllocation
 
         task_strategy = run.strategy in STRATEGIES and issubclass(STRATEGIES[run.strategy], TaskAllocation)
-        needs = {"weighted-task-diversity", "uncertainty"} | ({"task-diversity", "proportional"}
-                                                              if self.cfg.within == "lowest-confidence" else set())
         extra = {"embedding_model": self.cfg.embedding_model} if self.cfg.embedding_model else {}
+        scores = self.out / "scores" / "scores.csv"
         return SelectConfig(pool=self.cfg.pool, **self.fields, budget=run.budget if run.strategy != "full" else None,
                             strategy=run.strategy, seed=run.seed, out=str(out),
-                            scores=str(self.out / "scores" / "scores.csv") if run.strategy in needs else None,
+                            scores=str(scores) if self._needs_scores(run.strategy) else None,
                             within=self.cfg.within if task_strategy else "random",
                             min_per_task=self.cfg.min_per_task if task_strategy else 0, **extra)
 
+    def _needs_scores(self, strategy: str) -> bool:
+        """Whether a run of `strategy` reads the experiment's confidences (`within` only
+        matters to task strategies; get_strategy drops it for the others)."""
+        from .strategies import strategy_needs
+
+        return "confidence" in strategy_needs(strategy, within=self.cfg.within)
+
     def needs_scores(self) -> bool:
-        return any(s in ("weighted-task-diversity", "uncertainty") for s in self.cfg.strategies) or (
-            self.cfg.within == "lowest-confidence")
+        return any(self._needs_scores(s) for s in self.cfg.strategies)
 
     # ------------------------------------------------------------------ running
     def run(self) -> pd.DataFrame:
@@ -257,7 +303,7 @@ class Experiment:
                 from .selection import select, write_selection
 
                 sel_cfg = self._select_config(run, sel_dir)
-                rows, allocation = select(sel_cfg)
+                rows, allocation = select(sel_cfg, pool=self.pool)
                 write_selection(sel_dir, rows, allocation, sel_cfg)
             stage("annotate")
             data = d / "data.jsonl"

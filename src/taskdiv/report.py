@@ -78,6 +78,7 @@ def paired_vs_random(results: pd.DataFrame) -> pd.DataFrame:
             keys = [(budget_n, s) for s in group["seed"]]
             present = [k in rand.index for k in keys]
             diffs = group["accuracy"].to_numpy()[present] - rand.loc[[k for k, p in zip(keys, present) if p]].to_numpy()
+            diffs = diffs[~np.isnan(diffs)]  # a run without an accuracy is no pair
             m, lo, hi = mean_ci(diffs)
             rows.append({"strategy": strategy, "budget_n": int(budget_n), "diff": m, "ci_low": lo, "ci_high": hi,
                          "wins": int((diffs > 0).sum()), "pairs": len(diffs)})

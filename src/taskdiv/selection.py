@@ -103,8 +103,12 @@ def _embed(pool: Pool, model: str) -> np.ndarray:
     return embed(pool.frame["prompt"].tolist(), model)
 
 
-def select(cfg: SelectConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run a selection; returns (selection rows, allocation table) without writing."""
+def select(cfg: SelectConfig, pool: Pool | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run a selection; returns (selection rows, allocation table) without writing.
+
+    `pool`: the pool cfg.pool names, if the caller has loaded it already (an experiment
+    selects from one pool many times); it is not modified.
+    """
     auto, k = parse_tasks_option(cfg.tasks)
     params = {"seed": cfg.seed}
     if cfg.strategy in STRATEGIES and issubclass(STRATEGIES[cfg.strategy], TaskAllocation):
@@ -115,13 +119,14 @@ def select(cfg: SelectConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     if "confidence" in strategy.needs and not cfg.scores:
         raise TaskdivError(f"strategy {cfg.strategy!r} needs prompt confidences: pass --scores "
                            f"(run `taskdiv score` to make them)")
-    pool = load_pool(cfg.pool, cfg.field_map(), require_tasks=not auto)
+    if pool is None:
+        pool = load_pool(cfg.pool, cfg.field_map(), require_tasks=not auto)
     embeddings = None
     if auto:
         from .embeddings import cluster_tasks
 
         embeddings = _embed(pool, cfg.embedding_model)
-        pool.frame["task"] = cluster_tasks(embeddings, k, seed=cfg.seed)
+        pool = Pool(pool.frame.assign(task=cluster_tasks(embeddings, k, seed=cfg.seed)), pool.source)
     budget = len(pool) if cfg.budget is None and cfg.strategy == "full" else None
     if budget is None:
         if cfg.budget is None:
@@ -161,9 +166,11 @@ def _counts_table(pool: Pool, rows: pd.DataFrame, inputs: Inputs) -> pd.DataFram
 
 def write_selection(out: str | Path, rows: pd.DataFrame, allocation: pd.DataFrame, cfg) -> None:
     out = Path(out)
-    write_jsonl(out / "selection.jsonl", rows)
+    # selection.jsonl last: it is the marker of a finished selection (`taskdiv experiment`
+    # resumes past a run whose selection.jsonl exists), so a kill before it leaves no marker.
     write_table(out / "allocation.csv", allocation)
     write_yaml(out / "config.yaml", {"command": "select", **{f.name: getattr(cfg, f.name) for f in fields(cfg)}})
+    write_jsonl(out / "selection.jsonl", rows)
 
 
 def format_allocation(allocation: pd.DataFrame, max_rows: int = 60) -> str:

@@ -49,7 +49,6 @@ class Inputs:
 class Strategy:
     name = ""
     needs: frozenset = frozenset()   # subset of {"confidence", "embeddings"}
-    randomized = True
 
     def __init__(self, seed: int = 0, **params):
         self.seed = seed
@@ -88,7 +87,6 @@ class Random(Strategy):
 
 class Full(Strategy):
     name = "full"
-    randomized = False
 
     def _select(self, pool, budget, inputs, excluded):
         candidates = np.flatnonzero(~excluded)
