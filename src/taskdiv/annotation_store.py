@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from .data import iter_jsonl
 from .errors import DataError, TaskdivError
 from .fileio import _jsonable, atomic_path
 
@@ -45,14 +46,8 @@ def read_store(path: Path) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame(columns=columns)
     rows = []
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            rec = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise DataError(f"malformed JSON in the annotation store ({e.msg})", file=path, line=lineno) from None
-        missing = [c for c in SFT_COLUMNS + ["round"] if not isinstance(rec, dict) or c not in rec]
+    for lineno, rec in iter_jsonl(path):
+        missing = [c for c in SFT_COLUMNS + ["round"] if c not in rec]
         if missing:
             raise DataError(f"not an annotation store row (missing {missing})", file=path, line=lineno)
         rows.append(rec)

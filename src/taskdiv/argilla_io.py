@@ -130,7 +130,8 @@ def read_export(path: Path):
     or missing value counts as 'empty' (Argilla keeps no value for a discarded text answer);
     a `status` other than 'submitted', where an export carries one, counts as 'skipped'.
     """
-    from .annotation import Answer, Item, read_json_document
+    from .annotation import Answer, Item
+    from .data import read_json_document
 
     records_path = path / "records.json" if path.is_dir() else path
     if not records_path.exists():

@@ -245,8 +245,12 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _read_jsonl_slow(path: Path) -> pd.DataFrame:
-    records, lines = [], []
+def iter_jsonl(path: Path):
+    """(line number, object) for each non-blank line of a JSON-lines file.
+
+    Lines are split on '\\n' only (a raw U+2028 inside a string is not a line break);
+    a line that is not UTF-8, not JSON or not an object is a DataError naming it.
+    """
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
@@ -264,19 +268,33 @@ def _read_jsonl_slow(path: Path) -> pd.DataFrame:
             if not isinstance(rec, dict):
                 raise DataError(f"expected a JSON object, got {type(rec).__name__}",
                                 file=path, line=lineno)
-            records.append(rec)
-            lines.append(lineno)
+            yield lineno, rec
+
+
+def _read_jsonl_slow(path: Path) -> pd.DataFrame:
+    records, lines = [], []
+    for lineno, rec in iter_jsonl(path):
+        records.append(rec)
+        lines.append(lineno)
     frame = pd.DataFrame.from_records(records)
     frame["__line__"] = lines
     return frame
 
 
-def _read_json(path: Path) -> pd.DataFrame:
-    _check_utf8(path)
+def read_json_document(path: Path):
+    """A JSON file's content, with errors that name the file and line."""
+    data = path.read_bytes()
+    if not data.strip():
+        raise DataError("the file is empty", file=path)
+    _check_utf8(path, data)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(data.decode("utf-8"))
     except json.JSONDecodeError as e:
-        raise DataError(f"malformed JSON ({e.msg})", file=path, line=e.lineno) from None
+        raise DataError(f"malformed JSON ({e.msg} at column {e.colno})", file=path, line=e.lineno) from None
+
+
+def _read_json(path: Path) -> pd.DataFrame:
+    data = read_json_document(path)
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
