@@ -138,6 +138,9 @@ def test_export_argilla(selection, tmp_path):
     (tmp_path / "other" / "keep.txt").write_text("x")
     assert _run("annotate", "export", selection, "--format", "argilla", "--out", tmp_path / "other") == 1
     assert (tmp_path / "other" / "keep.txt").read_text() == "x"
+    (tmp_path / "file").write_text("x")
+    assert _run("annotate", "export", selection, "--format", "argilla", "--out", tmp_path / "file") == 1
+    assert (tmp_path / "file").read_text() == "x"
 
 
 def test_argilla_round_trip_through_sdk(selection, tmp_path):

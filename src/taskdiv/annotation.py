@@ -15,9 +15,6 @@ every id; its docstring states the rules. The store has an `id` column, so
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from .annotation_store import STORE_NAME, examples, ingest, print_report
 from . import data
 from .data import FieldMap, load_pool
 from .errors import DataError, TaskdivError, unknown_name
+from .fileio import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -211,20 +209,13 @@ def run_export(cfg: ExportConfig) -> None:
 
 
 def _write_argilla(out: Path, rows: pd.DataFrame, name: str) -> Path:
-    """Build the dataset in a temporary directory and swap it into place."""
+    """Build the dataset in a staging directory and swap it into place."""
     from . import argilla_io
 
-    if out.exists() and any(out.iterdir()) and not (out / ".argilla").is_dir():
+    if out.exists() and (not out.is_dir() or any(out.iterdir()) and not (out / ".argilla").is_dir()):
         raise TaskdivError(f"--out {out} exists and is not an Argilla dataset directory; choose an empty one")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        argilla_io.write_export(work / "dataset", rows, name)
-        if out.exists():
-            os.replace(out, work / "previous")
-        os.replace(work / "dataset", out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with atomic_dir(out) as staging:
+        argilla_io.write_export(staging, rows, name)
     return out
 
 

@@ -106,11 +106,11 @@ def records(rows: pd.DataFrame) -> list:
 
 
 def write_export(out_dir: Path, rows: pd.DataFrame, name: str) -> Path:
-    """Write the dataset into `out_dir`, which must not exist yet (the caller renames it into place)."""
+    """Write the dataset into `out_dir`, a new or empty directory (the caller renames it into place)."""
     rg = _import_argilla()
     from argilla.records._io import JsonIO
 
-    out_dir.mkdir(parents=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     with offline_client(), _quiet_sdk():
         ds = rg.Dataset(name=name, settings=settings(rows["task"].unique().tolist(), "confidence" in rows.columns),
                         workspace=rg.Workspace(name="argilla"))
