@@ -404,8 +404,8 @@ def test_failed_write_leaves_store_untouched(selection, tmp_path, monkeypatch):
             raise OSError("disk full")
         return real(path, records)
 
-    real = annotation_store._write_records
-    monkeypatch.setattr(annotation_store, "_write_records", failing)
+    real = annotation_store.dump_jsonl
+    monkeypatch.setattr(annotation_store, "dump_jsonl", failing)
     with pytest.raises(OSError):
         annotation.run_import(annotation.ImportConfig(
             file=str(_answers(tmp_path / "r2.jsonl", [{"id": ids[1], "response": "y"}])), format="jsonl",

@@ -72,16 +72,27 @@ def write_jsonl(path, records) -> int:
             else:
                 tmp.write_text("")
         return len(records)
+    with atomic_path(path) as tmp:
+        return dump_jsonl(tmp, records)
+
+
+def write_json(path, obj) -> None:
+    write_text(path, dumps_json(obj))
+
+
+def dump_jsonl(path, records) -> int:
+    """Write dicts as JSON lines straight to `path` (a temporary from `atomic_path`); returns the count."""
     n = 0
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with open(path, "w", encoding="utf-8") as f:
         for rec in records:
             f.write(json.dumps(_jsonable(rec), ensure_ascii=False) + "\n")
             n += 1
     return n
 
 
-def write_json(path, obj) -> None:
-    write_text(path, json.dumps(_jsonable(obj), indent=2, ensure_ascii=False) + "\n")
+def dumps_json(obj) -> str:
+    """`obj` as indented JSON text (numpy values and NaN made plain), ending in a newline."""
+    return json.dumps(_jsonable(obj), indent=2, ensure_ascii=False) + "\n"
 
 
 def write_yaml(path, obj) -> None:
