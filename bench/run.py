@@ -13,4 +13,9 @@ if __name__ == "__main__":
         if only and not any(o in path.stem for o in only):
             continue
         print(f"\n=== {path.stem} ===", flush=True)
-        runpy.run_path(str(path), run_name="__main__")
+        # Each benchmark parses its own command line: give it none of run.py's words.
+        argv, sys.argv = sys.argv, [str(path)]
+        try:
+            runpy.run_path(str(path), run_name="__main__")
+        finally:
+            sys.argv = argv

@@ -112,6 +112,20 @@ def test_parse_budget_rejects(text):
         parse_budget(text, 100)
 
 
+@pytest.mark.parametrize("text", ["inf", "-inf", "nan", "1e400", "inf%", "nan%", "1e400%"])
+def test_parse_budget_rejects_non_finite(text):
+    with pytest.raises(TaskdivError, match="not a finite number"):
+        parse_budget(text, 100)
+
+
+def test_water_level_at_the_floor_despite_rounding():
+    """(lo / w) * w rounds above lo here: the level is still lo / w, and the allocation the floor."""
+    w = 0.021
+    assert (24 / w) * w > 24
+    assert water_level(24, [w], [24], [29]) == 24 / w
+    assert allocate([29], 24, weights=[w], floor=24).tolist() == [24]
+
+
 def test_allocate_rejects_bad_budgets():
     with pytest.raises(TaskdivError, match="exceeds"):
         allocate([3, 4], 8)

@@ -138,6 +138,9 @@ def test_export_argilla(selection, tmp_path):
     (tmp_path / "other" / "keep.txt").write_text("x")
     assert _run("annotate", "export", selection, "--format", "argilla", "--out", tmp_path / "other") == 1
     assert (tmp_path / "other" / "keep.txt").read_text() == "x"
+    (tmp_path / "file").write_text("x")
+    assert _run("annotate", "export", selection, "--format", "argilla", "--out", tmp_path / "file") == 1
+    assert (tmp_path / "file").read_text() == "x"
 
 
 def test_argilla_round_trip_through_sdk(selection, tmp_path):
@@ -314,6 +317,32 @@ def test_bad_jsonl_and_argilla_files(selection, tmp_path, capsys):
     assert not (tmp_path / "ann").exists()
 
 
+def test_bad_store_is_named_by_line(selection, tmp_path, capsys):
+    ids = [r["id"] for r in _jsonl(selection)]
+    assert _import(tmp_path, selection, _answers(tmp_path / "r1.jsonl", [{"id": ids[0], "response": "x"}]),
+                   "jsonl") == 0
+    store = tmp_path / "ann" / "annotations.jsonl"
+    store.write_bytes(store.read_bytes() + b'{"id": "q", "response": "caf\xe9"}\n')
+    answers = _answers(tmp_path / "r2.jsonl", [{"id": ids[1], "response": "y"}])
+    assert _import(tmp_path, selection, answers, "jsonl") == 1
+    assert f"{store}, line 2: not UTF-8" in capsys.readouterr().err
+    store.write_text(store.read_text(encoding="latin-1").splitlines()[0] + "\n[1]\n")
+    assert _import(tmp_path, selection, answers, "jsonl") == 1
+    assert f"{store}, line 2: expected a JSON object, got list" in capsys.readouterr().err
+
+
+def test_line_separator_inside_an_answer_survives_the_store(selection, tmp_path):
+    """The store is JSON lines split on '\\n' only: U+2028 written raw in a response is no line break."""
+    ids = [r["id"] for r in _jsonl(selection)]
+    answer = "first\u2028second"
+    assert _import(tmp_path, selection, _answers(tmp_path / "r1.jsonl", [{"id": ids[0], "response": answer}]),
+                   "jsonl") == 0
+    assert _import(tmp_path, selection, _answers(tmp_path / "r2.jsonl", [{"id": ids[1], "response": "y"}]),
+                   "jsonl") == 0
+    rows = annotation_store.read_store(tmp_path / "ann" / "annotations.jsonl")
+    assert rows["response"].tolist() == [answer, "y"]
+
+
 def test_export_of_another_selection(selection, tmp_path, capsys):
     """The real Label Studio export belongs to another selection: every id is named as unknown."""
     assert _import(tmp_path, selection, DATA / "label_studio_export.json") == 1
@@ -375,8 +404,8 @@ def test_failed_write_leaves_store_untouched(selection, tmp_path, monkeypatch):
             raise OSError("disk full")
         return real(path, records)
 
-    real = annotation_store._write_records
-    monkeypatch.setattr(annotation_store, "_write_records", failing)
+    real = annotation_store.dump_jsonl
+    monkeypatch.setattr(annotation_store, "dump_jsonl", failing)
     with pytest.raises(OSError):
         annotation.run_import(annotation.ImportConfig(
             file=str(_answers(tmp_path / "r2.jsonl", [{"id": ids[1], "response": "y"}])), format="jsonl",

@@ -153,8 +153,53 @@ def test_unknown_path_and_format(tmp_path):
 
 def test_empty_pool(tmp_path):
     (tmp_path / "e.jsonl").write_text("")
-    with pytest.raises(TaskdivError, match="empty|no prompt field"):
+    with pytest.raises(DataError, match=r"e.jsonl: the file is empty"):
         load_pool(str(tmp_path / "e.jsonl"))
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("e.csv", "", "the file is empty"), ("w.csv", "\n  \n", "the file is empty"),
+    ("h.csv", "id,prompt,task\n", "the pool is empty: the source has no rows"), ("w.jsonl", "\n \n", "the pool is empty: the source has no rows"),
+    ("e.json", "", "the file is empty"), ("l.json", "[]", "the pool is empty: the source has no rows")])
+def test_empty_files_are_named(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(DataError, match=rf"{name}: {message}"):
+        load_pool(str(tmp_path / name))
+
+
+def test_blank_and_null_prompts_point_at_the_first_and_count_both(tmp_path):
+    rows = [ROWS[0], {"id": "b", "prompt": "  ", "task": "t"}, {"id": "n", "prompt": None, "task": "t"}]
+    with pytest.raises(DataError, match=r"line 2, field 'prompt': missing or empty prompt \(2 such row"):
+        load_pool(str(write_jsonl(tmp_path / "p.jsonl", rows)))
+
+
+def test_blank_task_is_no_task_when_tasks_are_optional(tmp_path):
+    rows = [{"id": "a", "prompt": "p", "task": " "}, {"id": "b", "prompt": "q", "task": None},
+            {"id": "c", "prompt": "r", "task": "t"}]
+    pool = load_pool(str(write_jsonl(tmp_path / "p.jsonl", rows)), require_tasks=False)
+    assert pool.frame["task"].isna().tolist() == [True, True, False]
+
+
+def test_chat_row_without_messages(tmp_path):
+    path = tmp_path / "c.jsonl"
+    chat = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}], "task": "t"}
+    # The blank line sends the file through the line-by-line reader, where a missing field is NaN.
+    path.write_text(json.dumps(chat) + "\n\n" + json.dumps({"task": "t", "other": 1}) + "\n")
+    with pytest.raises(DataError, match=r"line 3, field 'messages': expected a list of turns, got nothing"):
+        load_pool(str(path))
+    path.write_text(json.dumps(chat) + "\n" + json.dumps({"task": "t", "messages": "Hi"}) + "\n")
+    with pytest.raises(DataError, match=r"line 2, field 'messages': expected a list of turns, got str"):
+        load_pool(str(path))
+
+
+@pytest.mark.parametrize("template,message", [
+    ("{instruction", r"--prompt-template '\{instruction' is not a valid template"),
+    ("{instruction}{}", r"--prompt-template .*every \{\} must name a field"),
+    ("{instruction:d}", r"p.jsonl, line 1, field 'instruction': --prompt-template cannot format")])
+def test_bad_prompt_template(tmp_path, template, message):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"instruction": "Say hi.", "task": "t"}])
+    with pytest.raises(DataError, match=message):
+        load_pool(str(path), FieldMap(prompt_template=template))
 
 
 # --------------------------------------------------------------------------- scores and ids
@@ -178,6 +223,14 @@ def test_read_scores_validates(tmp_path, small_pool):
     pd.DataFrame({"id": ["a0", "zz", "yy"], "confidence": [0.5, 0.1, 0.2]}).to_csv(foreign, index=False)
     with pytest.raises(DataError, match="2 of 3 scored id"):
         read_scores(foreign, pool)
+    with pytest.raises(TaskdivError, match=r"scores.csv: no such scores file"):
+        read_scores(tmp_path, pool)  # a directory without scores.csv
+    (tmp_path / "scores.csv").write_text("")
+    with pytest.raises(DataError, match=r"scores.csv: the file is empty"):
+        read_scores(tmp_path, pool)
+    (tmp_path / "scores.csv").write_text('id,confidence\n"a0,0.5\n')
+    with pytest.raises(DataError, match=r"scores.csv: not a readable CSV"):
+        read_scores(tmp_path, pool)
 
 
 def test_read_ids_formats(tmp_path):

@@ -139,3 +139,14 @@ def test_bbh_task_subset(tmp_path):
     assert list(harness.read_bbh(root, None, cot=False)) == ["navigate", "snarks"]
     with pytest.raises(TaskdivError, match="unknown BBH task 'snark'.*Did you mean 'snarks'"):
         harness.read_bbh(root, ["snark"], cot=False)
+
+
+def test_unreadable_mmlu_csv_is_a_data_error(tmp_path):
+    empty = tmp_path / "anatomy_dev.csv"
+    empty.write_text("")
+    with pytest.raises(DataError, match=r"anatomy_dev.csv: the file is empty"):
+        harness._read_mmlu_csv(empty, "anatomy")
+    latin = tmp_path / "anatomy_test.csv"
+    latin.write_bytes(b"q,a,b,c,d,A\nq\xe9,a,b,c,d,B\n")
+    with pytest.raises(DataError, match=r"anatomy_test.csv, line 2: not UTF-8"):
+        harness._read_mmlu_csv(latin, "anatomy")

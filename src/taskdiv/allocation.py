@@ -16,6 +16,8 @@ remainder method; equal remainders are ordered by a seeded random permutation.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .errors import TaskdivError
@@ -27,15 +29,17 @@ MIN_CONFIDENCE = 1e-3
 def parse_budget(text: str | int, pool_size: int) -> int:
     """'500' -> 500; '20%' -> 20% of the pool, rounded to the nearest prompt."""
     raw = str(text).strip()
+    percent = raw.endswith("%")
     try:
-        if raw.endswith("%"):
-            pct = float(raw[:-1])
-            if not pct > 0:
-                raise TaskdivError(f"budget {raw} must be above 0%")
-            return max(1, int(round(pct / 100 * pool_size)))
-        value = float(raw)
+        value = float(raw[:-1] if percent else raw)
     except ValueError:
         raise TaskdivError(f"budget {raw!r} is neither a count (500) nor a percentage (20%)") from None
+    if not math.isfinite(value):
+        raise TaskdivError(f"budget {raw} is not a finite number")
+    if percent:
+        if not value > 0:
+            raise TaskdivError(f"budget {raw} must be above 0%")
+        return max(1, int(round(value / 100 * pool_size)))
     if value != int(value):
         raise TaskdivError(f"budget {raw} must be a whole number of prompts (or a percentage)")
     return int(value)
@@ -53,6 +57,8 @@ def water_level(budget: float, weights, lo, hi) -> float:
     breaks = np.unique(np.concatenate([lo / w, hi / w]))
     # Largest breakpoint whose total does not exceed the budget (bisection: O(T log T)).
     left, right = 0, len(breaks) - 1
+    # total(breaks[0]) is lo.sum() <= budget, except that (lo / w) * w can exceed lo by
+    # an ulp (one task, w=0.021, lo=budget=24): then the answer is breaks[0].
     if total(breaks[0]) > budget:
         return float(breaks[0])
     while left < right:

@@ -14,19 +14,17 @@ every id; its docstring states the rules. The store has an `id` column, so
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from .annotation_store import STORE_NAME, examples, ingest, print_report
+from . import data
 from .data import FieldMap, load_pool
 from .errors import DataError, TaskdivError, unknown_name
+from .fileio import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -119,36 +117,23 @@ def check_format(name: str) -> str:
 # ----------------------------------------------------------------------------- reading
 
 
-def read_json_document(path: Path):
-    """A JSON file's content, with errors that name the file and line."""
-    data = path.read_bytes()
-    if not data.strip():
-        raise DataError("the file is empty", file=path)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"not UTF-8 (byte {e.start})", file=path, line=data.count(b"\n", 0, e.start) + 1) from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"malformed JSON ({e.msg} at column {e.colno})", file=path, line=e.lineno) from None
+# label_studio.py reads its export with this; it lives in data.py beside the other readers.
+read_json_document = data.read_json_document
 
 
 def read_selection(path) -> pd.DataFrame:
     """The selection's rows (id, task, prompt, and confidence when scored), validated."""
-    from .data import _read_path, normalise
-
     path = Path(path)
     if not path.exists():
         raise TaskdivError(f"{path}: no such selection file")
     if path.suffix != ".jsonl":
         raise TaskdivError(f"{path}: expected the selection.jsonl written by `taskdiv select`")
-    raw, where = _read_path(path)
+    raw, where = data._read_path(path)
     if len(raw) == 0:
         raise DataError("the selection is empty", file=path)
     if "id" not in raw.columns:
         raise DataError("no 'id' column: not a selection written by `taskdiv select`", file=path)
-    frame = normalise(raw, FieldMap(), source=str(path), where=where)
+    frame = data.normalise(raw, FieldMap(), source=str(path), where=where)
     if "confidence" in raw.columns:
         frame["confidence"] = pd.to_numeric(raw["confidence"], errors="coerce").to_numpy()
     return frame
@@ -158,20 +143,7 @@ def _read_jsonl_answers(path: Path) -> list[Item]:
     """Items from JSONL: one answer a line, with `id` and `response` (and optionally
     `status` ('skipped' for a skipped prompt), `annotator`, `submitted_at`, `prompt`)."""
     items: dict[str, Item] = {}
-    data = path.read_bytes()
-    if not data.strip():
-        raise DataError("the file is empty", file=path)
-    for lineno, raw in enumerate(data.split(b"\n"), 1):
-        if not raw.strip():
-            continue
-        try:
-            rec = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise DataError("not UTF-8", file=path, line=lineno) from None
-        except json.JSONDecodeError as e:
-            raise DataError(f"malformed JSON ({e.msg} at column {e.colno})", file=path, line=lineno) from None
-        if not isinstance(rec, dict):
-            raise DataError(f"expected a JSON object, got {type(rec).__name__}", file=path, line=lineno)
+    for lineno, rec in data.iter_jsonl(path):
         pid, response = rec.get("id"), rec.get("response")
         if pid is None or str(pid).strip() == "":
             raise DataError("missing id", file=path, line=lineno, field="id")
@@ -185,6 +157,8 @@ def _read_jsonl_answers(path: Path) -> list[Item]:
                                                answers=[], where=f"line {lineno}"))
         item.answers.append(Answer(response=response or "", status=status, annotator=rec.get("annotator"),
                                    submitted_at=rec.get("submitted_at"), where=f"line {lineno}"))
+    if not items:  # every non-blank line makes an item
+        raise DataError("the file is empty", file=path)
     return list(items.values())
 
 
@@ -235,20 +209,13 @@ def run_export(cfg: ExportConfig) -> None:
 
 
 def _write_argilla(out: Path, rows: pd.DataFrame, name: str) -> Path:
-    """Build the dataset in a temporary directory and swap it into place."""
+    """Build the dataset in a staging directory and swap it into place."""
     from . import argilla_io
 
-    if out.exists() and any(out.iterdir()) and not (out / ".argilla").is_dir():
+    if out.exists() and (not out.is_dir() or any(out.iterdir()) and not (out / ".argilla").is_dir()):
         raise TaskdivError(f"--out {out} exists and is not an Argilla dataset directory; choose an empty one")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        argilla_io.write_export(work / "dataset", rows, name)
-        if out.exists():
-            os.replace(out, work / "previous")
-        os.replace(work / "dataset", out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with atomic_dir(out) as staging:
+        argilla_io.write_export(staging, rows, name)
     return out
 
 

@@ -22,15 +22,15 @@ the three outputs are renamed into place only once all of them are written.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from .data import iter_jsonl
 from .errors import DataError, TaskdivError
-from .fileio import _jsonable, atomic_path
+from .fileio import atomic_path, dump_jsonl, dumps_json
 
 if TYPE_CHECKING:
     from .annotation import Item
@@ -45,14 +45,8 @@ def read_store(path: Path) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame(columns=columns)
     rows = []
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            rec = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise DataError(f"malformed JSON in the annotation store ({e.msg})", file=path, line=lineno) from None
-        missing = [c for c in SFT_COLUMNS + ["round"] if not isinstance(rec, dict) or c not in rec]
+    for lineno, rec in iter_jsonl(path):
+        missing = [c for c in SFT_COLUMNS + ["round"] if c not in rec]
         if missing:
             raise DataError(f"not an annotation store row (missing {missing})", file=path, line=lineno)
         rows.append(rec)
@@ -186,23 +180,16 @@ def ingest(items: list[Item], selection: pd.DataFrame, out, store=None, *, sourc
         # All files are written to temporaries first and renamed only once every write succeeded.
         if rows:
             tmp = stack.enter_context(atomic_path(store_path))
-            _write_records(tmp, full.to_dict(orient="records"))
+            dump_jsonl(tmp, full.to_dict(orient="records"))
             report_path = store_path.parent / f"import-round-{int(rows[0]['round'])}.json"
             tmp = stack.enter_context(atomic_path(report_path))
-            tmp.write_text(json.dumps({"source": source, "format": fmt, "selection": selection_path,
-                                       "round": int(rows[0]["round"]), **report}, indent=1) + "\n",
-                           encoding="utf-8")
+            tmp.write_text(dumps_json({"source": source, "format": fmt, "selection": selection_path,
+                                       "round": int(rows[0]["round"]), **report}), encoding="utf-8")
         tmp = stack.enter_context(atomic_path(out))
-        _write_records(tmp, sft_rows(full).to_dict(orient="records"))
+        dump_jsonl(tmp, sft_rows(full).to_dict(orient="records"))
     report.update(round=int(rows[0]["round"]) if rows else None, report_path=report_path, store=store_path,
                   out=out, total=int(full["id"].nunique()))
     return report
-
-
-def _write_records(path: Path, records) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(_jsonable(rec), ensure_ascii=False) + "\n")
 
 
 def print_report(report: dict) -> None:

@@ -106,11 +106,11 @@ def records(rows: pd.DataFrame) -> list:
 
 
 def write_export(out_dir: Path, rows: pd.DataFrame, name: str) -> Path:
-    """Write the dataset into `out_dir`, which must not exist yet (the caller renames it into place)."""
+    """Write the dataset into `out_dir`, a new or empty directory (the caller renames it into place)."""
     rg = _import_argilla()
     from argilla.records._io import JsonIO
 
-    out_dir.mkdir(parents=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     with offline_client(), _quiet_sdk():
         ds = rg.Dataset(name=name, settings=settings(rows["task"].unique().tolist(), "confidence" in rows.columns),
                         workspace=rg.Workspace(name="argilla"))
@@ -130,7 +130,8 @@ def read_export(path: Path):
     or missing value counts as 'empty' (Argilla keeps no value for a discarded text answer);
     a `status` other than 'submitted', where an export carries one, counts as 'skipped'.
     """
-    from .annotation import Answer, Item, read_json_document
+    from .annotation import Answer, Item
+    from .data import read_json_document
 
     records_path = path / "records.json" if path.is_dir() else path
     if not records_path.exists():

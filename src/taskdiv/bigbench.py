@@ -18,10 +18,10 @@ examples are ordered by a seeded hash of their input (identical inputs land on t
 same side) and the first `test` of them are the test part. Spec options
 (`bigbench:TASKS?key=value&...`):
     split     pool (default) | test | all
-    test      test part per task: a fraction (<1) or a count (default 0.2; at most half)
-    pool_frac keep this fraction of each task's pool part (default 1): shrinks a pool
+    test      test part per task: a fraction (<1) or a whole count (default 0.2; at most half)
+    pool_frac keep this fraction (0, 1] of each task's pool part (default 1): shrinks a pool
               while keeping the natural skew of task sizes (applied before max_pool)
-    max_pool  cap on the pool part per task (default: none)
+    max_pool  cap (>= 1) on the pool part per task (default: none)
     seed      seed of the split (default 0)
 
     python -m taskdiv.bigbench            # lists the tasks with their sizes
@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -228,6 +229,7 @@ def load(tasks: list[str], *, split: str = "pool", test: float = 0.2, max_pool: 
     """Pool rows of the given tasks/presets, for one split ('pool', 'test' or 'all')."""
     if split not in ("pool", "test", "all"):
         raise TaskdivError(f"bigbench: split must be pool, test or all, not {split!r}")
+    _check_sizes(test, max_pool, pool_frac)
     parts = []
     for name in resolve_tasks(tasks):
         frame = read_task(name)
@@ -245,6 +247,16 @@ def load(tasks: list[str], *, split: str = "pool", test: float = 0.2, max_pool: 
     if out["choices"].isna().all():
         out = out.drop(columns="choices")
     return out
+
+
+def _check_sizes(test: float, max_pool: int | None, pool_frac: float) -> None:
+    """Refuse split sizes that would silently give another split than asked for."""
+    if not (math.isfinite(test) and test >= 0 and (test < 1 or test == int(test))):
+        raise TaskdivError(f"bigbench: test={test} must be a fraction in [0, 1) or a whole count of examples")
+    if max_pool is not None and max_pool < 1:
+        raise TaskdivError(f"bigbench: max_pool={max_pool} must be at least 1 (leave it out for no cap)")
+    if not 0 < pool_frac <= 1:
+        raise TaskdivError(f"bigbench: pool_frac={pool_frac} must be in (0, 1]")
 
 
 def load_spec(name: str, opts: dict[str, str]) -> pd.DataFrame:

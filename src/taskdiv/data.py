@@ -147,6 +147,8 @@ def load_pool(spec: str, fields: FieldMap | None = None, *, require_tasks: bool 
         raw, where = _read_hub(name, opts), "row"
     else:
         raw, where = _read_path(Path(name))
+    if len(raw) == 0:
+        raise DataError("the pool is empty: the source has no rows", file=spec)
     frame = normalise(raw, fields, source=str(spec), where=where, require_tasks=require_tasks)
     if len(frame) == 0:
         raise DataError("the pool is empty", file=spec)
@@ -177,20 +179,33 @@ def _read_path(path: Path) -> tuple[pd.DataFrame, str]:
             raise TaskdivError(f"{path} holds several splits ({', '.join(ds)}); "
                                f"point at one of them, e.g. {path / next(iter(ds))}")
         return ds.to_pandas(), "row"
+    if path.stat().st_size == 0:
+        raise DataError("the file is empty", file=path)
     suffix = "".join(path.suffixes[-1:]).lower()
     if suffix == ".jsonl":
         return _read_jsonl(path), "line"
     if suffix == ".json":
         return _read_json(path), "record"
     if suffix == ".csv":
-        _check_utf8(path)
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[]), "row"
+        return read_csv(path, dtype=str, keep_default_na=False, na_values=[]), "row"
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pandas(), "row"
     raise TaskdivError(f"{path}: unknown pool format {suffix!r} (use .jsonl, .json, .csv, .parquet, "
                        f"a save_to_disk directory, hf:NAME or bigbench:TASKS)")
+
+
+def read_csv(path: Path, **kwargs) -> pd.DataFrame:
+    """`pd.read_csv` with errors that name the file (and the line, for bad UTF-8)."""
+    data = path.read_bytes()
+    if not data.strip():
+        raise DataError("the file is empty", file=path)
+    _check_utf8(path, data)
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
+        raise DataError(f"not a readable CSV ({e})", file=path) from None
 
 
 def _check_utf8(path: Path, data: bytes | None = None) -> None:
@@ -230,8 +245,12 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _read_jsonl_slow(path: Path) -> pd.DataFrame:
-    records, lines = [], []
+def iter_jsonl(path: Path):
+    """(line number, object) for each non-blank line of a JSON-lines file.
+
+    Lines are split on '\\n' only (a raw U+2028 inside a string is not a line break);
+    a line that is not UTF-8, not JSON or not an object is a DataError naming it.
+    """
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
@@ -249,19 +268,33 @@ def _read_jsonl_slow(path: Path) -> pd.DataFrame:
             if not isinstance(rec, dict):
                 raise DataError(f"expected a JSON object, got {type(rec).__name__}",
                                 file=path, line=lineno)
-            records.append(rec)
-            lines.append(lineno)
+            yield lineno, rec
+
+
+def _read_jsonl_slow(path: Path) -> pd.DataFrame:
+    records, lines = [], []
+    for lineno, rec in iter_jsonl(path):
+        records.append(rec)
+        lines.append(lineno)
     frame = pd.DataFrame.from_records(records)
     frame["__line__"] = lines
     return frame
 
 
-def _read_json(path: Path) -> pd.DataFrame:
-    _check_utf8(path)
+def read_json_document(path: Path):
+    """A JSON file's content, with errors that name the file and line."""
+    data = path.read_bytes()
+    if not data.strip():
+        raise DataError("the file is empty", file=path)
+    _check_utf8(path, data)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(data.decode("utf-8"))
     except json.JSONDecodeError as e:
-        raise DataError(f"malformed JSON ({e.msg})", file=path, line=e.lineno) from None
+        raise DataError(f"malformed JSON ({e.msg} at column {e.colno})", file=path, line=e.lineno) from None
+
+
+def _read_json(path: Path) -> pd.DataFrame:
+    data = read_json_document(path)
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -386,12 +419,8 @@ def _check_text(values: pd.Series, name: str, err, *, what: str, required: bool 
     """Strings with leading/trailing blanks kept; null or blank values are errors."""
     if values.dtype != object and not pd.api.types.is_string_dtype(values):
         values = values.astype(object)
-    bad = values.isna().to_numpy()
-    if not bad.any():
-        text = values.astype(str)
-        bad = (text.str.strip() == "").to_numpy()
-    else:
-        text = values.where(~bad, "").astype(str)
+    text = values.where(values.notna(), "").astype(str)
+    bad = (text.str.strip() == "").to_numpy()  # null, empty or blank
     if bad.any() and required:
         i = int(np.argmax(bad))
         raise err(f"missing or empty {what} ({int(bad.sum())} such row(s) in all)", i, name)
@@ -399,14 +428,19 @@ def _check_text(values: pd.Series, name: str, err, *, what: str, required: bool 
 
 
 def _render_template(raw: pd.DataFrame, template: str, err) -> pd.Series:
-    names = [f for _, f, _, _ in string.Formatter().parse(template) if f]
+    # Split the template into literal separators and fields, and drop a field together
+    # with the separator before it when the field is empty (Dolly's empty context).
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise DataError(f"--prompt-template {template!r} is not a valid template ({e})") from None
+    names = [f for _, f, _, _ in parts if f is not None]
+    if "" in names:
+        raise DataError(f"--prompt-template {template!r}: every {{}} must name a field, e.g. {{instruction}}")
     missing = [n for n in names if n not in raw.columns]
     if missing:
         raise DataError(f"prompt template uses field(s) {missing} that the source lacks "
                         f"(it has {sorted(c for c in raw.columns if c != '__line__')})")
-    # Split the template into literal separators and fields, and drop a field together
-    # with the separator before it when the field is empty (Dolly's empty context).
-    parts = list(string.Formatter().parse(template))
     columns = {n: raw[n].where(raw[n].notna(), "").astype(str) for n in names}
     result = []
     for i in range(len(raw)):
@@ -417,9 +451,11 @@ def _render_template(raw: pd.DataFrame, template: str, err) -> pd.Series:
                 continue
             value = columns[fname].iat[i]
             if value.strip():
-                pieces.append(literal + format(value, spec or ""))
-            elif not pieces:
-                pieces.append("")
+                try:
+                    pieces.append(literal + format(value, spec or ""))
+                except (ValueError, TypeError) as e:
+                    raise err(f"--prompt-template cannot format this field with {{{fname}:{spec}}} ({e})",
+                              i, fname) from None
         result.append("".join(pieces).strip())
     return pd.Series(result, index=raw.index, dtype=object)
 
@@ -429,10 +465,9 @@ def _first_turns(conversations: pd.Series, key: str, err) -> tuple[pd.Series, pd
     prompts, responses = [], []
     for i, conv in enumerate(conversations):
         prompt = response = None
-        turns = list(conv) if conv is not None and not isinstance(conv, str) else None
-        if turns is None:
-            raise err("expected a list of turns", i, key)
-        for turn in turns:
+        if not isinstance(conv, (list, tuple, np.ndarray)):  # missing (NaN/None), text, number, object
+            raise err(f"expected a list of turns, got {_describe(conv)}", i, key)
+        for turn in conv:
             if not isinstance(turn, dict):
                 raise err("a turn is not an object", i, key)
             role = turn.get("role", turn.get("from"))
@@ -446,6 +481,12 @@ def _first_turns(conversations: pd.Series, key: str, err) -> tuple[pd.Series, pd
         responses.append(response)
     return (pd.Series(prompts, index=conversations.index, dtype=object),
             pd.Series(responses, index=conversations.index, dtype=object))
+
+
+def _describe(value) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "nothing (the field is missing or null)"
+    return type(value).__name__
 
 
 def _generate_ids(tasks: pd.Series | None, prompts: pd.Series, source: str) -> list[str]:
@@ -489,17 +530,16 @@ def read_scores(path, pool: Pool) -> np.ndarray:
     pool, duplicates and values outside [0, 1] are errors.
     """
     path = Path(path)
-    if not path.exists():
-        raise TaskdivError(f"{path}: no such scores file")
     if path.is_dir():
         path = path / "scores.csv"
+    if not path.exists():
+        raise TaskdivError(f"{path}: no such scores file")
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         raw = pq.read_table(path, columns=None).to_pandas()
     elif path.suffix == ".csv":
-        _check_utf8(path)
-        raw = pd.read_csv(path, dtype={"id": str})
+        raw = read_csv(path, dtype={"id": str})
     else:
         raise TaskdivError(f"{path}: scores must be .csv or .parquet")
     for col in ("id", "confidence"):

@@ -17,6 +17,12 @@ import pandas as pd
 import yaml
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path next to `path`; rename it onto `path` on success."""
@@ -27,9 +33,7 @@ def atomic_path(path: str | os.PathLike):
     try:
         yield Path(tmp)
         # mkstemp makes the file private (0600); give it the usual umask-based mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -45,6 +49,7 @@ def atomic_dir(target: str | os.PathLike):
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     try:
         yield staging
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private (0700), as mkstemp does
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
@@ -67,16 +72,27 @@ def write_jsonl(path, records) -> int:
             else:
                 tmp.write_text("")
         return len(records)
+    with atomic_path(path) as tmp:
+        return dump_jsonl(tmp, records)
+
+
+def write_json(path, obj) -> None:
+    write_text(path, dumps_json(obj))
+
+
+def dump_jsonl(path, records) -> int:
+    """Write dicts as JSON lines straight to `path` (a temporary from `atomic_path`); returns the count."""
     n = 0
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with open(path, "w", encoding="utf-8") as f:
         for rec in records:
             f.write(json.dumps(_jsonable(rec), ensure_ascii=False) + "\n")
             n += 1
     return n
 
 
-def write_json(path, obj) -> None:
-    write_text(path, json.dumps(_jsonable(obj), indent=2, ensure_ascii=False) + "\n")
+def dumps_json(obj) -> str:
+    """`obj` as indented JSON text (numpy values and NaN made plain), ending in a newline."""
+    return json.dumps(_jsonable(obj), indent=2, ensure_ascii=False) + "\n"
 
 
 def write_yaml(path, obj) -> None:

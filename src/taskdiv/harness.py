@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .data import read_csv
 from .errors import DataError, TaskdivError, unknown_name
 from .fileio import write_jsonl, write_yaml
 
@@ -99,10 +100,7 @@ def read_mmlu(root: Path, subjects: list[str] | None) -> dict[str, dict[str, pd.
 
 
 def _read_mmlu_csv(path: Path, subject: str) -> pd.DataFrame:
-    try:
-        raw = pd.read_csv(path, header=None, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise DataError(f"not a readable CSV ({e})", file=path) from None
+    raw = read_csv(path, header=None, dtype=str, keep_default_na=False)
     if raw.shape[1] != 6:
         raise DataError(f"expected 6 columns (question, A, B, C, D, answer), found {raw.shape[1]}",
                         file=path, row=1)

@@ -11,8 +11,12 @@ import numpy as np
 
 
 def k_center(X: np.ndarray, k: int, *, seed: int = 0, initial: np.ndarray | None = None,
-             chunk: int = 4096) -> np.ndarray:
-    """Indices into X of k greedy farthest-point picks, in pick order."""
+             chunk: int | None = None) -> np.ndarray:
+    """Indices into X of k greedy farthest-point picks, in pick order.
+
+    `chunk` initial centers are compared at a time; by default as many as keep the
+    N x chunk distance block at 2^24 floats (64 MB), whatever N is.
+    """
     X = np.ascontiguousarray(X, dtype=np.float32)
     n = len(X)
     if not 0 < k <= n:
@@ -22,9 +26,16 @@ def k_center(X: np.ndarray, k: int, *, seed: int = 0, initial: np.ndarray | None
     if initial is not None and len(initial):
         C = np.ascontiguousarray(initial, dtype=np.float32)
         csq = np.einsum("ij,ij->i", C, C)
-        for s in range(0, len(C), chunk):  # bounded memory: N x chunk distances at a time
-            d = sq[:, None] - 2 * (X @ C[s:s + chunk].T) + csq[None, s:s + chunk]
+        chunk = chunk or max(1, (1 << 24) // n)
+        for s in range(0, len(C), chunk):
+            # One N x chunk block, updated in place: sq - 2 x.c + |c|^2, summed in the
+            # same order as the per-pick update below.
+            d = X @ C[s:s + chunk].T
+            d *= -2
+            d += sq[:, None]
+            d += csq[None, s:s + chunk]
             np.minimum(mind, d.min(axis=1), out=mind)
+            del d  # freed before the next block is made
         first = int(np.argmax(mind))
     else:
         first = int(np.random.default_rng(seed).integers(n))
