@@ -197,3 +197,25 @@ def test_finetuning_raises_heldout_accuracy(tmp_path):
     p = sum(math.comb(n, k) for k in range(gained, n + 1)) / 2 ** n if n else 1.0
     assert tuned["macro"]["accuracy"] >= base["macro"]["accuracy"] + 0.15, (base["macro"], tuned["macro"])
     assert p < 0.01, (gained, lost, p)
+
+
+@pytest.mark.parametrize("field, value, row", [("targets", 2, 2), ("choices", 5, 2), ("choices", "yes", 2),
+                                               ("choices", [], 2), ("targets", {"a": 1}, 2)])
+def test_bad_targets_or_choices_name_file_row_and_field(tmp_path, field, value, row):
+    """A number, a bare string of choices (it would split into characters) or an empty
+    list is a DataError naming the file, row, id and field, not a TypeError."""
+    rows = _pool_rows()[:3]
+    rows[1][field] = value
+    pool = write_jsonl(tmp_path / "p.jsonl", rows)
+    with pytest.raises(DataError) as err:
+        evaluation.load_heldout(str(pool), None)
+    assert (err.value.file, err.value.row, err.value.field) == (str(pool), row, field)
+    assert "'yn0'" in str(err.value)
+
+
+def test_heldout_targets_and_choices_become_string_lists(tmp_path):
+    rows = [{"id": "a", "task": "t", "prompt": "p", "targets": "7"},
+            {"id": "b", "task": "t", "prompt": "p", "targets": [3], "choices": [3, 4]}]
+    frame = evaluation.load_heldout(str(write_jsonl(tmp_path / "p.jsonl", rows)), None)
+    assert frame["targets"].tolist() == [["7"], ["3"]]
+    assert frame["choices"].tolist() == [None, ["3", "4"]]

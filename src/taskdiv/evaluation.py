@@ -206,6 +206,24 @@ def normalise_answer(text: str) -> str:
 # ----------------------------------------------------------------------------- heldout suite
 
 
+def _answers(value, *, spec: str, row: int, rid: str, field: str) -> list[str] | None:
+    """A `targets` or `choices` cell as a list of strings.
+
+    targets: a string (one accepted answer) or a non-empty list. choices: missing (a
+    generative row) or a non-empty list; a bare string is refused, since reading it as
+    a list would make each character a choice.
+    """
+    if field == "choices" and (value is None or (isinstance(value, float) and value != value)):
+        return None
+    if field == "targets" and isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple, np.ndarray)) and len(value) > 0:
+        return [str(x) for x in value]
+    want = "a string or a non-empty list" if field == "targets" else "a non-empty list (or no value)"
+    raise DataError(f"id {rid!r}: expected {want}, got {type(value).__name__} {str(value)[:60]!r}",
+                    file=spec, row=row, field=field)
+
+
 def load_heldout(spec: str, limit: int | None) -> pd.DataFrame:
     from .data import load_pool
 
@@ -213,17 +231,18 @@ def load_heldout(spec: str, limit: int | None) -> pd.DataFrame:
     if "targets" not in frame.columns:
         raise DataError("no 'targets' field: held-out evaluation needs the accepted answers of each row "
                         "(and 'choices' for multiple choice)", file=spec)
-    bad = frame["targets"].map(lambda t: t is None or (not isinstance(t, str) and len(t) == 0)
-                               if not isinstance(t, float) else True)
+    bad = frame["targets"].map(lambda t: t is None or (isinstance(t, float) and t != t)
+                               or (isinstance(t, (list, tuple, np.ndarray)) and len(t) == 0))
     if bad.any():
         raise DataError(f"{int(bad.sum())} row(s) without targets: ids {', '.join(frame['id'][bad][:10])}",
                         file=spec, field="targets")
     frame = frame.copy()
-    frame["targets"] = frame["targets"].map(lambda t: [t] if isinstance(t, str) else [str(x) for x in t])
     if "choices" not in frame.columns:
         frame["choices"] = None
-    frame["choices"] = frame["choices"].map(
-        lambda c: None if c is None or isinstance(c, float) else [str(x) for x in c])
+    for col in ("targets", "choices"):
+        frame[col] = pd.Series([_answers(v, spec=spec, row=n + 1, rid=i, field=col)
+                                for n, (i, v) in enumerate(zip(frame["id"], frame[col]))],
+                               index=frame.index, dtype=object)
     mc = frame["choices"].notna()
     stray = mc & ~frame.apply(lambda r: r["choices"] is not None and set(r["targets"]) <= set(r["choices"]), axis=1)
     if stray.any():
