@@ -130,6 +130,66 @@ def test_heldout_resumes_after_interruption(tiny_model_dir, tmp_path, monkeypatc
     assert resumed["tasks"] == full["tasks"]
 
 
+_CHOICE_SCORES = evaluation.choice_scores  # the real one, whatever a test patches in
+
+
+def _interrupt_at(monkeypatch, n_call):
+    """Make the n-th call of choice_scores raise KeyboardInterrupt; returns the list of
+    prompt counts of the calls that ran."""
+    real, calls = _CHOICE_SCORES, []
+
+    def interrupted(model, prompt_ids, *a, **kw):
+        if len(calls) + 1 == n_call:
+            raise KeyboardInterrupt
+        calls.append(len(prompt_ids))
+        return real(model, prompt_ids, *a, **kw)
+
+    monkeypatch.setattr(evaluation, "choice_scores", interrupted)
+    return calls
+
+
+def test_resume_after_a_line_cut_off_loses_nothing(tiny_model_dir, tmp_path, monkeypatch):
+    """The last line of the partial file was cut off mid-write. Resuming (twice) keeps
+    every complete record, scores each item exactly once, and the file stays readable."""
+    pool = write_jsonl(tmp_path / "test.jsonl", _pool_rows())
+    cfg = dict(model=str(tiny_model_dir), heldout=str(pool), batch_size=2)
+    full = evaluate(EvalConfig(out=str(tmp_path / "full"), **cfg))
+    out = tmp_path / "resumed"
+    partial = out / ".items.partial.jsonl"
+
+    first = _interrupt_at(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(EvalConfig(out=str(out), **cfg))
+    text = partial.read_text()
+    assert len(text.splitlines()) == 1 + 4
+    partial.write_text(text[:len(text) - 20])  # the 4th record loses its end (and its newline)
+
+    second = _interrupt_at(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(EvalConfig(out=str(out), **cfg))
+    records = [json.loads(ln) for ln in partial.read_text().splitlines()]  # every line is whole
+    ids = [r["id"] for r in records[1:]]
+    assert len(ids) == 3 + 4 and len(set(ids)) == len(ids)
+
+    third = _interrupt_at(monkeypatch, 0)
+    resumed = evaluate(EvalConfig(out=str(out), **cfg))
+    assert sum(first + second + third) == 12 + 1, "each multiple-choice item once, plus the one whose line was cut off"
+    items = [json.loads(ln)["id"] for ln in (out / "items.jsonl").read_text().splitlines()]
+    assert sorted(items) == sorted(r["id"] for r in _pool_rows())
+    assert resumed["tasks"] == full["tasks"]
+
+
+@pytest.mark.parametrize("header", [b'{"key": "abc', b'{"key": "abc\xff', b'[1, 2]'])
+def test_resume_with_a_damaged_header_starts_afresh(tiny_model_dir, tmp_path, header):
+    pool = write_jsonl(tmp_path / "test.jsonl", _pool_rows())
+    cfg = dict(model=str(tiny_model_dir), heldout=str(pool), batch_size=4)
+    full = evaluate(EvalConfig(out=str(tmp_path / "full"), **cfg))
+    out = tmp_path / "damaged"
+    out.mkdir()
+    (out / ".items.partial.jsonl").write_bytes(header + b'\n{"id": "mc0", "task": "colors"}\n')
+    assert evaluate(EvalConfig(out=str(out), **cfg))["tasks"] == full["tasks"]
+
+
 def test_bad_heldout_input_writes_nothing(tiny_model_dir, tmp_path):
     no_targets = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "task": "t", "prompt": "hi"}])
     with pytest.raises(DataError, match="no 'targets' field"):

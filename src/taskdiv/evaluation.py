@@ -258,22 +258,12 @@ def run_heldout(model, tok, frame: pd.DataFrame, chat: bool, cfg: EvalConfig, pa
     from . import models
     from .progress import bar
 
-    done: dict[str, dict] = {}
-    if partial.exists():
-        lines = partial.read_text(encoding="utf-8").splitlines()
-        if lines and json.loads(lines[0]).get("key") == key:
-            for ln in lines[1:]:
-                try:
-                    rec = json.loads(ln)
-                except json.JSONDecodeError:
-                    break  # a line cut off by the interruption
-                done[rec["id"]] = rec
-            log.info("resuming: %d of %d item(s) already evaluated", len(done), len(frame))
-        else:
-            partial.unlink()
-    if not partial.exists():
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps({"key": key}) + "\n", encoding="utf-8")
+    done = _read_partial(partial, key)
+    if done:
+        log.info("resuming: %d of %d item(s) already evaluated", len(done), len(frame))
+    # Rewritten (atomically) before appending: a line cut off by the interruption would
+    # otherwise run into the first new record, and the next resume would stop there.
+    write_jsonl(partial, [{"key": key}, *done.values()])
 
     todo = frame[~frame["id"].isin(list(done))]
     prompts = {i: models.encode_prompt(tok, p, chat) for i, p in zip(todo["id"], todo["prompt"])}
@@ -303,6 +293,28 @@ def run_heldout(model, tok, frame: pd.DataFrame, chat: bool, cfg: EvalConfig, pa
             _append(sink, recs, done, progress)
     progress.close()
     return pd.DataFrame([done[i] for i in frame["id"]])
+
+
+def _read_partial(partial: Path, key: str) -> dict[str, dict]:
+    """The records of a previous run with the same key, up to the first damaged line.
+
+    A header that cannot be read counts as another key: the file is started afresh.
+    """
+    if not partial.exists():
+        return {}
+    lines = partial.read_text(encoding="utf-8", errors="replace").splitlines()
+    records = []
+    for ln in lines:
+        try:
+            rec = json.loads(ln)
+        except json.JSONDecodeError:
+            break  # a line cut off by the interruption
+        if not isinstance(rec, dict):
+            break
+        records.append(rec)
+    if not records or records[0].get("key") != key:
+        return {}
+    return {rec["id"]: rec for rec in records[1:] if "id" in rec}
 
 
 def _append(sink, recs, done, progress) -> None:
