@@ -73,7 +73,8 @@ def resolve(name: str) -> ModelRef:
             raise TaskdivError(f"{name}: no such GGUF file")
         stat = path.stat()
         key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-        return ModelRef(name, str(_converted(f"gguf-{path.stem}-{key}", lambda out: path)), _has_chat(None))
+        converted = _converted(f"gguf-{path.stem}-{key}", lambda out: path)
+        return ModelRef(name, str(converted), _has_chat(converted))  # the GGUF's own chat template, if any
     if path.is_dir():
         adapter_cfg = path / "adapter" / "adapter_config.json"
         run_cfg = path / "config.yaml"
@@ -101,10 +102,8 @@ def resolve(name: str) -> ModelRef:
     raise unknown_name("model", name, EMBEDDED)
 
 
-def _has_chat(path: Path | None) -> bool:
+def _has_chat(path: Path) -> bool:
     """An instruct model ships a chat template; base models usually do not."""
-    if path is None:
-        return False
     cfg = path / "tokenizer_config.json"
     return (path / "chat_template.jinja").exists() or (
         cfg.exists() and "chat_template" in json.loads(cfg.read_text(encoding="utf-8")))
@@ -193,6 +192,11 @@ def resolve_dtype(name: str | None):
     return table[name]
 
 
+def dtype_name(name: str | None) -> str:
+    """The dtype `name` ('auto' included) stands for on this machine: 'bfloat16', 'float32' ..."""
+    return str(resolve_dtype(name)).removeprefix("torch.")
+
+
 def device() -> str:
     import torch
 
@@ -223,6 +227,15 @@ def chat_default(ref: ModelRef, tokenizer) -> bool:
     return ref.chat if ref.name in EMBEDDED else bool(ref.chat or (ref.path.count("/") == 1 and
                                                                    getattr(tokenizer, "chat_template", None)
                                                                    and "instruct" in ref.path.lower()))
+
+
+def choose_chat(ref: ModelRef, tokenizer, requested: bool | None) -> bool:
+    """--chat-template as given, else the model's default; refused (before any work)
+    when the tokenizer has no chat template to format with."""
+    chat = chat_default(ref, tokenizer) if requested is None else requested
+    if chat and not getattr(tokenizer, "chat_template", None):
+        raise TaskdivError(f"--chat-template: the tokenizer of {ref.name} has no chat template")
+    return chat
 
 
 def prompt_text(tokenizer, prompt: str, chat: bool) -> str:

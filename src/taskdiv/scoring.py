@@ -372,16 +372,14 @@ def score(cfg: ScoreConfig) -> pd.DataFrame:
     pool = load_pool(cfg.pool, cfg.field_map())
     ref = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(ref)
-    chat = models.chat_default(ref, tokenizer) if cfg.chat_template is None else cfg.chat_template
-    if chat and not getattr(tokenizer, "chat_template", None):
-        raise TaskdivError(f"--chat-template: the tokenizer of {cfg.model} has no chat template")
+    chat = models.choose_chat(ref, tokenizer, cfg.chat_template)
     out = Path(cfg.out)
     _open_out(out)
     from transformers import AutoConfig
 
     context = getattr(AutoConfig.from_pretrained(ref.path), "max_position_embeddings", None) or 2048
     max_prompt = cfg.max_prompt_tokens or max(1, context - cfg.max_new_tokens)
-    dtype = str(models.resolve_dtype(cfg.dtype)).removeprefix("torch.")
+    dtype = models.dtype_name(cfg.dtype)
     settings = {"model": models.fingerprint(ref), "dtype": dtype, "max_new_tokens": cfg.max_new_tokens,
                 "chat": chat, "max_prompt_tokens": max_prompt, "format": FORMAT_VERSION}
     cache = ScoreCache(out / "cache.sqlite", settings)

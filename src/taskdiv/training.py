@@ -153,8 +153,7 @@ def resolved_config(cfg: TrainConfig, chat: bool) -> dict:
 
     out = {"command": "train", **{f.name: getattr(cfg, f.name) for f in fields(cfg)}}
     out["lr"] = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.method]
-    out["dtype"] = "bfloat16" if cfg.dtype == "auto" and models.bf16_supported() else (
-        "float32" if cfg.dtype == "auto" else cfg.dtype)
+    out["dtype"] = models.dtype_name(cfg.dtype)
     out["chat"] = chat
     out["data_sha256"] = file_sha256(cfg.data)
     out["taskdiv_version"] = __version__
@@ -251,7 +250,7 @@ def train(cfg: TrainConfig) -> Path:
         raise TaskdivError(f"--model {cfg.model}: an adapter cannot be the base of a new run; train that run "
                            f"with --merge and pass its directory (its merged/ weights are used)")
     tokenizer = models.load_tokenizer(ref)
-    chat = models.chat_default(ref, tokenizer) if cfg.chat_template is None else cfg.chat_template
+    chat = models.choose_chat(ref, tokenizer, cfg.chat_template)
     resolved = resolved_config(cfg, chat)
     if check_existing(run, resolved):
         log.info("%s: already trained (done); nothing to do", run)
