@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import write_jsonl
+from conftest import BBH_DIR, MMLU_DIR, write_jsonl
+from test_models import base_copy
 from taskdiv import evaluation, models
 from taskdiv.errors import DataError, TaskdivError
 from taskdiv.evaluation import EvalConfig, evaluate
@@ -73,7 +74,7 @@ def test_summarise_bootstrap_intervals():
     assert evaluation.summarise(items, n_boot=4000, seed=1)[1] != macro
 
 
-def test_heldout_end_to_end_and_rerun(tiny_model_dir, tmp_path, capsys):
+def test_heldout_end_to_end_and_rerun(tiny_model_dir, tmp_path, capsys, monkeypatch):
     pool = write_jsonl(tmp_path / "test.jsonl", _pool_rows())
     out = tmp_path / "eval"
     cfg = EvalConfig(model=str(tiny_model_dir), heldout=str(pool), out=str(out), limit=4, batch_size=3)
@@ -100,6 +101,13 @@ def test_heldout_end_to_end_and_rerun(tiny_model_dir, tmp_path, capsys):
     again = evaluate(cfg)
     assert again["macro"] == results["macro"]
     assert (out / "results.json").stat().st_mtime_ns == stamp, "a finished evaluation is reused"
+
+    def no_input_work(*a, **kw):
+        raise AssertionError("the inputs are read although the results can be reused")
+
+    monkeypatch.setattr(evaluation, "load_heldout", no_input_work)
+    monkeypatch.setattr(evaluation, "load_model", no_input_work)
+    assert evaluate(cfg)["macro"] == results["macro"]
 
 
 def test_heldout_resumes_after_interruption(tiny_model_dir, tmp_path, monkeypatch):
@@ -199,6 +207,22 @@ def test_bad_heldout_input_writes_nothing(tiny_model_dir, tmp_path):
     with pytest.raises(DataError, match="not among the choices: ids a"):
         evaluate(EvalConfig(model=str(tiny_model_dir), heldout=str(stray), out=str(tmp_path / "o2")))
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+@pytest.mark.skipif(not MMLU_DIR.is_dir(), reason="needs the MMLU CSVs")
+def test_chat_template_on_a_base_model_is_refused_before_any_work(tiny_model_dir, tmp_path):
+    """--chat-template with a tokenizer that has none: a TaskdivError before the inputs are
+    prepared or the model loads (it was a ValueError traceback from inside lm_eval)."""
+    base = str(base_copy(tiny_model_dir, tmp_path / "base"))
+    pool = write_jsonl(tmp_path / "test.jsonl", _pool_rows())
+    for suite in ("heldout", "mmlu", "bbh"):
+        out = tmp_path / suite
+        cfg = EvalConfig(model=base, suite=suite, heldout=str(pool), mmlu_dir=str(MMLU_DIR), bbh_dir=str(BBH_DIR),
+                         tasks={"heldout": None, "mmlu": ["virology"], "bbh": ["navigate"]}[suite], limit=1,
+                         chat_template=True, out=str(out))
+        with pytest.raises(TaskdivError, match="the tokenizer of .*base has no chat template"):
+            evaluate(cfg)
+        assert not out.exists()
 
 
 def test_run_dir_with_adapter_of_another_model(tiny_model_dir, tmp_path):

@@ -387,24 +387,23 @@ def evaluate(cfg: EvalConfig) -> dict:
         raise TaskdivError("--limit, --batch-size and --n-boot must be positive")
     out = Path(cfg.out)
     ref = models.resolve(cfg.model)
-    dtype = "bfloat16" if cfg.dtype == "auto" and models.bf16_supported() else (
-        "float32" if cfg.dtype == "auto" else cfg.dtype)
-    prepared = None
-    if cfg.suite == "heldout":
-        frame = load_heldout(cfg.heldout, cfg.limit)  # validate inputs before loading the model
-    else:
-        from . import harness
-
-        prepared = harness.prepare(cfg, out)  # validates and converts the local files
+    dtype = models.dtype_name(cfg.dtype)
     tok = models.load_tokenizer(ref)
-    chat = models.chat_default(ref, tok) if cfg.chat_template is None else cfg.chat_template
+    chat = models.choose_chat(ref, tok, cfg.chat_template)
     key = _config_key(cfg, models.fingerprint(ref), chat, dtype)
     results_path = out / "results.json"
-    if results_path.exists():
+    if results_path.exists():  # checked first: preparing the inputs costs time (and rewrites MMLU's files)
         old = json.loads(results_path.read_text(encoding="utf-8"))
         if old.get("config") == json.loads(json.dumps(key)):
             log.info("%s: already evaluated with this config; reusing it", results_path)
             return old
+    # Validate the inputs before loading the model.
+    if cfg.suite == "heldout":
+        frame = load_heldout(cfg.heldout, cfg.limit)
+    else:
+        from . import harness
+
+        prepared = harness.prepare(cfg, out)  # validates and converts the local files
 
     start = time.perf_counter()
     model, tok = load_model(ref, dtype)
