@@ -29,7 +29,6 @@ import gc
 import hashlib
 import json
 import logging
-import os
 import shutil
 import warnings
 from dataclasses import dataclass, field, fields
@@ -39,7 +38,7 @@ import yaml
 
 from . import __version__
 from .errors import DataError, TaskdivError
-from .fileio import write_json, write_text, write_yaml
+from .fileio import atomic_dir, write_json, write_text, write_yaml
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +332,8 @@ def _quiet(datasets):
 
 
 def _save(model, tokenizer, run: Path, *, merge: bool, lora: bool) -> None:
-    """adapter/ (and merged/) written to temporary directories, then renamed into place."""
+    """adapter/ (and merged/) written to staging directories, then renamed into place
+    (a failed save leaves neither a half-written output nor its staging directory)."""
     outputs = []
     if lora:
         outputs.append(("adapter", lambda d: model.save_pretrained(d)))
@@ -343,12 +343,9 @@ def _save(model, tokenizer, run: Path, *, merge: bool, lora: bool) -> None:
             full.save_pretrained(d, safe_serialization=True)
         outputs.append(("merged", merged))  # after the adapter: merging changes the model
     for name, save in outputs:
-        tmp = run / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save(tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(run / name, ignore_errors=True)
-        os.replace(tmp, run / name)
+        with atomic_dir(run / name) as staging:
+            save(staging)
+            tokenizer.save_pretrained(staging)
 
 
 def run_train(cfg: TrainConfig) -> None:
