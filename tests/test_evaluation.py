@@ -198,6 +198,14 @@ def test_resume_with_a_damaged_header_starts_afresh(tiny_model_dir, tmp_path, he
     assert evaluate(EvalConfig(out=str(out), **cfg))["tasks"] == full["tasks"]
 
 
+def test_tokenizer_is_loaded_once(tiny_model_dir, tmp_path, monkeypatch):
+    loads, load_tokenizer = [], models.load_tokenizer
+    monkeypatch.setattr(models, "load_tokenizer", lambda ref: (loads.append(ref), load_tokenizer(ref))[1])
+    pool = write_jsonl(tmp_path / "test.jsonl", _pool_rows()[:3])
+    evaluate(EvalConfig(model=str(tiny_model_dir), heldout=str(pool), out=str(tmp_path / "e")))
+    assert len(loads) == 1
+
+
 def test_bad_heldout_input_writes_nothing(tiny_model_dir, tmp_path):
     no_targets = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "task": "t", "prompt": "hi"}])
     with pytest.raises(DataError, match="no 'targets' field"):

@@ -88,12 +88,13 @@ class EvalConfig:
 # ----------------------------------------------------------------------------- model
 
 
-def load_model(ref, dtype: str):
-    """(model, tokenizer) ready for inference; a LoRA adapter is merged for speed."""
+def load_model(ref, dtype: str, tokenizer=None):
+    """(model, tokenizer) ready for inference; a LoRA adapter is merged for speed. A
+    tokenizer already loaded is reused."""
     from . import models
 
     try:
-        model, tok = models.load(ref, dtype)
+        model, tok = models.load(ref, dtype, tokenizer)
     except RuntimeError as e:  # e.g. an adapter of another base model: size mismatch
         raise TaskdivError(f"{ref.name}: cannot load the model{' with its adapter' if ref.adapter else ''} "
                            f"({str(e).splitlines()[0][:300]})") from None
@@ -406,7 +407,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         prepared = harness.prepare(cfg, out)  # validates and converts the local files
 
     start = time.perf_counter()
-    model, tok = load_model(ref, dtype)
+    model, tok = load_model(ref, dtype, tok)
     loaded = time.perf_counter()
     try:
         if cfg.suite == "heldout":
@@ -424,11 +425,9 @@ def evaluate(cfg: EvalConfig) -> dict:
                          for r in table.to_dict(orient="records")},
                "macro": macro, "load_seconds": round(loaded - start, 2), "seconds": round(seconds, 2),
                "seconds_per_item": round(seconds / max(1, len(items)), 4), "config": key}
-    if cfg.suite == "heldout":
-        write_jsonl(out / "items.jsonl", items.to_dict(orient="records"))
-    else:
+    if cfg.suite != "heldout":
         results["harness"] = raw
-        write_jsonl(out / "items.jsonl", items.to_dict(orient="records"))
+    write_jsonl(out / "items.jsonl", items.to_dict(orient="records"))
     macro_row = pd.DataFrame([{"task": "macro", "n": macro["n"], "accuracy": macro["accuracy"],
                                "ci_low": macro["ci_low"], "ci_high": macro["ci_high"]}])
     write_table(out / "per_task.csv", pd.concat([table, macro_row], ignore_index=True))

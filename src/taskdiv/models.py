@@ -211,8 +211,9 @@ def load_tokenizer(ref: ModelRef):
     return tok
 
 
-def load(ref: ModelRef, dtype: str | None = "float32"):
-    """(model in eval mode, tokenizer) on the best device; adapters applied."""
+def load(ref: ModelRef, dtype: str | None = "float32", tokenizer=None):
+    """(model in eval mode, tokenizer) on the best device; adapters applied. A tokenizer
+    the caller has already loaded (`load_tokenizer(ref)`) is returned as it is."""
     transformers = require("transformers", "score")
     torch_dtype = resolve_dtype(dtype)
     model = transformers.AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch_dtype)
@@ -220,7 +221,7 @@ def load(ref: ModelRef, dtype: str | None = "float32"):
         peft = require("peft", "train")
         model = peft.PeftModel.from_pretrained(model, ref.adapter)
     model.to(device()).eval()
-    return model, load_tokenizer(ref)
+    return model, tokenizer if tokenizer is not None else load_tokenizer(ref)
 
 
 def chat_default(ref: ModelRef, tokenizer) -> bool:
