@@ -68,3 +68,9 @@ def test_choose_chat_defaults_and_refuses_a_missing_template(tiny_model_dir, tmp
 def test_dtype_name():
     assert models.dtype_name("float32") == "float32" and models.dtype_name("bf16") == "bfloat16"
     assert models.dtype_name("auto") == ("bfloat16" if models.bf16_supported() else "float32")
+
+
+def test_left_pad_and_positions():
+    ids, mask = models.left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert models.padded_positions(mask).tolist() == [[0, 1, 2], [0, 0, 0]]

@@ -113,18 +113,6 @@ def free() -> None:
         torch.cuda.empty_cache()
 
 
-def _left_pad(seqs: list[list[int]], pad_id: int):
-    import torch
-
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s)
-        mask[i, width - len(s):] = 1
-    return ids, mask
-
-
 def choice_scores(model, prompt_ids: list[list[int]], choice_ids: list[list[list[int]]], pad_id: int,
                   max_rows: int = 64) -> list[np.ndarray]:
     """Mean log-probability per token of each choice continuation, one array per prompt.
@@ -135,10 +123,12 @@ def choice_scores(model, prompt_ids: list[list[int]], choice_ids: list[list[list
     """
     import torch
 
+    from .models import left_pad, padded_positions
+
     device = next(model.parameters()).device
-    ids, mask = _left_pad(prompt_ids, pad_id)
+    ids, mask = left_pad(prompt_ids, pad_id)
     ids, mask = ids.to(device), mask.to(device)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    pos = padded_positions(mask)
     with torch.inference_mode():
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
@@ -190,8 +180,10 @@ def generate(model, tok, prompt_ids: list[list[int]], max_new_tokens: int) -> li
     """Greedy continuations, cut at the first newline."""
     import torch
 
+    from .models import left_pad
+
     device = next(model.parameters()).device
-    ids, mask = _left_pad(prompt_ids, tok.pad_token_id)
+    ids, mask = left_pad(prompt_ids, tok.pad_token_id)
     with torch.inference_mode():
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                              max_new_tokens=max_new_tokens, stop_strings=["\n"], tokenizer=tok,

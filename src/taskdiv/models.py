@@ -224,6 +224,24 @@ def load(ref: ModelRef, dtype: str | None = "float32", tokenizer=None):
     return model, tokenizer if tokenizer is not None else load_tokenizer(ref)
 
 
+def left_pad(seqs: list[list[int]], pad_id: int):
+    """Token-id lists as one batch padded on the left: (input_ids, attention_mask) tensors."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s)
+        mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def padded_positions(mask):
+    """Position ids of a left-padded batch: they count real tokens only, as `generate` does."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def chat_default(ref: ModelRef, tokenizer) -> bool:
     return ref.chat if ref.name in EMBEDDED else bool(ref.chat or (ref.path.count("/") == 1 and
                                                                    getattr(tokenizer, "chat_template", None)

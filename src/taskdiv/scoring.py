@@ -106,17 +106,14 @@ def generate_greedy(model, batch: list[list[int]], *, max_new_tokens: int, eos_i
     import torch
     from transformers import DynamicCache
 
+    from .models import left_pad, padded_positions
+
     dev = model.device
-    n, width = len(batch), max(len(ids) for ids in batch)
+    n = len(batch)
     assert n > 0 and min(len(ids) for ids in batch) > 0, "every prompt needs at least one token"
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for i, ids in enumerate(batch):
-        input_ids[i, width - len(ids):] = torch.tensor(ids)
-        mask[i, width - len(ids):] = 1
+    input_ids, mask = left_pad(batch, pad_id)
     input_ids, mask = input_ids.to(dev), mask.to(dev)
-    # Positions count real tokens only, as `generate` does for left padding.
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    positions = padded_positions(mask)
     eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=dev)
     rows = torch.arange(n, device=dev)  # original row of each row still in the batch
     steps: list[list[tuple[int, float, float]]] = [[] for _ in range(n)]
