@@ -341,3 +341,13 @@ def test_integration_smollm2_on_bigbench(tmp_path):
     # The two arithmetic answers are short numbers: the instruct model should end them with EOS
     # well before the 16-token limit at least sometimes, and those rows count the EOS.
     assert (scores["tokens"] < 16).any()
+
+
+def test_run_score_prints_the_task_table_and_the_metric_mapping(small_pool, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "s"
+    scoring.run_score(make_cfg(small_pool, out, tiny_model_dir, per_task=2, max_new_tokens=2, metric="mean_entropy"))
+    printed = capsys.readouterr().out
+    assert "confidence = mean_entropy as exp(-mean_entropy);" in printed
+    assert scoring.format_tasks(pd.read_csv(out / "tasks.csv")) in printed
+    scoring.run_score(make_cfg(small_pool, out, tiny_model_dir, per_task=2, max_new_tokens=2))
+    assert "confidence = mean_prob; wrote" in capsys.readouterr().out

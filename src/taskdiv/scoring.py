@@ -467,5 +467,6 @@ def run_score(cfg: ScoreConfig) -> None:
     print(f"scored {len(scores)} of {a['available']} prompt(s) in {len(table)} task(s): {a['reused']} reused from "
           f"the cache, {a['computed']} generated in {a['generation_seconds']:.1f} s{rate}; "
           f"{int(scores['truncated'].sum())} truncated from the left")
-    print(f"confidence = {cfg.metric}" + (" as exp(-mean_entropy)" if cfg.metric == "mean_entropy" else "")
+    label = metrics_mod.get(cfg.metric).confidence_label
+    print(f"confidence = {cfg.metric}" + (f" as {label}" if label else "")
           + f"; wrote {out / 'scores.csv'}, {out / 'scores.parquet'}, {out / 'tasks.csv'}")
