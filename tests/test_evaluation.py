@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import write_jsonl
+from conftest import BBH_DIR, MMLU_DIR, write_jsonl
+from test_models import base_copy
 from taskdiv import evaluation, models
 from taskdiv.errors import DataError, TaskdivError
 from taskdiv.evaluation import EvalConfig, evaluate
@@ -73,7 +74,7 @@ def test_summarise_bootstrap_intervals():
     assert evaluation.summarise(items, n_boot=4000, seed=1)[1] != macro
 
 
-def test_heldout_end_to_end_and_rerun(tiny_model_dir, tmp_path, capsys):
+def test_heldout_end_to_end_and_rerun(tiny_model_dir, tmp_path, capsys, monkeypatch):
     pool = write_jsonl(tmp_path / "test.jsonl", _pool_rows())
     out = tmp_path / "eval"
     cfg = EvalConfig(model=str(tiny_model_dir), heldout=str(pool), out=str(out), limit=4, batch_size=3)
@@ -100,6 +101,13 @@ def test_heldout_end_to_end_and_rerun(tiny_model_dir, tmp_path, capsys):
     again = evaluate(cfg)
     assert again["macro"] == results["macro"]
     assert (out / "results.json").stat().st_mtime_ns == stamp, "a finished evaluation is reused"
+
+    def no_input_work(*a, **kw):
+        raise AssertionError("the inputs are read although the results can be reused")
+
+    monkeypatch.setattr(evaluation, "load_heldout", no_input_work)
+    monkeypatch.setattr(evaluation, "load_model", no_input_work)
+    assert evaluate(cfg)["macro"] == results["macro"]
 
 
 def test_heldout_resumes_after_interruption(tiny_model_dir, tmp_path, monkeypatch):
@@ -130,6 +138,74 @@ def test_heldout_resumes_after_interruption(tiny_model_dir, tmp_path, monkeypatc
     assert resumed["tasks"] == full["tasks"]
 
 
+_CHOICE_SCORES = evaluation.choice_scores  # the real one, whatever a test patches in
+
+
+def _interrupt_at(monkeypatch, n_call):
+    """Make the n-th call of choice_scores raise KeyboardInterrupt; returns the list of
+    prompt counts of the calls that ran."""
+    real, calls = _CHOICE_SCORES, []
+
+    def interrupted(model, prompt_ids, *a, **kw):
+        if len(calls) + 1 == n_call:
+            raise KeyboardInterrupt
+        calls.append(len(prompt_ids))
+        return real(model, prompt_ids, *a, **kw)
+
+    monkeypatch.setattr(evaluation, "choice_scores", interrupted)
+    return calls
+
+
+def test_resume_after_a_line_cut_off_loses_nothing(tiny_model_dir, tmp_path, monkeypatch):
+    """The last line of the partial file was cut off mid-write. Resuming (twice) keeps
+    every complete record, scores each item exactly once, and the file stays readable."""
+    pool = write_jsonl(tmp_path / "test.jsonl", _pool_rows())
+    cfg = dict(model=str(tiny_model_dir), heldout=str(pool), batch_size=2)
+    full = evaluate(EvalConfig(out=str(tmp_path / "full"), **cfg))
+    out = tmp_path / "resumed"
+    partial = out / ".items.partial.jsonl"
+
+    first = _interrupt_at(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(EvalConfig(out=str(out), **cfg))
+    text = partial.read_text()
+    assert len(text.splitlines()) == 1 + 4
+    partial.write_text(text[:len(text) - 20])  # the 4th record loses its end (and its newline)
+
+    second = _interrupt_at(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(EvalConfig(out=str(out), **cfg))
+    records = [json.loads(ln) for ln in partial.read_text().splitlines()]  # every line is whole
+    ids = [r["id"] for r in records[1:]]
+    assert len(ids) == 3 + 4 and len(set(ids)) == len(ids)
+
+    third = _interrupt_at(monkeypatch, 0)
+    resumed = evaluate(EvalConfig(out=str(out), **cfg))
+    assert sum(first + second + third) == 12 + 1, "each multiple-choice item once, plus the one whose line was cut off"
+    items = [json.loads(ln)["id"] for ln in (out / "items.jsonl").read_text().splitlines()]
+    assert sorted(items) == sorted(r["id"] for r in _pool_rows())
+    assert resumed["tasks"] == full["tasks"]
+
+
+@pytest.mark.parametrize("header", [b'{"key": "abc', b'{"key": "abc\xff', b'[1, 2]'])
+def test_resume_with_a_damaged_header_starts_afresh(tiny_model_dir, tmp_path, header):
+    pool = write_jsonl(tmp_path / "test.jsonl", _pool_rows())
+    cfg = dict(model=str(tiny_model_dir), heldout=str(pool), batch_size=4)
+    full = evaluate(EvalConfig(out=str(tmp_path / "full"), **cfg))
+    out = tmp_path / "damaged"
+    out.mkdir()
+    (out / ".items.partial.jsonl").write_bytes(header + b'\n{"id": "mc0", "task": "colors"}\n')
+    assert evaluate(EvalConfig(out=str(out), **cfg))["tasks"] == full["tasks"]
+
+
+def test_tokenizer_is_loaded_once(tiny_model_dir, tmp_path, monkeypatch):
+    loads, load_tokenizer = [], models.load_tokenizer
+    monkeypatch.setattr(models, "load_tokenizer", lambda ref: (loads.append(ref), load_tokenizer(ref))[1])
+    pool = write_jsonl(tmp_path / "test.jsonl", _pool_rows()[:3])
+    evaluate(EvalConfig(model=str(tiny_model_dir), heldout=str(pool), out=str(tmp_path / "e")))
+    assert len(loads) == 1
+
+
 def test_bad_heldout_input_writes_nothing(tiny_model_dir, tmp_path):
     no_targets = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "task": "t", "prompt": "hi"}])
     with pytest.raises(DataError, match="no 'targets' field"):
@@ -139,6 +215,22 @@ def test_bad_heldout_input_writes_nothing(tiny_model_dir, tmp_path):
     with pytest.raises(DataError, match="not among the choices: ids a"):
         evaluate(EvalConfig(model=str(tiny_model_dir), heldout=str(stray), out=str(tmp_path / "o2")))
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+@pytest.mark.skipif(not MMLU_DIR.is_dir(), reason="needs the MMLU CSVs")
+def test_chat_template_on_a_base_model_is_refused_before_any_work(tiny_model_dir, tmp_path):
+    """--chat-template with a tokenizer that has none: a TaskdivError before the inputs are
+    prepared or the model loads (it was a ValueError traceback from inside lm_eval)."""
+    base = str(base_copy(tiny_model_dir, tmp_path / "base"))
+    pool = write_jsonl(tmp_path / "test.jsonl", _pool_rows())
+    for suite in ("heldout", "mmlu", "bbh"):
+        out = tmp_path / suite
+        cfg = EvalConfig(model=base, suite=suite, heldout=str(pool), mmlu_dir=str(MMLU_DIR), bbh_dir=str(BBH_DIR),
+                         tasks={"heldout": None, "mmlu": ["virology"], "bbh": ["navigate"]}[suite], limit=1,
+                         chat_template=True, out=str(out))
+        with pytest.raises(TaskdivError, match="the tokenizer of .*base has no chat template"):
+            evaluate(cfg)
+        assert not out.exists()
 
 
 def test_run_dir_with_adapter_of_another_model(tiny_model_dir, tmp_path):
@@ -197,3 +289,25 @@ def test_finetuning_raises_heldout_accuracy(tmp_path):
     p = sum(math.comb(n, k) for k in range(gained, n + 1)) / 2 ** n if n else 1.0
     assert tuned["macro"]["accuracy"] >= base["macro"]["accuracy"] + 0.15, (base["macro"], tuned["macro"])
     assert p < 0.01, (gained, lost, p)
+
+
+@pytest.mark.parametrize("field, value, row", [("targets", 2, 2), ("choices", 5, 2), ("choices", "yes", 2),
+                                               ("choices", [], 2), ("targets", {"a": 1}, 2)])
+def test_bad_targets_or_choices_name_file_row_and_field(tmp_path, field, value, row):
+    """A number, a bare string of choices (it would split into characters) or an empty
+    list is a DataError naming the file, row, id and field, not a TypeError."""
+    rows = _pool_rows()[:3]
+    rows[1][field] = value
+    pool = write_jsonl(tmp_path / "p.jsonl", rows)
+    with pytest.raises(DataError) as err:
+        evaluation.load_heldout(str(pool), None)
+    assert (err.value.file, err.value.row, err.value.field) == (str(pool), row, field)
+    assert "'yn0'" in str(err.value)
+
+
+def test_heldout_targets_and_choices_become_string_lists(tmp_path):
+    rows = [{"id": "a", "task": "t", "prompt": "p", "targets": "7"},
+            {"id": "b", "task": "t", "prompt": "p", "targets": [3], "choices": [3, 4]}]
+    frame = evaluation.load_heldout(str(write_jsonl(tmp_path / "p.jsonl", rows)), None)
+    assert frame["targets"].tolist() == [["7"], ["3"]]
+    assert frame["choices"].tolist() == [None, ["3", "4"]]

@@ -48,3 +48,21 @@ def test_unknown_metric_and_empty_response():
         metrics.get("mean_probs")
     with pytest.raises(AssertionError, match="non-empty"):
         metrics.compute_all(np.array([]), np.array([]))
+
+
+def test_confidence_uses_each_metrics_own_mapping(monkeypatch):
+    """confidence() knows no metric by name: a new lower-is-better metric brings its
+    mapping, and one without a mapping is refused where it is defined."""
+    def max_entropy(logprobs, entropies):
+        return float(np.max(entropies))
+
+    monkeypatch.setitem(metrics.METRICS, "max_entropy", metrics.Metric(
+        max_entropy, False, "largest next-token entropy", to_confidence=lambda h: 1 / (1 + h),
+        confidence_label="1/(1+max_entropy)"))
+    assert metrics.confidence("max_entropy", np.array([0.0, 3.0])).tolist() == [1.0, 0.25]
+    with pytest.raises(AssertionError, match="needs a to_confidence"):
+        metrics.Metric(max_entropy, False, "no mapping")
+    values = metrics.compute_all(np.log(PROBS), np.array(ENTROPIES))
+    for name, m in metrics.METRICS.items():
+        assert 0 <= metrics.confidence(name, values[name]) <= 1, name
+        assert (m.confidence_label is None) == (m.to_confidence is None), name

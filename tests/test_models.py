@@ -1,4 +1,5 @@
 """Model resolution: embedded names, GGUF conversion into the cache, run directories."""
+import json
 import shutil
 from pathlib import Path
 
@@ -34,8 +35,42 @@ def test_gguf_file_is_dequantized_once_into_the_cache(tmp_path, monkeypatch):
     shutil.copy(gguf, local)
     monkeypatch.setenv("TASKDIV_CACHE", str(tmp_path / "cache"))
     ref = models.resolve(str(local))
+    assert ref.chat is True, "an instruct GGUF formats prompts with its own chat template by default"
     converted = Path(ref.path)
     assert (converted / ".done").exists() and (converted / "model.safetensors").exists()
     assert not list(converted.parent.glob(".*-*")), "no staging directory left behind"
     assert models.resolve(str(local)).path == ref.path  # cached: no second conversion
     assert (converted / "config.json").read_text() == (src / "config.json").read_text()
+
+
+def base_copy(tiny_model_dir: Path, dst: Path) -> Path:
+    """The tiny model without its chat template, like a base model's directory."""
+    shutil.copytree(tiny_model_dir, dst)
+    (dst / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = json.loads((dst / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (dst / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_choose_chat_defaults_and_refuses_a_missing_template(tiny_model_dir, tmp_path):
+    instruct = models.resolve(str(tiny_model_dir))
+    tok = models.load_tokenizer(instruct)
+    assert instruct.chat and models.choose_chat(instruct, tok, None) is True
+    assert models.choose_chat(instruct, tok, False) is False
+    base = models.resolve(str(base_copy(tiny_model_dir, tmp_path / "base")))
+    base_tok = models.load_tokenizer(base)
+    assert models.choose_chat(base, base_tok, None) is False
+    with pytest.raises(TaskdivError, match="--chat-template: the tokenizer of .*base has no chat template"):
+        models.choose_chat(base, base_tok, True)
+
+
+def test_dtype_name():
+    assert models.dtype_name("float32") == "float32" and models.dtype_name("bf16") == "bfloat16"
+    assert models.dtype_name("auto") == ("bfloat16" if models.bf16_supported() else "float32")
+
+
+def test_left_pad_and_positions():
+    ids, mask = models.left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert models.padded_positions(mask).tolist() == [[0, 1, 2], [0, 0, 0]]

@@ -173,6 +173,22 @@ def test_target_ci_scores_until_narrow_or_exhausted(small_pool, tiny_model_dir, 
     assert loose.attrs["computed"] == 0
 
 
+def test_work_is_done_once(small_pool, tiny_model_dir, tmp_path, monkeypatch):
+    """The tokenizer is loaded once per run (the model comes with the same one), and with
+    --target-ci each round builds the scores table once, the last round included."""
+    scoring._load_model.cache_clear()
+    scoring._load_tokenizer.cache_clear()
+    loads, tables, rounds = [], [], []
+    load_tokenizer, scores_table, run = models.load_tokenizer, scoring._scores_table, scoring._Scorer.run
+    monkeypatch.setattr(models, "load_tokenizer", lambda ref: (loads.append(ref), load_tokenizer(ref))[1])
+    monkeypatch.setattr(scoring, "_scores_table", lambda *a: (tables.append(1), scores_table(*a))[1])
+    monkeypatch.setattr(scoring._Scorer, "run", lambda self, todo, desc: (rounds.append(desc), run(self, todo, desc))[1])
+    scores = scoring.score(make_cfg(small_pool, tmp_path / "w", tiny_model_dir, per_task=2, target_ci=1e-6,
+                                    max_new_tokens=3))
+    assert scores.attrs["computed"] == 16 and len(loads) == 1
+    assert len(tables) == len(rounds) > 1
+
+
 def test_long_prompts_are_truncated_from_the_left(tiny_model_dir, tmp_path):
     long = "word " * 300 + "the question at the end?"
     pool = write_jsonl(tmp_path / "p.jsonl", [{"id": "long", "prompt": long, "task": "t"},
@@ -325,3 +341,13 @@ def test_integration_smollm2_on_bigbench(tmp_path):
     # The two arithmetic answers are short numbers: the instruct model should end them with EOS
     # well before the 16-token limit at least sometimes, and those rows count the EOS.
     assert (scores["tokens"] < 16).any()
+
+
+def test_run_score_prints_the_task_table_and_the_metric_mapping(small_pool, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "s"
+    scoring.run_score(make_cfg(small_pool, out, tiny_model_dir, per_task=2, max_new_tokens=2, metric="mean_entropy"))
+    printed = capsys.readouterr().out
+    assert "confidence = mean_entropy as exp(-mean_entropy);" in printed
+    assert scoring.format_tasks(pd.read_csv(out / "tasks.csv")) in printed
+    scoring.run_score(make_cfg(small_pool, out, tiny_model_dir, per_task=2, max_new_tokens=2))
+    assert "confidence = mean_prob; wrote" in capsys.readouterr().out

@@ -214,3 +214,30 @@ def test_cli_train_prints_loss(tiny_model_dir, tmp_path, capsys):
     assert "loss: first" in capsys.readouterr().out
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").exists()
     shutil.rmtree(tmp_path / "run")
+
+
+def test_failed_save_leaves_no_staging_directory(tiny_model_dir, tmp_path):
+    """_save writes through fileio.atomic_dir: when writing merged/ fails, the old merged/
+    stays as it was and no staging directory is left in RUN."""
+    import peft
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules="all-linear", task_type="CAUSAL_LM"))
+    tok = models.load_tokenizer(models.resolve(str(tiny_model_dir)))
+    run = tmp_path / "run"
+    (run / "merged").mkdir(parents=True)
+    (run / "merged" / "old.txt").write_text("the previous merge")
+
+    class HalfWritten:
+        def save_pretrained(self, d, **kw):
+            d.mkdir(exist_ok=True)  # as save_pretrained does
+            (d / "model.safetensors").write_bytes(b"the first bytes")
+            raise OSError("No space left on device")
+
+    model.merge_and_unload = HalfWritten
+    with pytest.raises(OSError, match="No space left"):
+        training._save(model, tok, run, merge=True, lora=True)
+    assert sorted(p.name for p in run.iterdir()) == ["adapter", "merged"]
+    assert (run / "adapter" / "adapter_config.json").exists()
+    assert [p.name for p in (run / "merged").iterdir()] == ["old.txt"]

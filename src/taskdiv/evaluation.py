@@ -88,12 +88,13 @@ class EvalConfig:
 # ----------------------------------------------------------------------------- model
 
 
-def load_model(ref, dtype: str):
-    """(model, tokenizer) ready for inference; a LoRA adapter is merged for speed."""
+def load_model(ref, dtype: str, tokenizer=None):
+    """(model, tokenizer) ready for inference; a LoRA adapter is merged for speed. A
+    tokenizer already loaded is reused."""
     from . import models
 
     try:
-        model, tok = models.load(ref, dtype)
+        model, tok = models.load(ref, dtype, tokenizer)
     except RuntimeError as e:  # e.g. an adapter of another base model: size mismatch
         raise TaskdivError(f"{ref.name}: cannot load the model{' with its adapter' if ref.adapter else ''} "
                            f"({str(e).splitlines()[0][:300]})") from None
@@ -112,18 +113,6 @@ def free() -> None:
         torch.cuda.empty_cache()
 
 
-def _left_pad(seqs: list[list[int]], pad_id: int):
-    import torch
-
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s)
-        mask[i, width - len(s):] = 1
-    return ids, mask
-
-
 def choice_scores(model, prompt_ids: list[list[int]], choice_ids: list[list[list[int]]], pad_id: int,
                   max_rows: int = 64) -> list[np.ndarray]:
     """Mean log-probability per token of each choice continuation, one array per prompt.
@@ -134,10 +123,12 @@ def choice_scores(model, prompt_ids: list[list[int]], choice_ids: list[list[list
     """
     import torch
 
+    from .models import left_pad, padded_positions
+
     device = next(model.parameters()).device
-    ids, mask = _left_pad(prompt_ids, pad_id)
+    ids, mask = left_pad(prompt_ids, pad_id)
     ids, mask = ids.to(device), mask.to(device)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    pos = padded_positions(mask)
     with torch.inference_mode():
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
@@ -189,8 +180,10 @@ def generate(model, tok, prompt_ids: list[list[int]], max_new_tokens: int) -> li
     """Greedy continuations, cut at the first newline."""
     import torch
 
+    from .models import left_pad
+
     device = next(model.parameters()).device
-    ids, mask = _left_pad(prompt_ids, tok.pad_token_id)
+    ids, mask = left_pad(prompt_ids, tok.pad_token_id)
     with torch.inference_mode():
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                              max_new_tokens=max_new_tokens, stop_strings=["\n"], tokenizer=tok,
@@ -206,6 +199,24 @@ def normalise_answer(text: str) -> str:
 # ----------------------------------------------------------------------------- heldout suite
 
 
+def _answers(value, *, spec: str, row: int, rid: str, field: str) -> list[str] | None:
+    """A `targets` or `choices` cell as a list of strings.
+
+    targets: a string (one accepted answer) or a non-empty list. choices: missing (a
+    generative row) or a non-empty list; a bare string is refused, since reading it as
+    a list would make each character a choice.
+    """
+    if field == "choices" and (value is None or (isinstance(value, float) and value != value)):
+        return None
+    if field == "targets" and isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple, np.ndarray)) and len(value) > 0:
+        return [str(x) for x in value]
+    want = "a string or a non-empty list" if field == "targets" else "a non-empty list (or no value)"
+    raise DataError(f"id {rid!r}: expected {want}, got {type(value).__name__} {str(value)[:60]!r}",
+                    file=spec, row=row, field=field)
+
+
 def load_heldout(spec: str, limit: int | None) -> pd.DataFrame:
     from .data import load_pool
 
@@ -213,17 +224,18 @@ def load_heldout(spec: str, limit: int | None) -> pd.DataFrame:
     if "targets" not in frame.columns:
         raise DataError("no 'targets' field: held-out evaluation needs the accepted answers of each row "
                         "(and 'choices' for multiple choice)", file=spec)
-    bad = frame["targets"].map(lambda t: t is None or (not isinstance(t, str) and len(t) == 0)
-                               if not isinstance(t, float) else True)
+    bad = frame["targets"].map(lambda t: t is None or (isinstance(t, float) and t != t)
+                               or (isinstance(t, (list, tuple, np.ndarray)) and len(t) == 0))
     if bad.any():
         raise DataError(f"{int(bad.sum())} row(s) without targets: ids {', '.join(frame['id'][bad][:10])}",
                         file=spec, field="targets")
     frame = frame.copy()
-    frame["targets"] = frame["targets"].map(lambda t: [t] if isinstance(t, str) else [str(x) for x in t])
     if "choices" not in frame.columns:
         frame["choices"] = None
-    frame["choices"] = frame["choices"].map(
-        lambda c: None if c is None or isinstance(c, float) else [str(x) for x in c])
+    for col in ("targets", "choices"):
+        frame[col] = pd.Series([_answers(v, spec=spec, row=n + 1, rid=i, field=col)
+                                for n, (i, v) in enumerate(zip(frame["id"], frame[col]))],
+                               index=frame.index, dtype=object)
     mc = frame["choices"].notna()
     stray = mc & ~frame.apply(lambda r: r["choices"] is not None and set(r["targets"]) <= set(r["choices"]), axis=1)
     if stray.any():
@@ -239,22 +251,12 @@ def run_heldout(model, tok, frame: pd.DataFrame, chat: bool, cfg: EvalConfig, pa
     from . import models
     from .progress import bar
 
-    done: dict[str, dict] = {}
-    if partial.exists():
-        lines = partial.read_text(encoding="utf-8").splitlines()
-        if lines and json.loads(lines[0]).get("key") == key:
-            for ln in lines[1:]:
-                try:
-                    rec = json.loads(ln)
-                except json.JSONDecodeError:
-                    break  # a line cut off by the interruption
-                done[rec["id"]] = rec
-            log.info("resuming: %d of %d item(s) already evaluated", len(done), len(frame))
-        else:
-            partial.unlink()
-    if not partial.exists():
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps({"key": key}) + "\n", encoding="utf-8")
+    done = _read_partial(partial, key)
+    if done:
+        log.info("resuming: %d of %d item(s) already evaluated", len(done), len(frame))
+    # Rewritten (atomically) before appending: a line cut off by the interruption would
+    # otherwise run into the first new record, and the next resume would stop there.
+    write_jsonl(partial, [{"key": key}, *done.values()])
 
     todo = frame[~frame["id"].isin(list(done))]
     prompts = {i: models.encode_prompt(tok, p, chat) for i, p in zip(todo["id"], todo["prompt"])}
@@ -284,6 +286,28 @@ def run_heldout(model, tok, frame: pd.DataFrame, chat: bool, cfg: EvalConfig, pa
             _append(sink, recs, done, progress)
     progress.close()
     return pd.DataFrame([done[i] for i in frame["id"]])
+
+
+def _read_partial(partial: Path, key: str) -> dict[str, dict]:
+    """The records of a previous run with the same key, up to the first damaged line.
+
+    A header that cannot be read counts as another key: the file is started afresh.
+    """
+    if not partial.exists():
+        return {}
+    lines = partial.read_text(encoding="utf-8", errors="replace").splitlines()
+    records = []
+    for ln in lines:
+        try:
+            rec = json.loads(ln)
+        except json.JSONDecodeError:
+            break  # a line cut off by the interruption
+        if not isinstance(rec, dict):
+            break
+        records.append(rec)
+    if not records or records[0].get("key") != key:
+        return {}
+    return {rec["id"]: rec for rec in records[1:] if "id" in rec}
 
 
 def _append(sink, recs, done, progress) -> None:
@@ -356,27 +380,26 @@ def evaluate(cfg: EvalConfig) -> dict:
         raise TaskdivError("--limit, --batch-size and --n-boot must be positive")
     out = Path(cfg.out)
     ref = models.resolve(cfg.model)
-    dtype = "bfloat16" if cfg.dtype == "auto" and models.bf16_supported() else (
-        "float32" if cfg.dtype == "auto" else cfg.dtype)
-    prepared = None
-    if cfg.suite == "heldout":
-        frame = load_heldout(cfg.heldout, cfg.limit)  # validate inputs before loading the model
-    else:
-        from . import harness
-
-        prepared = harness.prepare(cfg, out)  # validates and converts the local files
+    dtype = models.dtype_name(cfg.dtype)
     tok = models.load_tokenizer(ref)
-    chat = models.chat_default(ref, tok) if cfg.chat_template is None else cfg.chat_template
+    chat = models.choose_chat(ref, tok, cfg.chat_template)
     key = _config_key(cfg, models.fingerprint(ref), chat, dtype)
     results_path = out / "results.json"
-    if results_path.exists():
+    if results_path.exists():  # checked first: preparing the inputs costs time (and rewrites MMLU's files)
         old = json.loads(results_path.read_text(encoding="utf-8"))
         if old.get("config") == json.loads(json.dumps(key)):
             log.info("%s: already evaluated with this config; reusing it", results_path)
             return old
+    # Validate the inputs before loading the model.
+    if cfg.suite == "heldout":
+        frame = load_heldout(cfg.heldout, cfg.limit)
+    else:
+        from . import harness
+
+        prepared = harness.prepare(cfg, out)  # validates and converts the local files
 
     start = time.perf_counter()
-    model, tok = load_model(ref, dtype)
+    model, tok = load_model(ref, dtype, tok)
     loaded = time.perf_counter()
     try:
         if cfg.suite == "heldout":
@@ -394,11 +417,9 @@ def evaluate(cfg: EvalConfig) -> dict:
                          for r in table.to_dict(orient="records")},
                "macro": macro, "load_seconds": round(loaded - start, 2), "seconds": round(seconds, 2),
                "seconds_per_item": round(seconds / max(1, len(items)), 4), "config": key}
-    if cfg.suite == "heldout":
-        write_jsonl(out / "items.jsonl", items.to_dict(orient="records"))
-    else:
+    if cfg.suite != "heldout":
         results["harness"] = raw
-        write_jsonl(out / "items.jsonl", items.to_dict(orient="records"))
+    write_jsonl(out / "items.jsonl", items.to_dict(orient="records"))
     macro_row = pd.DataFrame([{"task": "macro", "n": macro["n"], "accuracy": macro["accuracy"],
                                "ci_low": macro["ci_low"], "ci_high": macro["ci_high"]}])
     write_table(out / "per_task.csv", pd.concat([table, macro_row], ignore_index=True))

@@ -12,8 +12,8 @@ from the raw logits of each greedy step (no temperature or other processing):
     mean_entropy    mean entropy; LOWER means more confident
 
 `confidence(name, ...)` maps any metric to [0, 1] with higher = more confident, the
-contract of `taskdiv select --scores`: the probability metrics as they are, and
-exp(-mean_entropy) for the entropy.
+contract of `taskdiv select --scores`, through the metric's own `to_confidence`: the
+probability metrics as they are, and exp(-mean_entropy) for the entropy.
 
     python -m taskdiv.metrics      # prints the metrics of a small hand-made example
 """
@@ -32,6 +32,14 @@ class Metric:
     fn: Callable[[np.ndarray, np.ndarray], float]
     higher_is_better: bool   # True: a higher value means a more confident model
     help: str
+    # How a value becomes a confidence in [0, 1], higher = more confident (None: it is one
+    # already), and how that conversion is written in summaries.
+    to_confidence: Callable[[np.ndarray], np.ndarray] | None = None
+    confidence_label: str | None = None
+
+    def __post_init__(self):
+        assert self.higher_is_better or self.to_confidence is not None, \
+            "a metric where lower means more confident needs a to_confidence mapping"
 
 
 def mean_prob(logprobs: np.ndarray, entropies: np.ndarray) -> float:
@@ -54,7 +62,8 @@ METRICS: dict[str, Metric] = {
     "mean_prob": Metric(mean_prob, True, "mean token probability (the paper's)"),
     "geo_mean_prob": Metric(geo_mean_prob, True, "exp of the mean token log-probability"),
     "min_prob": Metric(min_prob, True, "probability of the least likely generated token"),
-    "mean_entropy": Metric(mean_entropy, False, "mean next-token entropy in nats (lower = more confident)"),
+    "mean_entropy": Metric(mean_entropy, False, "mean next-token entropy in nats (lower = more confident)",
+                           to_confidence=lambda h: np.exp(-h), confidence_label="exp(-mean_entropy)"),
 }
 
 
@@ -75,10 +84,8 @@ def compute_all(logprobs, entropies) -> dict[str, float]:
 
 def confidence(name: str, value):
     """A metric's value mapped to [0, 1], higher = more confident (works on arrays too)."""
-    if name == "mean_entropy":
-        return np.exp(-np.asarray(value, dtype=np.float64))
-    assert get(name).higher_is_better, f"metric {name!r} has no mapping to a confidence"
-    return np.asarray(value, dtype=np.float64)
+    metric, value = get(name), np.asarray(value, dtype=np.float64)
+    return value if metric.to_confidence is None else metric.to_confidence(value)
 
 
 if __name__ == "__main__":  # pragma: no cover - illustration

@@ -73,7 +73,8 @@ def resolve(name: str) -> ModelRef:
             raise TaskdivError(f"{name}: no such GGUF file")
         stat = path.stat()
         key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-        return ModelRef(name, str(_converted(f"gguf-{path.stem}-{key}", lambda out: path)), _has_chat(None))
+        converted = _converted(f"gguf-{path.stem}-{key}", lambda out: path)
+        return ModelRef(name, str(converted), _has_chat(converted))  # the GGUF's own chat template, if any
     if path.is_dir():
         adapter_cfg = path / "adapter" / "adapter_config.json"
         run_cfg = path / "config.yaml"
@@ -101,10 +102,8 @@ def resolve(name: str) -> ModelRef:
     raise unknown_name("model", name, EMBEDDED)
 
 
-def _has_chat(path: Path | None) -> bool:
+def _has_chat(path: Path) -> bool:
     """An instruct model ships a chat template; base models usually do not."""
-    if path is None:
-        return False
     cfg = path / "tokenizer_config.json"
     return (path / "chat_template.jinja").exists() or (
         cfg.exists() and "chat_template" in json.loads(cfg.read_text(encoding="utf-8")))
@@ -193,6 +192,11 @@ def resolve_dtype(name: str | None):
     return table[name]
 
 
+def dtype_name(name: str | None) -> str:
+    """The dtype `name` ('auto' included) stands for on this machine: 'bfloat16', 'float32' ..."""
+    return str(resolve_dtype(name)).removeprefix("torch.")
+
+
 def device() -> str:
     import torch
 
@@ -207,8 +211,9 @@ def load_tokenizer(ref: ModelRef):
     return tok
 
 
-def load(ref: ModelRef, dtype: str | None = "float32"):
-    """(model in eval mode, tokenizer) on the best device; adapters applied."""
+def load(ref: ModelRef, dtype: str | None = "float32", tokenizer=None):
+    """(model in eval mode, tokenizer) on the best device; adapters applied. A tokenizer
+    the caller has already loaded (`load_tokenizer(ref)`) is returned as it is."""
     transformers = require("transformers", "score")
     torch_dtype = resolve_dtype(dtype)
     model = transformers.AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch_dtype)
@@ -216,13 +221,40 @@ def load(ref: ModelRef, dtype: str | None = "float32"):
         peft = require("peft", "train")
         model = peft.PeftModel.from_pretrained(model, ref.adapter)
     model.to(device()).eval()
-    return model, load_tokenizer(ref)
+    return model, tokenizer if tokenizer is not None else load_tokenizer(ref)
+
+
+def left_pad(seqs: list[list[int]], pad_id: int):
+    """Token-id lists as one batch padded on the left: (input_ids, attention_mask) tensors."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s)
+        mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def padded_positions(mask):
+    """Position ids of a left-padded batch: they count real tokens only, as `generate` does."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def chat_default(ref: ModelRef, tokenizer) -> bool:
     return ref.chat if ref.name in EMBEDDED else bool(ref.chat or (ref.path.count("/") == 1 and
                                                                    getattr(tokenizer, "chat_template", None)
                                                                    and "instruct" in ref.path.lower()))
+
+
+def choose_chat(ref: ModelRef, tokenizer, requested: bool | None) -> bool:
+    """--chat-template as given, else the model's default; refused (before any work)
+    when the tokenizer has no chat template to format with."""
+    chat = chat_default(ref, tokenizer) if requested is None else requested
+    if chat and not getattr(tokenizer, "chat_template", None):
+        raise TaskdivError(f"--chat-template: the tokenizer of {ref.name} has no chat template")
+    return chat
 
 
 def prompt_text(tokenizer, prompt: str, chat: bool) -> str:

@@ -106,17 +106,14 @@ def generate_greedy(model, batch: list[list[int]], *, max_new_tokens: int, eos_i
     import torch
     from transformers import DynamicCache
 
+    from .models import left_pad, padded_positions
+
     dev = model.device
-    n, width = len(batch), max(len(ids) for ids in batch)
+    n = len(batch)
     assert n > 0 and min(len(ids) for ids in batch) > 0, "every prompt needs at least one token"
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for i, ids in enumerate(batch):
-        input_ids[i, width - len(ids):] = torch.tensor(ids)
-        mask[i, width - len(ids):] = 1
+    input_ids, mask = left_pad(batch, pad_id)
     input_ids, mask = input_ids.to(dev), mask.to(dev)
-    # Positions count real tokens only, as `generate` does for left padding.
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    positions = padded_positions(mask)
     eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=dev)
     rows = torch.arange(n, device=dev)  # original row of each row still in the batch
     steps: list[list[tuple[int, float, float]]] = [[] for _ in range(n)]
@@ -151,8 +148,16 @@ def generate_greedy(model, batch: list[list[int]], *, max_new_tokens: int, eos_i
 
 
 @functools.lru_cache(maxsize=1)
+def _load_tokenizer(ref):
+    """The tokenizer `score` formats with, and `_load_model` returns (loaded once)."""
+    from . import models
+
+    return models.load_tokenizer(ref)
+
+
+@functools.lru_cache(maxsize=1)
 def _load_model(ref, dtype: str):
-    """One model kept loaded, so in-process callers (experiments) load it once."""
+    """(model, tokenizer), one model kept loaded, so in-process callers (experiments) load it once."""
     import transformers
 
     from . import models, progress
@@ -160,7 +165,7 @@ def _load_model(ref, dtype: str):
     if not progress.enabled():
         transformers.utils.logging.disable_progress_bar()  # its "Loading weights" bar
     log.info("loading %s (%s)", ref.name, dtype)
-    return models.load(ref, dtype)
+    return models.load(ref, dtype, _load_tokenizer(ref))
 
 
 # ----------------------------------------------------------------------------- cache
@@ -366,22 +371,25 @@ def score(cfg: ScoreConfig) -> pd.DataFrame:
     The table has one row per scored prompt, in pool order; `run_score` prints the
     summary. The task table is `task_table(scores, pool)` (also in OUT/tasks.csv).
     """
+    return _score(cfg)[0]
+
+
+def _score(cfg: ScoreConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`score`, also returning the task table it wrote."""
     from . import models
 
     _check(cfg)
     pool = load_pool(cfg.pool, cfg.field_map())
     ref = models.resolve(cfg.model)
-    tokenizer = models.load_tokenizer(ref)
-    chat = models.chat_default(ref, tokenizer) if cfg.chat_template is None else cfg.chat_template
-    if chat and not getattr(tokenizer, "chat_template", None):
-        raise TaskdivError(f"--chat-template: the tokenizer of {cfg.model} has no chat template")
+    tokenizer = _load_tokenizer(ref)
+    chat = models.choose_chat(ref, tokenizer, cfg.chat_template)
     out = Path(cfg.out)
     _open_out(out)
     from transformers import AutoConfig
 
     context = getattr(AutoConfig.from_pretrained(ref.path), "max_position_embeddings", None) or 2048
     max_prompt = cfg.max_prompt_tokens or max(1, context - cfg.max_new_tokens)
-    dtype = str(models.resolve_dtype(cfg.dtype)).removeprefix("torch.")
+    dtype = models.dtype_name(cfg.dtype)
     settings = {"model": models.fingerprint(ref), "dtype": dtype, "max_new_tokens": cfg.max_new_tokens,
                 "chat": chat, "max_prompt_tokens": max_prompt, "format": FORMAT_VERSION}
     cache = ScoreCache(out / "cache.sqlite", settings)
@@ -396,8 +404,8 @@ def score(cfg: ScoreConfig) -> pd.DataFrame:
         chosen = np.zeros(len(frame), dtype=bool)
         reused: set[str] = set()
         round_no = 0
-        while sizes:
-            new = np.concatenate([orders[t][:k] for t, k in sizes.items()])
+        while True:
+            new = np.concatenate([orders[t][:k] for t, k in sizes.items()])  # load_pool refuses an empty pool
             new = new[~chosen[new]]
             chosen[new] = True
             todo = {shas[i]: frame["prompt"].iat[i] for i in new}
@@ -406,18 +414,16 @@ def score(cfg: ScoreConfig) -> pd.DataFrame:
             round_no += 1
             scorer.run(todo, "scoring" if round_no == 1 else f"scoring (round {round_no})")
             stored |= set(todo)
-            if cfg.target_ci is None:
+            scores = _scores_table(frame, shas, chosen, cache, cfg.metric)
+            table = task_table(scores, pool)
+            sizes = {} if cfg.target_ci is None else _next_sizes(table, cfg.target_ci)
+            if not sizes:
                 break
-            table = task_table(_scores_table(frame, shas, chosen, cache, cfg.metric), pool)
-            sizes = _next_sizes(table, cfg.target_ci)
-            if sizes:
-                scored = table.set_index("task")["scored"]
-                log.info("--target-ci %g: %d task(s) still wider; scoring up to %d more prompt(s)", cfg.target_ci,
-                         len(sizes), sum(k - scored[t] for t, k in sizes.items()))
-        scores = _scores_table(frame, shas, chosen, cache, cfg.metric)
+            scored = table.set_index("task")["scored"]
+            log.info("--target-ci %g: %d task(s) still wider; scoring up to %d more prompt(s)", cfg.target_ci,
+                     len(sizes), sum(k - scored[t] for t, k in sizes.items()))
     finally:
         cache.close()
-    table = task_table(scores, pool)
     write_table(out / "scores.csv", scores)
     write_table(out / "scores.parquet", scores)
     write_table(out / "tasks.csv", table)
@@ -427,7 +433,7 @@ def score(cfg: ScoreConfig) -> pd.DataFrame:
                         generation_seconds=scorer.seconds, available=len(frame))
     log.info("scored %d of %d prompts: %d reused from the cache, %d generated", len(scores), len(frame),
              len(reused), scorer.computed)
-    return scores
+    return scores, table
 
 
 def _scores_table(frame: pd.DataFrame, shas: np.ndarray, chosen: np.ndarray, cache: ScoreCache,
@@ -453,14 +459,14 @@ def format_tasks(table: pd.DataFrame, max_rows: int = 60) -> str:
 
 
 def run_score(cfg: ScoreConfig) -> None:
-    scores = score(cfg)
+    scores, table = _score(cfg)
     out = Path(cfg.out)
-    table = pd.read_csv(out / "tasks.csv")
     a = scores.attrs
     print(format_tasks(table))
     rate = f" ({a['computed'] / a['generation_seconds']:.2f} prompts/s)" if a["computed"] else ""
     print(f"scored {len(scores)} of {a['available']} prompt(s) in {len(table)} task(s): {a['reused']} reused from "
           f"the cache, {a['computed']} generated in {a['generation_seconds']:.1f} s{rate}; "
           f"{int(scores['truncated'].sum())} truncated from the left")
-    print(f"confidence = {cfg.metric}" + (" as exp(-mean_entropy)" if cfg.metric == "mean_entropy" else "")
+    label = metrics_mod.get(cfg.metric).confidence_label
+    print(f"confidence = {cfg.metric}" + (f" as {label}" if label else "")
           + f"; wrote {out / 'scores.csv'}, {out / 'scores.parquet'}, {out / 'tasks.csv'}")

@@ -29,7 +29,6 @@ import gc
 import hashlib
 import json
 import logging
-import os
 import shutil
 import warnings
 from dataclasses import dataclass, field, fields
@@ -39,7 +38,7 @@ import yaml
 
 from . import __version__
 from .errors import DataError, TaskdivError
-from .fileio import write_json, write_text, write_yaml
+from .fileio import atomic_dir, write_json, write_text, write_yaml
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +152,7 @@ def resolved_config(cfg: TrainConfig, chat: bool) -> dict:
 
     out = {"command": "train", **{f.name: getattr(cfg, f.name) for f in fields(cfg)}}
     out["lr"] = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.method]
-    out["dtype"] = "bfloat16" if cfg.dtype == "auto" and models.bf16_supported() else (
-        "float32" if cfg.dtype == "auto" else cfg.dtype)
+    out["dtype"] = models.dtype_name(cfg.dtype)
     out["chat"] = chat
     out["data_sha256"] = file_sha256(cfg.data)
     out["taskdiv_version"] = __version__
@@ -251,7 +249,7 @@ def train(cfg: TrainConfig) -> Path:
         raise TaskdivError(f"--model {cfg.model}: an adapter cannot be the base of a new run; train that run "
                            f"with --merge and pass its directory (its merged/ weights are used)")
     tokenizer = models.load_tokenizer(ref)
-    chat = models.chat_default(ref, tokenizer) if cfg.chat_template is None else cfg.chat_template
+    chat = models.choose_chat(ref, tokenizer, cfg.chat_template)
     resolved = resolved_config(cfg, chat)
     if check_existing(run, resolved):
         log.info("%s: already trained (done); nothing to do", run)
@@ -334,7 +332,8 @@ def _quiet(datasets):
 
 
 def _save(model, tokenizer, run: Path, *, merge: bool, lora: bool) -> None:
-    """adapter/ (and merged/) written to temporary directories, then renamed into place."""
+    """adapter/ (and merged/) written to staging directories, then renamed into place
+    (a failed save leaves neither a half-written output nor its staging directory)."""
     outputs = []
     if lora:
         outputs.append(("adapter", lambda d: model.save_pretrained(d)))
@@ -344,12 +343,9 @@ def _save(model, tokenizer, run: Path, *, merge: bool, lora: bool) -> None:
             full.save_pretrained(d, safe_serialization=True)
         outputs.append(("merged", merged))  # after the adapter: merging changes the model
     for name, save in outputs:
-        tmp = run / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save(tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(run / name, ignore_errors=True)
-        os.replace(tmp, run / name)
+        with atomic_dir(run / name) as staging:
+            save(staging)
+            tokenizer.save_pretrained(staging)
 
 
 def run_train(cfg: TrainConfig) -> None:
