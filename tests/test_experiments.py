@@ -76,6 +76,7 @@ def test_tiny_grid_end_to_end_survives_sigkill(tmp_path, tiny_model_dir):
 
 @pytest.mark.parametrize("override,match", [
     ({"strategies": ["random", "task-diversty"]}, "key 'strategies'"),
+    ({"within": "kcenter"}, "key 'within': unknown within-task picker 'kcenter'"),
     ({"budgets": [4, 500]}, "key 'budgets': 500 is 500 prompts; the pool has 20"),
     ({"model": "no-such-model"}, "key 'model'"),
     ({"train": {"epochz": 1}}, "train.epochz"),

@@ -120,8 +120,10 @@ def _stage_config(cls, options: dict, key: str, fixed: dict):
 def plan(cfg: ExperimentConfig, pool_size: int) -> list[Run]:
     """Validate the grid against the pool and list the runs (base first, then seed by seed)."""
     from .allocation import parse_budget
-    from .strategies import STRATEGIES
+    from .strategies import STRATEGIES, WITHIN
 
+    if cfg.within not in WITHIN:
+        raise TaskdivError(f"experiment config: key 'within': {unknown_name('within-task picker', cfg.within, WITHIN)}")
     for s in cfg.strategies:
         if s not in STRATEGIES or s == "full":
             raise TaskdivError(f"experiment config: key 'strategies': "
