@@ -117,10 +117,6 @@ def check_format(name: str) -> str:
 # ----------------------------------------------------------------------------- reading
 
 
-# label_studio.py reads its export with this; it lives in data.py beside the other readers.
-read_json_document = data.read_json_document
-
-
 def read_selection(path) -> pd.DataFrame:
     """The selection's rows (id, task, prompt, and confidence when scored), validated."""
     path = Path(path)

@@ -23,6 +23,7 @@ Field names are mapped with `FieldMap`; Alpaca (instruction/input/output) and ch
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import re
@@ -149,10 +150,7 @@ def load_pool(spec: str, fields: FieldMap | None = None, *, require_tasks: bool 
         raw, where = _read_path(Path(name))
     if len(raw) == 0:
         raise DataError("the pool is empty: the source has no rows", file=spec)
-    frame = normalise(raw, fields, source=str(spec), where=where, require_tasks=require_tasks)
-    if len(frame) == 0:
-        raise DataError("the pool is empty", file=spec)
-    return Pool(frame, str(spec))
+    return Pool(normalise(raw, fields, source=str(spec), where=where, require_tasks=require_tasks), str(spec))
 
 
 def _read_path(path: Path) -> tuple[pd.DataFrame, str]:
@@ -203,7 +201,7 @@ def read_csv(path: Path, **kwargs) -> pd.DataFrame:
         raise DataError("the file is empty", file=path)
     _check_utf8(path, data)
     try:
-        return pd.read_csv(path, **kwargs)
+        return pd.read_csv(io.BytesIO(data), **kwargs)
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
         raise DataError(f"not a readable CSV ({e})", file=path) from None
 

@@ -80,7 +80,8 @@ def read_export(path: Path):
     annotation (the annotator pressed Skip) is 'skipped'; one whose response text is
     blank is 'empty'. Drafts are not annotations and are not read.
     """
-    from .annotation import Answer, Item, read_json_document
+    from .annotation import Answer, Item
+    from .data import read_json_document
 
     data = read_json_document(path)
     if not isinstance(data, list):
