@@ -66,3 +66,32 @@ def test_split_sizes_out_of_range_are_refused(option):
     name = option.split("=")[0]
     with pytest.raises(TaskdivError, match=rf"bigbench: {name}=\S+ must be"):
         load_pool(f"bigbench:navigate?{option}")
+
+
+@pytest.mark.parametrize("task", ["cause_and_effect/one_sentence", "cause_and_effect/one_sentence_no_prompt",
+                                  "cause_and_effect/two_sentences", "misconceptions_russian", "logical_sequence"])
+def test_split_keys_on_what_the_model_sees(task):
+    # Every example of these tasks has the same `input` (the content is in the choices):
+    # keyed on the input alone, the whole task landed in the test part.
+    full = load_pool(f"bigbench:{task}?split=all").frame
+    pool, test = load_pool(f"bigbench:{task}"), load_pool(f"bigbench:{task}?split=test")
+    assert len(pool) + len(test) == len(full)
+    assert 0 < len(test) <= len(full) // 2, (len(test), len(full))
+    assert abs(len(test) - round(0.2 * len(full))) <= 1
+    assert not set(pool.ids) & set(test.ids)
+
+
+def test_split_never_puts_one_item_on_both_sides():
+    import pandas as pd
+
+    from taskdiv.bigbench import split_task
+
+    # Five copies of one item and five distinct ones: a cut inside the run of copies moves
+    # to a boundary of the run, and the test part never exceeds half the task.
+    keys = ["same"] * 5 + [f"k{i}" for i in range(5)]
+    frame = pd.DataFrame({"task": "t", "_key": keys, "id": range(10)})
+    for test in (1, 2, 3, 4, 5):
+        pool_part, test_part = split_task(frame, test=test)
+        assert len(test_part) <= 5 and len(pool_part) + len(test_part) == 10
+        copies_in_test = int((test_part["_key"] == "same").sum())
+        assert copies_in_test in (0, 5), (test, copies_in_test)

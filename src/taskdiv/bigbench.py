@@ -14,8 +14,10 @@ choices appended in a seeded order), with:
     targets   the accepted answers (every top-scoring choice, or every target)
 
 Each task is split deterministically into a held-out test part and a pool part:
-examples are ordered by a seeded hash of their input (identical inputs land on the
-same side) and the first `test` of them are the test part. Spec options
+examples are ordered by a seeded hash of what the model sees, the formatted prompt
+with its choices (identical items land on the same side; hashing the raw `input`
+alone sent every example of tasks whose input is always "" to one side), and the
+first `test` of them are the test part, never more than half the task. Spec options
 (`bigbench:TASKS?key=value&...`):
     split     pool (default) | test | all
     test      test part per task: a fraction (<1) or a whole count (default 0.2; at most half)
@@ -193,8 +195,11 @@ def read_task(name: str) -> pd.DataFrame:
         else:
             continue  # neither a target nor scores: nothing to learn or evaluate
         prompt = (task_prefix + input_prefix + text + output_prefix).lstrip().rstrip(" ")
+        # The split key is what the model sees: the prompt and, where they are not
+        # appended to it, the choices (sorted: their order is presentation only).
+        key = prompt if choices is None else prompt + "\x1f" + "\x1f".join(sorted(choices))
         rows.append({"id": f"{name}:{index:05d}", "prompt": prompt, "task": name, "response": response,
-                     "choices": choices, "targets": targets, "_key": str(ex.get("input", ""))})
+                     "choices": choices, "targets": targets, "_key": key})
     return pd.DataFrame(rows, columns=["id", "prompt", "task", "response", "choices", "targets", "_key"])
 
 
@@ -210,11 +215,17 @@ def split_task(frame: pd.DataFrame, *, test: float = 0.2, max_pool: int | None =
     order = np.argsort(np.asarray(keys, dtype=np.uint64), kind="stable")
     n_test = int(test) if test >= 1 else int(round(test * n))
     n_test = min(n_test, n // 2)
-    # Identical inputs share a hash, so they sit next to each other: move the cut so
-    # that no input is on both sides.
+    # Identical items share a hash, so they sit next to each other: move the cut to a
+    # boundary of their run so that no item is on both sides; forward if that keeps the
+    # test part at most half the task, else back.
     sorted_keys = np.asarray(keys, dtype=np.uint64)[order]
-    while 0 < n_test < n and sorted_keys[n_test] == sorted_keys[n_test - 1]:
-        n_test += 1
+    if 0 < n_test < n and sorted_keys[n_test] == sorted_keys[n_test - 1]:
+        forward, back = n_test, n_test
+        while forward < n and sorted_keys[forward] == sorted_keys[forward - 1]:
+            forward += 1
+        while back > 0 and sorted_keys[back] == sorted_keys[back - 1]:
+            back -= 1
+        n_test = forward if forward <= n // 2 else back
     test_part = frame.iloc[order[:n_test]]
     pool_part = frame.iloc[order[n_test:]]
     if pool_frac < 1:
