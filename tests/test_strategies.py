@@ -92,7 +92,7 @@ def test_other_seed_other_selection(name, params):
     a = list(strategy.select(pool, budget, inputs).ids)
     b = list(get_strategy(name, seed=2, **params).select(pool, budget, inputs).ids)
     random_inside = name in ("random", "task-diversity", "weighted-task-diversity", "proportional",
-                             "k-center") and params.get("within") != "lowest-confidence"
+                             "sharp-weighted-task-diversity", "k-center") and params.get("within") != "lowest-confidence"
     if random_inside:
         assert a != b
     elif name in ("full", "uncertainty"):
@@ -105,6 +105,26 @@ def test_weighted_gives_more_to_unsure_tasks():
     result = get_strategy("weighted-task-diversity", seed=0).select(pool, 50, inputs)
     table = result.allocation.set_index("task")
     assert table.loc["t0", "allocated"] == 40 and table.loc["t1", "allocated"] == 10
+
+
+def test_sharp_weighting_covers_every_task_then_favours_unsure_ones():
+    # Confidences 0.5 / 0.8 (a small model's range). The two tiny tasks are capped at 3; WTD
+    # splits the other 56 about 34/22 (1.6x), the sharp variant about 45/11 (0.8^3 / 0.5^3 = 4.1x).
+    pool, inputs = make_pool([100, 100, 3, 3])
+    inputs.confidence = np.where(pool.frame["task"] == "t0", 0.5, 0.8)
+    wtd = get_strategy("weighted-task-diversity", seed=0).select(pool, 62, inputs).allocation.set_index("task")
+    sharp = get_strategy("sharp-weighted-task-diversity", seed=0).select(pool, 62, inputs)
+    table = sharp.allocation.set_index("task")
+    assert (table["allocated"] >= 1).all()
+    assert table.loc["t0", "allocated"] / table.loc["t1", "allocated"] > 3.5
+    assert wtd.loc["t0", "allocated"] / wtd.loc["t1", "allocated"] < 1.8
+    np.testing.assert_allclose(table["weight"], wtd["weight"] ** 3)
+    # Budget 5 on 4 tasks: by weight alone one confident task would get nothing (2.9/0.7/0.7/0.7).
+    tight = get_strategy("sharp-weighted-task-diversity", seed=0).select(pool, 5, inputs).allocation
+    assert (tight["allocated"] >= 1).all()
+    # A budget below the number of tasks cannot cover them all: no floor, no error.
+    small = get_strategy("sharp-weighted-task-diversity", seed=0).select(pool, 3, inputs)
+    assert len(small.ids) == 3
 
 
 def test_rank_order_interleaves_tasks():
