@@ -1,5 +1,6 @@
 """`taskdiv experiment`: a tiny grid end to end, SIGKILL and resume, bad configs."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,6 +73,30 @@ def test_tiny_grid_end_to_end_survives_sigkill(tmp_path, tiny_model_dir):
     report = (exp / "report.md").read_text()
     assert "| random |" in report and "| weighted-task-diversity |" in report and "n/a" not in report
     assert (exp / "accuracy_vs_budget.png").exists() and (exp / "allocation.png").exists()
+
+    # Evaluated runs keep no weights, but their compact results, and record the code they ran.
+    assert not list(exp.glob("runs/*/train/adapter")) and not list(exp.glob("runs/*/train/checkpoints"))
+    assert "code" in pd.read_json(exp / "runs" / "random-b4-s0" / "result.json", typ="series")
+    ids = (exp / "runs" / "random-b4-s0" / "selection" / "ids.txt").read_text().split()
+    assert len(ids) == 4 and set(ids) <= set(pd.read_json(exp / "runs" / "random-b4-s0" / "selection" /
+                                                         "selection.jsonl", lines=True)["id"])
+    # Committed through EXP/.gitignore and cloned on a new machine, the grid is complete:
+    # a rerun starts nothing, and the tables come back the same.
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    shutil.copytree(exp, tmp_path / "repo" / "exp")
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "results"]):
+        subprocess.run(git + cmd, cwd=tmp_path / "repo", check=True)
+    subprocess.run(git + ["clone", "-q", str(tmp_path / "repo"), str(tmp_path / "clone")], check=True)
+    clone = tmp_path / "clone" / "exp"
+    committed = subprocess.run(["git", "ls-files"], cwd=tmp_path / "clone", capture_output=True,
+                               text=True).stdout.split()
+    assert not [f for f in committed if f.endswith((".safetensors", "data.jsonl", "selection.jsonl", ".sqlite"))]
+    assert (clone / "runs" / "random-b4-s0" / "selection" / "ids.txt").exists()
+    done = {p: p.stat().st_mtime_ns for p in clone.glob("runs/*/done")}
+    assert len(done) == 10
+    assert main(["experiment", str(cfg), "--out", str(clone)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in clone.glob("runs/*/done")} == done
+    pd.testing.assert_frame_equal(pd.read_csv(clone / "results.csv"), pd.read_csv(exp / "results.csv"))
 
 
 @pytest.mark.parametrize("override,match", [

@@ -12,7 +12,14 @@ Layout and resumption:
     EXP/runs/RUN/                   selection/, data.jsonl, train/, eval/, result.json, done
     EXP/results.csv                 one row per finished run (rebuilt from the run dirs)
     EXP/per_task.csv, allocations.csv
-A rerun skips runs with a `done` marker; inside an unfinished run each stage skips
+    EXP/.gitignore                  what not to commit (see below)
+Once a run is evaluated its weights (train/adapter, merged, checkpoints) are deleted
+unless `keep_weights: true`, and selection/ids.txt lists the chosen ids. EXP/.gitignore
+leaves out the bulky files (weights, data.jsonl, selection.jsonl, per-item predictions,
+the score cache), so `git add EXP` commits each finished run's compact results:
+result.json (with the code commit it ran at), done, eval/per_task.csv, selection/
+ids.txt and allocation.csv, train/train_metrics.json. A rerun on a new clone then
+skips every committed run. A rerun skips runs with a `done` marker; inside an unfinished run each stage skips
 what it already finished (training resumes from its last checkpoint), so a grid
 killed at any point resumes where it stopped, with no duplicate rows. A rerun may extend
 the grid (strategies, budgets, seeds) but fails if a key that defines a run (model, pool,
@@ -27,6 +34,8 @@ import dataclasses
 import gc
 import json
 import logging
+import shutil
+import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -74,11 +83,14 @@ class ExperimentConfig:
     evaluate: dict = field(default_factory=dict, metadata={"help": "Options of `taskdiv evaluate` (every suite)."})
     suite_options: dict = field(default_factory=dict, metadata={
         "help": "Per-suite options over `evaluate`, e.g. {mmlu: {harness_tasks: [mmlu]}}."})
+    keep_weights: bool = field(default=False, metadata={
+        "help": "Keep each run's trained weights (by default deleted once the run is evaluated)."})
     name: str = field(default="experiment", metadata={"help": "A name for reports."})
 
 
 # The keys that define what a run computes; the others (strategies, budgets, seeds, full,
-# full_seeds, base, name) only choose which runs there are, so a rerun may change them.
+# full_seeds, base, keep_weights, name) only choose which runs there are or what is kept,
+# so a rerun may change them.
 RUN_DEFINING = ("pool", "test", "pool_fields", "model", "suites", "within", "min_per_task", "embedding_model",
                 "score", "train", "evaluate", "suite_options")
 
@@ -269,6 +281,7 @@ class Experiment:
 
         runs = self.prepare()
         write_yaml(self.out / "config.yaml", configmod.to_dict(self.cfg))
+        write_text(self.out / ".gitignore", GITIGNORE)
         _quiet_inner_progress()
         todo = [r for r in runs if not (self.run_dir(r) / "done").exists()]
         log.info("experiment %s: %d run(s), %d already done", self.cfg.name, len(runs), len(runs) - len(todo))
@@ -307,6 +320,11 @@ class Experiment:
                 sel_cfg = self._select_config(run, sel_dir)
                 rows, allocation = select(sel_cfg, pool=self.pool)
                 write_selection(sel_dir, rows, allocation, sel_cfg)
+            if not (sel_dir / "ids.txt").exists():
+                from .data import iter_jsonl
+
+                ids = [str(row["id"]) for _, row in iter_jsonl(sel_dir / "selection.jsonl")]
+                write_text(sel_dir / "ids.txt", "".join(f"{i}\n" for i in ids))
             stage("annotate")
             data = d / "data.jsonl"
             if not data.exists():
@@ -330,9 +348,14 @@ class Experiment:
             record[f"{suite}_accuracy"] = macro["accuracy"]
         record["eval_seconds"] = round(time.time() - t0, 1)
         record["seconds"] = round(time.time() - started, 1)
+        record["code"] = code_version()
         record = {"run": record.pop("run"), **record}
         write_json(d / "result.json", record)
         write_text(d / "done", time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+        if not self.cfg.keep_weights:
+            # After `done`: a run killed before it still has the weights its evaluation needs.
+            for sub in ("adapter", "merged", "checkpoints"):
+                shutil.rmtree(d / "train" / sub, ignore_errors=True)
         gc.collect()
 
     def oracle(self, selection: Path, data: Path) -> None:
@@ -373,6 +396,36 @@ class Experiment:
         if allocations:
             write_table(self.out / "allocations.csv", pd.concat(allocations, ignore_index=True))
         return table
+
+
+# EXP/.gitignore: everything but the compact results of each run (see the module docstring).
+GITIGNORE = """# Written by `taskdiv experiment`: commit EXP for the compact results of finished runs.
+runs/*/data.jsonl
+runs/*/selection/selection.jsonl
+runs/*/train/*
+!runs/*/train/train_metrics.json
+!runs/*/train/config.yaml
+runs/*/eval*/items.jsonl
+runs/*/eval*/.items.partial.jsonl
+runs/*/eval*/harness/
+scores/cache.sqlite*
+"""
+
+
+def code_version() -> str | None:
+    """The git commit of the taskdiv source that ran (with '+dirty' for uncommitted changes),
+    or None outside a git checkout; recorded in every result.json."""
+    src = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", str(src)],
+                               capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _quiet_inner_progress() -> None:

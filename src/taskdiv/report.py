@@ -28,7 +28,8 @@ from .fileio import atomic_path, write_text
 log = logging.getLogger(__name__)
 
 REFERENCE = ("full", "base")
-ORDER = ["random", "proportional", "task-diversity", "weighted-task-diversity", "k-center", "uncertainty"]
+ORDER = ["random", "proportional", "task-diversity", "weighted-task-diversity", "sharp-weighted-task-diversity",
+         "k-center", "uncertainty"]
 
 
 @dataclass
