@@ -188,3 +188,34 @@ def test_rerun_may_extend_the_grid_but_not_change_a_run(tmp_path, tiny_model_dir
     assert main(["experiment", str(renamed), "--out", str(exp)]) == 0
     assert "name: second" in (exp / "config.yaml").read_text()
     assert (exp / "runs" / "base" / "result.json").read_text() == result
+
+
+def test_grid_blocks_give_a_sparse_grid_seed_by_seed(tmp_path, tiny_model_dir):
+    from taskdiv.experiments import grid_strategies, load_config, plan
+
+    grid = [{"strategies": ["random", "task-diversity"], "budgets": [4, 8]},
+            {"strategies": ["uncertainty"], "budgets": [8]},
+            {"strategies": ["random"], "budgets": [16], "seeds": [0]}]
+    cfg = load_config(write_config(tmp_path / "g.yaml", tiny_model_dir, grid=grid, full=False))
+    ids = [r.id for r in plan(cfg, 20)]
+    assert ids == ["base",
+                   "random-b4-s0", "task-diversity-b4-s0", "random-b8-s0", "task-diversity-b8-s0",
+                   "uncertainty-b8-s0", "random-b16-s0",
+                   "random-b4-s1", "task-diversity-b4-s1", "random-b8-s1", "task-diversity-b8-s1",
+                   "uncertainty-b8-s1"]
+    assert grid_strategies(cfg) == ["random", "task-diversity", "uncertainty"]
+
+
+@pytest.mark.parametrize("grid,match", [
+    ([{"strategies": ["random"], "budgets": [4]}, {"strategies": ["random"], "budgets": ["20%"]}],
+     "key 'grid': two blocks (or a repeated value) give the same run: random-b4-s0"),
+    ([{"strategies": ["randm"], "budgets": [4]}], "key 'grid[0].strategies': unknown strategy 'randm'"),
+    ([{"strategies": ["random"], "budgets": [4]}, {"strategies": ["random"], "budget": [8]}], "key 'grid[1]' must be"),
+    ([{"strategies": ["random"], "budgets": [400]}], "key 'grid[0].budgets': 400 is 400 prompts; the pool has 20"),
+    ([{"strategies": ["random"], "budgets": [4], "seeds": []}], "key 'grid[0].seeds' is empty"),
+])
+def test_bad_grid_fails_before_any_run(tmp_path, tiny_model_dir, capsys, grid, match):
+    cfg = write_config(tmp_path / "bad.yaml", tiny_model_dir, grid=grid)
+    assert main(["experiment", str(cfg), "--out", str(tmp_path / "exp")]) == 1
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "exp" / "runs").exists()

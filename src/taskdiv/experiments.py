@@ -71,6 +71,10 @@ class ExperimentConfig:
                                   metadata={"help": "Strategies to compare."})
     budgets: list[str] = field(default_factory=lambda: ["10%", "20%"], metadata={"help": "Budgets (counts or %)."})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds (selection and training)."})
+    grid: list[dict] | None = field(default=None, metadata={
+        "help": "Instead of strategies x budgets x seeds: a list of such blocks, e.g. [{strategies: [random], "
+                "budgets: [400], seeds: [0, 1, 2]}, ...] (a block without seeds takes the key 'seeds'); runs go "
+                "seed by seed, each seed through the blocks in order."})
     full: bool = field(default=True, metadata={"help": "Add a run trained on the whole pool."})
     full_seeds: list[int] | None = field(default=None, metadata={
         "help": "Seeds of the full run (default: first seed); ones not in seeds run after the grid."})
@@ -88,7 +92,7 @@ class ExperimentConfig:
     name: str = field(default="experiment", metadata={"help": "A name for reports."})
 
 
-# The keys that define what a run computes; the others (strategies, budgets, seeds, full,
+# The keys that define what a run computes; the others (strategies, budgets, seeds, grid, full,
 # full_seeds, base, keep_weights, name) only choose which runs there are or what is kept,
 # so a rerun may change them.
 RUN_DEFINING = ("pool", "test", "pool_fields", "model", "suites", "within", "min_per_task", "embedding_model",
@@ -129,6 +133,35 @@ def _stage_config(cls, options: dict, key: str, fixed: dict):
     return configmod.build(cls, {**clean, **fixed})
 
 
+def blocks(cfg: ExperimentConfig) -> list[dict]:
+    """The grid as blocks of strategies x budgets x seeds: the blocks of `grid`, or one block
+    of the top-level keys. Each block has `key` (its name in error messages) too."""
+    if cfg.grid is None:
+        return [{"key": "", "strategies": list(cfg.strategies), "budgets": list(cfg.budgets),
+                 "seeds": list(cfg.seeds)}]
+    if not isinstance(cfg.grid, list) or not cfg.grid:
+        raise TaskdivError("experiment config: key 'grid' must be a non-empty list of blocks "
+                           "({strategies: [...], budgets: [...], seeds: [...]})")
+    out = []
+    for i, block in enumerate(cfg.grid):
+        key = f"grid[{i}]."
+        if not isinstance(block, dict) or not {"strategies", "budgets"} <= set(block) \
+                or set(block) - {"strategies", "budgets", "seeds"}:
+            raise TaskdivError(f"experiment config: key 'grid[{i}]' must be a mapping with strategies, budgets "
+                               f"and (optionally; default: the key 'seeds') seeds, got {block!r}")
+        values = {k: block.get(k, cfg.seeds) for k in ("strategies", "budgets", "seeds")}
+        for k, v in values.items():
+            if not isinstance(v, list):
+                raise TaskdivError(f"experiment config: key '{key}{k}' must be a list, got {v!r}")
+        out.append({"key": key, **values})
+    return out
+
+
+def grid_strategies(cfg: ExperimentConfig) -> list[str]:
+    """Every strategy of the grid, in order of first appearance."""
+    return list(dict.fromkeys(s for block in blocks(cfg) for s in block["strategies"]))
+
+
 def plan(cfg: ExperimentConfig, pool_size: int) -> list[Run]:
     """Validate the grid against the pool and list the runs (base first, then seed by seed)."""
     from .allocation import parse_budget
@@ -136,44 +169,61 @@ def plan(cfg: ExperimentConfig, pool_size: int) -> list[Run]:
 
     if cfg.within not in WITHIN:
         raise TaskdivError(f"experiment config: key 'within': {unknown_name('within-task picker', cfg.within, WITHIN)}")
-    for s in cfg.strategies:
-        if s not in STRATEGIES or s == "full":
-            raise TaskdivError(f"experiment config: key 'strategies': "
-                               f"{unknown_name('strategy', s, [k for k in STRATEGIES if k != 'full'])}")
-    if not cfg.seeds:
-        raise TaskdivError("experiment config: key 'seeds' is empty")
-    budgets = []
-    for b in cfg.budgets:
-        try:
-            n = parse_budget(b, pool_size)
-        except TaskdivError as e:
-            raise TaskdivError(f"experiment config: key 'budgets': {e}") from None
-        if not 0 < n <= pool_size:
-            raise TaskdivError(f"experiment config: key 'budgets': {b} is {n} prompts; the pool has {pool_size}")
-        budgets.append((str(b), n))
-    full_seeds = list(cfg.full_seeds) if cfg.full_seeds is not None else cfg.seeds[:1]
-    runs = [Run("base", "base", "0", 0, cfg.seeds[0])] if cfg.base else []
-    for seed in cfg.seeds:
-        for budget, n in budgets:
-            for s in cfg.strategies:
-                runs.append(Run(f"{s}-b{n}-s{seed}", s, budget, n, seed))
+    grid = blocks(cfg)
+    for block in grid:
+        key = block["key"]
+        for s in block["strategies"]:
+            if s not in STRATEGIES or s == "full":
+                raise TaskdivError(f"experiment config: key '{key}strategies': "
+                                   f"{unknown_name('strategy', s, [k for k in STRATEGIES if k != 'full'])}")
+        if not block["seeds"]:
+            raise TaskdivError(f"experiment config: key '{key}seeds' is empty")
+        block["sized"] = []
+        for b in block["budgets"]:
+            try:
+                n = parse_budget(b, pool_size)
+            except TaskdivError as e:
+                raise TaskdivError(f"experiment config: key '{key}budgets': {e}") from None
+            if not 0 < n <= pool_size:
+                raise TaskdivError(f"experiment config: key '{key}budgets': {b} is {n} prompts; "
+                                   f"the pool has {pool_size}")
+            block["sized"].append((str(b), n))
+    if cfg.grid is None:
+        seeds = list(cfg.seeds)  # a repeated seed is reported below as a repeated run
+    else:
+        for block in grid:
+            if len(set(block["seeds"])) < len(block["seeds"]):
+                raise TaskdivError(f"experiment config: key '{block['key']}seeds' repeats a seed: {block['seeds']}")
+        seeds = list(dict.fromkeys(seed for block in grid for seed in block["seeds"]))
+    full_seeds = list(cfg.full_seeds) if cfg.full_seeds is not None else seeds[:1]
+    runs = [Run("base", "base", "0", 0, seeds[0])] if cfg.base else []
+    for seed in seeds:
+        for block in grid:
+            if seed in block["seeds"]:
+                for budget, n in block["sized"]:
+                    for s in block["strategies"]:
+                        runs.append(Run(f"{s}-b{n}-s{seed}", s, budget, n, seed))
         if cfg.full and seed in full_seeds:
             runs.append(Run(f"full-s{seed}", "full", "100%", pool_size, seed))
     # Full-data seeds that are not grid seeds run after the grid.
     runs += [Run(f"full-s{seed}", "full", "100%", pool_size, seed)
-             for seed in full_seeds if cfg.full and seed not in cfg.seeds]
+             for seed in full_seeds if cfg.full and seed not in seeds]
     # A run's id is its directory: a repeated seed, strategy or budget (10% and 100 of a
     # 1000-prompt pool are one budget) would run twice into one directory and count twice.
     counts = Counter(r.id for r in runs)
     repeated = [i for i, c in counts.items() if c > 1]
     if repeated:
+        shown = ", ".join(repeated[:5]) + (f" and {len(repeated) - 5} more" if len(repeated) > 5 else "")
+        if cfg.grid is not None and len(set(full_seeds)) == len(full_seeds):
+            raise TaskdivError(f"experiment config: key 'grid': two blocks (or a repeated value) give the same "
+                               f"run: {shown} would run twice into one directory")
+        budgets = grid[0]["sized"]
         sizes = Counter(n for _, n in budgets)
         keys = {"seeds": cfg.seeds, "strategies": cfg.strategies, "full_seeds": full_seeds,
                 "budgets": [b if sizes[n] == 1 or b == str(n) else f"{b} ({n} prompts)" for b, n in budgets]}
         # Two budget values that differ but give one prompt count are the remaining cause.
         key = next((k for k, v in keys.items() if len(set(v)) < len(v)), "budgets")
         values = keys[key]
-        shown = ", ".join(repeated[:5]) + (f" and {len(repeated) - 5} more" if len(repeated) > 5 else "")
         raise TaskdivError(f"experiment config: key '{key}' ({', '.join(map(str, values))}) repeats a run: "
                            f"{shown} would run twice into one directory")
     return runs
@@ -226,7 +276,7 @@ class Experiment:
             raise TaskdivError(f"experiment config: key 'suite_options': {', '.join(unknown)} not in 'suites'")
         for suite in cfg.suites:
             self._eval_config(cfg.model, "x", suite)
-        for s in cfg.strategies:
+        for s in grid_strategies(cfg):
             self._select_config(Run("check", s, "1", 1, 0), Path("x"))
         return self.runs
 
@@ -273,7 +323,7 @@ class Experiment:
         return "confidence" in strategy_needs(strategy, within=self.cfg.within)
 
     def needs_scores(self) -> bool:
-        return any(self._needs_scores(s) for s in self.cfg.strategies)
+        return any(self._needs_scores(s) for s in grid_strategies(self.cfg))
 
     # ------------------------------------------------------------------ running
     def run(self) -> pd.DataFrame:
