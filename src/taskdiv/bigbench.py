@@ -76,6 +76,54 @@ PRESETS: dict[str, list[str]] = {
         "arithmetic/2_digit_addition", "arithmetic/3_digit_subtraction", "object_counting",
         "word_unscrambling", "qa_wikidata",
     ],
+    # The skewed study (configs/cpu-skewed.yaml): 107 tasks of 42 to 57,000 examples, the
+    # paper's regime of many tasks of very different sizes. Drawn from the 1,000 tasks by
+    # rule: at least 40 examples, median prompt at most 300 characters (90th percentile 600),
+    # median answer at most 30; at most a few tasks of one family (multiemo has 70 language
+    # and domain variants, arithmetic 20), and no task with 40 or more choices per item
+    # (dyck_languages, intersect_geometry: their evaluation costs a forward pass a choice).
+    "skewed": [
+        # yes/no (two choices): 25
+        "anachronisms", "analytic_entailment", "cause_and_effect/two_sentences", "cryobiology_spanish",
+        "cs_algorithms/valid_parentheses", "dark_humor_detection", "entailed_polarity",
+        "entailed_polarity_hindi", "fact_checker/fever", "fact_checker/politifact", "hinglish_toxicity",
+        "hyperbaton", "implicatures", "irony_identification", "known_unknowns", "logical_fallacy_detection",
+        "mathematical_induction", "metaphor_boolean", "misconceptions", "navigate", "sentence_ambiguity",
+        "snarks", "sports_understanding", "strategyqa", "winowhy",
+        # multiple choice (3 to 18 choices): 40
+        "bbq_lite_json/age_ambig", "bbq_lite_json/disability_status_ambig", "bbq_lite_json/religion_ambig",
+        "color/hcl", "color/rgb", "common_morpheme", "cs_algorithms/lcs", "date_understanding",
+        "elementary_math_qa/language_hint_only", "elementary_math_qa/mathematical_hint_only",
+        "emoji_movie", "emojis_emotion_prediction", "figure_of_speech_detection", "general_knowledge",
+        "goal_step_wikihow/goal_inference", "hindu_knowledge", "human_organs_senses", "intent_recognition",
+        "kannada", "movie_recommendation", "multiemo/medicine_sentence_pl",
+        "multiemo/products_sentence_pt", "multiemo/products_sentence_ru", "multiemo/reviews_sentence_fr",
+        "nonsense_words_grammar", "odd_one_out", "parsinlu_qa", "persian_idioms", "phrase_relatedness",
+        "physical_intuition", "reasoning_about_colored_objects", "riddle_sense", "ruin_names",
+        "similarities_abstraction", "social_iqa", "swedish_to_german_proverbs",
+        "unit_conversion/chained_conversion", "unit_conversion/different_systems",
+        "unit_conversion/si_conversion", "unit_conversion/unit_identification",
+        # generative (short answers, exact match): 42
+        "arithmetic/1_digit_addition", "arithmetic/1_digit_multiplication",
+        "arithmetic/2_digit_multiplication", "arithmetic/2_digit_subtraction", "arithmetic/3_digit_addition",
+        "arithmetic/3_digit_division", "arithmetic/4_digit_addition", "arithmetic/5_digit_division",
+        "auto_categorization", "chess_state_tracking/real_short", "chess_state_tracking/synthetic_short",
+        "chinese_remainder_theorem", "codenames", "cryptonite", "kanji_ascii/kanji_ascii_pronunciation",
+        "linguistic_mappings/de_past_tense_irregular_json", "linguistic_mappings/past_tense_irregular_json",
+        "linguistic_mappings/past_tense_regular_json", "linguistic_mappings/plural_json",
+        "linguistic_mappings/plural_regular_json", "linguistic_mappings/question_formation_json",
+        "list_functions/00_shot_baseline", "list_functions/01_shot_baseline", "matrixshapes",
+        "modified_arithmetic/three_digit_addition_control",
+        "modified_arithmetic/three_digit_subtraction_control",
+        "modified_arithmetic/two_digit_multiplication_control",
+        "modified_arithmetic/two_digit_multiplication_plus_one", "object_counting", "operators",
+        "periodic_elements/subtask_0", "periodic_elements/subtask_1", "physics_questions", "qa_wikidata",
+        "simp_turing_concept/additional_set_1", "simp_turing_concept/witness_set",
+        "unit_conversion/unit_addition_same", "unnatural_in_context_learning/dates",
+        "unnatural_in_context_learning/dates_unnatural_content_and_form",
+        "unnatural_in_context_learning/identity", "unnatural_in_context_learning/reverse_natural_content",
+        "word_unscrambling",
+    ],
     # The twelve tasks of ../shared/EXPERIMENT-NOTES.md (all multiple choice).
     "notes12": [
         "sports_understanding", "navigate", "hyperbaton", "logical_fallacy_detection",
