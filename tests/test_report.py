@@ -81,3 +81,37 @@ def test_paired_difference_counts_only_runs_with_an_accuracy(exp):
     assert row["pairs"] == 2 and not np.isnan(row["diff"])
     kept = results[(results["budget_n"] == 30) & (results["seed"] != 1)].set_index(["strategy", "seed"])["accuracy"]
     assert np.isclose(row["diff"], (kept["k-center"] - kept["random"]).mean())
+
+
+def test_report_measures_the_saving_against_random_and_coverage_and_kinds(tmp_path):
+    rng = np.random.default_rng(1)
+    rows, per_task, allocs = [], [], []
+    kinds = {"t1": "yes/no", "t2": "multiple choice", "t3": "generative"}
+    curve = {30: 0.40, 60: 0.44, 120: 0.48}   # random's accuracy by budget
+    cells = [("random", n, curve[n]) for n in curve] + [("task-diversity", 30, 0.44)]
+    for strategy, n, acc in cells:
+        for seed in range(5):
+            run = f"{strategy}-{n}-s{seed}"
+            value = acc + rng.normal(0, 0.004)
+            rows.append({"run": run, "strategy": strategy, "budget": str(n), "budget_n": n, "seed": seed,
+                         "accuracy": value})
+            per_task += [{"run": run, "task": t, "n": 10, "accuracy": value + d}
+                         for t, d in (("t1", 0.1), ("t2", 0.0), ("t3", -0.1))]
+            given = [0, n // 2, n - n // 2] if strategy == "random" else [n // 3, n // 3, n - 2 * (n // 3)]
+            allocs += [{"run": run, "strategy": strategy, "budget": str(n), "budget_n": n, "seed": seed, "task": t,
+                        "allocated": a, "confidence": 0.5} for t, a in zip(kinds, given)]
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    pd.DataFrame(per_task).to_csv(tmp_path / "per_task.csv", index=False)
+    pd.DataFrame(allocs).to_csv(tmp_path / "allocations.csv", index=False)
+    pd.DataFrame({"task": list(kinds), "kind": list(kinds.values())}).to_csv(tmp_path / "task_kinds.csv",
+                                                                             index=False)
+    text = build_report(tmp_path)
+    # task-diversity at 30 is as good as random at 60: about half the annotations.
+    line = next(l for l in text.splitlines() if l.startswith("| task-diversity | 30 |") and "fewer" in l)
+    need = float(line.split("random needs ")[1].split(" ")[0])
+    assert 50 <= need <= 72, line
+    assert "p (sign)" in text and "| task-diversity | 30 | " in text
+    assert "## Coverage" in text and "| random | 30 | 1.0 | 1.0 |" in text
+    assert "| task-diversity | 30 | 0.0 | 0.0 |" in text
+    assert "## Accuracy by kind of task" in text and "yes/no (1) | multiple choice (1) | generative (1)" in text
+    assert "not run" in text   # task-diversity at 60 and 120

@@ -7,9 +7,16 @@ Reads the experiment's tables (written by experiments.py):
 and writes EXP/report.md with:
     - mean accuracy and a 95% t-interval over seeds for every strategy x budget, with
       `full` and the base model as reference rows;
-    - paired differences against random at the same budget and seed;
-    - the annotation saving: the smallest budget reaching the full-data accuracy;
-and the plots accuracy_vs_budget.png, allocation.png, task_gains.png.
+    - paired differences against random at the same budget and seed, with exact sign and
+      permutation test p-values;
+    - the annotation saving against random: the random budget that matches each
+      strategy's accuracy (where random was run at several budgets), with an interval;
+      and the smallest budget reaching the full-data accuracy (with a full run);
+    - coverage: tasks given no / fewer than 5 training examples;
+    - accuracy by kind of task (yes/no, multiple choice, generative; from the test pool,
+      kept in EXP/task_kinds.csv);
+and the plots accuracy_vs_budget.png, allocation.png, task_gains.png. The statistics
+live in analysis.py.
 
     taskdiv report results/cpu-small
 """
@@ -22,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import analysis
 from .errors import TaskdivError
-from .fileio import atomic_path, write_text
+from .fileio import atomic_path, write_table, write_text
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +77,8 @@ def summary_table(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def paired_vs_random(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean difference to random at the same budget and seed, with a 95% t-interval."""
+    """Mean difference to random at the same budget and seed, with a 95% t-interval and
+    exact sign and permutation test p-values."""
     rand = results[results["strategy"] == "random"].set_index(["budget_n", "seed"])["accuracy"]
     rows = []
     for strategy in _strategies(results):
@@ -82,8 +91,57 @@ def paired_vs_random(results: pd.DataFrame) -> pd.DataFrame:
             diffs = diffs[~np.isnan(diffs)]  # a run without an accuracy is no pair
             m, lo, hi = mean_ci(diffs)
             rows.append({"strategy": strategy, "budget_n": int(budget_n), "diff": m, "ci_low": lo, "ci_high": hi,
-                         "wins": int((diffs > 0).sum()), "pairs": len(diffs)})
+                         "wins": int((diffs > 0).sum()), "pairs": len(diffs),
+                         "p_sign": analysis.sign_test(diffs), "p_perm": analysis.permutation_test(diffs)})
     return pd.DataFrame(rows)
+
+
+def saving_vs_random(results: pd.DataFrame) -> pd.DataFrame:
+    """For every strategy x budget: the random budget that matches its mean accuracy (see
+    analysis.saving_vs_random); empty unless random ran at two budgets or more."""
+    rand = results[results["strategy"] == "random"]
+    if rand["budget_n"].nunique() < 2:
+        return pd.DataFrame()
+    random_acc = {int(b): g["accuracy"].to_numpy() for b, g in rand.groupby("budget_n")}
+    rows = []
+    for strategy in _strategies(results):
+        if strategy == "random":
+            continue
+        for budget_n, group in results[results["strategy"] == strategy].groupby("budget_n"):
+            rows.append({"strategy": strategy, "budget_n": int(budget_n),
+                         **analysis.saving_vs_random(group["accuracy"].to_numpy(), int(budget_n), random_acc)})
+    return pd.DataFrame(rows)
+
+
+def _fmt_match(r, smallest: int, largest: int) -> str:
+    if not np.isfinite(r["match"]):
+        return f"not matched by random up to {largest}"
+    if r["match"] <= r["budget_n"]:
+        return "none: random matches it at the same budget or less" + (
+            f" (already at {smallest})" if r["match"] == smallest else f" ({r['match']:.0f})")
+    hi = f"> {largest}" if not np.isfinite(r["high"]) else f"{r['high']:.0f}"
+    return (f"random needs {r['match']:.0f} [{r['low']:.0f}, {hi}]: {100 * r['saving']:.0f}% fewer annotations "
+            f"[{100 * r['saving_low']:.0f}%, {100 * r['saving_high']:.0f}%]")
+
+
+def task_kinds(exp: Path) -> pd.DataFrame | None:
+    """EXP/task_kinds.csv, written from the experiment's test pool on first use (the
+    report then needs the pool's source once); None without a test pool."""
+    path = exp / "task_kinds.csv"
+    if path.exists():
+        return pd.read_csv(path)
+    config = exp / "config.yaml"
+    if not config.exists():
+        return None
+    from .data import FieldMap, load_pool
+    from .experiments import load_config
+
+    cfg = load_config(config)
+    if not cfg.test:
+        return None
+    kinds = analysis.task_kinds(load_pool(cfg.test, FieldMap(**cfg.pool_fields)).frame)
+    write_table(path, kinds)
+    return kinds
 
 
 def annotation_saving(summary: pd.DataFrame, full_acc: float | None) -> dict[str, str]:
@@ -139,13 +197,16 @@ def plot_allocation(allocations: pd.DataFrame, path: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pick = ["task-diversity", "weighted-task-diversity"]
-    sub = allocations[allocations["strategy"].isin(pick)]
-    if sub.empty:
+    task_strategies = ["task-diversity", "weighted-task-diversity", "sharp-weighted-task-diversity"]
+    if allocations.empty or not allocations["strategy"].isin(task_strategies).any():
         return None
-    budget_n = sub["budget_n"].max()
-    sub = sub[(sub["budget_n"] == budget_n) & (sub["seed"] == sub["seed"].min())]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    # The largest budget that the task strategies ran at; random alongside for contrast.
+    budget_n = allocations.loc[allocations["strategy"].isin(task_strategies), "budget_n"].max()
+    sub = allocations[allocations["budget_n"] == budget_n]
+    pick = [s for s in ["random", *task_strategies] if s in set(sub["strategy"])]
+    sub = sub[sub["seed"] == sub["seed"].min()]
+    fig, axes = plt.subplots(1, len(pick), figsize=(4.5 * len(pick) + 1, 4), sharey=True, squeeze=False)
+    axes = axes[0]
     for ax, strategy in zip(axes, pick):
         rows = sub[sub["strategy"] == strategy]
         ax.scatter(rows["confidence"], rows["allocated"], label=strategy)
@@ -228,7 +289,7 @@ def build_report(exp: Path) -> str:
         for b in budgets:
             row = summary[(summary["strategy"] == strategy) & (summary["budget_n"] == b)]
             cells.append(_fmt(*row[["mean", "ci_low", "ci_high"]].iloc[0]) + f" (n={row['seeds'].iloc[0]})"
-                         if len(row) else "n/a")
+                         if len(row) else "not run")
         lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
     for ref, values in (("full", full), ("base", base)):
         if len(values):
@@ -239,15 +300,57 @@ def build_report(exp: Path) -> str:
     paired = paired_vs_random(results)
     if len(paired):
         lines += ["", "## Paired difference against random (same budget and seed)", "",
-                  "| strategy | budget | mean difference [95% CI] | wins / pairs |", "|---|---|---|---|"]
+                  "Accuracy minus random's at the same budget and seed: mean, 95% t-interval, seeds won, and "
+                  "two-sided p-values of the exact sign test and the exact paired permutation (sign-flip) test.", "",
+                  "| strategy | budget | mean difference [95% CI] | wins / pairs | p (sign) | p (permutation) |",
+                  "|---|---|---|---|---|---|"]
         for _, r in paired.iterrows():
             lines.append(f"| {r['strategy']} | {labels.get(int(r['budget_n']), r['budget_n'])} | "
-                         f"{_fmt(r['diff'], r['ci_low'], r['ci_high'])} | {r['wins']} / {r['pairs']} |")
-    lines += ["", "## Annotation saving", "",
-              f"Smallest budget whose mean accuracy reaches the full-data accuracy"
-              f"{f' ({full_acc:.3f})' if full_acc is not None else ''}:", ""]
-    for strategy, text in annotation_saving(summary, full_acc).items():
-        lines.append(f"- {strategy}: {text}")
+                         f"{_fmt(r['diff'], r['ci_low'], r['ci_high'])} | {r['wins']} / {r['pairs']} | "
+                         f"{r['p_sign']:.3f} | {r['p_perm']:.3f} |")
+    saving = saving_vs_random(results)
+    lines += ["", "## Annotation saving", ""]
+    if len(saving):
+        rand_budgets = sorted(results.loc[results["strategy"] == "random", "budget_n"].unique())
+        lines += [f"Against random selection, run at {', '.join(str(int(b)) for b in rand_budgets)} prompts: the "
+                  "random budget whose mean accuracy equals the strategy's (interpolated linearly in log budget "
+                  "between measured budgets), and the saving 1 - budget / that. Intervals: 95%, from "
+                  "resampling the seeds of every cell (2,000 bootstrap draws).", "",
+                  "| strategy | budget | accuracy | matching random budget and saving |", "|---|---|---|---|"]
+        for _, r in saving.iterrows():
+            row = summary[(summary["strategy"] == r["strategy"]) & (summary["budget_n"] == r["budget_n"])]
+            lines.append(f"| {r['strategy']} | {int(r['budget_n'])} | {row['mean'].iloc[0]:.3f} | "
+                         f"{_fmt_match(r, int(rand_budgets[0]), int(rand_budgets[-1]))} |")
+        lines.append("")
+    if full_acc is not None:
+        lines += [f"Smallest budget whose mean accuracy reaches the full-data accuracy ({full_acc:.3f}):", ""]
+        for strategy, text in annotation_saving(summary, full_acc).items():
+            lines.append(f"- {strategy}: {text}")
+    elif not len(saving):
+        lines.append("No full-data run, and random ran at one budget only: no saving to measure.")
+    if len(allocations):
+        cov = analysis.coverage(allocations)
+        n_tasks = int(cov["tasks"].max())
+        lines += ["", "## Coverage", "",
+                  f"Tasks (of {n_tasks}) that got no training example, and fewer than 5, mean over seeds.", "",
+                  "| strategy | budget | no example | fewer than 5 |", "|---|---|---|---|"]
+        order = {s: i for i, s in enumerate(strategies + list(REFERENCE))}
+        cov = cov.sort_values(["budget_n", "strategy"], key=lambda c: c.map(order) if c.name == "strategy" else c)
+        for _, r in cov.iterrows():
+            lines.append(f"| {r['strategy']} | {int(r['budget_n'])} | {r['zero']:.1f} | {r['under']:.1f} |")
+    kinds = task_kinds(exp) if len(per_task) else None
+    if kinds is not None and len(kinds):
+        by_kind = analysis.accuracy_by_kind(per_task, results, kinds)
+        cols = [c for c in by_kind.columns if c not in ("strategy", "budget_n")]
+        lines += ["", "## Accuracy by kind of task", "",
+                  "Macro accuracy over the tasks of each kind (their number in brackets), mean over seeds.", "",
+                  "| strategy | budget | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+        order = {s: i for i, s in enumerate(strategies + list(REFERENCE))}
+        by_kind = by_kind.sort_values(["budget_n", "strategy"],
+                                      key=lambda c: c.map(order) if c.name == "strategy" else c)
+        for _, r in by_kind.iterrows():
+            lines.append(f"| {r['strategy']} | {int(r['budget_n'])} | "
+                         + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
     lines += ["", "## Plots", "", "![accuracy against budget](accuracy_vs_budget.png)", ""]
     plot_accuracy(results, summary, exp / "accuracy_vs_budget.png")
     if plot_allocation(allocations, exp / "allocation.png") is not None:

@@ -1,0 +1,68 @@
+"""analysis.py: the report's statistics on small tables with known answers."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from taskdiv import analysis
+
+
+def test_sign_and_permutation_tests_exact_values():
+    # 5 of 5 positive: both tests give 2 / 2^5 two-sided.
+    assert analysis.sign_test([0.01, 0.02, 0.03, 0.01, 0.05]) == pytest.approx(0.0625)
+    assert analysis.permutation_test([0.01, 0.01, 0.01, 0.01, 0.01]) == pytest.approx(0.0625)
+    # Ties drop out of the sign test; an even split is p = 1.
+    assert analysis.sign_test([0.0, 0.1, -0.1]) == pytest.approx(1.0)
+    # Four large gains and one small loss: the sign test counts 4 of 5 (p = 12/32), the
+    # permutation test weighs sizes: only 4 of the 32 sign flips reach |sum| >= 0.56.
+    d = [0.2, 0.1, 0.15, 0.12, -0.01]
+    assert analysis.sign_test(d) == pytest.approx(0.375)
+    assert analysis.permutation_test(d) == pytest.approx(4 / 32)
+    assert np.isnan(analysis.sign_test([])) and np.isnan(analysis.permutation_test([]))
+
+
+def test_permutation_test_monte_carlo_above_exact_limit_is_seeded():
+    d = np.random.default_rng(0).normal(0.01, 0.02, 30)
+    a, b = analysis.permutation_test(d, seed=1), analysis.permutation_test(d, seed=1)
+    assert a == b and 0 < a < 1
+
+
+def test_random_budget_to_match_interpolates_in_log_budget():
+    random = {100: np.array([0.40]), 200: np.array([0.44]), 400: np.array([0.48])}
+    assert analysis.random_budget_to_match(0.46, random) == pytest.approx(200 * np.sqrt(2))
+    assert analysis.random_budget_to_match(0.44, random) == pytest.approx(200)
+    assert analysis.random_budget_to_match(0.39, random) == 100   # matched at the smallest budget
+    assert analysis.random_budget_to_match(0.50, random) == np.inf
+
+
+def test_saving_vs_random_with_interval():
+    rng = np.random.default_rng(0)
+    random = {100: 0.40 + rng.normal(0, 0.005, 5), 200: 0.44 + rng.normal(0, 0.005, 5),
+              400: 0.48 + rng.normal(0, 0.005, 5)}
+    out = analysis.saving_vs_random(0.44 + rng.normal(0, 0.005, 5), 100, random, n_boot=500)
+    assert 150 < out["match"] < 270 and out["low"] <= out["match"] <= out["high"]
+    assert out["saving"] == pytest.approx(1 - 100 / out["match"])
+    assert out["saving_low"] <= out["saving"] <= out["saving_high"]
+    # Better than random at every budget: no match, and the upper end of the saving is 100%.
+    never = analysis.saving_vs_random([0.60, 0.61, 0.62], 100, random, n_boot=200)
+    assert never["match"] == np.inf and np.isnan(never["saving"]) and never["saving_high"] == 1.0
+
+
+def test_coverage_counts_tasks_without_examples():
+    rows = []
+    for seed, allocated in ((0, [0, 0, 3, 10]), (1, [0, 1, 4, 5])):
+        rows += [{"run": f"r{seed}", "strategy": "random", "budget_n": 13, "seed": seed, "task": t,
+                  "allocated": a} for t, a in zip("abcd", allocated)]
+    cov = analysis.coverage(pd.DataFrame(rows)).iloc[0]
+    assert cov["tasks"] == 4 and cov["zero"] == 1.5 and cov["under"] == 3.0 and cov["runs"] == 2
+
+
+def test_task_kinds_and_accuracy_by_kind():
+    test = pd.DataFrame({"task": ["yn", "yn", "mc", "gen"],
+                         "choices": [["yes", "no"], ["no", "yes"], ["a", "b", "c"], None]})
+    kinds = analysis.task_kinds(test).set_index("task")["kind"].to_dict()
+    assert kinds == {"yn": "yes/no", "mc": "multiple choice", "gen": "generative"}
+    per_task = pd.DataFrame({"run": ["r0"] * 3 + ["r1"] * 3, "task": ["yn", "mc", "gen"] * 2,
+                             "accuracy": [0.5, 0.4, 0.1, 0.7, 0.6, 0.3]})
+    results = pd.DataFrame({"run": ["r0", "r1"], "strategy": "random", "budget_n": 10, "seed": [0, 1]})
+    table = analysis.accuracy_by_kind(per_task, results, analysis.task_kinds(test)).iloc[0]
+    assert table["yes/no (1)"] == pytest.approx(0.6) and table["generative (1)"] == pytest.approx(0.2)
