@@ -95,3 +95,21 @@ def test_split_never_puts_one_item_on_both_sides():
         assert len(test_part) <= 5 and len(pool_part) + len(test_part) == 10
         copies_in_test = int((test_part["_key"] == "same").sum())
         assert copies_in_test in (0, 5), (test, copies_in_test)
+
+
+def test_skewed_study_pool_is_the_papers_regime():
+    from pathlib import Path
+
+    from taskdiv import analysis
+    from taskdiv.experiments import load_config
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "cpu-skewed.yaml")
+    pool, test = load_pool(cfg.pool), load_pool(cfg.test)
+    sizes = pool.task_sizes()
+    assert len(sizes) >= 100 and sizes.max() / sizes.min() >= 50
+    assert len(test) >= 1000 and set(test.frame["task"]) == set(sizes.index)  # held-out items from every task
+    kinds = analysis.task_kinds(test.frame)["kind"].value_counts()
+    assert set(kinds.index) == {"yes/no", "multiple choice", "generative"} and kinds.min() >= 20
+    # Budgets of 1x to 3x the number of tasks, where random leaves many tasks with nothing.
+    budgets = {int(b) for block in cfg.grid for b in block["budgets"]} - {428, 856}
+    assert all(len(sizes) <= b <= 3 * len(sizes) for b in budgets), budgets
