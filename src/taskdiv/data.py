@@ -96,6 +96,18 @@ class Pool:
         haystack = arrow(self.frame["id"])
         return pc.index_in(arrow(ids), value_set=haystack).fill_null(-1).to_numpy().astype(np.int64)
 
+    def random_keys(self, seed: int) -> np.ndarray:
+        """A uniform random number in [0, 1) per row, drawn by the seed in the order of the
+        sorted ids: it depends on the seed and the set of ids, not on the order of the rows,
+        so a pool re-exported in another order gives the same selections."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        by_id = pc.sort_indices(pa.array(self.frame["id"].astype("str"))).to_numpy()
+        keys = np.empty(len(by_id))
+        keys[by_id] = np.random.default_rng(seed).random(len(by_id))
+        return keys
+
     def subset(self, ids) -> "Pool":
         """The rows with these ids, in the given order."""
         pos = self.positions(ids)
