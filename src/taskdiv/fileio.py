@@ -84,17 +84,20 @@ def _probe(directory: Path, what: Path) -> None:
         raise TaskdivError(f"{what}: cannot write to {directory} ({e.strerror or e})") from None
 
 
-def check_output_dir(out, names=()) -> Path:
+def check_output_dir(out, names=(), *, what=None) -> Path:
     """Fail now, naming the path, if OUT cannot be (or hold) the output directory.
 
     Checks without creating anything: OUT is a directory or can be made one (no file in
     the way, the nearest existing parent is a writable directory), and none of the files
-    `names` inside it is a directory. Commands call it before their first real work."""
+    `names` inside it is a directory. Commands call it before their first real work.
+    `what`: the output to name in errors (default OUT)."""
     out = Path(out)
+    what = what or out
     if out.exists() or out.is_symlink():
         if not out.is_dir():
-            raise TaskdivError(f"{out}: exists and is not a directory; choose another output directory")
-        _probe(out, out)
+            raise TaskdivError(f"{what}: {'' if what == out else f'{out} '}exists and is not a directory; "
+                               f"choose another output")
+        _probe(out, what)
         for name in names:
             if (out / name).is_dir() and not (out / name).is_symlink():
                 raise TaskdivError(f"{out / name}: is a directory where taskdiv writes a file; remove it "
@@ -102,8 +105,8 @@ def check_output_dir(out, names=()) -> Path:
         return out
     parent = _nearest_existing(out.parent)
     if not parent.is_dir():
-        raise TaskdivError(f"{out}: cannot create it: {parent} is not a directory")
-    _probe(parent, out)
+        raise TaskdivError(f"{what}: cannot create {out}: {parent} is not a directory")
+    _probe(parent, what)
     return out
 
 
@@ -112,7 +115,7 @@ def check_output_file(path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise TaskdivError(f"{path}: is a directory; give a file name")
-    check_output_dir(path.parent)
+    check_output_dir(path.parent, what=path)
     return path
 
 
