@@ -407,3 +407,13 @@ def test_same_seed_and_reordered_pool_give_the_same_selection(tmp_path):
 def test_fieldmap_help_documents_the_escapes():
     help_text = FieldMap.__dataclass_fields__["prompt_template"].metadata["help"]
     assert "newline" in help_text
+
+
+def test_experiment_checks_mmlu_files_before_the_first_run(tiny_model_dir, tmp_path, capsys):
+    cfg, _ = _experiment(tmp_path, tiny_model_dir, pool_rows())
+    data = yaml.safe_load(cfg.read_text())
+    data.update(suites=["heldout", "mmlu"], suite_options={"mmlu": {"mmlu_dir": str(tmp_path / "no-mmlu")}})
+    cfg.write_text(yaml.safe_dump(data))
+    assert run("experiment", cfg, "--out", tmp_path / "exp", "--dry-run") == 1
+    assert f"{tmp_path / 'no-mmlu'}: no such MMLU directory" in capsys.readouterr().err
+    assert not (tmp_path / "exp").exists()

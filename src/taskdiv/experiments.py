@@ -240,6 +240,13 @@ class Experiment:
             check_eval_options(eval_cfg)
             if suite == "heldout":
                 self.test = load_heldout(cfg.test, eval_cfg.limit)
+            else:  # MMLU/BBH files: read and converted once into a throwaway directory
+                import tempfile
+
+                from . import harness
+
+                with tempfile.TemporaryDirectory(prefix="taskdiv-check-") as tmp:
+                    harness.prepare(eval_cfg, Path(tmp))
         check_task_limits(cfg.min_per_task)
         for s in cfg.strategies:
             self._select_config(Run("check", s, "1", 1, 0), Path("x"))
