@@ -417,3 +417,10 @@ def test_experiment_checks_mmlu_files_before_the_first_run(tiny_model_dir, tmp_p
     assert run("experiment", cfg, "--out", tmp_path / "exp", "--dry-run") == 1
     assert f"{tmp_path / 'no-mmlu'}: no such MMLU directory" in capsys.readouterr().err
     assert not (tmp_path / "exp").exists()
+
+
+def test_a_chat_turn_whose_content_is_a_list_is_refused(tmp_path):
+    turns = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}, {"role": "assistant", "content": "yo"}]
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": turns, "task": "t"}])
+    with pytest.raises(DataError, match=r"line 1, field 'messages': prompt is a list; accepted: text"):
+        load_pool(str(path))

@@ -390,6 +390,8 @@ def normalise(raw: pd.DataFrame, fields: FieldMap, *, source: str, where: str = 
                             f"(map it with --prompt-field or --prompt-template)", file=source)
         prompt = raw[fields.prompt_field]
     prompt_name = fields.prompt_field if shape == "mapped" and not fields.prompt_template else "prompt"
+    if shape == "chat":
+        prompt_name = key  # the first user turn's content
     out["prompt"] = _check_text(prompt, prompt_name, err, what="prompt", numbers=False)
 
     if fields.task_field in cols:
