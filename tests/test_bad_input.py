@@ -111,11 +111,12 @@ def commands(w, out_dir: Path, out_file: Path):
         "evaluate": ["evaluate", model, "--suite", "heldout", "--heldout", w["pool"], "--out", out_dir],
         "experiment": ["experiment", w["experiment"], "--out", out_dir],
         "report": ["report", out_dir],
+        "pool export": ["pool", "export", w["pool"], "--out", out_file],
     }
 
 
 SWEPT = ["select", "score", "annotate export", "annotate import", "annotate oracle", "train", "evaluate",
-         "experiment", "report"]
+         "experiment", "report", "pool export"]
 
 
 @pytest.mark.parametrize("command", SWEPT)
@@ -150,7 +151,7 @@ def test_out_in_a_read_only_directory(world, command):
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     lines = error_lines(proc.stderr)
-    named = ro / "sft.jsonl" if command in ("annotate import", "annotate oracle") else out_dir
+    named = ro / "sft.jsonl" if command in ("annotate import", "annotate oracle", "pool export") else out_dir
     assert len(lines) == 1 and str(named) in lines[0], proc.stderr
     assert sorted(p.name for p in ro.iterdir()) == before
 
