@@ -425,3 +425,9 @@ def test_a_chat_turn_whose_content_is_a_list_is_refused(tmp_path):
     path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": turns, "task": "t"}])
     with pytest.raises(DataError, match=r"line 1, field 'messages': prompt is a list; accepted: text"):
         load_pool(str(path))
+
+
+def test_experiment_with_a_missing_model_directory_says_so(tmp_path, capsys):
+    cfg, _ = _experiment(tmp_path, tmp_path / "runs" / "ft", pool_rows())
+    assert run("experiment", cfg, "--out", tmp_path / "exp", "--dry-run") == 1
+    assert f"key 'model': {tmp_path / 'runs' / 'ft'}: no such run or model directory" in capsys.readouterr().err

@@ -182,11 +182,13 @@ def check_responses(pool, spec: str, field: str) -> None:
 
 
 def validate_model(name: str) -> None:
-    from .models import EMBEDDED
+    from .models import EMBEDDED, looks_like_path
 
     path = Path(name)
-    if name in EMBEDDED or path.exists() or (name.count("/") == 1 and not name.startswith((".", "/"))):
+    if name in EMBEDDED or path.exists() or (name.count("/") == 1 and not looks_like_path(name)):
         return
+    if looks_like_path(name):
+        raise TaskdivError(f"experiment config: key 'model': {name}: no such run or model directory")
     raise TaskdivError(f"experiment config: key 'model': {unknown_name('model', name, EMBEDDED)}")
 
 
