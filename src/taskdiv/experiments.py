@@ -16,7 +16,7 @@ Layout and resumption:
 Once a run is evaluated its weights (train/adapter, merged, checkpoints) are deleted
 unless `keep_weights: true`, and selection/ids.txt lists the chosen ids. EXP/.gitignore
 leaves out the bulky files (weights, data.jsonl, selection.jsonl, per-item predictions,
-the score cache), so `git add EXP` commits each finished run's compact results:
+the score cache and the Parquet copy of scores.csv), so `git add EXP` commits each finished run's compact results:
 result.json (with the code commit it ran at), done, eval/per_task.csv, selection/
 ids.txt and allocation.csv, train/train_metrics.json. A rerun on a new clone then
 skips every committed run. A rerun skips runs with a `done` marker; inside an unfinished run each stage skips
@@ -496,6 +496,7 @@ runs/*/eval*/items.jsonl
 runs/*/eval*/.items.partial.jsonl
 runs/*/eval*/harness/
 scores/cache.sqlite*
+scores/scores.parquet
 """
 
 
