@@ -535,7 +535,9 @@ def read_scores(path, pool: Pool) -> np.ndarray:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        raw = pq.read_table(path, columns=None).to_pandas()
+        # Only the two columns used: a scores.parquet from `taskdiv score` also holds the generated text.
+        names = pq.read_schema(path).names
+        raw = pq.read_table(path, columns=[c for c in ("id", "confidence") if c in names] or None).to_pandas()
     elif path.suffix == ".csv":
         raw = read_csv(path, dtype={"id": str})
     else:
@@ -550,10 +552,12 @@ def read_scores(path, pool: Pool) -> np.ndarray:
         i = int(np.argmax(bad))
         raise DataError(f"confidence {raw['confidence'].iloc[i]!r} is not a number in [0, 1] "
                         f"({int(bad.sum())} such row(s))", file=path, row=i + 1, field="confidence")
-    if ids.nunique() != len(ids):
+    pos = pool.positions(ids)
+    # Duplicates from the positions (an integer count) rather than a second hash of every id;
+    # the same unknown id twice is reported as unknown below.
+    if np.bincount(pos[pos >= 0], minlength=1).max(initial=0) > 1:
         i = int(np.argmax(ids.duplicated().to_numpy()))
         raise DataError(f"duplicate id {ids.iloc[i]!r}", file=path, row=i + 1, field="id")
-    pos = pool.positions(ids)
     unknown = pos < 0
     if unknown.any():
         examples = ", ".join(repr(x) for x in ids[unknown].head(3))
