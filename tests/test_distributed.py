@@ -207,3 +207,19 @@ def test_bad_engine_options_fail_with_a_clear_error(cluster, small_pool, tiny_mo
     assert score([small_pool, "--model", tiny_model_dir, *flags, "--out", tmp_path / "s"]) == 1
     assert message in capsys.readouterr().err
     assert time.time() - start < 30
+
+
+@pytest.mark.slow
+def test_embeddings_on_ray_match_local_and_are_cached(cluster, tmp_path):
+    from taskdiv import embeddings
+
+    prompts = [f"Question {i}: what is the capital of country number {i}?" for i in range(40)]
+    local = embeddings.embed(prompts, cache=tmp_path / "local.sqlite", progress=False)
+    ray_ = embeddings.embed(prompts, cache=tmp_path / "ray.sqlite", progress=False, engine="ray")
+    assert ray_.shape == local.shape == (40, 384)
+    np.testing.assert_allclose(ray_, local, atol=1e-5)
+    with sqlite3.connect(tmp_path / "ray.sqlite") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM emb").fetchone() == (40,)
+    # Cached: a second call needs no cluster work and gives the same vectors.
+    again = embeddings.embed(prompts, cache=tmp_path / "ray.sqlite", progress=False, engine="ray")
+    np.testing.assert_array_equal(again, ray_)

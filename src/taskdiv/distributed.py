@@ -387,3 +387,49 @@ class RayScorer:
             self.seconds += time.perf_counter() - started
         missing = set(names) - done
         assert not missing, f"{len(missing)} shard(s) never reported back"
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+class Embedder:
+    """A Ray Data actor: one sentence-transformers model, unit vectors for a batch of prompts."""
+
+    def __init__(self, model: str, batch_size: int, threads: float):
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+        from . import embeddings
+
+        st = require("sentence_transformers", "embed")
+        self.encoder = st.SentenceTransformer(embeddings._resolve(model),
+                                              device="cuda" if torch.cuda.is_available() else "cpu")
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict) -> dict:
+        vecs = self.encoder.encode([str(t) for t in batch["text"]], batch_size=self.batch_size,
+                                   normalize_embeddings=True, show_progress_bar=False, convert_to_numpy=True)
+        return {"key": batch["key"], "vec": vecs.astype(np.float32)}
+
+
+def embed_batches(texts: dict[str, str], model: str, *, batch_size: int, address: str | None = None,
+                  workers: int | None = None, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0):
+    """Yield (keys, vectors) for {key: text} as Ray workers finish them; the caller caches them
+    (`embeddings.embed` stores each piece in its SQLite cache, so a killed run keeps its work)."""
+    ray = connect(address)
+    opts = RayOptions(engine="ray", workers=workers, cpus_per_worker=cpus_per_worker,
+                      gpus_per_worker=gpus_per_worker)
+    workers = plan_workers(ray, opts)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    chunk = batch_size * 16
+    items = [{"key": k, "text": t} for k, t in texts.items()]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // chunk + 1, 10_000)))
+    out = ds.map_batches(Embedder, fn_constructor_kwargs={"model": model, "batch_size": batch_size,
+                                                         "threads": cpus_per_worker},
+                         batch_size=chunk, batch_format="numpy", num_cpus=cpus_per_worker,
+                         num_gpus=gpus_per_worker or None,
+                         compute=ray.data.ActorPoolStrategy(size=min(workers, len(items) // chunk + 1)),
+                         max_restarts=3, max_task_retries=3)
+    log.info("embedding %d prompt(s) with %s on %d Ray worker(s)", len(items), model, workers)
+    for batch in out.iter_batches(batch_format="numpy", batch_size=None):
+        yield [str(k) for k in batch["key"]], np.stack(list(batch["vec"])).astype(np.float32)

@@ -456,7 +456,8 @@ def _score(cfg: ScoreConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     write_yaml(out / "config.yaml", {"command": "score", **{f.name: getattr(cfg, f.name) for f in fields(cfg)},
                                      "resolved": {**settings, "model_path": ref.path, "settings_key": cache.key}})
     scores.attrs.update(reused=len(reused), computed=scorer.computed, seconds=time.perf_counter() - started,
-                        generation_seconds=scorer.seconds, available=len(frame))
+                        generation_seconds=scorer.seconds, available=len(frame),
+                        engine=dict(getattr(scorer, "stats", {}), engine=cfg.engine))
     log.info("scored %d of %d prompts: %d reused from the cache, %d generated", len(scores), len(frame),
              len(reused), scorer.computed)
     return scores, table
