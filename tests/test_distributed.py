@@ -90,7 +90,7 @@ def test_ray_engine_gives_the_local_engine_results(cluster, pool40, tmp_path):
     assert len(shards(tmp_path / "ray")) == 5  # 40 prompts / (2 batches of 4)
 
 
-def test_per_task_and_target_ci_on_ray(cluster, tiny_model_dir, tmp_path):
+def test_per_task_and_target_ci_on_ray(cluster, tiny_model_dir, tmp_path, capsys):
     """--per-task and --target-ci run their rounds on the cluster, as locally."""
     rows = [{"id": f"{t}{i}", "prompt": f"Question {i} of task {t}: what is {i} + {len(t)}?", "task": t}
             for t in ("a", "bb", "ccc") for i in range(30)]
@@ -103,6 +103,10 @@ def test_per_task_and_target_ci_on_ray(cluster, tiny_model_dir, tmp_path):
     assert sorted(ray_.index) == sorted(local.index) and len(ray_) == 27  # 1 per task, then 8 more:
     # one scored prompt gives no interval, which counts as too wide
     np.testing.assert_allclose(ray_.loc[local.index, "confidence"], local["confidence"], atol=1e-5, rtol=0)
+    # The engines share OUT/cache.sqlite: the Ray engine sends nothing the local one cached.
+    capsys.readouterr()
+    assert score([*common, "--engine", "ray", "--out", tmp_path / "local"]) == 0
+    assert "27 reused from the cache, 0 generated" in capsys.readouterr().out
 
 
 def _actor_pids() -> list[int]:

@@ -92,8 +92,11 @@ class Pool:
                 values = pd.Series(np.asarray(values, dtype=object))
             return pa.array(values.astype("str")).cast(pa.large_string())
 
-        haystack = arrow(self.frame["id"])
-        return pc.index_in(arrow(ids), value_set=haystack).fill_null(-1).to_numpy().astype(np.int64)
+        haystack, needles = arrow(self.frame["id"]), arrow(ids)
+        if len(needles) == len(haystack) and pc.all(pc.equal(needles, haystack)).as_py():
+            # The pool's own ids in pool order (a fully scored pool): no hash table of every id.
+            return np.arange(len(haystack), dtype=np.int64)
+        return pc.index_in(needles, value_set=haystack).fill_null(-1).to_numpy().astype(np.int64)
 
     def subset(self, ids) -> "Pool":
         """The rows with these ids, in the given order."""
