@@ -73,7 +73,7 @@ def test_score_help_lists_the_engine_flags(capsys):
 @pytest.mark.slow
 def test_ray_engine_gives_the_local_engine_results(cluster, pool40, tmp_path):
     """Same confidence prompt by prompt (1e-5, float32), same tasks.csv, same output files."""
-    common = [pool40, "--model", SMOL, "--dtype", "float32", "--max-new-tokens", "6", "--batch-size", "4"]
+    common = [pool40, "--model", SMOL, "--dtype", "float32", "--max-new-tokens", "4", "--batch-size", "4"]
     assert score([*common, "--out", tmp_path / "local"]) == 0
     assert score([*common, "--engine", "ray", "--workers", "2", "--batches-per-shard", "2",
                   "--out", tmp_path / "ray"]) == 0
