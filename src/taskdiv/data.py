@@ -387,7 +387,10 @@ def normalise(raw: pd.DataFrame, fields: FieldMap, *, source: str, where: str = 
 
     if response is None and fields.response_field in cols:
         response = raw[fields.response_field]
-    if response is not None:
+    if response is not None and response.dtype != object and pd.api.types.is_string_dtype(response.dtype) \
+            and not response.isna().any():
+        out["response"] = response  # already text, none missing: no per-row copy of millions of strings
+    elif response is not None:
         values = response.to_numpy(dtype=object).copy()
         missing = pd.isna(values)
         values[missing] = None
