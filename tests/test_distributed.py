@@ -73,9 +73,9 @@ def test_score_help_lists_the_engine_flags(capsys):
 @pytest.mark.slow
 def test_ray_engine_gives_the_local_engine_results(cluster, pool40, tmp_path):
     """Same confidence prompt by prompt (1e-5, float32), same tasks.csv, same output files."""
-    common = [pool40, "--model", SMOL, "--dtype", "float32", "--max-new-tokens", "4", "--batch-size", "4"]
+    common = [pool40, "--model", SMOL, "--dtype", "float32", "--max-new-tokens", "4", "--batch-size", "8"]
     assert score([*common, "--out", tmp_path / "local"]) == 0
-    assert score([*common, "--engine", "ray", "--workers", "2", "--batches-per-shard", "2",
+    assert score([*common, "--engine", "ray", "--workers", "2", "--batches-per-shard", "1",
                   "--out", tmp_path / "ray"]) == 0
     for name in ("scores.csv", "scores.parquet", "tasks.csv", "config.yaml"):
         assert (tmp_path / "ray" / name).exists()
@@ -87,7 +87,7 @@ def test_ray_engine_gives_the_local_engine_results(cluster, pool40, tmp_path):
     assert (ray_["generated"] == local["generated"]).all() and (ray_["tokens"] == local["tokens"]).all()
     t_local, t_ray = (pd.read_csv(tmp_path / d / "tasks.csv") for d in ("local", "ray"))
     pd.testing.assert_frame_equal(t_ray, t_local, atol=1e-5, rtol=0)
-    assert len(shards(tmp_path / "ray")) == 5  # 40 prompts / (2 batches of 4)
+    assert len(shards(tmp_path / "ray")) == 5  # 40 prompts / (1 batch of 8)
 
 
 def test_per_task_and_target_ci_on_ray(cluster, tiny_model_dir, tmp_path, capsys):
