@@ -17,6 +17,10 @@ and prompt-length limit. Each batch is one transaction, so a killed run loses at
 the batch in flight; a rerun reuses every stored row, and other settings never see
 them.
 
+Engines: --engine local (this process) or --engine ray (Ray Data feeding scorer actors
+that run this module's `_Scorer.generate` on shards of the same batches; see
+`taskdiv.distributed` for its shard files and how they meet this cache).
+
 Sampling: --per-task N scores a seeded sample of N prompts per task (all of a smaller
 task). --target-ci W then scores more, round by round, in every task whose 95%
 t-interval on the mean confidence (with the finite-population correction) is wider
@@ -43,6 +47,7 @@ import pandas as pd
 
 from . import metrics as metrics_mod
 from .data import Pool, load_pool
+from .distributed import RayOptions
 from .errors import TaskdivError
 from .fileio import dump_table, dump_yaml, output_set
 from .selection import PoolOptions
@@ -57,7 +62,7 @@ CI_MIN_STEP = 8
 
 
 @dataclass
-class ScoreConfig(PoolOptions):
+class ScoreConfig(PoolOptions, RayOptions):
     model: str = field(default="gemma-3-270m", metadata={
         "help": "Model: an embedded name (gemma-3-270m, smollm2-135m-instruct), a local model directory, "
                 "a .gguf file or a hub id."})
@@ -293,6 +298,9 @@ def _check(cfg: ScoreConfig) -> None:
     if cfg.target_ci is not None and not 0 < cfg.target_ci <= 1:
         raise TaskdivError(f"--target-ci must be in (0, 1], got {cfg.target_ci}")
     metrics_mod.get(cfg.metric)
+    from .distributed import check_options
+
+    check_options(cfg)
 
 
 def _open_out(out: Path) -> None:
@@ -323,6 +331,28 @@ class _Scorer:
         head = ids[:1] if ids[0] == self.tok.bos_token_id else []
         return head + ids[len(ids) - (self.max_prompt - len(head)):], True
 
+    def plan(self, prompts: dict[str, str]) -> tuple[list[str], dict[str, tuple[list[int], bool]]]:
+        """(shas in batch order, {sha: (token ids, truncated)}): longest first, so that similar
+        lengths share a batch (little padding) and memory peaks early. The Ray engine cuts
+        this same order into shards of whole batches, so both engines run the same batches."""
+        encoded = {sha: self.encode(p) for sha, p in prompts.items()}
+        truncated = sum(t for _, t in encoded.values())
+        if truncated:
+            log.warning("%d prompt(s) are longer than %d tokens: truncated from the left", truncated, self.max_prompt)
+        return sorted(encoded, key=lambda s: (-len(encoded[s][0]), s)), encoded
+
+    def eos_ids(self, model) -> set:
+        eos = {self.tok.eos_token_id} | set(_as_list(model.generation_config.eos_token_id))
+        eos.discard(None)
+        return eos
+
+    def generate(self, model, eos, shas: list[str], encoded) -> list[tuple[str, Generation, str, int, bool]]:
+        """One batch: the rows `ScoreCache.add` stores (sha, generation, text, prompt tokens, truncated)."""
+        gens = generate_greedy(model, [encoded[s][0] for s in shas], max_new_tokens=self.cfg.max_new_tokens,
+                               eos_ids=eos, pad_id=self.tok.pad_token_id)
+        return [(s, g, self.tok.decode(g.token_ids, skip_special_tokens=True), len(encoded[s][0]), encoded[s][1])
+                for s, g in zip(shas, gens)]
+
     def run(self, prompts: dict[str, str], desc: str) -> None:
         """Generate for {sha: prompt} (all missing from the cache), storing batch by batch."""
         if not prompts:
@@ -330,22 +360,13 @@ class _Scorer:
         from . import progress
 
         model, _ = _load_model(self.ref, self.cfg.dtype)
-        eos = {self.tok.eos_token_id} | set(_as_list(model.generation_config.eos_token_id))
-        eos.discard(None)
-        encoded = {sha: self.encode(p) for sha, p in prompts.items()}
-        truncated = sum(t for _, t in encoded.values())
-        if truncated:
-            log.warning("%d prompt(s) are longer than %d tokens: truncated from the left", truncated, self.max_prompt)
-        # Longest first: similar lengths share a batch (little padding) and memory peaks early.
-        order = sorted(encoded, key=lambda s: (-len(encoded[s][0]), s))
+        eos = self.eos_ids(model)
+        order, encoded = self.plan(prompts)
         start = time.perf_counter()
         with progress.bar(total=len(order), desc=desc, unit="prompt") as pbar:
             for i in range(0, len(order), self.cfg.batch_size):
                 shas = order[i:i + self.cfg.batch_size]
-                gens = generate_greedy(model, [encoded[s][0] for s in shas], max_new_tokens=self.cfg.max_new_tokens,
-                                       eos_ids=eos, pad_id=self.tok.pad_token_id)
-                self.cache.add([(s, g, self.tok.decode(g.token_ids, skip_special_tokens=True),
-                                 len(encoded[s][0]), encoded[s][1]) for s, g in zip(shas, gens)])
+                self.cache.add(self.generate(model, eos, shas, encoded))
                 self.computed += len(shas)
                 pbar.update(len(shas))
         self.seconds += time.perf_counter() - start
@@ -393,7 +414,12 @@ def _score(cfg: ScoreConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     settings = {"model": models.fingerprint(ref), "dtype": dtype, "max_new_tokens": cfg.max_new_tokens,
                 "chat": chat, "max_prompt_tokens": max_prompt, "format": FORMAT_VERSION}
     cache = ScoreCache(out / "cache.sqlite", settings)
-    scorer = _Scorer(cfg, ref, tokenizer, chat, max_prompt, cache)
+    if cfg.engine == "ray":
+        from .distributed import RayScorer
+
+        scorer = RayScorer(cfg, ref, tokenizer, chat, max_prompt, cache)
+    else:
+        scorer = _Scorer(cfg, ref, tokenizer, chat, max_prompt, cache)
     started = time.perf_counter()
     try:
         frame = pool.frame
@@ -432,7 +458,8 @@ def _score(cfg: ScoreConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
         dump_yaml(config_tmp, {"command": "score", **{f.name: getattr(cfg, f.name) for f in fields(cfg)},
                                "resolved": {**settings, "model_path": ref.path, "settings_key": cache.key}})
     scores.attrs.update(reused=len(reused), computed=scorer.computed, seconds=time.perf_counter() - started,
-                        generation_seconds=scorer.seconds, available=len(frame))
+                        generation_seconds=scorer.seconds, available=len(frame),
+                        engine=dict(getattr(scorer, "stats", {}), engine=cfg.engine))
     log.info("scored %d of %d prompts: %d reused from the cache, %d generated", len(scores), len(frame),
              len(reused), scorer.computed)
     return scores, table
