@@ -29,6 +29,7 @@ same side) and the first `test` of them are the test part. Spec options
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -154,6 +155,7 @@ def _extract(archive: Path, *, lock: bool = True) -> Path:
         with locked(cache_dir(), f"extracting {archive.name}"):
             return _extract(archive, lock=False)
     remove_stale(target.parent, f".{target.name}-*")  # a killed extraction's staging directory
+    made_parent = not target.parent.exists()
     count = 0
     try:
         with atomic_dir(target) as staging, tarfile.open(archive, "r:gz") as tar:
@@ -169,8 +171,13 @@ def _extract(archive: Path, *, lock: bool = True) -> Path:
             if not count:
                 raise TaskdivError(f"{archive}: no benchmark_tasks/*/task.json inside; not the bigbench sdist")
             (staging / ".done").write_text(VERSION)
-    except (tarfile.TarError, EOFError, zlib.error) as e:
-        raise TaskdivError(f"{archive}: not a readable .tar.gz ({e})") from e
+    except BaseException as e:
+        if made_parent:  # leave the cache as it was
+            with contextlib.suppress(OSError):
+                target.parent.rmdir()
+        if isinstance(e, (tarfile.TarError, EOFError, zlib.error)):
+            raise TaskdivError(f"{archive}: not a readable .tar.gz ({e})") from e
+        raise
     log.info("extracted %d task.json files into %s", count, target)
     return target
 
