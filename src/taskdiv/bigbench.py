@@ -163,7 +163,10 @@ def _extract(archive: Path, *, lock: bool = True) -> Path:
                 name = member.name
                 if not member.isfile() or not name.endswith("/task.json") or "/benchmark_tasks/" not in name:
                     continue
-                dest = staging / name.split("/benchmark_tasks/", 1)[1]
+                rel = Path(name.split("/benchmark_tasks/", 1)[1])
+                if rel.is_absolute() or ".." in rel.parts:
+                    continue  # never write outside the staging directory
+                dest = staging / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with tar.extractfile(member) as src, open(dest, "wb") as dst:
                     shutil.copyfileobj(src, dst)
