@@ -105,13 +105,16 @@ def pip_settings(python: str = sys.executable) -> Settings:
                     return items[name][section]
         return None
 
-    timeout = get("timeout", "default-timeout")
+    try:
+        timeout = float(get("timeout", "default-timeout") or 15.0)
+    except ValueError:
+        timeout = 15.0
     return Settings(index_url=get("index-url") or PYPI,
                     extra_index_urls=tuple((get("extra-index-url") or "").split()),
                     find_links=tuple((get("find-links") or "").split()),
                     no_index=(get("no-index") or "").strip().lower() in ("1", "true", "yes", "on"),
                     cert=get("cert") or None, proxy=get("proxy") or None,
-                    timeout=float(timeout) if timeout else 15.0)
+                    timeout=timeout)
 
 
 def _option(name: str) -> str:
