@@ -63,8 +63,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def bigbench_tasks() -> Path:
     """BIG-bench's task files. On a cold cache the first test that uses this downloads the
-    sdist from the package registry (its setup time in `pytest --durations`); tests that
-    need it are marked `registry`."""
+    sdist from the package registry (its setup time in `pytest --durations`); the hook
+    below marks every test that uses it `registry`."""
     from taskdiv import bigbench
 
     return bigbench.tasks_dir()
