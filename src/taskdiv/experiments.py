@@ -16,10 +16,11 @@ Layout and resumption:
 Once a run is evaluated its weights (train/adapter, merged, checkpoints) are deleted
 unless `keep_weights: true`, and selection/ids.txt lists the chosen ids. EXP/.gitignore
 leaves out the bulky files (weights, data.jsonl and the oracle's annotation store,
-selection.jsonl, per-item predictions, the score cache, the Parquet copy of scores.csv),
-so `git add EXP` commits each finished run's compact results: result.json (with the code commit it ran at), done,
-eval/per_task.csv, selection/ids.txt and allocation.csv, train/train_metrics.json. A
-rerun on a new clone then skips every committed run.
+selection.jsonl, per-item predictions, the score cache, the Parquet copy of
+scores.csv), so `git add EXP` commits each finished run's compact results:
+result.json (with the code commit it ran at), done, eval/per_task.csv,
+selection/ids.txt and allocation.csv, train/train_metrics.json. A rerun on a new
+clone then skips every committed run.
 
 A rerun skips runs with a `done` marker; inside an unfinished run each stage skips
 what it already finished (training resumes from its last checkpoint), so a grid
