@@ -20,36 +20,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from .annotation_answers import Answer, Item
 from .annotation_store import STORE_NAME, examples, ingest, print_report
 from . import data
 from .data import FieldMap, load_pool
 from .errors import DataError, TaskdivError, unknown_name
-from .fileio import atomic_dir
+from .fileio import atomic_dir, iter_jsonl
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("label-studio", "argilla", "jsonl")
-
-
-@dataclass
-class Answer:
-    """One annotator's answer to one prompt, as read from a tool's export."""
-
-    response: str
-    status: str  # 'submitted', 'skipped' (cancelled/discarded) or 'empty'
-    annotator: str | None = None
-    submitted_at: str | None = None
-    where: str = ""  # how the export names it, for reports
-
-
-@dataclass
-class Item:
-    """One exported prompt (a Label Studio task, an Argilla record, a JSONL id) and its answers."""
-
-    id: str
-    prompt: str | None
-    answers: list[Answer]
-    where: str = ""
 
 
 # ----------------------------------------------------------------------------- configs
@@ -124,7 +104,7 @@ def read_selection(path) -> pd.DataFrame:
         raise TaskdivError(f"{path}: no such selection file")
     if path.suffix != ".jsonl":
         raise TaskdivError(f"{path}: expected the selection.jsonl written by `taskdiv select`")
-    raw, where = data._read_path(path)
+    raw, where = data.read_raw(path)
     if len(raw) == 0:
         raise DataError("the selection is empty", file=path)
     if "id" not in raw.columns:
@@ -139,7 +119,7 @@ def _read_jsonl_answers(path: Path) -> list[Item]:
     """Items from JSONL: one answer a line, with `id` and `response` (and optionally
     `status` ('skipped' for a skipped prompt), `annotator`, `submitted_at`, `prompt`)."""
     items: dict[str, Item] = {}
-    for lineno, rec in data.iter_jsonl(path):
+    for lineno, rec in iter_jsonl(path):
         pid, response = rec.get("id"), rec.get("response")
         if pid is None or str(pid).strip() == "":
             raise DataError("missing id", file=path, line=lineno, field="id")
@@ -226,7 +206,7 @@ def run_import(cfg: ImportConfig) -> None:
 
 def run_oracle(cfg: OracleConfig) -> None:
     selection = read_selection(cfg.selection)
-    pool = load_pool(cfg.pool, FieldMap(**{k: getattr(cfg, k) for k in FieldMap.__dataclass_fields__}))
+    pool = load_pool(cfg.pool, cfg.field_map())
     frame = pool.frame.set_index("id", drop=False)
     ids = selection["id"].tolist()
     missing = [i for i in ids if i not in frame.index]

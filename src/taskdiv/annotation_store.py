@@ -24,16 +24,12 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from .data import iter_jsonl
+from .annotation_answers import Item
 from .errors import DataError, TaskdivError
-from .fileio import atomic_path, dump_jsonl, dumps_json
-
-if TYPE_CHECKING:
-    from .annotation import Item
+from .fileio import atomic_path, dump_jsonl, dumps_json, iter_jsonl
 
 STORE_NAME = "annotations.jsonl"
 SFT_COLUMNS = ["id", "task", "prompt", "response"]

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .annotation_answers import Answer, Item
 from .errors import DataError, TaskdivError
 
 FIELD, QUESTION = "prompt", "response"
@@ -123,15 +124,14 @@ def write_export(out_dir: Path, rows: pd.DataFrame, name: str) -> Path:
 
 
 def read_export(path: Path):
-    """Items (see annotation.Item) from a dataset saved with `Dataset.to_disk` (or its records.json).
+    """Items (see annotation_answers.Item) from a dataset saved with `Dataset.to_disk` (or its records.json).
 
     Each record becomes one item; each response to the `response` question one answer.
     The records file keeps a response's value and user but not its status, so a blank
     or missing value counts as 'empty' (Argilla keeps no value for a discarded text answer);
     a `status` other than 'submitted', where an export carries one, counts as 'skipped'.
     """
-    from .annotation import Answer, Item
-    from .data import read_json_document
+    from .fileio import read_json_document
 
     records_path = path / "records.json" if path.is_dir() else path
     if not records_path.exists():

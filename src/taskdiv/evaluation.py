@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, TaskdivError
-from .fileio import write_json, write_jsonl, write_table
+from .fileio import file_sha256, write_json, write_jsonl, write_table
 
 log = logging.getLogger(__name__)
 
@@ -361,8 +361,6 @@ def format_table(table: pd.DataFrame, macro: dict, max_rows: int = 80) -> str:
 
 def _config_key(cfg: EvalConfig, fingerprint: str, chat: bool, dtype: str) -> dict:
     """Everything that changes the answers: options, weights, and the held-out file's content."""
-    from .training import file_sha256
-
     keep = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in ("out", "batch_size")}
     data = file_sha256(cfg.heldout) if cfg.suite == "heldout" else None
     return {**keep, "fingerprint": fingerprint, "chat": chat, "dtype_resolved": dtype, "heldout_sha256": data}

@@ -165,10 +165,12 @@ def grid_strategies(cfg: ExperimentConfig) -> list[str]:
 def plan(cfg: ExperimentConfig, pool_size: int) -> list[Run]:
     """Validate the grid against the pool and list the runs (base first, then seed by seed)."""
     from .allocation import parse_budget
-    from .strategies import STRATEGIES, WITHIN
+    from .strategies import STRATEGIES, check_within
 
-    if cfg.within not in WITHIN:
-        raise TaskdivError(f"experiment config: key 'within': {unknown_name('within-task picker', cfg.within, WITHIN)}")
+    try:
+        check_within(cfg.within)
+    except TaskdivError as e:
+        raise TaskdivError(f"experiment config: key 'within': {e}") from None
     grid = blocks(cfg)
     for block in grid:
         key = block["key"]
@@ -304,23 +306,25 @@ class Experiment:
 
     def _select_config(self, run: Run, out: Path):
         from .selection import SelectConfig
-        from .strategies import STRATEGIES, TaskAllocation
 
-        task_strategy = run.strategy in STRATEGIES and issubclass(STRATEGIES[run.strategy], TaskAllocation)
         extra = {"embedding_model": self.cfg.embedding_model} if self.cfg.embedding_model else {}
         scores = self.out / "scores" / "scores.csv"
         return SelectConfig(pool=self.cfg.pool, **self.fields, budget=run.budget if run.strategy != "full" else None,
                             strategy=run.strategy, seed=run.seed, out=str(out),
                             scores=str(scores) if self._needs_scores(run.strategy) else None,
-                            within=self.cfg.within if task_strategy else "random",
-                            min_per_task=self.cfg.min_per_task if task_strategy else 0, **extra)
+                            **self._task_parameters(run.strategy), **extra)
+
+    def _task_parameters(self, strategy: str) -> dict:
+        """The experiment's `within` and `min_per_task`: for task strategies only, which take them."""
+        from .strategies import is_task_strategy
+
+        return {"within": self.cfg.within, "min_per_task": self.cfg.min_per_task} if is_task_strategy(strategy) else {}
 
     def _needs_scores(self, strategy: str) -> bool:
-        """Whether a run of `strategy` reads the experiment's confidences (`within` only
-        matters to task strategies; get_strategy drops it for the others)."""
-        from .strategies import strategy_needs
+        """Whether a run of `strategy` reads the experiment's confidences."""
+        from .strategies import get_strategy
 
-        return "confidence" in strategy_needs(strategy, within=self.cfg.within)
+        return "confidence" in get_strategy(strategy, **self._task_parameters(strategy)).needs
 
     def needs_scores(self) -> bool:
         return any(self._needs_scores(s) for s in grid_strategies(self.cfg))
@@ -371,7 +375,7 @@ class Experiment:
                 rows, allocation = select(sel_cfg, pool=self.pool)
                 write_selection(sel_dir, rows, allocation, sel_cfg)
             if not (sel_dir / "ids.txt").exists():
-                from .data import iter_jsonl
+                from .fileio import iter_jsonl
 
                 ids = [str(row["id"]) for _, row in iter_jsonl(sel_dir / "selection.jsonl")]
                 write_text(sel_dir / "ids.txt", "".join(f"{i}\n" for i in ids))

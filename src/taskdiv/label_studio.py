@@ -20,6 +20,7 @@ from xml.sax.saxutils import quoteattr
 
 import pandas as pd
 
+from .annotation_answers import Answer, Item
 from .errors import DataError
 
 # Names of the control and object tags in the labeling configuration; the reader
@@ -74,14 +75,13 @@ def tasks(rows: pd.DataFrame) -> list[dict]:
 
 
 def read_export(path: Path):
-    """Items (see annotation.Item) from Label Studio's JSON export of a project.
+    """Items (see annotation_answers.Item) from Label Studio's JSON export of a project.
 
     Each task becomes one item; each of its annotations one answer. A cancelled
     annotation (the annotator pressed Skip) is 'skipped'; one whose response text is
     blank is 'empty'. Drafts are not annotations and are not read.
     """
-    from .annotation import Answer, Item
-    from .data import read_json_document
+    from .fileio import read_json_document
 
     data = read_json_document(path)
     if not isinstance(data, list):

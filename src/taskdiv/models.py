@@ -274,15 +274,19 @@ def encode_prompt(tokenizer, prompt: str, chat: bool) -> list[int]:
     return tokenizer(text, add_special_tokens=not chat)["input_ids"]
 
 
+def response_separator(prompt: str) -> str:
+    """What goes between a raw-text prompt and its response: prompts are stored without
+    trailing spaces ('...\\nA:'), so one space, or nothing when the prompt ends in whitespace."""
+    return "" if prompt.endswith(("\n", " ", "\t")) else " "
+
+
 def encode_response(tokenizer, prompt: str, response: str, chat: bool) -> list[int]:
     """Token ids of a response that follows `encode_prompt(prompt)`.
 
-    Raw text: the response follows after one space (`data.response_separator`), with
+    Raw text: the response follows after one space (`response_separator`), with
     EOS appended so the model learns to stop. Chat: the response plus the template's
     end-of-turn token.
     """
-    from .data import response_separator
-
     if chat:
         full = tokenizer.apply_chat_template([{"role": "user", "content": prompt},
                                               {"role": "assistant", "content": response}], tokenize=False)

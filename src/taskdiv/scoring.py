@@ -42,10 +42,9 @@ import numpy as np
 import pandas as pd
 
 from . import metrics as metrics_mod
-from .data import Pool, load_pool
+from .data import Pool, PoolOptions, load_pool
 from .errors import TaskdivError
 from .fileio import write_table, write_yaml
-from .selection import PoolOptions
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import json
 import logging
 import shutil
@@ -38,7 +37,7 @@ import yaml
 
 from . import __version__
 from .errors import DataError, TaskdivError
-from .fileio import atomic_dir, write_json, write_text, write_yaml
+from .fileio import atomic_dir, file_sha256, write_json, write_text, write_yaml
 
 log = logging.getLogger(__name__)
 
@@ -131,17 +130,6 @@ def tokenize(frame, tokenizer, chat: bool, max_length: int):
         log.warning("%d of %d example(s) are longer than --max-length %d tokens and were cut at the end "
                     "(those whose response is cut entirely are dropped)", cut, len(frame), max_length)
     return {"input_ids": input_ids, "completion_mask": masks}
-
-
-def file_sha256(spec: str) -> str:
-    path = Path(spec)
-    if not path.is_file():
-        return hashlib.sha256(spec.encode()).hexdigest()  # hub/bigbench spec: its text identifies it
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- run directory
