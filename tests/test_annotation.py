@@ -427,3 +427,24 @@ def test_config_file(selection, tmp_path):
     assert _run("annotate", "export", selection, "--config", cfg) == 0
     assert (tmp_path / "js" / "prompts.jsonl").exists()
     shutil.rmtree(tmp_path / "js")
+
+
+def test_argilla_export_leaves_logging_as_it_was(selection, tmp_path, caplog):
+    """The SDK's INFO chatter on the root logger is dropped during the export only: other
+    loggers are heard, logging is not disabled for the process, and the root logger keeps
+    its handlers and filters."""
+    import logging
+
+    from taskdiv import argilla_io
+
+    with caplog.at_level(logging.INFO):
+        with argilla_io._quiet_sdk():
+            logging.info("sdk chatter")
+            logging.getLogger("taskdiv.elsewhere").info("ours")
+    messages = [r.getMessage() for r in caplog.records]
+    assert "ours" in messages and "sdk chatter" not in messages
+    root = logging.getLogger()
+    before = (logging.root.manager.disable, list(root.handlers), list(root.filters))
+    argilla_io.write_export(tmp_path / "ds", annotation.read_selection(selection), "n")
+    assert (tmp_path / "ds" / "records.json").exists()
+    assert (logging.root.manager.disable, list(root.handlers), list(root.filters)) == before

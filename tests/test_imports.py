@@ -17,7 +17,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "taskdiv"
 LAYERS: list[set[str]] = [
     {"taskdiv", "errors"},                                      # the package's version; error types
     {"fileio", "packages", "progress", "config", "metrics", "allocation", "kcenter", "analysis"},  # plumbing
-    {"models", "embeddings", "bigbench", "harness"},            # models, encoders, sources, the harness
+    {"models"},                                                 # the embedded models and encoder, prompt formats
+    {"embeddings", "bigbench", "harness"},                      # prompt vectors, BIG-bench, lm-eval
     {"data"},                                                   # the pool
     {"strategies"},                                             # selection strategies over a pool
     {"annotation_answers"},                                     # what annotators return

@@ -31,7 +31,7 @@ def make_cfg(pool, out, model, **kw) -> scoring.ScoreConfig:
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
     ref = models.resolve(str(tiny_model_dir))
-    model, tok = scoring._load_model(ref, "float32")
+    model, tok = scoring.load_model(ref, "float32")
     return ref, model, tok
 
 
@@ -176,8 +176,6 @@ def test_target_ci_scores_until_narrow_or_exhausted(small_pool, tiny_model_dir, 
 def test_work_is_done_once(small_pool, tiny_model_dir, tmp_path, monkeypatch):
     """The tokenizer is loaded once per run (the model comes with the same one), and with
     --target-ci each round builds the scores table once, the last round included."""
-    scoring._load_model.cache_clear()
-    scoring._load_tokenizer.cache_clear()
     loads, tables, rounds = [], [], []
     load_tokenizer, scores_table, run = models.load_tokenizer, scoring._scores_table, scoring._Scorer.run
     monkeypatch.setattr(models, "load_tokenizer", lambda ref: (loads.append(ref), load_tokenizer(ref))[1])
@@ -187,6 +185,26 @@ def test_work_is_done_once(small_pool, tiny_model_dir, tmp_path, monkeypatch):
                                     max_new_tokens=3))
     assert scores.attrs["computed"] == 16 and len(loads) == 1
     assert len(tables) == len(rounds) > 1
+
+
+def test_the_model_lives_as_long_as_its_caller_wants(small_pool, tiny_model_dir, tmp_path, monkeypatch):
+    """score loads the model once for all its rounds and drops it when it returns; a caller
+    that passes `loaded=` keeps its own model and nothing is loaded."""
+    import gc
+    import weakref
+
+    loaded, load = [], models.load
+    monkeypatch.setattr(models, "load", lambda *a, **k: (lambda m: (loaded.append(weakref.ref(m[0])), m)[1])(
+        load(*a, **k)))
+    cfg = make_cfg(small_pool, tmp_path / "w", tiny_model_dir, per_task=2, target_ci=1e-6, max_new_tokens=3)
+    assert scoring.score(cfg).attrs["computed"] == 16
+    gc.collect()
+    assert len(loaded) == 1 and loaded[0]() is None, "the model outlived the call that needed it"
+    mine = scoring.load_model(models.resolve(str(tiny_model_dir)), "float32")
+    again = scoring.score(make_cfg(small_pool, tmp_path / "v", tiny_model_dir, per_task=2, max_new_tokens=3,
+                                   dtype="float32"), loaded=mine)
+    assert again.attrs["computed"] == 6 and len(loaded) == 2  # only the caller's own load_model
+    assert loaded[1]() is mine[0]
 
 
 def test_long_prompts_are_truncated_from_the_left(tiny_model_dir, tmp_path):
@@ -303,7 +321,7 @@ def test_mean_prob_agrees_with_transformers_generate(model_name, tmp_path):
     assert len(scores) == 3
     pool = data.load_pool(REAL_PROMPTS).frame.set_index("id")
     ref = models.resolve(model_name)
-    model, tok = scoring._load_model(ref, "float32")  # the same weights; generation is independent
+    model, tok = scoring.load_model(ref, "float32")  # the same weights; generation is independent
     for row in scores.itertuples():
         ids = models.encode_prompt(tok, pool.at[row.id, "prompt"], ref.chat)
         with torch.inference_mode():

@@ -204,3 +204,14 @@ def test_task_parameters_are_refused_by_other_strategies():
                 get_strategy(name, within="random")
     with pytest.raises(TaskdivError, match="within-task picker 'kcenter'. Did you mean 'k-center'"):
         get_strategy("task-diversity", within="kcenter")
+
+
+def test_what_each_strategy_needs():
+    needs = {name: get_strategy(name).needs for name in STRATEGIES}
+    assert needs == {"random": set(), "full": set(), "proportional": set(), "task-diversity": set(),
+                     "weighted-task-diversity": {"confidence"}, "sharp-weighted-task-diversity": {"confidence"},
+                     "uncertainty": {"confidence"}, "k-center": {"embeddings"}}
+    assert get_strategy("proportional", within="k-center").needs == {"embeddings"}
+    assert get_strategy("weighted-task-diversity", within="k-center").needs == {"confidence", "embeddings"}
+    with pytest.raises(TaskdivError, match="needs prompt confidences: pass --scores"):
+        get_strategy("task-diversity", within="lowest-confidence").check_needs(set())

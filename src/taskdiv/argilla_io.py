@@ -66,15 +66,26 @@ def offline_client():
         rg.Argilla._set_default(previous)
 
 
+def _drop_info(record: logging.LogRecord) -> bool:
+    return record.levelno > logging.INFO
+
+
 @contextlib.contextmanager
 def _quiet_sdk():
-    """Silence the SDK's INFO messages (it logs 'Loading ... from' on the root logger while saving)."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.INFO)
+    """Drop the SDK's INFO messages ('Loading ... from', logged on the root logger while saving),
+    for this block only and for the root logger's own records only: a filter on the root
+    logger does not see records of other loggers. The NullHandler keeps `logging.info` from
+    configuring the root logger (it calls basicConfig when the root has no handler); both
+    are removed afterwards."""
+    root = logging.getLogger()
+    handler = logging.NullHandler()
+    root.addHandler(handler)
+    root.addFilter(_drop_info)
     try:
         yield
     finally:
-        logging.disable(previous)
+        root.removeFilter(_drop_info)
+        root.removeHandler(handler)
 
 
 def settings(tasks: list[str], with_confidence: bool):

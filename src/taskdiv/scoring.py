@@ -28,14 +28,13 @@ scored, confidence, sd, ci_low, ci_high) and OUT/config.yaml.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import math
 import sqlite3
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +42,10 @@ import pandas as pd
 
 from . import metrics as metrics_mod
 from .data import Pool, PoolOptions, load_pool
+from .config import to_dict
 from .errors import TaskdivError
 from .fileio import write_table, write_yaml
+from .models import DEFAULT_MODEL, EMBEDDED
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,8 @@ CI_MIN_STEP = 8
 
 @dataclass
 class ScoreConfig(PoolOptions):
-    model: str = field(default="gemma-3-270m", metadata={
-        "help": "Model: an embedded name (gemma-3-270m, smollm2-135m-instruct), a local model directory, "
+    model: str = field(default=DEFAULT_MODEL, metadata={
+        "help": f"Model: an embedded name ({', '.join(EMBEDDED)}), a local model directory, "
                 "a .gguf file or a hub id."})
     chat_template: bool | None = field(default=None, metadata={
         "help": "Format prompts with the model's chat template (default: on for instruct models, "
@@ -146,25 +147,21 @@ def generate_greedy(model, batch: list[list[int]], *, max_new_tokens: int, eos_i
                        np.array([h for _, _, h in s], dtype=np.float32)) for s in steps]
 
 
-@functools.lru_cache(maxsize=1)
-def _load_tokenizer(ref):
-    """The tokenizer `score` formats with, and `_load_model` returns (loaded once)."""
-    from . import models
-
-    return models.load_tokenizer(ref)
-
-
-@functools.lru_cache(maxsize=1)
-def _load_model(ref, dtype: str):
-    """(model, tokenizer), one model kept loaded, so in-process callers (experiments) load it once."""
-    import transformers
+def load_model(ref, dtype: str, tokenizer=None):
+    """(model, tokenizer) for scoring. Nothing keeps it loaded but the caller: `score` loads
+    it once per call and drops it at the end, unless the caller passes one it keeps (`loaded=`)."""
+    from transformers.utils import logging as hf_logging
 
     from . import models, progress
 
-    if not progress.enabled():
-        transformers.utils.logging.disable_progress_bar()  # its "Loading weights" bar
     log.info("loading %s (%s)", ref.name, dtype)
-    return models.load(ref, dtype, _load_tokenizer(ref))
+    if progress.enabled() or not hf_logging.is_progress_bar_enabled():
+        return models.load(ref, dtype, tokenizer)
+    hf_logging.disable_progress_bar()  # its "Loading weights" bar, for this load only
+    try:
+        return models.load(ref, dtype, tokenizer)
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 # ----------------------------------------------------------------------------- cache
@@ -307,8 +304,10 @@ def _open_out(out: Path) -> None:
 class _Scorer:
     """Formats, tokenizes, batches and generates the prompts the cache lacks."""
 
-    def __init__(self, cfg: ScoreConfig, ref, tokenizer, chat: bool, max_prompt: int, cache: ScoreCache):
+    def __init__(self, cfg: ScoreConfig, ref, tokenizer, chat: bool, max_prompt: int, cache: ScoreCache,
+                 model=None):
         self.cfg, self.ref, self.tok, self.chat, self.max_prompt, self.cache = cfg, ref, tokenizer, chat, max_prompt, cache
+        self.model = model  # loaded on first need, then kept for the later rounds of this run
         self.computed = 0
         self.seconds = 0.0
 
@@ -328,7 +327,9 @@ class _Scorer:
             return
         from . import progress
 
-        model, _ = _load_model(self.ref, self.cfg.dtype)
+        if self.model is None:
+            self.model, _ = load_model(self.ref, self.cfg.dtype, self.tok)
+        model = self.model
         eos = {self.tok.eos_token_id} | set(_as_list(model.generation_config.eos_token_id))
         eos.discard(None)
         encoded = {sha: self.encode(p) for sha, p in prompts.items()}
@@ -364,23 +365,26 @@ def _sample_orders(pool: Pool, seed: int) -> dict[str, np.ndarray]:
     return orders
 
 
-def score(cfg: ScoreConfig) -> pd.DataFrame:
+def score(cfg: ScoreConfig, *, loaded=None) -> pd.DataFrame:
     """Score the pool as configured, write the outputs, return the scores table.
 
     The table has one row per scored prompt, in pool order; `run_score` prints the
     summary. The task table is `task_table(scores, pool)` (also in OUT/tasks.csv).
+    `loaded`: (model, tokenizer) of cfg.model in cfg.dtype from `load_model`, for a caller
+    that scores several times with one model; by default the model is loaded when there
+    is something to generate and dropped when the call returns.
     """
-    return _score(cfg)[0]
+    return _score(cfg, loaded)[0]
 
 
-def _score(cfg: ScoreConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`score`, also returning the task table it wrote."""
     from . import models
 
     _check(cfg)
     pool = load_pool(cfg.pool, cfg.field_map())
     ref = models.resolve(cfg.model)
-    tokenizer = _load_tokenizer(ref)
+    tokenizer = loaded[1] if loaded is not None else models.load_tokenizer(ref)
     chat = models.choose_chat(ref, tokenizer, cfg.chat_template)
     out = Path(cfg.out)
     _open_out(out)
@@ -392,7 +396,7 @@ def _score(cfg: ScoreConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     settings = {"model": models.fingerprint(ref), "dtype": dtype, "max_new_tokens": cfg.max_new_tokens,
                 "chat": chat, "max_prompt_tokens": max_prompt, "format": FORMAT_VERSION}
     cache = ScoreCache(out / "cache.sqlite", settings)
-    scorer = _Scorer(cfg, ref, tokenizer, chat, max_prompt, cache)
+    scorer = _Scorer(cfg, ref, tokenizer, chat, max_prompt, cache, model=loaded[0] if loaded is not None else None)
     started = time.perf_counter()
     try:
         frame = pool.frame
@@ -423,10 +427,13 @@ def _score(cfg: ScoreConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
                      len(sizes), sum(k - scored[t] for t, k in sizes.items()))
     finally:
         cache.close()
+        if loaded is None and scorer.model is not None:  # ours: dropped, not kept for a later call
+            scorer.model = None
+            models.free_memory()
     write_table(out / "scores.csv", scores)
     write_table(out / "scores.parquet", scores)
     write_table(out / "tasks.csv", table)
-    write_yaml(out / "config.yaml", {"command": "score", **{f.name: getattr(cfg, f.name) for f in fields(cfg)},
+    write_yaml(out / "config.yaml", {"command": "score", **to_dict(cfg),
                                      "resolved": {**settings, "model_path": ref.path, "settings_key": cache.key}})
     scores.attrs.update(reused=len(reused), computed=scorer.computed, seconds=time.perf_counter() - started,
                         generation_seconds=scorer.seconds, available=len(frame))

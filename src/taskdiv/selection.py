@@ -20,7 +20,8 @@ import pandas as pd
 
 from .allocation import parse_budget
 from .data import Pool, PoolOptions, load_pool, read_ids, read_scores
-from .embeddings import DEFAULT_MODEL
+from .models import DEFAULT_ENCODER
+from .config import to_dict
 from .errors import TaskdivError
 from .fileio import write_jsonl, write_table, write_yaml
 from .strategies import STRATEGIES, TASK_PARAMETERS, WITHIN, Inputs, get_strategy
@@ -48,7 +49,7 @@ class SelectConfig(PoolOptions):
     tasks: str | None = field(default=None, metadata={
         "help": "'auto' or 'auto:K': cluster prompt embeddings into K pseudo-tasks and use them "
                 "as task labels (default K = clamp(round(sqrt(N/2)), 2, 100))."})
-    embedding_model: str = field(default=DEFAULT_MODEL, metadata={
+    embedding_model: str = field(default=DEFAULT_ENCODER, metadata={
         "help": "sentence-transformers model for k-center and --tasks auto."})
     out: str | None = field(default=None, metadata={"required": True, "help": "Output directory."})
 
@@ -158,7 +159,7 @@ def write_selection(out: str | Path, rows: pd.DataFrame, allocation: pd.DataFram
     # selection.jsonl last: it is the marker of a finished selection (`taskdiv experiment`
     # resumes past a run whose selection.jsonl exists), so a kill before it leaves no marker.
     write_table(out / "allocation.csv", allocation)
-    write_yaml(out / "config.yaml", {"command": "select", **{f.name: getattr(cfg, f.name) for f in fields(cfg)}})
+    write_yaml(out / "config.yaml", {"command": "select", **to_dict(cfg)})
     write_jsonl(out / "selection.jsonl", rows)
 
 

@@ -176,7 +176,7 @@ class KCenter(Strategy):
 class TaskAllocation(Strategy):
     """Allocate the budget across tasks, then pick prompts within each task."""
 
-    weighting = "uniform"
+    weights_need: frozenset = frozenset()  # inputs `_weights` reads (WeightedTaskDiversity: confidence)
 
     def __init__(self, seed: int = 0, within: str = "random", min_per_task: int = 0,
                  max_per_task: int | None = None, **params):
@@ -186,7 +186,7 @@ class TaskAllocation(Strategy):
     @property
     def needs(self):
         extra = {"k-center": {"embeddings"}, "lowest-confidence": {"confidence"}}.get(self.within, set())
-        return frozenset(extra) | (frozenset({"confidence"}) if self.weighting == "inverse" else frozenset())
+        return frozenset(extra) | self.weights_need
 
     def _select(self, pool, budget, inputs, excluded):
         check_within(self.within)
@@ -255,7 +255,6 @@ class TaskDiversity(TaskAllocation):
 
 class Proportional(TaskAllocation):
     name = "proportional"
-    weighting = "proportional"
 
     def _weights(self, tasks, sizes, conf):
         return sizes.astype(float)
@@ -263,7 +262,7 @@ class Proportional(TaskAllocation):
 
 class WeightedTaskDiversity(TaskAllocation):
     name = "weighted-task-diversity"
-    weighting = "inverse"
+    weights_need = frozenset({"confidence"})
 
     def _weights(self, tasks, sizes, conf):
         missing = np.isnan(conf)
