@@ -83,7 +83,8 @@ class Strategy:
         for klass in cls.__mro__:
             if "__init__" in vars(klass):
                 names += [p.name for p in inspect.signature(klass.__init__).parameters.values()
-                          if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self" and p.name not in names]
+                          if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                          and p.name != "self" and p.name not in names]
         return names
 
     def _refuse(self, unknown: dict) -> TaskdivError:
