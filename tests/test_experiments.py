@@ -215,6 +215,7 @@ def test_grid_blocks_give_a_sparse_grid_seed_by_seed(tmp_path, tiny_model_dir):
     ([{"strategies": ["random"], "budgets": [4]}, {"strategies": ["random"], "budget": [8]}], "key 'grid[1]' must be"),
     ([{"strategies": ["random"], "budgets": [400]}], "key 'grid[0].budgets': 400 is 400 prompts; the pool has 20"),
     ([{"strategies": ["random"], "budgets": [4], "seeds": []}], "key 'grid[0].seeds' is empty"),
+    ([{"strategies": ["random"], "budgets": [4], "seeds": [-1]}], "--grid[0].seeds -1: a seed must be a whole"),
 ])
 def test_bad_grid_fails_before_any_run(tmp_path, tiny_model_dir, capsys, grid, match):
     cfg = write_config(tmp_path / "bad.yaml", tiny_model_dir, grid=grid)

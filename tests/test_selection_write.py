@@ -1,25 +1,60 @@
-"""write_selection's order (selection.jsonl, the resume marker, last) and select from a loaded pool."""
+"""write_selection writes its three files as one unit; select from a loaded pool."""
 import pytest
 
 from taskdiv import selection
 from taskdiv.selection import SelectConfig, select, write_selection
 
 
-@pytest.mark.parametrize("killed_in", ["write_table", "write_yaml"])
-def test_kill_before_the_last_file_leaves_no_selection_marker(small_pool, tmp_path, monkeypatch, killed_in):
+def _snapshot(out):
+    return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize("killed_in", ["dump_table", "dump_yaml", "dump_jsonl"])
+def test_a_kill_while_writing_leaves_the_previous_selection_whole(small_pool, tmp_path, monkeypatch, killed_in):
     out = tmp_path / "sel"
-    cfg = SelectConfig(pool=str(small_pool), budget="4", strategy="task-diversity", out=str(out))
-    rows, allocation = select(cfg)
+    first = SelectConfig(pool=str(small_pool), budget="4", strategy="task-diversity", out=str(out))
+    write_selection(out, *select(first), first)
+    before = _snapshot(out)
+    second = SelectConfig(pool=str(small_pool), budget="6", strategy="random", seed=5, out=str(out))
+    rows, allocation = select(second)
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(selection, killed_in, killed)
     with pytest.raises(KeyboardInterrupt):
-        write_selection(out, rows, allocation, cfg)
-    assert not (out / "selection.jsonl").exists(), "selection.jsonl written before the files it marks"
+        write_selection(out, rows, allocation, second)
+    assert _snapshot(out) == before, "OUT mixes two runs"
+    assert sorted(p.name for p in out.iterdir()) == ["allocation.csv", "config.yaml", "selection.jsonl"]
     monkeypatch.undo()
-    write_selection(out, rows, allocation, cfg)
+    write_selection(out, rows, allocation, second)
+    assert len((out / "selection.jsonl").read_text().splitlines()) == 6
+
+
+def test_a_failed_rename_puts_back_the_files_already_replaced(small_pool, tmp_path, monkeypatch):
+    """Issue 12, case 5: the set is replaced as one unit, also when the last rename fails."""
+    import os
+
+    from taskdiv import fileio
+
+    out = tmp_path / "sel"
+    first = SelectConfig(pool=str(small_pool), budget="4", strategy="task-diversity", out=str(out))
+    write_selection(out, *select(first), first)
+    before = _snapshot(out)
+    second = SelectConfig(pool=str(small_pool), budget="6", strategy="random", seed=5, out=str(out))
+    rows, allocation = select(second)
+    real = os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith("selection.jsonl") and str(src).endswith(".tmp"):
+            raise OSError(28, "No space left on device", str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(fileio.os, "replace", replace)
+    with pytest.raises(OSError):
+        write_selection(out, rows, allocation, second)
+    monkeypatch.undo()
+    assert _snapshot(out) == before
     assert sorted(p.name for p in out.iterdir()) == ["allocation.csv", "config.yaml", "selection.jsonl"]
 
 

@@ -215,3 +215,23 @@ def test_what_each_strategy_needs():
     assert get_strategy("weighted-task-diversity", within="k-center").needs == {"confidence", "embeddings"}
     with pytest.raises(TaskdivError, match="needs prompt confidences: pass --scores"):
         get_strategy("task-diversity", within="lowest-confidence").check_needs(set())
+
+
+@pytest.mark.parametrize("name,params", VARIANTS, ids=[f"{n}{'-' + '-'.join(map(str, p.values())) if p else ''}"
+                                                       for n, p in VARIANTS])
+def test_reordering_the_pool_rows_gives_the_same_selection(name, params):
+    """Issue 12: a pool re-exported in another row order selects the same ids, in the same rank order."""
+    pool, inputs = make_pool([3, 11, 6, 25, 2], seed=4)
+    inputs.excluded = np.random.default_rng(1).random(len(pool)) < 0.15
+    budget = int((~inputs.excluded).sum()) if name == "full" else 13
+    perm = np.random.default_rng(9).permutation(len(pool))
+    shuffled = Pool(pool.frame.iloc[perm].reset_index(drop=True), "shuffled")
+    shuffled_inputs = Inputs(confidence=inputs.confidence[perm], embeddings=inputs.embeddings[perm],
+                             excluded=inputs.excluded[perm])
+    for seed in (0, 7):
+        a = get_strategy(name, seed=seed, **params).select(pool, budget, inputs)
+        b = get_strategy(name, seed=seed, **params).select(shuffled, budget, shuffled_inputs)
+        if name == "full":  # the whole pool, ranked in the pool's own order
+            assert sorted(a.ids) == sorted(b.ids)
+        else:
+            assert list(a.ids) == list(b.ids)

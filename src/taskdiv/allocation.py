@@ -45,6 +45,18 @@ def parse_budget(text: str | int, pool_size: int) -> int:
     return int(value)
 
 
+def check_task_limits(floor: int = 0, ceiling: int | None = None) -> None:
+    """The per-task floor and ceiling (--min-per-task, --max-per-task) make sense together."""
+    if floor < 0:
+        raise TaskdivError(f"--min-per-task must be 0 or more, got {floor}")
+    if ceiling is not None:
+        if ceiling < 1:
+            raise TaskdivError(f"--max-per-task must be at least 1, got {ceiling}")
+        if ceiling < floor:
+            raise TaskdivError(f"--max-per-task {ceiling} is below --min-per-task {floor}; "
+                               f"no task can hold both")
+
+
 def water_level(budget: float, weights, lo, hi) -> float:
     """The lam with sum(clip(lam * w, lo, hi)) == budget (exact, piecewise linear)."""
     w, lo, hi = (np.asarray(a, dtype=float) for a in (weights, lo, hi))
@@ -90,6 +102,8 @@ def allocate(sizes, budget: int, *, weights=None, floor: int = 0, ceilings=None,
     taken     prompts per task already annotated in earlier rounds; they count towards
               the allocation, and the result includes them (subtract to get new picks)
     """
+    if ceilings is None or np.ndim(ceilings) == 0:
+        check_task_limits(int(floor), None if ceilings is None else int(ceilings))
     n = np.asarray(sizes, dtype=np.int64)
     t = len(n)
     w = np.ones(t) if weights is None else np.asarray(weights, dtype=float)

@@ -21,11 +21,11 @@ from pathlib import Path
 import pandas as pd
 
 from .annotation_answers import Answer, Item
-from .annotation_store import STORE_NAME, examples, ingest, print_report
+from .annotation_store import STORE_NAME, examples, ingest, print_report, store_paths
 from . import data
 from .data import FieldMap, load_pool
 from .errors import DataError, TaskdivError, unknown_name
-from .fileio import atomic_dir, iter_jsonl
+from .fileio import atomic_dir, check_output_dir, iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,17 @@ def read_answers(path: Path, fmt: str) -> list[Item]:
 
 def run_export(cfg: ExportConfig) -> None:
     fmt = check_format(cfg.format)
-    rows = read_selection(cfg.selection)
     out = Path(cfg.out)
+    if fmt == "label-studio":
+        from .label_studio import EXPORT_FILES
+
+        check_output_dir(out, EXPORT_FILES)
+    elif fmt == "argilla":
+        check_output_dir(out)
+        check_output_dir(out.parent)  # the dataset is built beside OUT and renamed onto it
+    else:
+        check_output_dir(out, ["prompts.jsonl"])
+    rows = read_selection(cfg.selection)
     if fmt == "label-studio":
         from . import label_studio
 
@@ -197,6 +206,7 @@ def _write_argilla(out: Path, rows: pd.DataFrame, name: str) -> Path:
 
 def run_import(cfg: ImportConfig) -> None:
     fmt = check_format(cfg.format)
+    store_paths(cfg.out, cfg.store)  # the outputs are writable: checked before reading anything
     selection = read_selection(cfg.selection)
     items = read_answers(Path(cfg.file), fmt)
     report = ingest(items, selection, cfg.out, cfg.store, source=str(cfg.file), fmt=fmt, selection_path=str(cfg.selection),
@@ -205,6 +215,7 @@ def run_import(cfg: ImportConfig) -> None:
 
 
 def run_oracle(cfg: OracleConfig) -> None:
+    store_paths(cfg.out, cfg.store)
     selection = read_selection(cfg.selection)
     pool = load_pool(cfg.pool, cfg.field_map())
     frame = pool.frame.set_index("id", drop=False)

@@ -17,11 +17,12 @@ Rules (each case is reported by id, on screen and in import-round-N.json):
   selection), or, with skip_unknown, dropped and reported; a prompt whose text
   differs from the selection's is an error.
 Nothing is written unless the whole file is valid and holds something to import, and
-the three outputs are renamed into place only once all of them are written.
+the three outputs are replaced as one unit (fileio.output_set). A store that is a
+symbolic link (one store shared by several projects) is written through the link, and
+the round reports go beside the file it points to.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import pandas as pd
 
 from .annotation_answers import Item
 from .errors import DataError, TaskdivError
-from .fileio import atomic_path, dump_jsonl, dumps_json, iter_jsonl
+from .fileio import check_output_file, dump_jsonl, dumps_json, iter_jsonl, output_set
 
 STORE_NAME = "annotations.jsonl"
 SFT_COLUMNS = ["id", "task", "prompt", "response"]
@@ -149,13 +150,20 @@ def sft_rows(store: pd.DataFrame) -> pd.DataFrame:
 
 
 def store_paths(out, store=None) -> tuple[Path, Path]:
-    """(SFT dataset, annotation store): the store defaults to annotations.jsonl beside the dataset."""
+    """(SFT dataset, annotation store): the store defaults to annotations.jsonl beside the dataset.
+
+    Both must be writable (checked now, before any work); a store that is a symbolic link
+    is resolved, so that the store it points to gets the answers."""
     out = Path(out)
     store = Path(store) if store else out.parent / STORE_NAME
     if out.suffix != ".jsonl":
         raise TaskdivError(f"--out {out}: the SFT dataset is written as .jsonl")
     if out.resolve() == store.resolve():
         raise TaskdivError(f"--out {out} is the annotation store; write the SFT dataset to another file")
+    if store.is_symlink():
+        store = store.resolve()
+    check_output_file(out)
+    check_output_file(store)
     return out, store
 
 
@@ -172,17 +180,16 @@ def ingest(items: list[Item], selection: pd.DataFrame, out, store=None, *, sourc
             f"{len(report['not_annotated'])} not annotated, {len(report['unknown'])} unknown); nothing written")
     full = pd.concat([store, pd.DataFrame(rows, columns=store.columns)], ignore_index=True) if rows else store
     report_path = None
-    with contextlib.ExitStack() as stack:
-        # All files are written to temporaries first and renamed only once every write succeeded.
+    targets = [out]
+    if rows:
+        report_path = store_path.parent / f"import-round-{int(rows[0]['round'])}.json"
+        targets = [store_path, report_path, out]
+    with output_set(*targets) as tmps:
         if rows:
-            tmp = stack.enter_context(atomic_path(store_path))
-            dump_jsonl(tmp, full.to_dict(orient="records"))
-            report_path = store_path.parent / f"import-round-{int(rows[0]['round'])}.json"
-            tmp = stack.enter_context(atomic_path(report_path))
-            tmp.write_text(dumps_json({"source": source, "format": fmt, "selection": selection_path,
-                                       "round": int(rows[0]["round"]), **report}), encoding="utf-8")
-        tmp = stack.enter_context(atomic_path(out))
-        dump_jsonl(tmp, sft_rows(full).to_dict(orient="records"))
+            dump_jsonl(tmps[0], full.to_dict(orient="records"))
+            tmps[1].write_text(dumps_json({"source": source, "format": fmt, "selection": selection_path,
+                                           "round": int(rows[0]["round"]), **report}), encoding="utf-8")
+        dump_jsonl(tmps[-1], sft_rows(full).to_dict(orient="records"))
     report.update(round=int(rows[0]["round"]) if rows else None, report_path=report_path, store=store_path,
                   out=out, total=int(full["id"].nunique()))
     return report

@@ -123,6 +123,13 @@ def configure_logging(verbose: int, quiet: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def os_error_message(e: OSError) -> str:
+    """'PATH: reason' for an OSError (both paths of a failed rename)."""
+    paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
+    reason = e.strerror or str(e)
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import config
 
@@ -149,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except TaskdivError as e:
         print(f"taskdiv: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        # The operating system refused something (a read-only directory, a full disk, a file
+        # where a directory should be): the user's environment, not a bug, so no traceback.
+        print(f"taskdiv: error: {os_error_message(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("taskdiv: interrupted", file=sys.stderr)

@@ -16,6 +16,11 @@ import yaml
 
 from .errors import TaskdivError
 
+# Every option that holds a seed, in every stage: one rule for all of them (numpy takes any
+# non-negative integer, torch and transformers.set_seed only those below 2**32).
+SEED_FIELDS = ("seed", "seeds", "full_seeds")
+MAX_SEED = 2**32 - 1
+
 
 def _base_type(tp):
     """(scalar type, is_list) of an annotation such as `int | None` or `list[str]`."""
@@ -77,7 +82,18 @@ def build(cls, namespace: argparse.Namespace | dict | None = None, config_file: 
         elif f.metadata.get("required") or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING):
             flag = f.name.upper() if f.metadata.get("positional") else "--" + f.name.replace("_", "-")
             raise TaskdivError(f"missing required {flag}")
+        if f.name in SEED_FIELDS and values.get(f.name) is not None:
+            check_seed(values[f.name], f.name, config_file)
     return cls(**values)
+
+
+def check_seed(value, name: str = "seed", source=None) -> None:
+    """A seed is a whole number from 0 to 2**32 - 1 (a list of them for `seeds`)."""
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_SEED:
+            where = f"{source}: " if source else ""
+            raise TaskdivError(f"{where}--{name.replace('_', '-')} {v}: a seed must be a whole number "
+                               f"from 0 to {MAX_SEED}")
 
 
 def load_yaml(path, cls) -> dict:

@@ -52,7 +52,8 @@ class FieldMap:
     response_field: str = field(default="response", metadata={"help": "Source field holding the reference response."})
     prompt_template: str | None = field(default=None, metadata={
         "help": "Build the prompt from several fields, e.g. '{instruction}\\n\\n{context}' for Dolly. "
-                "Empty fields and the separators around them are dropped."})
+                "Empty fields and the separators around them are dropped. \\n, \\t and \\\\ are read as "
+                "newline, tab and backslash, on the command line as in YAML."})
 
     def field_map(self) -> "FieldMap":
         """Just the field mapping of a config that extends FieldMap (PoolOptions, OracleConfig)."""
@@ -108,6 +109,18 @@ class Pool:
 
         haystack = arrow(self.frame["id"])
         return pc.index_in(arrow(ids), value_set=haystack).fill_null(-1).to_numpy().astype(np.int64)
+
+    def random_keys(self, seed: int) -> np.ndarray:
+        """A uniform random number in [0, 1) per row, drawn by the seed in the order of the
+        sorted ids: it depends on the seed and the set of ids, not on the order of the rows,
+        so a pool re-exported in another order gives the same selections."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        by_id = pc.sort_indices(pa.array(self.frame["id"].astype("str"))).to_numpy()
+        keys = np.empty(len(by_id))
+        keys[by_id] = np.random.default_rng(seed).random(len(by_id))
+        return keys
 
     def subset(self, ids) -> "Pool":
         """The rows with these ids, in the given order."""
@@ -314,11 +327,14 @@ def normalise(raw: pd.DataFrame, fields: FieldMap, *, source: str, where: str = 
                             f"(map it with --prompt-field or --prompt-template)", file=source)
         prompt = raw[fields.prompt_field]
     prompt_name = fields.prompt_field if shape == "mapped" and not fields.prompt_template else "prompt"
-    out["prompt"] = _check_text(prompt, prompt_name, err, what="prompt")
+    if shape == "chat":
+        prompt_name = key  # the first user turn's content
+    out["prompt"] = _check_text(prompt, prompt_name, err, what="prompt", numbers=False)
 
     if fields.task_field in cols:
+        # Stripped: " t " and "t" are one task (a label's blanks are an export accident).
         out["task"] = _check_text(raw[fields.task_field], fields.task_field, err, what="task label",
-                                  required=require_tasks)
+                                  required=require_tasks, numbers=True, strip=True)
     elif require_tasks:
         raise DataError(f"no task field {fields.task_field!r}; map it with --task-field, "
                         f"or use --tasks auto to cluster prompts into tasks", file=source)
@@ -354,11 +370,17 @@ def normalise(raw: pd.DataFrame, fields: FieldMap, *, source: str, where: str = 
     return out[order].reset_index(drop=True)
 
 
-def _check_text(values: pd.Series, name: str, err, *, what: str, required: bool = True) -> pd.Series:
-    """Strings with leading/trailing blanks kept; null or blank values are errors."""
+def _check_text(values: pd.Series, name: str, err, *, what: str, required: bool = True, numbers: bool,
+                strip: bool = False) -> pd.Series:
+    """Strings (leading/trailing blanks kept unless `strip`); null or blank values are errors,
+    and so are values of another type (a list, a bool, an object), except numbers where
+    `numbers` allows them (they become their text)."""
+    _check_types(values, name, err, what=what, numbers=numbers)
     if values.dtype != object and not pd.api.types.is_string_dtype(values):
         values = values.astype(object)
     text = values.where(values.notna(), "").astype(str)
+    if strip:
+        text = text.str.strip()
     bad = (text.str.strip() == "").to_numpy()  # null, empty or blank
     if bad.any() and required:
         i = int(np.argmax(bad))
@@ -366,9 +388,51 @@ def _check_text(values: pd.Series, name: str, err, *, what: str, required: bool 
     return text.where(~bad, None) if bad.any() else text
 
 
+_NUMBER_KINDS = ("integer", "floating", "mixed-integer-float", "decimal")
+
+
+def _check_types(values: pd.Series, name: str, err, *, what: str, numbers: bool) -> None:
+    """Refuse values that would only become text by accident: lists, bools, objects."""
+    kind = pd.api.types.infer_dtype(values, skipna=True)  # one pass in C for the usual all-text column
+    if kind in ("string", "empty") or (numbers and kind in _NUMBER_KINDS):
+        return
+    for i, v in enumerate(values):
+        if v is None or isinstance(v, str) or (isinstance(v, float) and v != v):
+            continue
+        if numbers and isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)):
+            continue
+        accepted = "text or a number" if numbers else "text"
+        raise err(f"{what} is {_kind(v)}; accepted: {accepted}", i, name)
+
+
+def _kind(value) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return f"the boolean {str(bool(value)).lower()}"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return f"the number {value}"
+    return f"a {type(value).__name__}"
+
+
+_ESCAPES = {"\\n": "\n", "\\t": "\t", "\\\\": "\\"}
+
+
+def template_escapes(template: str) -> str:
+    """A template's \\n, \\t and \\\\ as newline, tab and backslash; other backslashes stay.
+
+    A shell passes '{a}\\n\\n{b}' with a literal backslash-n: read like this, the
+    command line gives what the README shows, and a YAML template (whose double-quoted
+    strings have already turned \\n into a newline) reads the same."""
+    return re.sub(r"\\[nt\\]", lambda m: _ESCAPES[m.group()], template)
+
+
 def _render_template(raw: pd.DataFrame, template: str, err) -> pd.Series:
     # Split the template into literal separators and fields, and drop a field together
     # with the separator before it when the field is empty (Dolly's empty context).
+    template = template_escapes(template)
     try:
         parts = list(string.Formatter().parse(template))
     except ValueError as e:
@@ -380,6 +444,8 @@ def _render_template(raw: pd.DataFrame, template: str, err) -> pd.Series:
     if missing:
         raise DataError(f"prompt template uses field(s) {missing} that the source lacks "
                         f"(it has {sorted(c for c in raw.columns if c != '__line__')})")
+    for n in names:
+        _check_types(raw[n], n, err, what=f"template field {n!r}", numbers=True)
     columns = {n: raw[n].where(raw[n].notna(), "").astype(str) for n in names}
     result = []
     for i in range(len(raw)):
@@ -489,7 +555,9 @@ def read_scores(path, pool: Pool) -> np.ndarray:
     bad = ~np.isfinite(conf) | (conf < 0) | (conf > 1)
     if bad.any():
         i = int(np.argmax(bad))
-        raise DataError(f"confidence {raw['confidence'].iloc[i]!r} is not a number in [0, 1] "
+        value = raw["confidence"].iloc[i]
+        value = value.item() if isinstance(value, np.generic) else value  # nan, not np.float64(nan)
+        raise DataError(f"confidence {value!r} is not a number in [0, 1] "
                         f"({int(bad.sum())} such row(s))", file=path, row=i + 1, field="confidence")
     if ids.nunique() != len(ids):
         i = int(np.argmax(ids.duplicated().to_numpy()))

@@ -43,12 +43,13 @@ import pandas as pd
 
 from .config import to_dict
 from .errors import DataError, TaskdivError
-from .fileio import file_sha256, write_json, write_jsonl, write_table
+from .fileio import check_output_dir, dump_jsonl, dump_table, dumps_json, file_sha256, output_set, write_jsonl
 from .models import EMBEDDED
 
 log = logging.getLogger(__name__)
 
 SUITES = ("heldout", "mmlu", "bbh")
+OUTPUTS = ("items.jsonl", "per_task.csv", "results.json")
 
 
 @dataclass
@@ -358,17 +359,23 @@ def _config_key(cfg: EvalConfig, fingerprint: str, chat: bool, dtype: str) -> di
     return {**keep, "fingerprint": fingerprint, "chat": chat, "dtype_resolved": dtype, "heldout_sha256": data}
 
 
-def evaluate(cfg: EvalConfig) -> dict:
-    """Run one suite; writes results.json, per_task.csv (and items.jsonl) into cfg.out."""
-    from . import models
-
+def check_options(cfg: EvalConfig) -> None:
+    """The options alone make sense (the model and the suite's data are checked by `evaluate`)."""
     if cfg.model is None or cfg.out is None:
         raise TaskdivError("evaluate needs RUN_OR_MODEL and --out")
     if cfg.suite not in SUITES:
         raise TaskdivError(f"--suite must be one of {', '.join(SUITES)}")
     if (cfg.limit is not None and cfg.limit < 1) or cfg.batch_size < 1 or cfg.n_boot < 1:
         raise TaskdivError("--limit, --batch-size and --n-boot must be positive")
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Run one suite; writes results.json, per_task.csv (and items.jsonl) into cfg.out."""
+    from . import models
+
+    check_options(cfg)
     out = Path(cfg.out)
+    check_output_dir(out, OUTPUTS)
     ref = models.resolve(cfg.model)
     dtype = models.dtype_name(cfg.dtype)
     tok = models.load_tokenizer(ref)
@@ -409,11 +416,13 @@ def evaluate(cfg: EvalConfig) -> dict:
                "seconds_per_item": round(seconds / max(1, len(items)), 4), "config": key}
     if cfg.suite != "heldout":
         results["harness"] = raw
-    write_jsonl(out / "items.jsonl", items.to_dict(orient="records"))
     macro_row = pd.DataFrame([{"task": "macro", "n": macro["n"], "accuracy": macro["accuracy"],
                                "ci_low": macro["ci_low"], "ci_high": macro["ci_high"]}])
-    write_table(out / "per_task.csv", pd.concat([table, macro_row], ignore_index=True))
-    write_json(results_path, results)
+    # One unit, results.json (what a rerun reuses) last.
+    with output_set(*(out / name for name in OUTPUTS)) as (items_tmp, table_tmp, results_tmp):
+        dump_jsonl(items_tmp, items.to_dict(orient="records"))
+        dump_table(table_tmp, pd.concat([table, macro_row], ignore_index=True), ".csv")
+        results_tmp.write_text(dumps_json(results), encoding="utf-8")
     if cfg.suite == "heldout":
         (out / ".items.partial.jsonl").unlink(missing_ok=True)
     results["table"] = format_table(table, macro)

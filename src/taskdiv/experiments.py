@@ -16,10 +16,12 @@ Layout and resumption:
 Once a run is evaluated its weights (train/adapter, merged, checkpoints) are deleted
 unless `keep_weights: true`, and selection/ids.txt lists the chosen ids. EXP/.gitignore
 leaves out the bulky files (weights, data.jsonl, selection.jsonl, per-item predictions,
-the score cache), so `git add EXP` commits each finished run's compact results:
-result.json (with the code commit it ran at), done, eval/per_task.csv, selection/
-ids.txt and allocation.csv, train/train_metrics.json. A rerun on a new clone then
-skips every committed run. A rerun skips runs with a `done` marker; inside an unfinished run each stage skips
+the score cache, the Parquet copy of scores.csv), so `git add EXP` commits each finished
+run's compact results: result.json (with the code commit it ran at), done,
+eval/per_task.csv, selection/ids.txt and allocation.csv, train/train_metrics.json. A
+rerun on a new clone then skips every committed run.
+
+A rerun skips runs with a `done` marker; inside an unfinished run each stage skips
 what it already finished (training resumes from its last checkpoint), so a grid
 killed at any point resumes where it stopped, with no duplicate rows. A rerun may extend
 the grid (strategies, budgets, seeds) but fails if a key that defines a run (model, pool,
@@ -44,8 +46,8 @@ from pathlib import Path
 import pandas as pd
 
 from . import config as configmod
-from .errors import TaskdivError, unknown_name
-from .fileio import write_json, write_table, write_text, write_yaml
+from .errors import DataError, TaskdivError, unknown_name
+from .fileio import check_output_dir, write_json, write_table, write_text, write_yaml
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +155,7 @@ def blocks(cfg: ExperimentConfig) -> list[dict]:
         for k, v in values.items():
             if not isinstance(v, list):
                 raise TaskdivError(f"experiment config: key '{key}{k}' must be a list, got {v!r}")
+        configmod.check_seed(values["seeds"], f"{key}seeds", "experiment config")
         out.append({"key": key, **values})
     return out
 
@@ -231,12 +234,28 @@ def plan(cfg: ExperimentConfig, pool_size: int) -> list[Run]:
     return runs
 
 
+def check_responses(pool, spec: str, field: str) -> None:
+    """Every prompt has a reference response: the experiment's annotator is the pool's responses."""
+    frame = pool.frame
+    if "response" not in frame.columns:
+        raise DataError("no reference responses: an experiment annotates the selected prompts with the "
+                        "pool's responses (map them with pool_fields.response_field)", file=spec, field=field)
+    missing = frame["response"].isna() | (frame["response"].astype(str).str.strip() == "")
+    if missing.any():
+        ids = ", ".join(repr(i) for i in frame["id"][missing][:5])
+        raise DataError(f"{int(missing.sum())} prompt(s) have no reference response (ids {ids}"
+                        f"{' ...' if missing.sum() > 5 else ''}); an experiment annotates with them",
+                        file=spec, field=field)
+
+
 def validate_model(name: str) -> None:
-    from .models import EMBEDDED
+    from .models import EMBEDDED, looks_like_path
 
     path = Path(name)
-    if name in EMBEDDED or path.exists() or (name.count("/") == 1 and not name.startswith((".", "/"))):
+    if name in EMBEDDED or path.exists() or (name.count("/") == 1 and not looks_like_path(name)):
         return
+    if looks_like_path(name):
+        raise TaskdivError(f"experiment config: key 'model': {name}: no such run or model directory")
     raise TaskdivError(f"experiment config: key 'model': {unknown_name('model', name, EMBEDDED)}")
 
 
@@ -247,13 +266,19 @@ class Experiment:
 
     # ------------------------------------------------------------------ setup
     def prepare(self) -> list[Run]:
-        """Everything that can fail on a bad config, before any run starts."""
+        """Everything that can fail on a bad config or bad input, before any run starts: every
+        stage's options, the pool (with a reference response for every prompt, which the oracle
+        annotator needs), the test set (targets), the output directory. `--dry-run` runs exactly this."""
+        from .allocation import check_task_limits
         from .data import FieldMap, load_pool
-        from .evaluation import SUITES
+        from .evaluation import SUITES, load_heldout
+        from .evaluation import check_options as check_eval_options
         from .scoring import ScoreConfig
         from .training import TrainConfig
+        from .training import check_options as check_train_options
 
         cfg = self.cfg
+        check_output_dir(self.out)
         self.check_previous_config()
         validate_model(cfg.model)
         unknown = sorted(set(cfg.pool_fields) - set(FieldMap.__dataclass_fields__))
@@ -268,17 +293,31 @@ class Experiment:
         if "heldout" in cfg.suites and not cfg.test:
             raise TaskdivError("experiment config: key 'test' is required for the heldout suite")
         self.pool = load_pool(cfg.pool, FieldMap(**self.fields))
+        check_responses(self.pool, cfg.pool, self.fields.get("response_field", "response"))
         self.runs = plan(cfg, len(self.pool))
         # Build every stage config once now, so that a bad key fails before any run.
         self.score_cfg = _stage_config(ScoreConfig, cfg.score, "score",
                                        {"pool": cfg.pool, "model": cfg.model, "out": str(self.out / "scores"),
                                         **self.fields})
-        _stage_config(TrainConfig, cfg.train, "train", {"data": "x", "model": cfg.model, "out": "x", "seed": 0})
+        check_train_options(_stage_config(TrainConfig, cfg.train, "train",
+                                          {"data": "x", "model": cfg.model, "out": "x", "seed": 0}))
         unknown = sorted(set(cfg.suite_options) - set(cfg.suites))
         if unknown:
             raise TaskdivError(f"experiment config: key 'suite_options': {', '.join(unknown)} not in 'suites'")
+        self.test = None
         for suite in cfg.suites:
-            self._eval_config(cfg.model, "x", suite)
+            eval_cfg = self._eval_config(cfg.model, "x", suite)
+            check_eval_options(eval_cfg)
+            if suite == "heldout":
+                self.test = load_heldout(cfg.test, eval_cfg.limit)
+            else:  # MMLU/BBH files: read and converted once into a throwaway directory
+                import tempfile
+
+                from . import harness
+
+                with tempfile.TemporaryDirectory(prefix="taskdiv-check-") as tmp:
+                    harness.prepare(eval_cfg, Path(tmp))
+        check_task_limits(cfg.min_per_task)
         for s in grid_strategies(cfg):
             self._select_config(Run("check", s, "1", 1, 0), Path("x"))
         return self.runs
@@ -468,6 +507,7 @@ runs/*/eval*/items.jsonl
 runs/*/eval*/.items.partial.jsonl
 runs/*/eval*/harness/
 scores/cache.sqlite*
+scores/scores.parquet
 """
 
 
@@ -533,10 +573,8 @@ def run_experiment(cmd: ExperimentCommand) -> None:
     cfg = load_config(cmd.config_yaml)
     exp = Experiment(cfg, cmd.out)
     if cmd.dry_run:
-        from .data import load_pool
-
         runs = exp.prepare()
-        n_test = len(load_pool(cfg.test)) if cfg.test else 0
+        n_test = len(exp.test) if exp.test is not None else 0
         for r in runs:
             print(f"{r.id:40s} strategy={r.strategy:24s} budget={r.budget_n:6d} seed={r.seed}")
         est = estimate_seconds(cfg, runs, n_test)

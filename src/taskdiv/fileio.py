@@ -2,7 +2,10 @@
 
 Everything taskdiv writes goes through `atomic_path`: the content is written to a
 temporary file in the same directory and renamed into place, so a crash or Ctrl-C
-never leaves a half-written output behind.
+never leaves a half-written output behind. A command that writes several files
+writes them through `output_set`, so that they are replaced together or not at all,
+and checks its output location first (`check_output_dir`, `check_output_file`) so
+that a file in the way or a read-only directory fails before any work, naming the path.
 
 The readers (`iter_jsonl`, `read_json_document`, `read_csv`, `check_utf8`) raise a
 `DataError` that names the file and the line, so every stage reports bad input alike;
@@ -23,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .errors import DataError
+from .errors import DataError, TaskdivError
 
 
 def _umask() -> int:
@@ -67,6 +70,130 @@ def atomic_dir(target: str | os.PathLike):
             shutil.rmtree(staging, ignore_errors=True)
 
 
+# ----------------------------------------------------------------------------- output checks and sets
+
+
+def _nearest_existing(path: Path) -> Path:
+    for p in (path, *path.parents):
+        if p.exists() or p.is_symlink():
+            return p
+    return Path(".")
+
+
+def _probe(directory: Path, what: Path) -> None:
+    """Create and remove a file in `directory`: the only test of writability that also holds for root
+    without CAP_DAC_OVERRIDE, read-only mounts and ACLs."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".taskdiv-write-test-", dir=directory)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise TaskdivError(f"{what}: cannot write to {directory} ({e.strerror or e})") from None
+
+
+def check_output_dir(out, names=(), *, what=None) -> Path:
+    """Fail now, naming the path, if OUT cannot be (or hold) the output directory.
+
+    Checks without creating anything: OUT is a directory or can be made one (no file in
+    the way, the nearest existing parent is a writable directory), and none of the files
+    `names` inside it is a directory. Commands call it before their first real work.
+    `what`: the output to name in errors (default OUT)."""
+    out = Path(out)
+    what = what or out
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise TaskdivError(f"{what}: {'' if what == out else f'{out} '}exists and is not a directory; "
+                               f"choose another output")
+        _probe(out, what)
+        for name in names:
+            if (out / name).is_dir() and not (out / name).is_symlink():
+                raise TaskdivError(f"{out / name}: is a directory where taskdiv writes a file; remove it "
+                                   f"or choose another output directory")
+        return out
+    parent = _nearest_existing(out.parent)
+    if not parent.is_dir():
+        raise TaskdivError(f"{what}: cannot create {out}: {parent} is not a directory")
+    _probe(parent, what)
+    return out
+
+
+def check_output_file(path) -> Path:
+    """As `check_output_dir`, for one output file: it is not a directory and its directory is writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise TaskdivError(f"{path}: is a directory; give a file name")
+    check_output_dir(path.parent, what=path)
+    return path
+
+
+@contextlib.contextmanager
+def output_set(*paths):
+    """Write several files of one command as one unit: all of them, or none.
+
+    Yields a list of temporary paths, one per target (in the target's directory). Only when the
+    block has written every one of them are they renamed into place; if a rename
+    fails (a directory in the way, Ctrl-C), the targets already renamed get their
+    previous content back (kept as hard links until the end), so the set never mixes
+    two runs. The targets are renamed in the order given: put a file that marks a
+    finished output (selection.jsonl) last. A target that is a symbolic link is
+    replaced, not followed (resolve it first to write through a link on purpose).
+    """
+    targets = [Path(p) for p in paths]
+    for t in targets:
+        if t.is_dir() and not t.is_symlink():
+            raise TaskdivError(f"{t}: is a directory where taskdiv writes a file; remove it or choose another "
+                               f"output")
+        t.parent.mkdir(parents=True, exist_ok=True)
+    tmps: list[Path] = []
+    try:
+        for t in targets:
+            fd, tmp = tempfile.mkstemp(prefix=f".{t.name}.", suffix=".tmp", dir=t.parent)
+            os.close(fd)
+            tmps.append(Path(tmp))
+        yield list(tmps)
+        _commit(tmps, targets)
+    finally:
+        for tmp in tmps:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+def _commit(tmps: list[Path], targets: list[Path]) -> None:
+    mode = 0o666 & ~_umask()  # mkstemp makes files private (0600)
+    for tmp in tmps:
+        os.chmod(tmp, mode)
+    backups: list[Path | None] = []
+    done = 0
+    try:
+        for t in targets:
+            backup = None
+            if t.exists() or t.is_symlink():
+                backup = t.parent / f".{t.name}.{os.getpid()}.{len(backups)}.old"
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(backup)
+                try:
+                    os.link(t, backup, follow_symlinks=False)
+                except OSError:  # a file system without hard links
+                    shutil.copy2(t, backup, follow_symlinks=False)
+            backups.append(backup)
+        for tmp, t in zip(tmps, targets):
+            os.replace(tmp, t)
+            done += 1
+    except BaseException:
+        for t, backup in list(zip(targets, backups))[:done]:
+            with contextlib.suppress(OSError):
+                if backup is not None:
+                    os.replace(backup, t)
+                else:
+                    os.unlink(t)
+        raise
+    finally:
+        for backup in backups:
+            if backup is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(backup)
+
+
 def write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -74,13 +201,6 @@ def write_text(path, text: str) -> None:
 
 def write_jsonl(path, records) -> int:
     """Write a DataFrame or an iterable of dicts as JSON lines; returns the line count."""
-    if isinstance(records, pd.DataFrame):
-        with atomic_path(path) as tmp:
-            if len(records):
-                records.to_json(tmp, orient="records", lines=True, force_ascii=False)
-            else:
-                tmp.write_text("")
-        return len(records)
     with atomic_path(path) as tmp:
         return dump_jsonl(tmp, records)
 
@@ -90,7 +210,14 @@ def write_json(path, obj) -> None:
 
 
 def dump_jsonl(path, records) -> int:
-    """Write dicts as JSON lines straight to `path` (a temporary from `atomic_path`); returns the count."""
+    """Write a DataFrame or dicts as JSON lines straight to `path` (a temporary from
+    `atomic_path` or `output_set`); returns the count."""
+    if isinstance(records, pd.DataFrame):
+        if len(records):
+            records.to_json(path, orient="records", lines=True, force_ascii=False)
+        else:
+            Path(path).write_text("")
+        return len(records)
     n = 0
     with open(path, "w", encoding="utf-8") as f:
         for rec in records:
@@ -105,17 +232,26 @@ def dumps_json(obj) -> str:
 
 
 def write_yaml(path, obj) -> None:
-    write_text(path, yaml.safe_dump(_jsonable(obj), sort_keys=False, allow_unicode=True))
+    with atomic_path(path) as tmp:
+        dump_yaml(tmp, obj)
+
+
+def dump_yaml(path, obj) -> None:
+    Path(path).write_text(yaml.safe_dump(_jsonable(obj), sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
 def write_table(path, df: pd.DataFrame) -> None:
     """Write a DataFrame as CSV or Parquet, chosen by the file's suffix."""
-    path = Path(path)
     with atomic_path(path) as tmp:
-        if path.suffix == ".parquet":
-            df.to_parquet(tmp, index=False)
-        else:
-            df.to_csv(tmp, index=False)
+        dump_table(tmp, df, Path(path).suffix)
+
+
+def dump_table(path, df: pd.DataFrame, suffix: str | None = None) -> None:
+    """`df` as CSV, or Parquet when `suffix` (default: the path's own) is .parquet."""
+    if (suffix or Path(path).suffix) == ".parquet":
+        df.to_parquet(path, index=False)
+    else:
+        df.to_csv(path, index=False)
 
 
 def _jsonable(obj):
@@ -174,8 +310,7 @@ def iter_jsonl(path: Path):
             try:
                 rec = json.loads(text)
             except json.JSONDecodeError as e:
-                raise DataError(f"malformed JSON ({e.msg} at column {e.colno})",
-                                file=path, line=lineno) from None
+                raise DataError(f"malformed JSON ({_json_problem(e)})", file=path, line=lineno) from None
             if not isinstance(rec, dict):
                 raise DataError(f"expected a JSON object, got {type(rec).__name__}",
                                 file=path, line=lineno)
@@ -191,7 +326,12 @@ def read_json_document(path: Path):
     try:
         return json.loads(data.decode("utf-8"))
     except json.JSONDecodeError as e:
-        raise DataError(f"malformed JSON ({e.msg} at column {e.colno})", file=path, line=e.lineno) from None
+        raise DataError(f"malformed JSON ({_json_problem(e)})", file=path, line=e.lineno) from None
+
+
+def _json_problem(e: json.JSONDecodeError) -> str:
+    """'Expecting value at column 3'; json's own 'Unterminated string starting at' takes no second 'at'."""
+    return f"{e.msg} column {e.colno}" if e.msg.endswith(" at") else f"{e.msg} at column {e.colno}"
 
 
 def read_csv(path: Path, **kwargs) -> pd.DataFrame:

@@ -27,6 +27,7 @@ from .errors import DataError
 # looks for the answer under RESPONSE_TAG.
 RESPONSE_TAG = "response"
 PROMPT_TAG = "prompt"
+EXPORT_FILES = ("tasks.json", "config.xml")
 
 
 def labeling_config(with_confidence: bool) -> str:
@@ -144,11 +145,12 @@ def _annotator(completed_by) -> str | None:
 
 
 def write_export(out_dir: Path, rows: pd.DataFrame) -> list[Path]:
-    """Write tasks.json and config.xml into out_dir (atomically each)."""
-    from .fileio import write_text
+    """Write tasks.json and config.xml into out_dir, as one unit (fileio.output_set)."""
+    from .fileio import output_set
 
     with_conf = "confidence" in rows.columns
-    tasks_path, config_path = out_dir / "tasks.json", out_dir / "config.xml"
-    write_text(tasks_path, json.dumps(tasks(rows), indent=1, ensure_ascii=False) + "\n")
-    write_text(config_path, labeling_config(with_conf))
-    return [tasks_path, config_path]
+    paths = [out_dir / name for name in EXPORT_FILES]
+    with output_set(*paths) as (tasks_tmp, config_tmp):
+        tasks_tmp.write_text(json.dumps(tasks(rows), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        config_tmp.write_text(labeling_config(with_conf), encoding="utf-8")
+    return paths

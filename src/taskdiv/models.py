@@ -121,9 +121,19 @@ def resolve(name: str) -> ModelRef:
         if not (path / "config.json").exists():
             raise TaskdivError(f"{name}: not a model directory (no config.json)")
         return ModelRef(name, str(path), _has_chat(path))
-    if name.count("/") == 1 and not path.exists():
+    if name.count("/") == 1 and not looks_like_path(name) and not path.parent.is_dir() and not path.exists():
         return ModelRef(name, name, False)  # a hub id; chat default decided when loaded
+    if looks_like_path(name):
+        raise TaskdivError(f"{name}: no such run or model directory (a run is the --out of `taskdiv train`; "
+                           f"a model is a directory with config.json, a .gguf file, a hub id ORG/NAME, or one "
+                           f"of {', '.join(sorted(EMBEDDED))})")
     raise unknown_name("model", name, EMBEDDED)
+
+
+def looks_like_path(name: str) -> bool:
+    """A --model value meant as a file or directory (not an embedded name or a hub id)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or name.endswith("/") or \
+        (name.count("/") == 1 and Path(name).parent.is_dir())  # runs/ft where runs/ exists
 
 
 def _has_chat(path: Path) -> bool:

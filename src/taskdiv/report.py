@@ -31,7 +31,7 @@ import pandas as pd
 
 from . import analysis
 from .errors import TaskdivError
-from .fileio import atomic_path, write_table, write_text
+from .fileio import atomic_path, check_output_dir, write_table, write_text
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +255,8 @@ def _save(fig, path: Path) -> None:
 
 def build_report(exp: Path) -> str:
     exp = Path(exp)
+    if exp.exists() and not exp.is_dir():
+        raise TaskdivError(f"{exp}: is not a directory (give the experiment directory, which holds results.csv)")
     path = exp / "results.csv"
     if not path.exists():
         raise TaskdivError(f"{path}: no such file (run `taskdiv experiment` first)")
@@ -262,6 +264,7 @@ def build_report(exp: Path) -> str:
     missing = {"run", "strategy", "budget", "budget_n", "seed", "accuracy"} - set(results.columns)
     if missing:
         raise TaskdivError(f"{path}: missing column(s) {sorted(missing)}")
+    check_output_dir(exp)  # report.md and the plots go beside results.csv
     per_task = pd.read_csv(exp / "per_task.csv") if (exp / "per_task.csv").exists() else pd.DataFrame()
     allocations = pd.read_csv(exp / "allocations.csv") if (exp / "allocations.csv").exists() else pd.DataFrame()
     summary = summary_table(results)

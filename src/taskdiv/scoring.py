@@ -44,7 +44,7 @@ from . import metrics as metrics_mod
 from .data import Pool, PoolOptions, load_pool
 from .config import to_dict
 from .errors import TaskdivError
-from .fileio import write_table, write_yaml
+from .fileio import dump_table, dump_yaml, output_set
 from .models import DEFAULT_MODEL, EMBEDDED
 
 log = logging.getLogger(__name__)
@@ -430,11 +430,13 @@ def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
         if loaded is None and scorer.model is not None:  # ours: dropped, not kept for a later call
             scorer.model = None
             models.free_memory()
-    write_table(out / "scores.csv", scores)
-    write_table(out / "scores.parquet", scores)
-    write_table(out / "tasks.csv", table)
-    write_yaml(out / "config.yaml", {"command": "score", **to_dict(cfg),
-                                     "resolved": {**settings, "model_path": ref.path, "settings_key": cache.key}})
+    names = ("scores.csv", "scores.parquet", "tasks.csv", "config.yaml")
+    with output_set(*(out / name for name in names)) as (csv_tmp, parquet_tmp, tasks_tmp, config_tmp):
+        dump_table(csv_tmp, scores, ".csv")
+        dump_table(parquet_tmp, scores, ".parquet")
+        dump_table(tasks_tmp, table, ".csv")
+        dump_yaml(config_tmp, {"command": "score", **to_dict(cfg),
+                               "resolved": {**settings, "model_path": ref.path, "settings_key": cache.key}})
     scores.attrs.update(reused=len(reused), computed=scorer.computed, seconds=time.perf_counter() - started,
                         generation_seconds=scorer.seconds, available=len(frame))
     log.info("scored %d of %d prompts: %d reused from the cache, %d generated", len(scores), len(frame),

@@ -3,7 +3,7 @@
     taskdiv select POOL --budget 20% --strategy weighted-task-diversity \\
         --scores scores/scores.csv --seed 0 --out runs/sel
 
-Writes (atomically, only once every input has been validated):
+Writes (as one unit, only once every input has been validated; see fileio.output_set):
     OUT/selection.jsonl  id, task, prompt, response (if the pool has one), strategy,
                          seed, rank, confidence (if scored)
     OUT/allocation.csv   task, available, taken, confidence, weight, allocated
@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .allocation import parse_budget
-from .data import Pool, PoolOptions, load_pool, read_ids, read_scores
-from .models import DEFAULT_ENCODER
+from .allocation import check_task_limits, parse_budget
 from .config import to_dict
+from .data import Pool, PoolOptions, load_pool, read_ids, read_scores
 from .errors import TaskdivError
-from .fileio import write_jsonl, write_table, write_yaml
+from .fileio import (check_output_dir, check_output_file, dump_jsonl, dump_table, dump_yaml, output_set, write_jsonl,
+                     write_table)
+from .models import DEFAULT_ENCODER
 from .strategies import STRATEGIES, TASK_PARAMETERS, WITHIN, Inputs, get_strategy
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ def select(cfg: SelectConfig, pool: Pool | None = None) -> tuple[pd.DataFrame, p
     """
     auto, k = parse_tasks_option(cfg.tasks)
     strategy = get_strategy(cfg.strategy, seed=cfg.seed, **task_parameters(cfg))
+    check_task_limits(cfg.min_per_task, cfg.max_per_task)
     strategy.check_needs({"confidence"} if cfg.scores else set(), among={"confidence"})  # before loading anything
     if pool is None:
         pool = load_pool(cfg.pool, cfg.field_map(), require_tasks=not auto)
@@ -154,13 +156,18 @@ def _counts_table(pool: Pool, rows: pd.DataFrame, inputs: Inputs) -> pd.DataFram
     return table.reset_index()
 
 
+# selection.jsonl last: it is the marker of a finished selection (`taskdiv experiment`
+# resumes past a run whose selection.jsonl exists).
+OUTPUTS = ("allocation.csv", "config.yaml", "selection.jsonl")
+
+
 def write_selection(out: str | Path, rows: pd.DataFrame, allocation: pd.DataFrame, cfg) -> None:
+    """The three files as one unit: a failure or Ctrl-C leaves OUT as it was."""
     out = Path(out)
-    # selection.jsonl last: it is the marker of a finished selection (`taskdiv experiment`
-    # resumes past a run whose selection.jsonl exists), so a kill before it leaves no marker.
-    write_table(out / "allocation.csv", allocation)
-    write_yaml(out / "config.yaml", {"command": "select", **to_dict(cfg)})
-    write_jsonl(out / "selection.jsonl", rows)
+    with output_set(*(out / name for name in OUTPUTS)) as (alloc_tmp, config_tmp, selection_tmp):
+        dump_table(alloc_tmp, allocation, ".csv")
+        dump_yaml(config_tmp, {"command": "select", **to_dict(cfg)})
+        dump_jsonl(selection_tmp, rows)
 
 
 def format_allocation(allocation: pd.DataFrame, max_rows: int = 60) -> str:
@@ -179,6 +186,7 @@ def format_allocation(allocation: pd.DataFrame, max_rows: int = 60) -> str:
 
 
 def run_select(cfg: SelectConfig) -> None:
+    check_output_dir(cfg.out, OUTPUTS)
     rows, allocation = select(cfg)
     write_selection(cfg.out, rows, allocation, cfg)
     print(format_allocation(allocation))
@@ -211,8 +219,9 @@ def run_pool_info(cfg: PoolInfoConfig) -> None:
 
 
 def run_pool_export(cfg: PoolExportConfig) -> None:
-    pool = load_pool(cfg.pool, cfg.field_map())
     out = Path(cfg.out)
+    check_output_file(out)
+    pool = load_pool(cfg.pool, cfg.field_map())
     if out.suffix == ".parquet":
         write_table(out, pool.frame)
     elif out.suffix == ".jsonl":

@@ -1,7 +1,9 @@
 """Selection strategies: which prompts of a pool to annotate under a budget.
 
 One explicit registry, `STRATEGIES`, maps a name to a class. A strategy's `__init__`
-only stores keyword parameters (randomness enters through `seed`); `select(...)`
+only stores keyword parameters (randomness enters through `seed`, as one random key
+per prompt drawn in id order: `Pool.random_keys`, so that the rows' order does not
+change a selection); `select(...)`
 returns a `Selection` with the chosen ids in rank order (a prefix of the ranking is a
 sensible smaller selection) and, for task-based strategies, the allocation table.
 
@@ -125,8 +127,8 @@ class Random(Strategy):
 
     def _select(self, pool, budget, inputs, excluded):
         candidates = np.flatnonzero(~excluded)
-        rng = np.random.default_rng(self.seed)
-        return rng.choice(candidates, size=budget, replace=False), None
+        keys = pool.random_keys(self.seed)[candidates]
+        return candidates[np.argsort(keys, kind="stable")[:budget]], None
 
 
 class Full(Strategy):
@@ -152,7 +154,7 @@ class Uncertainty(Strategy):
         if len(candidates) < budget:
             raise TaskdivError(f"strategy 'uncertainty' ranks scored prompts only: {len(candidates)} scored "
                                f"prompt(s) can be chosen, fewer than the budget {budget}; score more prompts")
-        tiebreak = np.random.default_rng(self.seed).random(len(candidates))
+        tiebreak = pool.random_keys(self.seed)[candidates]
         order = np.lexsort((tiebreak, conf[candidates]))
         return candidates[order[:budget]], None
 
@@ -167,6 +169,8 @@ class KCenter(Strategy):
         from .kcenter import k_center
 
         candidates = np.flatnonzero(~excluded)
+        # In random-key order: the seeded first pick and argmax ties then do not depend on row order.
+        candidates = candidates[np.argsort(pool.random_keys(self.seed)[candidates], kind="stable")]
         centers = np.flatnonzero(excluded)
         X = inputs.embeddings
         picks = k_center(X[candidates], budget, seed=self.seed,
@@ -199,7 +203,7 @@ class TaskAllocation(Strategy):
         alloc = allocate(sizes, budget, weights=weights, floor=self._floor(budget, sizes, taken),
                          ceilings=self.max_per_task, taken=taken, seed=self.seed)
         new = alloc - taken
-        positions, within_rank = self._pick(codes, new, inputs, excluded)
+        positions, within_rank = self._pick(codes, new, inputs, excluded, pool.random_keys(self.seed))
         # Rank across tasks by each pick's place in its task's share (stride order), so that
         # a prefix of the ranking keeps the allocation's proportions; ties in task order.
         task_code = codes[positions]
@@ -217,13 +221,12 @@ class TaskAllocation(Strategy):
     def _floor(self, budget, sizes, taken) -> int:
         return self.min_per_task
 
-    def _pick(self, codes, new, inputs, excluded):
-        """(positions, rank within task) of the picks: new[t] available prompts of each task t."""
+    def _pick(self, codes, new, inputs, excluded, key):
+        """(positions, rank within task) of the picks: new[t] available prompts of each task t;
+        `key`: the prompts' random keys (Pool.random_keys)."""
         n = len(codes)
-        rng = np.random.default_rng(self.seed)
         if self.within == "k-center":
-            return self._pick_k_center(codes, new, inputs.embeddings, excluded)
-        key = rng.random(n)
+            return self._pick_k_center(codes, new, inputs.embeddings, excluded, key)
         if self.within == "lowest-confidence":
             conf = inputs.confidence
             # Scored prompts first by confidence, then unscored ones in random order.
@@ -236,12 +239,13 @@ class TaskAllocation(Strategy):
         chosen = rank < new[sorted_codes]
         return order[chosen], rank[chosen]
 
-    def _pick_k_center(self, codes, new, X, excluded):
+    def _pick_k_center(self, codes, new, X, excluded, key):
         from .kcenter import k_center
 
         positions, ranks = [], []
         for t in np.flatnonzero(new):
             rows = np.flatnonzero(codes == t)
+            rows = rows[np.argsort(key[rows], kind="stable")]  # row order does not matter
             free, done = rows[~excluded[rows]], rows[excluded[rows]]
             picks = k_center(X[free], int(new[t]), seed=self.seed + int(t),
                              initial=X[done] if len(done) else None)

@@ -37,7 +37,7 @@ import yaml
 from . import __version__
 from .config import to_dict
 from .errors import DataError, TaskdivError
-from .fileio import atomic_dir, file_sha256, write_json, write_text, write_yaml
+from .fileio import atomic_dir, check_output_dir, file_sha256, write_json, write_text, write_yaml
 from .models import DEFAULT_MODEL, EMBEDDED
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,8 @@ class TrainConfig:
     grad_accum: int = field(default=1, metadata={"help": "Gradient accumulation steps (effective batch = "
                                                          "batch-size x grad-accum)."})
     max_length: int = field(default=512, metadata={
-        "help": "Longest example in tokens; longer ones are cut at the end (a warning says how many)."})
+        "help": "Longest example in tokens; longer ones are cut at the end, and those left without any "
+                "response token are dropped (a warning says how many)."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
@@ -113,23 +114,36 @@ def load_examples(spec: str):
     return frame
 
 
-def tokenize(frame, tokenizer, chat: bool, max_length: int):
-    """input_ids and completion_mask per example, from the shared prompt formatting."""
+def tokenize(frame, tokenizer, chat: bool, max_length: int, *, source=None):
+    """input_ids and completion_mask per example, from the shared prompt formatting.
+
+    Examples longer than `max_length` are cut at the end; those whose response is cut
+    entirely (nothing left to learn from) are dropped, with a warning that says how many,
+    and an error when none is left."""
     from . import models
 
-    input_ids, masks, cut = [], [], 0
-    for prompt, response in zip(frame["prompt"], frame["response"]):
+    input_ids, masks, cut, dropped = [], [], 0, []
+    for pid, prompt, response in zip(frame["id"], frame["prompt"], frame["response"]):
         p = models.encode_prompt(tokenizer, prompt, chat)
         r = models.encode_response(tokenizer, prompt, str(response), chat)
         ids, mask = p + r, [0] * len(p) + [1] * len(r)
         if len(ids) > max_length:
             cut += 1
             ids, mask = ids[:max_length], mask[:max_length]
+            if not any(mask):
+                dropped.append(pid)
+                continue
         input_ids.append(ids)
         masks.append(mask)
+    if not input_ids:
+        raise DataError(f"every one of the {len(frame)} example(s) has a prompt of --max-length {max_length} "
+                        f"tokens or more, so no response token is left to train on; raise --max-length",
+                        file=source)
     if cut:
-        log.warning("%d of %d example(s) are longer than --max-length %d tokens and were cut at the end "
-                    "(those whose response is cut entirely are dropped)", cut, len(frame), max_length)
+        log.warning("%d of %d example(s) are longer than --max-length %d tokens and were cut at the end; "
+                    "%d of them lost their whole response and were dropped%s", cut, len(frame), max_length,
+                    len(dropped), f" (ids {', '.join(map(str, dropped[:5]))}{' ...' if len(dropped) > 5 else ''})"
+                    if dropped else "")
     return {"input_ids": input_ids, "completion_mask": masks}
 
 
@@ -222,16 +236,22 @@ def _callbacks(log_path: Path, resume_step: int):
     return LogAndProgress()
 
 
+def check_options(cfg: TrainConfig) -> None:
+    """The options alone make sense (the data and model are checked by `train`)."""
+    if cfg.out is None or cfg.data is None:
+        raise TaskdivError("train needs DATA and --out")
+    if cfg.epochs <= 0 or cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.max_length < 2 or cfg.save_steps < 1:
+        raise TaskdivError("--epochs, --batch-size, --grad-accum, --save-steps must be positive, --max-length >= 2")
+
+
 def train(cfg: TrainConfig) -> Path:
     """Finetune cfg.model on cfg.data into cfg.out; returns the run directory."""
     from . import models
     from .packages import require
 
-    if cfg.out is None or cfg.data is None:
-        raise TaskdivError("train needs DATA and --out")
-    if cfg.epochs <= 0 or cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.max_length < 2 or cfg.save_steps < 1:
-        raise TaskdivError("--epochs, --batch-size, --grad-accum, --save-steps must be positive, --max-length >= 2")
+    check_options(cfg)
     run = Path(cfg.out)
+    check_output_dir(run)
     frame = load_examples(cfg.data)          # validate the data before touching RUN/
     ref = models.resolve(cfg.model)
     if ref.adapter:
@@ -250,7 +270,8 @@ def train(cfg: TrainConfig) -> Path:
     import torch
     import transformers
 
-    encoded = tokenize(frame, tokenizer, chat, cfg.max_length)
+    encoded = tokenize(frame, tokenizer, chat, cfg.max_length, source=cfg.data)  # before RUN/ is made
+    examples = len(encoded["input_ids"])  # those left after --max-length
     dataset = datasets.Dataset.from_dict(encoded)
     run.mkdir(parents=True, exist_ok=True)
     write_yaml(run / "config.yaml", resolved)
@@ -290,10 +311,10 @@ def train(cfg: TrainConfig) -> Path:
         seconds = result.metrics.get("train_runtime", float("nan"))
         done_epochs = cfg.epochs * (1 - resume_step / max(1, trainer.state.max_steps))  # this session's share
         write_json(run / "train_metrics.json", {
-            "examples": len(frame), "tokens_per_epoch": tokens, "epochs": cfg.epochs, "steps": trainer.state.max_steps,
+            "examples": examples, "tokens_per_epoch": tokens, "epochs": cfg.epochs, "steps": trainer.state.max_steps,
             "resumed_from_step": resume_step, "train_runtime": seconds,
             "tokens_per_second": tokens * done_epochs / seconds if seconds else None,
-            "seconds_per_example_epoch": seconds / (len(frame) * done_epochs) if done_epochs else None,
+            "seconds_per_example_epoch": seconds / (examples * done_epochs) if done_epochs else None,
             "final_loss": result.training_loss})
         _save(trainer.model, tokenizer, run, merge=cfg.merge or cfg.method == "full", lora=cfg.method == "lora")
     finally:
