@@ -21,10 +21,11 @@ LAYERS: list[set[str]] = [
     {"embeddings", "bigbench", "harness"},                      # prompt vectors, BIG-bench, lm-eval
     {"data"},                                                   # the pool
     {"strategies"},                                             # selection strategies over a pool
-    {"annotation_answers"},                                     # what annotators return
-    {"annotation_store", "label_studio", "argilla_io"},         # the store and the tools' formats
+    {"annotate.answers"},                                       # what annotators return, the selection
+    {"annotate.store", "annotate.jsonl", "annotate.label_studio", "annotate.argilla"},  # the store, the formats
+    {"annotate"},                                               # the FORMATS registry
     # the stages a user runs
-    {"selection", "scoring", "training", "evaluation", "annotation"},
+    {"selection", "scoring", "training", "evaluation", "annotate.commands"},
     {"experiments"},                                            # every stage, end to end
     {"report"},                                                 # reads an experiment
     {"cli"},                                                    # names every command

@@ -456,7 +456,7 @@ class Experiment:
 
     def oracle(self, selection: Path, data: Path) -> None:
         """Annotate with the pool's reference responses (the paper's simulated annotators)."""
-        from .annotation import OracleConfig, run_oracle
+        from .annotate.commands import OracleConfig, run_oracle
 
         run_oracle(OracleConfig(selection=str(selection), pool=self.cfg.pool, out=str(data), **self.fields))
 

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .annotation_answers import Item
-from .errors import DataError, TaskdivError
-from .fileio import check_output_file, dump_jsonl, dumps_json, iter_jsonl, output_set
+from ..errors import DataError, TaskdivError
+from ..fileio import check_output_file, dump_jsonl, dumps_json, iter_jsonl, output_set
+from .answers import Item
 
 STORE_NAME = "annotations.jsonl"
 SFT_COLUMNS = ["id", "task", "prompt", "response"]

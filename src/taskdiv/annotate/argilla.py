@@ -2,7 +2,7 @@
 annotated dataset coming back.
 
     taskdiv annotate export runs/sel/selection.jsonl --format argilla --out runs/ar
-    # with a server:  rg.Dataset.from_disk("runs/ar/argilla", client=client)
+    # with a server:  rg.Dataset.from_disk("runs/ar", client=client)
     # annotate, then: dataset.to_disk("annotated")
     taskdiv annotate import annotated --format argilla --selection runs/sel/selection.jsonl \\
         --out runs/ann/sft.jsonl
@@ -29,19 +29,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from .annotation_answers import Answer, Item
-from .errors import DataError, TaskdivError
+from ..errors import DataError, TaskdivError
+from ..fileio import atomic_dir, check_output_dir, read_json_document
+from ..packages import require
+from .answers import Answer, Item
 
 FIELD, QUESTION = "prompt", "response"
-INSTALL_HINT = "the argilla format needs the argilla SDK: pip install 'taskdiv[annotate]'"
 
 
 def _import_argilla():
-    try:
-        import argilla as rg
-    except ImportError as e:
-        raise TaskdivError(INSTALL_HINT) from e
-    return rg
+    return require("argilla", "annotate")
 
 
 @contextlib.contextmanager
@@ -117,8 +114,26 @@ def records(rows: pd.DataFrame) -> list:
     return out
 
 
-def write_export(out_dir: Path, rows: pd.DataFrame, name: str) -> Path:
-    """Write the dataset into `out_dir`, a new or empty directory (the caller renames it into place)."""
+def check_out(out: Path) -> None:
+    """`out` must be new, empty, or an Argilla dataset directory (which the export replaces); the
+    dataset is built beside it and renamed onto it, so its parent must be writable too."""
+    check_output_dir(out)
+    check_output_dir(out.parent)
+    if out.exists() and (not out.is_dir() or any(out.iterdir()) and not (out / ".argilla").is_dir()):
+        raise TaskdivError(f"--out {out} exists and is not an Argilla dataset directory; choose an empty one")
+
+
+def write(out: Path, rows: pd.DataFrame, name: str | None = None) -> list[Path]:
+    """The dataset (named `name`, default: the directory's name), built in a staging
+    directory and swapped into place."""
+    check_out(out)
+    with atomic_dir(out) as staging:
+        write_dataset(staging, rows, name or out.resolve().name)
+    return [out]
+
+
+def write_dataset(out_dir: Path, rows: pd.DataFrame, name: str) -> Path:
+    """Write the dataset into `out_dir`, a new or empty directory."""
     rg = _import_argilla()
     from argilla.records._io import JsonIO
 
@@ -134,16 +149,14 @@ def write_export(out_dir: Path, rows: pd.DataFrame, name: str) -> Path:
 # ----------------------------------------------------------------------------- import
 
 
-def read_export(path: Path):
-    """Items (see annotation_answers.Item) from a dataset saved with `Dataset.to_disk` (or its records.json).
+def read(path: Path) -> list[Item]:
+    """Items from a dataset saved with `Dataset.to_disk` (or its records.json).
 
     Each record becomes one item; each response to the `response` question one answer.
     The records file keeps a response's value and user but not its status, so a blank
     or missing value counts as 'empty' (Argilla keeps no value for a discarded text answer);
     a `status` other than 'submitted', where an export carries one, counts as 'skipped'.
     """
-    from .fileio import read_json_document
-
     records_path = path / "records.json" if path.is_dir() else path
     if not records_path.exists():
         raise DataError("no records.json: not a dataset saved with Argilla's Dataset.to_disk "
