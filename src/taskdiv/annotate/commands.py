@@ -105,8 +105,7 @@ def run_import(cfg: ImportConfig) -> None:
     selection = read_selection(cfg.selection)
     items = read_answers(Path(cfg.file), cfg.format)
     report = ingest(items, selection, cfg.out, cfg.store, source=str(cfg.file), fmt=cfg.format,
-                    selection_path=str(cfg.selection),
-                    skip_unknown=cfg.skip_unknown)
+                    selection_path=str(cfg.selection), skip_unknown=cfg.skip_unknown)
     print_report(report)
 
 
