@@ -6,9 +6,17 @@
    the time just to read the same pool file; target: selection adds at most 1x.
 2. k-center on 100,000 prompts with 384-dimensional embeddings (target < 60 s on 2
    cores), after checking it picks the same points as the naive reference.
+3. FLAN scale: the same selection on 10,000,000 prompts in 100,000 tasks, from Parquet
+   and from JSONL. Each measure runs in a fresh process, so that its peak RSS is its
+   own: the bare pyarrow read of the file, `load_pool`, and `select` end to end.
+   Targets: select at most 2x the bare read, peak RSS at most 4 GB.
 
-    python bench/bench_selection.py
+    python bench/bench_selection.py [--part select|k-center|scale] [--n 10000000 --tasks 100000]
 """
+import argparse
+import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -89,6 +97,88 @@ def bench_k_center():
         assert len(np.unique(picks)) == k
         print(f"k-center on 100,000 x 384, k={k}: {dt:.1f} s (target < 60 s): {'PASS' if dt < 60 else 'FAIL'}")
 
+def make_pool_arrow(root: Path, n: int, tasks: int, seed=0):
+    """The same pool shape as make_pool, built with Arrow kernels (fast at 10M rows), as
+    pool.parquet and pool.jsonl, with scores.parquet (a confidence for every prompt)."""
+    import pyarrow.compute as pc
+
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, tasks + 1) ** 0.8
+    task = rng.choice(tasks, size=n, p=weights / weights.sum())
+    task[:tasks] = np.arange(tasks)
+    num = pa.array(np.arange(n)).cast(pa.string())
+    names = pc.binary_join_element_wise("task-", pa.array(task).cast(pa.string()), "")
+    ids = pc.binary_join_element_wise("p", num, "")
+    prompts = pc.binary_join_element_wise("Please answer question ", num, " about ", names, "")
+    resp = pc.binary_join_element_wise("answer ", num, "")
+    pq.write_table(pa.table({"id": ids, "prompt": prompts, "task": names, "response": resp}), root / "pool.parquet")
+    # Plain ASCII without quotes or backslashes: no JSON escaping needed.
+    lines = pc.binary_join_element_wise('{"id":"', ids, '","prompt":"', prompts, '","task":"', names,
+                                        '","response":"', resp, '"}\n', "")
+    with open(root / "pool.jsonl", "w") as f:
+        for s in range(0, n, 1_000_000):
+            f.write("".join(lines[s:s + 1_000_000].to_pylist()))
+    pq.write_table(pa.table({"id": ids, "confidence": np.clip(rng.beta(4, 3, size=n), 0, 1)}),
+                   root / "scores.parquet")
+
+
+MEASURE = """
+import json, resource, sys, time
+import pyarrow as pa, pyarrow.json as pj, pyarrow.parquet as pq
+what, root, fmt = sys.argv[1:4]
+if what != "bare":
+    from taskdiv.data import load_pool
+    from taskdiv.selection import SelectConfig, select, write_selection
+t = time.perf_counter()
+if what == "bare":
+    n = (pj.read_json(f"{root}/pool.jsonl", read_options=pj.ReadOptions(block_size=1 << 24)) if fmt == "jsonl"
+         else pq.read_table(f"{root}/pool.parquet")).num_rows
+elif what == "load":
+    n = len(load_pool(f"{root}/pool.{fmt}"))
+else:
+    cfg = SelectConfig(pool=f"{root}/pool.{fmt}", budget="5%", strategy="weighted-task-diversity",
+                       scores=f"{root}/scores.parquet", seed=0, out=f"{root}/sel-{fmt}")
+    rows, alloc = select(cfg)
+    write_selection(cfg.out, rows, alloc, cfg)
+    n = len(rows)
+print(json.dumps({"seconds": time.perf_counter() - t, "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}))
+"""
+
+
+def measure(what: str, root: Path, fmt: str) -> dict:
+    """Seconds (imports excluded) and peak RSS of one step, in a fresh Python process."""
+    out = subprocess.run([sys.executable, "-c", MEASURE, what, str(root), fmt], check=True, capture_output=True,
+                         text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_scale(n: int, tasks: int):
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        t = time.perf_counter()
+        make_pool_arrow(root, n, tasks)
+        print(f"pool: {n:,} prompts in {tasks:,} tasks (made in {time.perf_counter() - t:.0f} s): "
+              f"{(root / 'pool.parquet').stat().st_size / 1e6:.0f} MB Parquet, "
+              f"{(root / 'pool.jsonl').stat().st_size / 1e6:.0f} MB JSONL", flush=True)
+        for fmt in ("parquet", "jsonl"):
+            r = {what: measure(what, root, fmt) for what in ("bare", "load", "select")}
+            ratio = r["select"]["seconds"] / r["bare"]["seconds"]
+            print(f"  {fmt:7s}: bare pyarrow read {r['bare']['seconds']:6.1f} s ({r['bare']['rss_gb']:.2f} GB peak); "
+                  f"load_pool {r['load']['seconds']:6.1f} s ({r['load']['rss_gb']:.2f} GB); "
+                  f"select end to end {r['select']['seconds']:6.1f} s ({r['select']['rss_gb']:.2f} GB): "
+                  f"{ratio:.1f}x the bare read (target <= 2x), peak {r['select']['rss_gb']:.2f} GB (target <= 4 GB)",
+                  flush=True)
+
+
 if __name__ == "__main__":
-    bench_select()
-    bench_k_center()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["select", "k-center", "scale", "all"], default="all")
+    parser.add_argument("--n", type=int, default=10_000_000, help="prompts of the --part scale pool")
+    parser.add_argument("--tasks", type=int, default=100_000, help="tasks of the --part scale pool")
+    args = parser.parse_args()
+    if args.part in ("select", "all"):
+        bench_select()
+    if args.part in ("k-center", "all"):
+        bench_k_center()
+    if args.part in ("scale", "all"):
+        bench_scale(args.n, args.tasks)

@@ -240,3 +240,25 @@ def test_collect_without_prepare_and_no_state_left_behind(tmp_path, tiny_model_d
     with _quiet_inner_progress():
         assert os.environ["TASKDIV_INNER_PROGRESS_OFF"] == "1" and not hf_logging.is_progress_bar_enabled()
     assert "TASKDIV_INNER_PROGRESS_OFF" not in os.environ and hf_logging.is_progress_bar_enabled()
+
+
+def test_the_repository_does_not_ignore_committed_experiment_results():
+    # A root .gitignore entry `runs/` once matched results/*/runs too, hiding every run.
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    from taskdiv.experiments import GITIGNORE
+
+    (tmp := root / "results" / "probe-exp").mkdir(parents=True, exist_ok=True)
+    try:
+        (tmp / ".gitignore").write_text(GITIGNORE)
+        paths = ["runs/r/result.json", "runs/r/done", "runs/r/eval/per_task.csv", "runs/r/selection/ids.txt",
+                 "runs/r/selection/allocation.csv", "runs/r/train/train_metrics.json", "scores/scores.csv"]
+        for rel in paths:
+            check = subprocess.run(["git", "check-ignore", "-q", f"results/probe-exp/{rel}"], cwd=root)
+            assert check.returncode == 1, f"{rel} would not be committed"
+        for rel in ("runs/r/train/adapter/adapter_model.safetensors", "runs/r/data.jsonl", "scores/cache.sqlite"):
+            check = subprocess.run(["git", "check-ignore", "-q", f"results/probe-exp/{rel}"], cwd=root)
+            assert check.returncode == 0, f"{rel} would be committed"
+    finally:
+        shutil.rmtree(tmp)

@@ -18,6 +18,8 @@ LAYERS: list[set[str]] = [
     {"taskdiv", "errors"},                                      # the package's version; error types
     {"fileio", "packages", "progress", "config", "metrics", "allocation", "kcenter", "analysis"},  # plumbing
     {"models"},                                                 # the embedded models and encoder, prompt formats
+    {"generation"},                                             # the local scoring engine
+    {"distributed"},                                            # the Ray engine (scoring, embeddings)
     {"embeddings", "bigbench", "harness"},                      # prompt vectors, BIG-bench, lm-eval
     {"data"},                                                   # the pool
     {"strategies"},                                             # selection strategies over a pool

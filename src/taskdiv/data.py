@@ -107,8 +107,11 @@ class Pool:
                 values = pd.Series(np.asarray(values, dtype=object))
             return pa.array(values.astype("str")).cast(pa.large_string())
 
-        haystack = arrow(self.frame["id"])
-        return pc.index_in(arrow(ids), value_set=haystack).fill_null(-1).to_numpy().astype(np.int64)
+        haystack, needles = arrow(self.frame["id"]), arrow(ids)
+        if len(needles) == len(haystack) and pc.all(pc.equal(needles, haystack)).as_py():
+            # The pool's own ids in pool order (a fully scored pool): no hash table of every id.
+            return np.arange(len(haystack), dtype=np.int64)
+        return pc.index_in(needles, value_set=haystack).fill_null(-1).to_numpy().astype(np.int64)
 
     def random_keys(self, seed: int) -> np.ndarray:
         """A uniform random number in [0, 1) per row, drawn by the seed in the order of the
@@ -341,7 +344,10 @@ def normalise(raw: pd.DataFrame, fields: FieldMap, *, source: str, where: str = 
 
     if response is None and fields.response_field in cols:
         response = raw[fields.response_field]
-    if response is not None:
+    if response is not None and response.dtype != object and pd.api.types.is_string_dtype(response.dtype) \
+            and not response.isna().any():
+        out["response"] = response  # already text, none missing: no per-row copy of millions of strings
+    elif response is not None:
         values = response.to_numpy(dtype=object).copy()
         missing = pd.isna(values)
         values[missing] = None
@@ -542,7 +548,9 @@ def read_scores(path, pool: Pool) -> np.ndarray:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        raw = pq.read_table(path, columns=None).to_pandas()
+        # Only the two columns used: a scores.parquet from `taskdiv score` also holds the generated text.
+        names = pq.read_schema(path).names
+        raw = pq.read_table(path, columns=[c for c in ("id", "confidence") if c in names] or None).to_pandas()
     elif path.suffix == ".csv":
         raw = read_csv(path, dtype={"id": str})
     else:
@@ -559,10 +567,12 @@ def read_scores(path, pool: Pool) -> np.ndarray:
         value = value.item() if isinstance(value, np.generic) else value  # nan, not np.float64(nan)
         raise DataError(f"confidence {value!r} is not a number in [0, 1] "
                         f"({int(bad.sum())} such row(s))", file=path, row=i + 1, field="confidence")
-    if ids.nunique() != len(ids):
+    pos = pool.positions(ids)
+    # Duplicates from the positions (an integer count) rather than a second hash of every id;
+    # the same unknown id twice is reported as unknown below.
+    if np.bincount(pos[pos >= 0], minlength=1).max(initial=0) > 1:
         i = int(np.argmax(ids.duplicated().to_numpy()))
         raise DataError(f"duplicate id {ids.iloc[i]!r}", file=path, row=i + 1, field="id")
-    pos = pool.positions(ids)
     unknown = pos < 0
     if unknown.any():
         examples = ", ".join(repr(x) for x in ids[unknown].head(3))

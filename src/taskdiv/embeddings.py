@@ -29,8 +29,11 @@ log = logging.getLogger(__name__)
 
 
 def embed(prompts, model: str = DEFAULT_ENCODER, *, batch_size: int = 64, cache: Path | None = None,
-          progress: bool = True) -> np.ndarray:
-    """(N, d) float32 unit vectors for the prompts, computing only those not cached."""
+          progress: bool = True, engine: str = "local") -> np.ndarray:
+    """(N, d) float32 unit vectors for the prompts, computing only those not cached.
+
+    engine="ray": the missing ones are embedded by sentence-transformers actors on a Ray
+    cluster ($RAY_ADDRESS, else a local one; `distributed.embed_batches`) and cached the same way."""
     prompts = list(prompts)
     keys = [hashlib.sha256(p.encode("utf-8")).hexdigest() for p in prompts]
     db_path = cache or cache_dir("embeddings") / (hashlib.sha1(model.encode()).hexdigest()[:12] + ".sqlite")
@@ -45,7 +48,17 @@ def embed(prompts, model: str = DEFAULT_ENCODER, *, batch_size: int = 64, cache:
                               [model, *part])
             found.update((k, np.frombuffer(v, dtype=np.float32)) for k, v in rows)
         todo = [k for k in unique if k not in found]
-        if todo:
+        if todo and engine == "ray":
+            from .distributed import embed_batches
+
+            text = dict(zip(keys, prompts))
+            log.info("embedding %d prompt(s) with %s on Ray (%d cached)", len(todo), model, len(found))
+            for part, vecs in embed_batches({k: text[k] for k in todo}, model, batch_size=batch_size):
+                with db:
+                    db.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?, ?)",
+                                   [(k, model, v.tobytes()) for k, v in zip(part, vecs)])
+                found.update(zip(part, vecs))
+        elif todo:
             text = dict(zip(keys, prompts))
             st = require("sentence_transformers", "embed")
             encoder = st.SentenceTransformer(encoder_path(model), device="cpu")

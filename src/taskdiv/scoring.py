@@ -17,6 +17,10 @@ and prompt-length limit. Each batch is one transaction, so a killed run loses at
 the batch in flight; a rerun reuses every stored row, and other settings never see
 them.
 
+Engines: --engine local (this process) or --engine ray (Ray Data feeding scorer actors
+that run the local engine's `generation.Scorer.generate` on shards of the same batches; see
+`taskdiv.distributed` for its shard files and how they meet this cache).
+
 Sampling: --per-task N scores a seeded sample of N prompts per task (all of a smaller
 task). --target-ci W then scores more, round by round, in every task whose 95%
 t-interval on the mean confidence (with the finite-population correction) is wider
@@ -41,10 +45,12 @@ import numpy as np
 import pandas as pd
 
 from . import metrics as metrics_mod
-from .data import Pool, PoolOptions, load_pool
 from .config import to_dict
+from .data import Pool, PoolOptions, load_pool
+from .distributed import RayOptions
 from .errors import TaskdivError
 from .fileio import dump_table, dump_yaml, output_set
+from .generation import Generation, Scorer
 from .models import DEFAULT_MODEL, EMBEDDED
 
 log = logging.getLogger(__name__)
@@ -57,7 +63,7 @@ CI_MIN_STEP = 8
 
 
 @dataclass
-class ScoreConfig(PoolOptions):
+class ScoreConfig(PoolOptions, RayOptions):
     model: str = field(default=DEFAULT_MODEL, metadata={
         "help": f"Model: an embedded name ({', '.join(EMBEDDED)}), a local model directory, "
                 "a .gguf file or a hub id."})
@@ -82,86 +88,6 @@ class ScoreConfig(PoolOptions):
                 "(ci_high - ci_low) is wider than this."})
     seed: int = field(default=0, metadata={"help": "Seed of the per-task samples."})
     out: str | None = field(default=None, metadata={"required": True, "help": "Output directory."})
-
-
-# ----------------------------------------------------------------------------- generation
-
-
-@dataclass
-class Generation:
-    """One greedy response: its tokens and per-step statistics from the raw logits."""
-
-    token_ids: list[int]
-    logprobs: np.ndarray    # log p of each chosen token
-    entropies: np.ndarray   # entropy (nats) of each step's full distribution
-
-
-def generate_greedy(model, batch: list[list[int]], *, max_new_tokens: int, eos_ids, pad_id: int) -> list[Generation]:
-    """Greedy generation for a batch of token-id lists (left padded, KV cache).
-
-    The probabilities come from the raw logits (float32 log-softmax), with no logits
-    processor. A row stops at its first EOS (counted as generated) and leaves the
-    batch, so finished rows cost nothing.
-    """
-    import torch
-    from transformers import DynamicCache
-
-    from .models import left_pad, padded_positions
-
-    dev = model.device
-    n = len(batch)
-    assert n > 0 and min(len(ids) for ids in batch) > 0, "every prompt needs at least one token"
-    input_ids, mask = left_pad(batch, pad_id)
-    input_ids, mask = input_ids.to(dev), mask.to(dev)
-    positions = padded_positions(mask)
-    eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=dev)
-    rows = torch.arange(n, device=dev)  # original row of each row still in the batch
-    steps: list[list[tuple[int, float, float]]] = [[] for _ in range(n)]
-    with torch.inference_mode():
-        cache = DynamicCache(config=model.config)
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
-        last = positions[:, -1]
-        for step in range(max_new_tokens):
-            logits = out.logits[:, -1, :].float()
-            logp = torch.log_softmax(logits, dim=-1)
-            chosen = logits.argmax(dim=-1)
-            chosen_lp = logp.gather(1, chosen[:, None])[:, 0]
-            entropy = torch.special.entr(logp.exp()).sum(dim=-1)
-            for r, t, lp, h in zip(rows.tolist(), chosen.tolist(), chosen_lp.tolist(), entropy.tolist()):
-                steps[r].append((t, lp, h))
-            if step == max_new_tokens - 1:
-                break
-            live = ~torch.isin(chosen, eos)
-            if not live.any():
-                break
-            if not live.all():
-                keep = live.nonzero()[:, 0]
-                cache.batch_select_indices(keep)
-                rows, mask, last, chosen = rows[keep], mask[keep], last[keep], chosen[keep]
-            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-            last = last + 1
-            out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=last[:, None],
-                        past_key_values=cache, use_cache=True)
-    return [Generation([t for t, _, _ in s], np.array([lp for _, lp, _ in s], dtype=np.float32),
-                       np.array([h for _, _, h in s], dtype=np.float32)) for s in steps]
-
-
-def load_model(ref, dtype: str, tokenizer=None):
-    """(model, tokenizer) for scoring. Nothing keeps it loaded but the caller: `score` loads
-    it once per call and drops it at the end, unless the caller passes one it keeps (`loaded=`)."""
-    from transformers.utils import logging as hf_logging
-
-    from . import models, progress
-
-    log.info("loading %s (%s)", ref.name, dtype)
-    if progress.enabled() or not hf_logging.is_progress_bar_enabled():
-        return models.load(ref, dtype, tokenizer)
-    hf_logging.disable_progress_bar()  # its "Loading weights" bar, for this load only
-    try:
-        return models.load(ref, dtype, tokenizer)
-    finally:
-        hf_logging.enable_progress_bar()
 
 
 # ----------------------------------------------------------------------------- cache
@@ -289,6 +215,9 @@ def _check(cfg: ScoreConfig) -> None:
     if cfg.target_ci is not None and not 0 < cfg.target_ci <= 1:
         raise TaskdivError(f"--target-ci must be in (0, 1], got {cfg.target_ci}")
     metrics_mod.get(cfg.metric)
+    from .distributed import check_options
+
+    check_options(cfg)
 
 
 def _open_out(out: Path) -> None:
@@ -299,60 +228,6 @@ def _open_out(out: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise TaskdivError(f"{out}: cannot write to the output directory ({e.strerror or e})") from None
-
-
-class _Scorer:
-    """Formats, tokenizes, batches and generates the prompts the cache lacks."""
-
-    def __init__(self, cfg: ScoreConfig, ref, tokenizer, chat: bool, max_prompt: int, cache: ScoreCache,
-                 model=None):
-        self.cfg, self.ref, self.tok, self.chat, self.max_prompt, self.cache = cfg, ref, tokenizer, chat, max_prompt, cache
-        self.model = model  # loaded on first need, then kept for the later rounds of this run
-        self.computed = 0
-        self.seconds = 0.0
-
-    def encode(self, prompt: str) -> tuple[list[int], bool]:
-        from . import models
-
-        ids = models.encode_prompt(self.tok, prompt, self.chat)
-        if len(ids) <= self.max_prompt:
-            return ids, False
-        # Keep the end of the prompt (where the question is) and the leading BOS.
-        head = ids[:1] if ids[0] == self.tok.bos_token_id else []
-        return head + ids[len(ids) - (self.max_prompt - len(head)):], True
-
-    def run(self, prompts: dict[str, str], desc: str) -> None:
-        """Generate for {sha: prompt} (all missing from the cache), storing batch by batch."""
-        if not prompts:
-            return
-        from . import progress
-
-        if self.model is None:
-            self.model, _ = load_model(self.ref, self.cfg.dtype, self.tok)
-        model = self.model
-        eos = {self.tok.eos_token_id} | set(_as_list(model.generation_config.eos_token_id))
-        eos.discard(None)
-        encoded = {sha: self.encode(p) for sha, p in prompts.items()}
-        truncated = sum(t for _, t in encoded.values())
-        if truncated:
-            log.warning("%d prompt(s) are longer than %d tokens: truncated from the left", truncated, self.max_prompt)
-        # Longest first: similar lengths share a batch (little padding) and memory peaks early.
-        order = sorted(encoded, key=lambda s: (-len(encoded[s][0]), s))
-        start = time.perf_counter()
-        with progress.bar(total=len(order), desc=desc, unit="prompt") as pbar:
-            for i in range(0, len(order), self.cfg.batch_size):
-                shas = order[i:i + self.cfg.batch_size]
-                gens = generate_greedy(model, [encoded[s][0] for s in shas], max_new_tokens=self.cfg.max_new_tokens,
-                                       eos_ids=eos, pad_id=self.tok.pad_token_id)
-                self.cache.add([(s, g, self.tok.decode(g.token_ids, skip_special_tokens=True),
-                                 len(encoded[s][0]), encoded[s][1]) for s, g in zip(shas, gens)])
-                self.computed += len(shas)
-                pbar.update(len(shas))
-        self.seconds += time.perf_counter() - start
-
-
-def _as_list(value) -> list:
-    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _sample_orders(pool: Pool, seed: int) -> dict[str, np.ndarray]:
@@ -370,7 +245,7 @@ def score(cfg: ScoreConfig, *, loaded=None) -> pd.DataFrame:
 
     The table has one row per scored prompt, in pool order; `run_score` prints the
     summary. The task table is `task_table(scores, pool)` (also in OUT/tasks.csv).
-    `loaded`: (model, tokenizer) of cfg.model in cfg.dtype from `load_model`, for a caller
+    `loaded`: (model, tokenizer) of cfg.model in cfg.dtype from `generation.load_model`, for a caller
     that scores several times with one model; by default the model is loaded when there
     is something to generate and dropped when the call returns.
     """
@@ -396,7 +271,13 @@ def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     settings = {"model": models.fingerprint(ref), "dtype": dtype, "max_new_tokens": cfg.max_new_tokens,
                 "chat": chat, "max_prompt_tokens": max_prompt, "format": FORMAT_VERSION}
     cache = ScoreCache(out / "cache.sqlite", settings)
-    scorer = _Scorer(cfg, ref, tokenizer, chat, max_prompt, cache, model=loaded[0] if loaded is not None else None)
+    if cfg.engine == "ray":
+        from .distributed import RayScorer
+
+        scorer = RayScorer(cfg, ref, tokenizer, chat, max_prompt, cache)
+    else:
+        scorer = Scorer(cfg, ref, tokenizer, chat, max_prompt, cache,
+                        model=loaded[0] if loaded is not None else None)
     started = time.perf_counter()
     try:
         frame = pool.frame
@@ -427,7 +308,7 @@ def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
                      len(sizes), sum(k - scored[t] for t, k in sizes.items()))
     finally:
         cache.close()
-        if loaded is None and scorer.model is not None:  # ours: dropped, not kept for a later call
+        if loaded is None and getattr(scorer, "model", None) is not None:  # ours: dropped, not kept
             scorer.model = None
             models.free_memory()
     names = ("scores.csv", "scores.parquet", "tasks.csv", "config.yaml")
@@ -438,7 +319,8 @@ def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
         dump_yaml(config_tmp, {"command": "score", **to_dict(cfg),
                                "resolved": {**settings, "model_path": ref.path, "settings_key": cache.key}})
     scores.attrs.update(reused=len(reused), computed=scorer.computed, seconds=time.perf_counter() - started,
-                        generation_seconds=scorer.seconds, available=len(frame))
+                        generation_seconds=scorer.seconds, available=len(frame),
+                        engine=dict(getattr(scorer, "stats", {}), engine=cfg.engine))
     log.info("scored %d of %d prompts: %d reused from the cache, %d generated", len(scores), len(frame),
              len(reused), scorer.computed)
     return scores, table

@@ -52,6 +52,10 @@ class SelectConfig(PoolOptions):
                 "as task labels (default K = clamp(round(sqrt(N/2)), 2, 100))."})
     embedding_model: str = field(default=DEFAULT_ENCODER, metadata={
         "help": "sentence-transformers model for k-center and --tasks auto."})
+    engine: str = field(default="local", metadata={
+        "choices": ["local", "ray"],
+        "help": "Where missing embeddings are computed: this process, or sentence-transformers actors on a "
+                "Ray cluster ($RAY_ADDRESS, else a local one; needs taskdiv[ray])."})
     out: str | None = field(default=None, metadata={"required": True, "help": "Output directory."})
 
 
@@ -82,7 +86,8 @@ def prepare_inputs(pool: Pool, strategy, cfg: SelectConfig, *, embeddings=None) 
         inputs.confidence = read_scores(cfg.scores, pool)
         log.info("scores: %d of %d prompts scored", int(np.isfinite(inputs.confidence).sum()), len(pool))
     if "embeddings" in strategy.needs:
-        inputs.embeddings = embeddings if embeddings is not None else _embed(pool, cfg.embedding_model)
+        inputs.embeddings = embeddings if embeddings is not None else _embed(pool, cfg.embedding_model,
+                                                                             getattr(cfg, "engine", "local"))
     if cfg.exclude:
         ids = read_ids(cfg.exclude)
         pos = pool.positions(ids)
@@ -95,10 +100,10 @@ def prepare_inputs(pool: Pool, strategy, cfg: SelectConfig, *, embeddings=None) 
     return inputs
 
 
-def _embed(pool: Pool, model: str) -> np.ndarray:
+def _embed(pool: Pool, model: str, engine: str = "local") -> np.ndarray:
     from .embeddings import embed
 
-    return embed(pool.frame["prompt"].tolist(), model)
+    return embed(pool.frame["prompt"].tolist(), model, engine=engine)
 
 
 def select(cfg: SelectConfig, pool: Pool | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -117,7 +122,7 @@ def select(cfg: SelectConfig, pool: Pool | None = None) -> tuple[pd.DataFrame, p
     if auto:
         from .embeddings import cluster_tasks
 
-        embeddings = _embed(pool, cfg.embedding_model)
+        embeddings = _embed(pool, cfg.embedding_model, getattr(cfg, "engine", "local"))
         pool = Pool(pool.frame.assign(task=cluster_tasks(embeddings, k, seed=cfg.seed)), pool.source)
     budget = len(pool) if cfg.budget is None and cfg.strategy == "full" else None
     if budget is None:

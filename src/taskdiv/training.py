@@ -21,6 +21,12 @@ RUN/ holds:
 
 An interrupted run resumes from its last complete checkpoint; a rerun with different
 options (another model, other data, another learning rate ...) is refused.
+
+Several GPUs (DDP): `torchrun --nproc_per_node N -m taskdiv.cli train ...` or
+`accelerate launch -m taskdiv.cli train ...`. The Trainer shards the batches across the
+processes (the effective batch is N x --batch-size x --grad-accum); only rank 0 writes
+RUN/ (config, log, metrics, adapter, done) and prunes checkpoints, every rank resumes
+from the same checkpoint. Tested on CPU with gloo (tests/test_training_ddp.py).
 """
 from __future__ import annotations
 
@@ -182,6 +188,13 @@ def check_existing(run: Path, resolved: dict) -> bool:
     return (run / "done").exists()
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun / accelerate launch (DDP), or a single process: the one that writes RUN/."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def last_checkpoint(ckpt_dir: Path) -> str | None:
     """The newest complete Trainer checkpoint (trainer_state.json is written last)."""
     if not ckpt_dir.is_dir():
@@ -190,7 +203,7 @@ def last_checkpoint(ckpt_dir: Path) -> str | None:
     for d in ckpt_dir.glob("checkpoint-*"):
         if (d / "trainer_state.json").exists():
             done.append((int(d.name.split("-")[1]), d))
-        else:
+        elif is_main_process():
             shutil.rmtree(d, ignore_errors=True)  # cut off while being written
     return str(max(done)[1]) if done else None
 
@@ -209,7 +222,7 @@ def _callbacks(log_path: Path, resume_step: int):
         def __init__(self):
             self.bar = None
             # Steps after the checkpoint we resume from will be trained again: drop their lines.
-            if log_path.exists():
+            if log_path.exists() and is_main_process():
                 lines = [ln for ln in log_path.read_text(encoding="utf-8").splitlines()
                          if ln.strip() and json.loads(ln)["step"] <= resume_step]
                 write_text(log_path, "".join(ln + "\n" for ln in lines))
@@ -221,7 +234,7 @@ def _callbacks(log_path: Path, resume_step: int):
             self.bar.update(state.global_step - self.bar.n)
 
         def on_log(self, args, state, control, logs=None, **kw):
-            if not logs or "loss" not in logs:
+            if not logs or "loss" not in logs or not state.is_world_process_zero:
                 return
             rec = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "loss": logs["loss"],
                    "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm")}
@@ -273,8 +286,10 @@ def train(cfg: TrainConfig) -> Path:
     encoded = tokenize(frame, tokenizer, chat, cfg.max_length, source=cfg.data)  # before RUN/ is made
     examples = len(encoded["input_ids"])  # those left after --max-length
     dataset = datasets.Dataset.from_dict(encoded)
-    run.mkdir(parents=True, exist_ok=True)
-    write_yaml(run / "config.yaml", resolved)
+    main = is_main_process()
+    if main:
+        run.mkdir(parents=True, exist_ok=True)
+        write_yaml(run / "config.yaml", resolved)
     ckpt_dir = run / "checkpoints"
     resume = last_checkpoint(ckpt_dir)
     resume_step = int(Path(resume).name.split("-")[1]) if resume else 0
@@ -310,6 +325,8 @@ def train(cfg: TrainConfig) -> Path:
         tokens = sum(len(ids) for ids in encoded["input_ids"])
         seconds = result.metrics.get("train_runtime", float("nan"))
         done_epochs = cfg.epochs * (1 - resume_step / max(1, trainer.state.max_steps))  # this session's share
+        if not main:
+            return run  # rank 0 writes the outputs
         write_json(run / "train_metrics.json", {
             "examples": examples, "tokens_per_epoch": tokens, "epochs": cfg.epochs, "steps": trainer.state.max_steps,
             "resumed_from_step": resume_step, "train_runtime": seconds,
@@ -358,6 +375,8 @@ def _save(model, tokenizer, run: Path, *, merge: bool, lora: bool) -> None:
 
 def run_train(cfg: TrainConfig) -> None:
     run = train(cfg)
+    if not is_main_process():
+        return
     log_path = run / "train_log.jsonl"
     losses = [json.loads(ln)["loss"] for ln in log_path.read_text().splitlines() if ln.strip()] \
         if log_path.exists() else []

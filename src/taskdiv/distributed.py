@@ -1,0 +1,437 @@
+"""The Ray engine: `taskdiv score POOL --engine ray`, on a local or an existing Ray cluster.
+
+    taskdiv score pool.jsonl --engine ray --workers 2 --out runs/s            # local cluster, this machine's cores
+    RAY_ADDRESS=head:6379 taskdiv score hf:... --engine ray --gpus-per-worker 1 --out /shared/s
+
+It owns no scorer of its own. The driver (this process) does what the local engine does:
+samples the pool, tokenizes the prompts the cache lacks and sorts them longest first
+(`generation.Scorer.plan`). It then cuts that order into shards of whole batches
+(--batches-per-shard) and makes them a Ray Dataset, one row per shard, so that a shard
+is never split or merged by Ray Data. `map_batches` feeds the shards to a pool of
+`ShardScorer` actors (concurrency --workers, --gpus-per-worker, --cpus-per-worker); each
+actor loads the model once and runs `generation.Scorer.generate` (the local engine's code: the
+same prompt encoding, `generate_greedy`, the same stored values) over the shard's batches.
+Both engines therefore run the very same batches, and give the same numbers.
+
+Shards and resume. An actor writes each finished shard to SHARDS/ (default OUT/shards;
+any path every node can reach, or a URI such as s3://bucket/run/shards) through pyarrow's
+filesystem layer: a temporary file, then a move. A shard's name is the settings key of
+the run plus the sha256 of its prompts' hashes in order, so a retried shard (Ray restarts
+a killed actor, `max_restarts`, and retries its task, `max_task_retries`) rewrites the
+same file and can never be counted twice; an actor skips a shard that already exists.
+The driver copies every finished shard into OUT/cache.sqlite as it arrives and notes its
+name there, and at the start of a run it copies the shards it has not seen yet (those a
+killed driver left behind) and says how many it reused.
+
+Where the SQLite cache and the shards meet, the SQLite row wins: it is what the previous
+outputs were built from, and for the same settings key both hold the same generation
+(INSERT OR IGNORE keeps the first). Prompts already in the cache are never sent to the
+cluster. So `--engine local` and `--engine ray` share one cache, and switching engines
+between runs loses nothing.
+
+The model runner behind the actor is `generation.Scorer.generate` (Hugging Face transformers); a
+vLLM runner would be another class with the same `__call__` contract (a shard in, a
+shard file and a summary row out).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import TaskdivError
+from .packages import require
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("local", "ray")
+# Shard files are named SETTINGSKEY-CONTENTHASH.parquet.
+SHARD_SUFFIX = ".parquet"
+# A local cluster's object store: the data moved is prompts and summary rows, so a small
+# store suffices and leaves the machine's memory to the models.
+LOCAL_OBJECT_STORE_BYTES = 512 * 1024 * 1024
+CONNECT_TIMEOUT_S = 5.0
+
+
+@dataclass
+class RayOptions:
+    """`taskdiv score` options of the engine (ScoreConfig inherits them)."""
+
+    engine: str = field(default="local", metadata={
+        "choices": list(ENGINES),
+        "help": "local: one process (SQLite cache). ray: Ray Data feeding scorer actors on a Ray cluster "
+                "(needs taskdiv[ray]); results in shard files, resumable across the cluster."})
+    ray_address: str | None = field(default=None, metadata={
+        "help": "Ray cluster to join (host:6379, ray://host:10001 or auto; default: $RAY_ADDRESS, else a "
+                "local cluster on this machine's cores)."})
+    workers: int | None = field(default=None, metadata={
+        "help": "Scorer actors, each loading the model once (default: the cluster's GPUs / "
+                "--gpus-per-worker, or its CPUs / --cpus-per-worker)."})
+    gpus_per_worker: float = field(default=0.0, metadata={"help": "GPUs each scorer actor reserves."})
+    cpus_per_worker: float = field(default=1.0, metadata={
+        "help": "CPUs each scorer actor reserves (also its torch threads)."})
+    batches_per_shard: int = field(default=16, metadata={
+        "help": "Batches of --batch-size prompts per shard file (the unit of work, retry and resume)."})
+    shards: str | None = field(default=None, metadata={
+        "help": "Where the Ray engine writes shard files (default OUT/shards): a path every node can "
+                "reach, or a pyarrow filesystem URI such as s3://bucket/run/shards."})
+
+
+def check_options(cfg) -> None:
+    """Refuse bad engine options before any work (cluster-dependent checks come at connect)."""
+    if cfg.engine not in ENGINES:
+        from .errors import unknown_name
+
+        raise unknown_name("engine", cfg.engine, ENGINES)
+    if cfg.engine == "local":
+        given = [f"--{n.replace('_', '-')}" for n in ("ray_address", "workers", "shards") if getattr(cfg, n)]
+        if given:
+            raise TaskdivError(f"{', '.join(given)} apply to --engine ray only")
+        return
+    if cfg.workers is not None and cfg.workers < 1:
+        raise TaskdivError(f"--workers must be at least 1, got {cfg.workers}")
+    if cfg.gpus_per_worker < 0 or cfg.cpus_per_worker <= 0:
+        raise TaskdivError(f"--gpus-per-worker must be >= 0 and --cpus-per-worker > 0 "
+                           f"(got {cfg.gpus_per_worker}, {cfg.cpus_per_worker})")
+    if cfg.batches_per_shard < 1:
+        raise TaskdivError(f"--batches-per-shard must be at least 1, got {cfg.batches_per_shard}")
+
+
+# ----------------------------------------------------------------------------- the cluster
+
+
+def _probe(address: str) -> None:
+    """Fail fast (seconds, not Ray's minute of retries) when nothing listens at `address`."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise TaskdivError(f"--ray-address {address!r}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise TaskdivError(f"--ray-address {address}: no Ray cluster answers at {host}:{port} "
+                           f"({e.strerror or e}); start one with `ray start --head`, or leave --ray-address "
+                           f"and RAY_ADDRESS unset for a local cluster") from None
+
+
+def connect(address: str | None, *, num_cpus: int | None = None):
+    """The `ray` module, initialised: joined to `address` ($RAY_ADDRESS), or a local cluster
+    on this machine's cores. An already initialised Ray (a test's cluster) is reused."""
+    ray = require("ray", "ray")
+    if ray.is_initialized():
+        return ray
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs = dict(include_dashboard=False, configure_logging=False, log_to_driver=False)
+    started = time.perf_counter()
+    if address:
+        _probe(address)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise TaskdivError(f"--ray-address {address}: cannot join the Ray cluster ({e})") from None
+        log.info("joined the Ray cluster at %s in %.1f s", address, time.perf_counter() - started)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), object_store_memory=LOCAL_OBJECT_STORE_BYTES, **kwargs)
+        log.info("started a local Ray cluster (%s CPUs) in %.1f s", num_cpus or os.cpu_count(),
+                 time.perf_counter() - started)
+    return ray
+
+
+def plan_workers(ray, cfg) -> int:
+    """--workers checked against the cluster's resources (a request it cannot meet would
+    leave Ray Data waiting for ever)."""
+    res = ray.cluster_resources()
+    cpus, gpus = float(res.get("CPU", 0)), float(res.get("GPU", 0))
+    if cfg.gpus_per_worker > 0 and gpus < cfg.gpus_per_worker:
+        raise TaskdivError(f"--gpus-per-worker {cfg.gpus_per_worker:g}: the Ray cluster has "
+                           f"{'no GPUs' if not gpus else f'{gpus:g} GPU(s)'} ({cpus:g} CPUs); use "
+                           f"--gpus-per-worker 0 to score on CPUs")
+    if cpus < cfg.cpus_per_worker:
+        raise TaskdivError(f"--cpus-per-worker {cfg.cpus_per_worker:g}: the Ray cluster has {cpus:g} CPUs")
+    most = int(gpus // cfg.gpus_per_worker) if cfg.gpus_per_worker > 0 else int(cpus // cfg.cpus_per_worker)
+    workers = cfg.workers or max(1, most)
+    if workers > most:
+        raise TaskdivError(f"--workers {workers}: the Ray cluster has room for {most} worker(s) of "
+                           f"{cfg.cpus_per_worker:g} CPU(s) and {cfg.gpus_per_worker:g} GPU(s) "
+                           f"(it has {cpus:g} CPUs, {gpus:g} GPUs)")
+    return workers
+
+
+# ----------------------------------------------------------------------------- shard files
+
+
+def shard_filesystem(uri: str):
+    """(pyarrow filesystem, base path) for a local path or a URI (s3://, gs://, hdfs://)."""
+    from pyarrow import fs
+
+    if "://" not in uri:
+        uri = os.path.abspath(uri)
+        os.makedirs(uri, exist_ok=True)
+        return fs.LocalFileSystem(), uri
+    filesystem, path = fs.FileSystem.from_uri(uri)
+    filesystem.create_dir(path, recursive=True)
+    return filesystem, path
+
+
+def shard_name(settings_key: str, shas: list[str]) -> str:
+    digest = hashlib.sha256("\n".join(shas).encode()).hexdigest()[:24]
+    return f"{settings_key}-{digest}{SHARD_SUFFIX}"
+
+
+def write_shard(filesystem, base: str, name: str, rows) -> None:
+    """Rows of `_Scorer.generate` as one Parquet file: a temporary file, then a move."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shas, gens, texts, n_prompt, trunc = zip(*rows)
+    table = pa.table({
+        "prompt_sha": pa.array(shas, pa.string()), "generated": pa.array(texts, pa.string()),
+        "token_ids": pa.array([np.asarray(g.token_ids, np.int32) for g in gens], pa.list_(pa.int32())),
+        "logprobs": pa.array([g.logprobs for g in gens], pa.list_(pa.float32())),
+        "entropies": pa.array([g.entropies for g in gens], pa.list_(pa.float32())),
+        "prompt_tokens": pa.array(n_prompt, pa.int32()), "truncated": pa.array(trunc, pa.bool_())})
+    tmp = f"{base}/.{name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with filesystem.open_output_stream(tmp) as f:
+            pq.write_table(table, f)
+        filesystem.move(tmp, f"{base}/{name}")
+    except BaseException:
+        try:
+            filesystem.delete_file(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def read_shard(filesystem, base: str, name: str) -> list:
+    """The rows of a shard file, as `ScoreCache.add` takes them."""
+    import pyarrow.parquet as pq
+
+    from .generation import Generation
+
+    with filesystem.open_input_file(f"{base}/{name}") as f:
+        t = pq.read_table(f).to_pydict()
+    return [(sha, Generation(list(ids), np.asarray(lp, np.float32), np.asarray(ent, np.float32)), text, n, tr)
+            for sha, text, ids, lp, ent, n, tr in zip(t["prompt_sha"], t["generated"], t["token_ids"], t["logprobs"],
+                                                      t["entropies"], t["prompt_tokens"], t["truncated"])]
+
+
+def list_shards(filesystem, base: str, settings_key: str) -> list[str]:
+    from pyarrow import fs
+
+    infos = filesystem.get_file_info(fs.FileSelector(base, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == fs.FileType.File
+                  and i.base_name.startswith(settings_key + "-") and i.base_name.endswith(SHARD_SUFFIX))
+
+
+# ----------------------------------------------------------------------------- the actor
+
+
+class ShardScorer:
+    """A Ray Data actor: loads the model once, then scores whole shards with the local
+    engine's code and writes each one as a shard file. Returns one summary row per shard."""
+
+    def __init__(self, spec: dict):
+        started = time.perf_counter()
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        import torch
+
+        torch.set_num_threads(max(1, int(spec["threads"])))
+        from types import SimpleNamespace
+
+        from . import generation, models
+
+        self.cfg = SimpleNamespace(**spec["cfg"])  # the driver's ScoreConfig, as its fields
+        ref = models.resolve(self.cfg.model)
+        if models.fingerprint(ref) != spec["fingerprint"]:
+            raise TaskdivError(f"--model {self.cfg.model}: the weights on node {socket.gethostname()} differ "
+                               f"from the driver's (fingerprint {models.fingerprint(ref)} != {spec['fingerprint']})")
+        tok = models.load_tokenizer(ref)
+        self.scorer = generation.Scorer(self.cfg, ref, tok, spec["chat"], spec["max_prompt"], cache=None)
+        self.model, _ = generation.load_model(ref, self.cfg.dtype, tok)
+        self.eos = self.scorer.eos_ids(self.model)
+        self.fs, self.base = shard_filesystem(spec["shards"])
+        self.load_seconds = time.perf_counter() - started
+
+    def __call__(self, batch: dict) -> dict:
+        from pyarrow import fs
+
+        out = {"shard": [], "prompts": [], "computed": [], "seconds": [], "load_seconds": [], "pid": []}
+        bs = self.cfg.batch_size
+        for name, shas, prompts in zip(batch["shard"], batch["shas"], batch["prompts"]):
+            shas, prompts = [str(s) for s in shas], [str(p) for p in prompts]
+            started = time.perf_counter()
+            done = self.fs.get_file_info(f"{self.base}/{name}").type == fs.FileType.File
+            if not done:  # a retried task, or a shard another run finished: never computed twice
+                encoded = {s: self.scorer.encode(p) for s, p in zip(shas, prompts)}
+                rows = []
+                for i in range(0, len(shas), bs):
+                    rows += self.scorer.generate(self.model, self.eos, shas[i:i + bs], encoded)
+                write_shard(self.fs, self.base, name, rows)
+            out["shard"].append(name)
+            out["prompts"].append(len(shas))
+            out["computed"].append(not done)
+            out["seconds"].append(time.perf_counter() - started)
+            out["load_seconds"].append(self.load_seconds)
+            out["pid"].append(os.getpid())
+            self.load_seconds = 0.0  # reported once per actor
+        return {k: np.asarray(v) for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------- the driver side
+
+INGESTED = "CREATE TABLE IF NOT EXISTS shards (name TEXT PRIMARY KEY, prompts INTEGER NOT NULL, created REAL NOT NULL)"
+
+
+class RayScorer:
+    """`generation.Scorer`'s interface (`run`, `computed`, `seconds`) on a Ray cluster."""
+
+    def __init__(self, cfg, ref, tokenizer, chat: bool, max_prompt: int, cache):
+        from pathlib import Path
+
+        from . import generation, models
+
+        self.cfg, self.ref, self.chat, self.max_prompt, self.cache = cfg, ref, chat, max_prompt, cache
+        self.local = generation.Scorer(cfg, ref, tokenizer, chat, max_prompt, cache)
+        self.fingerprint = models.fingerprint(ref)
+        self.computed = 0
+        self.seconds = 0.0
+        self.stats: dict = {"shards_reused": 0, "shards_computed": 0, "load_seconds": [], "connect_seconds": 0.0}
+        self.uri = cfg.shards or str(Path(cfg.out) / "shards")
+        self.fs, self.base = shard_filesystem(self.uri)
+        with cache.conn:
+            cache.conn.execute(INGESTED)
+        self._ray = None
+        # Finished shards of these settings: those this cache has seen, and those a killed
+        # driver (or another driver) finished but never copied in, which are copied now.
+        seen = dict(cache.conn.execute("SELECT name, prompts FROM shards"))
+        finished = list_shards(self.fs, self.base, cache.key)
+        prompts = sum(seen[n] if n in seen else self._ingest(n) for n in finished)
+        self.stats["shards_reused"] = len(finished)
+        if finished:
+            log.info("reused %d finished shard(s) (%d prompts) from %s, %d of them new to this cache",
+                     len(finished), prompts, self.uri, sum(n not in seen for n in finished))
+
+    def _ingest(self, name: str) -> int:
+        try:
+            rows = read_shard(self.fs, self.base, name)
+        except (OSError, ValueError) as e:
+            raise TaskdivError(f"{self.uri}/{name}: cannot read this shard ({e}); on a cluster of several machines "
+                               f"--shards must be a path every node can reach (shared storage, s3://...)") from None
+        self.cache.add(rows)
+        with self.cache.conn:
+            self.cache.conn.execute("INSERT OR IGNORE INTO shards VALUES (?, ?, ?)", (name, len(rows), time.time()))
+        return len(rows)
+
+    def _spec(self) -> dict:
+        from dataclasses import asdict
+
+        return {"cfg": asdict(self.cfg), "fingerprint": self.fingerprint, "chat": self.chat,
+                "max_prompt": self.max_prompt, "shards": self.uri, "threads": self.cfg.cpus_per_worker}
+
+    def run(self, prompts: dict[str, str], desc: str) -> None:
+        if not prompts:
+            return
+        from . import progress
+
+        order, _ = self.local.plan(prompts)
+        size = self.cfg.batch_size * self.cfg.batches_per_shard
+        blocks = [order[i:i + size] for i in range(0, len(order), size)]
+        names = [shard_name(self.cache.key, b) for b in blocks]
+        if self._ray is None:
+            started = time.perf_counter()
+            self._ray = connect(self.cfg.ray_address)
+            self.stats["connect_seconds"] = time.perf_counter() - started
+        ray = self._ray
+        workers = min(plan_workers(ray, self.cfg), len(blocks))
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        items = [{"shard": n, "shas": b, "prompts": [prompts[s] for s in b]} for n, b in zip(names, blocks)]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        scored = ds.map_batches(ShardScorer, fn_constructor_kwargs={"spec": self._spec()}, batch_size=1,
+                                batch_format="numpy", num_cpus=self.cfg.cpus_per_worker,
+                                # One shard running and one queued per actor: no idle gap, and no
+                                # actor hoards shards while another waits.
+                                compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=2),
+                                num_gpus=self.cfg.gpus_per_worker or None, max_restarts=3, max_task_retries=3)
+        log.info("scoring %d prompt(s) in %d shard(s) on %d Ray worker(s); shards in %s", len(order), len(blocks),
+                 workers, self.uri)
+        started = time.perf_counter()
+        done = set()
+        try:
+            with progress.bar(total=len(order), desc=f"{desc} (ray)", unit="prompt") as pbar:
+                for row in scored.iter_rows():
+                    name = str(row["shard"])
+                    if name in done:  # cannot happen with Ray's exactly-once map output; cheap to guard
+                        continue
+                    done.add(name)
+                    n = self._ingest(name)
+                    self.computed += n
+                    self.stats["shards_computed"] += 1
+                    if row["load_seconds"]:
+                        self.stats["load_seconds"].append(float(row["load_seconds"]))
+                    pbar.update(n)
+        except Exception as e:  # a worker's error arrives wrapped in Ray's exception types
+            if isinstance(e, TaskdivError):
+                raise
+            cause = getattr(e, "cause", None) or e
+            if isinstance(cause, TaskdivError):
+                raise TaskdivError(str(cause)) from None
+            raise TaskdivError(f"the Ray engine failed: {type(cause).__name__}: {cause}".splitlines()[0]) from e
+        finally:
+            self.seconds += time.perf_counter() - started
+        missing = set(names) - done
+        assert not missing, f"{len(missing)} shard(s) never reported back"
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+class Embedder:
+    """A Ray Data actor: one sentence-transformers model, unit vectors for a batch of prompts."""
+
+    def __init__(self, model: str, batch_size: int, threads: float):
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+        from .models import encoder_path
+
+        st = require("sentence_transformers", "embed")
+        self.encoder = st.SentenceTransformer(encoder_path(model),
+                                              device="cuda" if torch.cuda.is_available() else "cpu")
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict) -> dict:
+        vecs = self.encoder.encode([str(t) for t in batch["text"]], batch_size=self.batch_size,
+                                   normalize_embeddings=True, show_progress_bar=False, convert_to_numpy=True)
+        return {"key": batch["key"], "vec": vecs.astype(np.float32)}
+
+
+def embed_batches(texts: dict[str, str], model: str, *, batch_size: int, address: str | None = None,
+                  workers: int | None = None, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0):
+    """Yield (keys, vectors) for {key: text} as Ray workers finish them; the caller caches them
+    (`embeddings.embed` stores each piece in its SQLite cache, so a killed run keeps its work)."""
+    ray = connect(address)
+    opts = RayOptions(engine="ray", workers=workers, cpus_per_worker=cpus_per_worker,
+                      gpus_per_worker=gpus_per_worker)
+    workers = plan_workers(ray, opts)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    chunk = batch_size * 16
+    items = [{"key": k, "text": t} for k, t in texts.items()]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // chunk + 1, 10_000)))
+    out = ds.map_batches(Embedder, fn_constructor_kwargs={"model": model, "batch_size": batch_size,
+                                                         "threads": cpus_per_worker},
+                         batch_size=chunk, batch_format="numpy", num_cpus=cpus_per_worker,
+                         num_gpus=gpus_per_worker or None,
+                         compute=ray.data.ActorPoolStrategy(size=min(workers, len(items) // chunk + 1)),
+                         max_restarts=3, max_task_retries=3)
+    log.info("embedding %d prompt(s) with %s on %d Ray worker(s)", len(items), model, workers)
+    for batch in out.iter_batches(batch_format="numpy", batch_size=None):
+        yield [str(k) for k in batch["key"]], np.stack(list(batch["vec"])).astype(np.float32)

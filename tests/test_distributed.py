@@ -1,0 +1,229 @@
+"""`taskdiv score --engine ray` on a real local Ray cluster (no mocks).
+
+One local cluster (2 CPUs, small object store, no dashboard) serves the whole module;
+the driver-kill and bad-address tests run the CLI in a subprocess (the first joins this
+cluster by its address). The real SmolLM2-135M-Instruct scores real BIG-bench prompts
+where results are compared; the tiny random model serves where only the plumbing counts.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import write_jsonl
+from taskdiv import cli
+
+pytest.importorskip("ray")
+
+BB_POOL = "bigbench:sports_understanding,arithmetic/2_digit_addition,logical_fallacy_detection,ruin_names?max_pool=10"
+SMOL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024,
+             configure_logging=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pool40(tmp_path_factory) -> Path:
+    """40 real BIG-bench prompts, 10 in each of 4 tasks, as a JSONL pool."""
+    if not os.environ.get("TASKDIV_BIGBENCH") and not Path.home().joinpath(".cache/taskdiv").exists():
+        pytest.skip("BIG-bench data not available")
+    from taskdiv import data
+
+    frame = data.load_pool(BB_POOL).frame
+    assert len(frame) == 40
+    path = tmp_path_factory.mktemp("pool") / "pool40.jsonl"
+    return write_jsonl(path, frame[["id", "prompt", "task"]].to_dict(orient="records"))
+
+
+def score(args) -> int:
+    return cli.main(["score", *map(str, args), "--no-progress"])
+
+
+def shards(out: Path) -> list[Path]:
+    return sorted((out / "shards").glob("*.parquet"))
+
+
+def test_score_help_lists_the_engine_flags(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["score", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--engine", "--ray-address", "--workers", "--gpus-per-worker", "--cpus-per-worker",
+                 "--batches-per-shard", "--shards"):
+        assert flag in text
+
+
+@pytest.mark.slow
+def test_ray_engine_gives_the_local_engine_results(cluster, pool40, tmp_path):
+    """Same confidence prompt by prompt (1e-5, float32), same tasks.csv, same output files."""
+    common = [pool40, "--model", SMOL, "--dtype", "float32", "--max-new-tokens", "4", "--batch-size", "8"]
+    assert score([*common, "--out", tmp_path / "local"]) == 0
+    assert score([*common, "--engine", "ray", "--workers", "2", "--batches-per-shard", "1",
+                  "--out", tmp_path / "ray"]) == 0
+    for name in ("scores.csv", "scores.parquet", "tasks.csv", "config.yaml"):
+        assert (tmp_path / "ray" / name).exists()
+    local = pd.read_parquet(tmp_path / "local" / "scores.parquet").set_index("id")
+    ray_ = pd.read_parquet(tmp_path / "ray" / "scores.parquet").set_index("id")
+    assert list(local.columns) == list(ray_.columns) and len(ray_) == 40
+    assert ray_.index.tolist() == local.index.tolist()
+    np.testing.assert_allclose(ray_["confidence"], local["confidence"], atol=1e-5, rtol=0)
+    assert (ray_["generated"] == local["generated"]).all() and (ray_["tokens"] == local["tokens"]).all()
+    t_local, t_ray = (pd.read_csv(tmp_path / d / "tasks.csv") for d in ("local", "ray"))
+    pd.testing.assert_frame_equal(t_ray, t_local, atol=1e-5, rtol=0)
+    assert len(shards(tmp_path / "ray")) == 5  # 40 prompts / (1 batch of 8)
+
+
+def test_per_task_and_target_ci_on_ray(cluster, tiny_model_dir, tmp_path, capsys):
+    """--per-task and --target-ci run their rounds on the cluster, as locally."""
+    rows = [{"id": f"{t}{i}", "prompt": f"Question {i} of task {t}: what is {i} + {len(t)}?", "task": t}
+            for t in ("a", "bb", "ccc") for i in range(30)]
+    pool = write_jsonl(tmp_path / "pool.jsonl", rows)
+    common = [pool, "--model", tiny_model_dir, "--max-new-tokens", "3", "--batch-size", "4", "--per-task", "1",
+              "--target-ci", "0.5", "--dtype", "float32"]
+    assert score([*common, "--out", tmp_path / "local"]) == 0
+    assert score([*common, "--engine", "ray", "--workers", "2", "--out", tmp_path / "ray"]) == 0
+    local, ray_ = (pd.read_csv(tmp_path / d / "scores.csv").set_index("id") for d in ("local", "ray"))
+    assert sorted(ray_.index) == sorted(local.index) and len(ray_) == 27  # 1 per task, then 8 more:
+    # one scored prompt gives no interval, which counts as too wide
+    np.testing.assert_allclose(ray_.loc[local.index, "confidence"], local["confidence"], atol=1e-5, rtol=0)
+    # The engines share OUT/cache.sqlite: the Ray engine sends nothing the local one cached.
+    capsys.readouterr()
+    assert score([*common, "--engine", "ray", "--out", tmp_path / "local"]) == 0
+    assert "27 reused from the cache, 0 generated" in capsys.readouterr().out
+
+
+def _actor_pids() -> list[int]:
+    import psutil
+
+    pids = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if "ShardScorer" in " ".join(p.info["cmdline"] or []):
+                pids.append(p.info["pid"])
+        except psutil.Error:
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_a_killed_actor_is_restarted_and_nothing_is_lost_or_doubled(cluster, pool40, tmp_path):
+    out = tmp_path / "s"
+    killed = []
+
+    def killer():
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            pids = _actor_pids()
+            if shards(out) and len(pids) >= 2:  # mid-run: a shard done, both actors alive
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    assert score([pool40, "--model", SMOL, "--dtype", "float32", "--max-new-tokens", "4", "--batch-size", "2",
+                  "--batches-per-shard", "1", "--engine", "ray", "--workers", "2", "--out", out]) == 0
+    thread.join()
+    assert killed, "no actor was killed mid-run"
+    scores = pd.read_csv(out / "scores.csv")
+    assert len(scores) == 40 and scores["id"].is_unique
+    with sqlite3.connect(out / "cache.sqlite") as conn:
+        assert conn.execute("SELECT COUNT(*), COUNT(DISTINCT prompt_sha) FROM scores").fetchone() == (40, 40)
+    files = shards(out)
+    assert len(files) == 20
+    in_shards = pd.concat([pd.read_parquet(f, columns=["prompt_sha"]) for f in files])["prompt_sha"]
+    assert len(in_shards) == 40 and in_shards.is_unique
+
+
+@pytest.mark.slow
+def test_a_killed_driver_leaves_shards_the_rerun_reuses(cluster, pool40, tmp_path, caplog, capsys):
+    out = tmp_path / "s"
+    args = [pool40, "--model", SMOL, "--dtype", "float32", "--max-new-tokens", "4", "--batch-size", "2",
+            "--batches-per-shard", "1", "--engine", "ray", "--workers", "2", "--out", out]
+    env = {**os.environ, "TASKDIV_NO_PROGRESS": "1"}
+    driver = subprocess.Popen([sys.executable, "-m", "taskdiv.cli", "score", *map(str, args),
+                               "--ray-address", cluster], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while len(shards(out)) < 2 and driver.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    done_at_kill = len(shards(out))
+    assert 2 <= done_at_kill < 20, driver.stderr.read().decode()[-2000:]
+    import logging
+    import re
+
+    with caplog.at_level(logging.INFO, logger="taskdiv.distributed"):
+        assert score(args) == 0  # the rerun, in this process, on the same cluster
+    m = re.search(r"reused (\d+) finished shard\(s\) \((\d+) prompts\)", caplog.text)
+    assert m, caplog.text[-2000:]
+    reused_shards, reused_prompts = int(m[1]), int(m[2])
+    assert reused_shards >= done_at_kill and reused_prompts == 2 * reused_shards
+    assert f"{reused_prompts} reused from the cache, {40 - reused_prompts} generated" in capsys.readouterr().out
+    scores = pd.read_csv(out / "scores.csv")
+    assert len(scores) == 40 and scores["id"].is_unique
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_ray_address_fails_fast(small_pool, tiny_model_dir, tmp_path):
+    start = time.time()
+    run = subprocess.run([sys.executable, "-m", "taskdiv.cli", "score", str(small_pool), "--model", str(tiny_model_dir),
+                          "--engine", "ray", "--ray-address", f"127.0.0.1:{_free_port()}", "--out", str(tmp_path / "s"),
+                          "--no-progress"], capture_output=True, text=True, timeout=60)
+    assert time.time() - start < 30
+    assert run.returncode == 1
+    assert "--ray-address 127.0.0.1:" in run.stderr and "no Ray cluster answers" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--engine", "ray", "--gpus-per-worker", "1"], "--gpus-per-worker 1: the Ray cluster has no GPUs"),
+    (["--engine", "ray", "--workers", "0"], "--workers must be at least 1, got 0"),
+    (["--engine", "ray", "--workers", "3"], "--workers 3: the Ray cluster has room for 2 worker(s)"),
+    (["--workers", "2"], "--workers apply to --engine ray only"),
+])
+def test_bad_engine_options_fail_with_a_clear_error(cluster, small_pool, tiny_model_dir, tmp_path, capsys,
+                                                    flags, message):
+    start = time.time()
+    assert score([small_pool, "--model", tiny_model_dir, *flags, "--out", tmp_path / "s"]) == 1
+    assert message in capsys.readouterr().err
+    assert time.time() - start < 30
+
+
+@pytest.mark.slow
+def test_embeddings_on_ray_match_local_and_are_cached(cluster, tmp_path):
+    from taskdiv import embeddings
+
+    prompts = [f"Question {i}: what is the capital of country number {i}?" for i in range(40)]
+    local = embeddings.embed(prompts, cache=tmp_path / "local.sqlite", progress=False)
+    ray_ = embeddings.embed(prompts, cache=tmp_path / "ray.sqlite", progress=False, engine="ray")
+    assert ray_.shape == local.shape == (40, 384)
+    np.testing.assert_allclose(ray_, local, atol=1e-5)
+    with sqlite3.connect(tmp_path / "ray.sqlite") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM emb").fetchone() == (40,)
+    # Cached: a second call needs no cluster work and gives the same vectors.
+    again = embeddings.embed(prompts, cache=tmp_path / "ray.sqlite", progress=False, engine="ray")
+    np.testing.assert_array_equal(again, ray_)
