@@ -58,3 +58,20 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def bigbench_tasks() -> Path:
+    """BIG-bench's task files. On a cold cache the first test that uses this downloads the
+    sdist from the package registry (its setup time in `pytest --durations`); the hook
+    below marks every test that uses it `registry`."""
+    from taskdiv import bigbench
+
+    return bigbench.tasks_dir()
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "bigbench_tasks" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.registry)

@@ -5,7 +5,7 @@ from taskdiv import bigbench
 from taskdiv.data import load_pool
 from taskdiv.errors import TaskdivError
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("bigbench_tasks")]
 
 
 def test_preset_tasks_exist_and_are_short():

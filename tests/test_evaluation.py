@@ -263,6 +263,7 @@ def test_run_dir_with_adapter_of_another_model(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("bigbench_tasks")
 def test_finetuning_raises_heldout_accuracy(tmp_path):
     """smollm2-135m-instruct on BIG-bench 2-digit addition: the untrained model answers
     in its own words ("99 + 55 = ...") and never matches exactly; 64 pool examples for

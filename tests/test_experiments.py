@@ -28,6 +28,7 @@ def write_config(path: Path, tiny_model: Path, **overrides) -> Path:
     return path
 
 
+@pytest.mark.usefixtures("bigbench_tasks")
 @pytest.mark.slow
 def test_tiny_grid_end_to_end_survives_sigkill(tmp_path, tiny_model_dir):
     cfg = write_config(tmp_path / "tiny.yaml", tiny_model_dir)
@@ -112,6 +113,7 @@ def test_tiny_grid_end_to_end_survives_sigkill(tmp_path, tiny_model_dir):
     ({"budgets": [4, "20%"]}, "key 'budgets' (4, 20% (4 prompts)) repeats a run: random-b4-s0"),
     ({"full_seeds": [7, 7]}, "key 'full_seeds' (7, 7) repeats a run: full-s7 would run twice"),
 ])
+@pytest.mark.usefixtures("bigbench_tasks")
 def test_bad_config_fails_before_any_run(tmp_path, tiny_model_dir, capsys, override, match):
     cfg = write_config(tmp_path / "bad.yaml", tiny_model_dir, **override)
     exp = tmp_path / "exp"
@@ -120,6 +122,7 @@ def test_bad_config_fails_before_any_run(tmp_path, tiny_model_dir, capsys, overr
     assert not (exp / "runs").exists()
 
 
+@pytest.mark.usefixtures("bigbench_tasks")
 def test_dry_run_lists_the_grid(tmp_path, tiny_model_dir, capsys):
     cfg = write_config(tmp_path / "ok.yaml", tiny_model_dir, full=False, base=False)
     assert main(["experiment", str(cfg), "--out", str(tmp_path / "exp"), "--dry-run"]) == 0
@@ -158,6 +161,7 @@ def test_shipped_configs_parse(path):
     (["random", "task-diversity", "uncertainty", "weighted-task-diversity"], "random",
      {"uncertainty", "weighted-task-diversity"}),
 ])
+@pytest.mark.usefixtures("bigbench_tasks")
 def test_scores_only_where_a_strategy_reads_them(tmp_path, tiny_model_dir, strategies, within, scored):
     from taskdiv.experiments import Experiment, Run, load_config
 
@@ -170,6 +174,7 @@ def test_scores_only_where_a_strategy_reads_them(tmp_path, tiny_model_dir, strat
     assert exp.needs_scores() == bool(scored)
 
 
+@pytest.mark.usefixtures("bigbench_tasks")
 def test_rerun_may_extend_the_grid_but_not_change_a_run(tmp_path, tiny_model_dir, capsys):
     exp = tmp_path / "exp"
     base_only = {"strategies": [], "budgets": [], "seeds": [0], "full": False, "name": "first"}

@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "taskdiv"
 LAYERS: list[set[str]] = [
     {"taskdiv", "errors"},                                      # the package's version; error types
     {"fileio", "packages", "progress", "config", "metrics", "allocation", "kcenter", "analysis"},  # plumbing
-    {"models"},                                                 # the embedded models and encoder, prompt formats
+    {"models", "registry"},                                     # embedded models, prompt formats; package index
     {"generation"},                                             # the local scoring engine
     {"distributed"},                                            # the Ray engine (scoring, embeddings)
     {"embeddings", "bigbench", "harness"},                      # prompt vectors, BIG-bench, lm-eval

@@ -307,6 +307,7 @@ REAL_PROMPTS = "bigbench:sports_understanding,date_understanding,arithmetic/2_di
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("bigbench_tasks")
 @pytest.mark.parametrize("model_name", ["gemma-3-270m", "smollm2-135m-instruct"])
 def test_mean_prob_agrees_with_transformers_generate(model_name, tmp_path):
     """mean_prob from `taskdiv score` (float32, batched) equals an independent
@@ -337,6 +338,7 @@ def test_mean_prob_agrees_with_transformers_generate(model_name, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("bigbench_tasks")
 def test_integration_smollm2_on_bigbench(tmp_path):
     """The instruct model on real BIG-bench prompts of four tasks with the default dtype
     (bf16 where supported): chat template on by default, sensible outputs, task table.

@@ -1,9 +1,10 @@
 """BIG-bench as a pool source: the task.json files of the `bigbench==1.0.0` sdist.
 
-The sdist is fetched once with `pip download --no-deps` (it is never installed: its
-dependencies are heavy) and its task.json files are extracted into the cache
-(`taskdiv.fileio.cache_dir`). Set TASKDIV_BIGBENCH to an extracted
-`benchmark_tasks` directory or to the sdist tarball to use a local copy.
+The sdist is downloaded once from the package index pip is set up to use and checked
+against its sha256 (`taskdiv.registry`; pip is never asked to build or install it: its
+dependencies are heavy and one is a direct URL current pip refuses), and its task.json
+files are extracted into the cache (`taskdiv.fileio.cache_dir`). Set TASKDIV_BIGBENCH
+to an extracted `benchmark_tasks` directory or to the sdist tarball to use a local copy.
 
 Each example becomes one prompt formatted the way BIG-bench formats it (the task's
 own `task_prefix`, `example_input_prefix`, `choice_prefix`, `example_output_prefix`,
@@ -30,24 +31,25 @@ first `test` of them are the test part, never more than half the task. Spec opti
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 import tempfile
+import zlib
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from . import registry
 from .errors import TaskdivError, unknown_name
-from .fileio import atomic_dir, cache_dir
+from .fileio import atomic_dir, cache_dir, locked, remove_stale
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,16 @@ PRESETS: dict[str, list[str]] = {
 }
 
 
+# The sdist as PyPI publishes it (files there never change). The index's own sha256 must
+# agree, and a find-links copy, which comes without one, is checked against this.
+SDIST = f"bigbench-{VERSION}.tar.gz"
+SDIST_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
+SDIST_SIZE = 358_249_635
+LOCAL_HINT = ("To use a local copy instead, download bigbench-1.0.0.tar.gz (for instance from "
+              "https://pypi.org/project/bigbench/1.0.0/#files) and set TASKDIV_BIGBENCH to the tarball "
+              "or to its extracted benchmark_tasks directory.")
+
+
 def tasks_dir() -> Path:
     """The extracted `benchmark_tasks` directory, fetching the sdist on first use."""
     env = os.environ.get("TASKDIV_BIGBENCH")
@@ -143,36 +155,83 @@ def tasks_dir() -> Path:
         if path.is_file():
             return _extract(path)
         raise TaskdivError(f"TASKDIV_BIGBENCH={env}: no such file or directory")
-    target = cache_dir(f"bigbench-{VERSION}") / "benchmark_tasks"
+    return fetch()
+
+
+def _target() -> Path:
+    return cache_dir() / f"bigbench-{VERSION}" / "benchmark_tasks"  # created only when complete
+
+
+def fetch(sha256: str = SDIST_SHA256, size: int | None = SDIST_SIZE) -> Path:
+    """Download the sdist from the package index pip is set up to use, check its sha256 and
+    extract its task files into the cache; returns the extracted directory.
+
+    The download streams into a uniquely named `.part` file in the cache and the tasks
+    are extracted into a staging directory renamed into place, all under a lock on the
+    cache directory: a second process waits and then finds the work done; the leftovers
+    of a killed fetch are removed by the next one. Nothing in the cache counts as
+    fetched before `benchmark_tasks/.done` exists. (`sha256` and `size` are parameters
+    so that tests can serve a small crafted archive.)
+    """
+    target = _target()
     if (target / ".done").exists():
         return target
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        log.warning("fetching the bigbench==%s sdist from the package registry (about 360 MB, once)", VERSION)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               f"bigbench=={VERSION}", "-d", tmp, "--quiet"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        archives = list(Path(tmp).glob("bigbench-*.tar.gz"))
-        if proc.returncode != 0 or not archives:
-            raise TaskdivError(f"could not download bigbench=={VERSION} with pip: {proc.stderr.strip()[-500:]}"
-                               " (set TASKDIV_BIGBENCH to a local copy of the sdist)")
-        return _extract(archives[0])
+    root = cache_dir()
+    with locked(root, f"fetching {SDIST}"):
+        if (target / ".done").exists():
+            return target
+        remove_stale(root, f".{SDIST}.*.part")
+        fd, tmp = tempfile.mkstemp(prefix=f".{SDIST}.", suffix=".part", dir=root)
+        os.close(fd)
+        archive = Path(tmp)
+        try:
+            log.warning("fetching %s from the package index (%d MB, once) into %s", SDIST,
+                        round((size or 0) / 1e6), target.parent)
+            try:
+                registry.fetch("bigbench", SDIST, archive, sha256=sha256, size=size)
+            except TaskdivError as e:
+                raise TaskdivError(f"{e} {LOCAL_HINT}") from e
+            return _extract(archive, lock=False)
+        finally:
+            archive.unlink(missing_ok=True)
 
 
-def _extract(archive: Path) -> Path:
+def _extract(archive: Path, *, lock: bool = True) -> Path:
     """Extract the task.json files of the sdist into the cache (atomically)."""
-    target = cache_dir(f"bigbench-{VERSION}") / "benchmark_tasks"
+    target = _target()
     if (target / ".done").exists():
         return target
-    with atomic_dir(target) as staging, tarfile.open(archive, "r:gz") as tar:
-        for member in tar:
-            name = member.name
-            if not member.isfile() or not name.endswith("/task.json") or "/benchmark_tasks/" not in name:
-                continue
-            dest = staging / name.split("/benchmark_tasks/", 1)[1]
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with tar.extractfile(member) as src, open(dest, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-        (staging / ".done").write_text(VERSION)
+    if lock:
+        with locked(cache_dir(), f"extracting {archive.name}"):
+            return _extract(archive, lock=False)
+    remove_stale(target.parent, f".{target.name}-*")  # a killed extraction's staging directory
+    made_parent = not target.parent.exists()
+    count = 0
+    try:
+        with atomic_dir(target) as staging, tarfile.open(archive, "r:gz") as tar:
+            for member in tar:
+                name = member.name
+                if not member.isfile() or not name.endswith("/task.json") or "/benchmark_tasks/" not in name:
+                    continue
+                rel = Path(name.split("/benchmark_tasks/", 1)[1])
+                if rel.is_absolute() or ".." in rel.parts:
+                    continue  # never write outside the staging directory
+                dest = staging / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(member) as src, open(dest, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                count += 1
+            if not count:
+                raise TaskdivError(f"{archive}: no benchmark_tasks/*/task.json inside; not the bigbench sdist")
+            (staging / ".done").write_text(VERSION)
+    except BaseException as e:
+        if made_parent:  # leave the cache as it was
+            with contextlib.suppress(OSError):
+                target.parent.rmdir()
+        if isinstance(e, (tarfile.TarError, EOFError, zlib.error)):
+            raise TaskdivError(f"{archive}: not a readable .tar.gz ({e})") from e
+        raise
+    log.info("extracted %d task.json files into %s", count, target)
     return target
 
 

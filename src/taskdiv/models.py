@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import TaskdivError, unknown_name
-from .fileio import atomic_dir, cache_dir
+from .fileio import atomic_dir, cache_dir, locked, remove_stale
 from .packages import ensure_model_package, require
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,17 @@ def _converted(key: str, gguf_path) -> Path:
     require("gguf", "score")
     import torch
 
+    # One conversion at a time: a second process waits, then finds it done; a killed
+    # conversion's staging directory (~1 GB for Gemma) is removed by the next one.
+    with locked(target.parent, f"converting {key}"):
+        if (target / ".done").exists():
+            return target
+        remove_stale(target.parent, f".{key}-*")
+        _convert(transformers, torch, gguf_path, target)
+    return target
+
+
+def _convert(transformers, torch, gguf_path, target: Path) -> None:
     with atomic_dir(target) as staging:
         gguf = Path(gguf_path(staging))
         log.warning("dequantizing %s to safetensors (once; later loads use the cache)", gguf.name)
@@ -176,7 +187,6 @@ def _converted(key: str, gguf_path) -> Path:
         if gguf.parent == staging:
             gguf.unlink()
         (staging / ".done").write_text(gguf.name)
-    return target
 
 
 def fingerprint(ref: ModelRef) -> str:
