@@ -262,7 +262,8 @@ def test_the_repository_does_not_ignore_committed_experiment_results():
         for rel in paths:
             check = subprocess.run(["git", "check-ignore", "-q", f"results/probe-exp/{rel}"], cwd=root)
             assert check.returncode == 1, f"{rel} would not be committed"
-        for rel in ("runs/r/train/adapter/adapter_model.safetensors", "runs/r/data.jsonl", "scores/cache.sqlite"):
+        for rel in ("runs/r/train/adapter/adapter_model.safetensors", "runs/r/data.jsonl", "scores/cache.sqlite",
+                    "runs/r/annotations.jsonl", "runs/r/selection/selection.jsonl"):
             check = subprocess.run(["git", "check-ignore", "-q", f"results/probe-exp/{rel}"], cwd=root)
             assert check.returncode == 0, f"{rel} would be committed"
     finally:

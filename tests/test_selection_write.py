@@ -9,14 +9,18 @@ def _snapshot(out):
     return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
 
 
-@pytest.mark.parametrize("killed_in", ["dump_table", "dump_yaml", "dump_jsonl"])
-def test_a_kill_while_writing_leaves_the_previous_selection_whole(small_pool, tmp_path, monkeypatch, killed_in):
+def _second_selection_over_a_first(small_pool, tmp_path):
+    """OUT holding a first selection (and its snapshot), and a second one ready to write over it."""
     out = tmp_path / "sel"
     first = SelectConfig(pool=str(small_pool), budget="4", strategy="task-diversity", out=str(out))
     write_selection(out, *select(first), first)
-    before = _snapshot(out)
     second = SelectConfig(pool=str(small_pool), budget="6", strategy="random", seed=5, out=str(out))
-    rows, allocation = select(second)
+    return (out, _snapshot(out), second, *select(second))
+
+
+@pytest.mark.parametrize("killed_in", ["dump_table", "dump_yaml", "dump_jsonl"])
+def test_a_kill_while_writing_leaves_the_previous_selection_whole(small_pool, tmp_path, monkeypatch, killed_in):
+    out, before, second, rows, allocation = _second_selection_over_a_first(small_pool, tmp_path)
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
@@ -37,12 +41,7 @@ def test_a_failed_rename_puts_back_the_files_already_replaced(small_pool, tmp_pa
 
     from taskdiv import fileio
 
-    out = tmp_path / "sel"
-    first = SelectConfig(pool=str(small_pool), budget="4", strategy="task-diversity", out=str(out))
-    write_selection(out, *select(first), first)
-    before = _snapshot(out)
-    second = SelectConfig(pool=str(small_pool), budget="6", strategy="random", seed=5, out=str(out))
-    rows, allocation = select(second)
+    out, before, second, rows, allocation = _second_selection_over_a_first(small_pool, tmp_path)
     real = os.replace
 
     def replace(src, dst):

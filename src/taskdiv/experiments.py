@@ -15,9 +15,9 @@ Layout and resumption:
     EXP/.gitignore                  what not to commit (see below)
 Once a run is evaluated its weights (train/adapter, merged, checkpoints) are deleted
 unless `keep_weights: true`, and selection/ids.txt lists the chosen ids. EXP/.gitignore
-leaves out the bulky files (weights, data.jsonl, selection.jsonl, per-item predictions,
-the score cache, the Parquet copy of scores.csv), so `git add EXP` commits each finished
-run's compact results: result.json (with the code commit it ran at), done,
+leaves out the bulky files (weights, data.jsonl and the oracle's annotation store,
+selection.jsonl, per-item predictions, the score cache, the Parquet copy of scores.csv),
+so `git add EXP` commits each finished run's compact results: result.json (with the code commit it ran at), done,
 eval/per_task.csv, selection/ids.txt and allocation.csv, train/train_metrics.json. A
 rerun on a new clone then skips every committed run.
 
@@ -499,6 +499,8 @@ class Experiment:
 # EXP/.gitignore: everything but the compact results of each run (see the module docstring).
 GITIGNORE = """# Written by `taskdiv experiment`: commit EXP for the compact results of finished runs.
 runs/*/data.jsonl
+runs/*/annotations.jsonl
+runs/*/import-round-*.json
 runs/*/selection/selection.jsonl
 runs/*/train/*
 !runs/*/train/train_metrics.json
