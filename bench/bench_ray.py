@@ -30,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from taskdiv import data, models, scoring  # noqa: E402
+from taskdiv import data, generation, models, scoring  # noqa: E402
 from taskdiv.config import build  # noqa: E402
 from taskdiv.fileio import write_jsonl  # noqa: E402
 
@@ -74,8 +74,8 @@ def main() -> None:
     print(f"{args.n} prompts of {POOL} (seeded sample), {args.model}, float32, batch 16, "
           f"{args.max_new_tokens} new tokens, {os.cpu_count()} cores", flush=True)
 
-    model, tok = scoring._load_model(ref, "float32")  # loading is not timed
-    local = scoring.score(build(scoring.ScoreConfig, {**common, "out": str(work / "local")}))
+    model, tok = generation.load_model(ref, "float32")  # loading is not timed
+    local = scoring.score(build(scoring.ScoreConfig, {**common, "out": str(work / "local")}), loaded=(model, tok))
     t_local = local.attrs["generation_seconds"]
     print(f"  local engine:            {t_local:7.1f} s ({args.n / t_local:.2f} prompts/s)", flush=True)
 
@@ -84,8 +84,8 @@ def main() -> None:
     from transformers import AutoConfig
 
     context = getattr(AutoConfig.from_pretrained(ref.path), "max_position_embeddings", None) or 2048
-    scorer = scoring._Scorer(scoring.ScoreConfig(**common, out="unused"), ref, tok, chat,
-                             context - args.max_new_tokens, cache=None)
+    scorer = generation.Scorer(scoring.ScoreConfig(**common, out="unused"), ref, tok, chat,
+                               context - args.max_new_tokens, cache=None)
     prompts = {scoring.prompt_sha(p): p for p in frame["prompt"]}
     order, encoded = scorer.plan(prompts)
     batches = [(order[i:i + 16], [encoded[s][0] for s in order[i:i + 16]]) for i in range(0, len(order), 16)]

@@ -39,7 +39,7 @@ os.environ.setdefault("TASKDIV_NO_PROGRESS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from taskdiv import data, models, scoring  # noqa: E402
+from taskdiv import data, generation, models, scoring  # noqa: E402
 from taskdiv.config import build  # noqa: E402
 from taskdiv.fileio import write_jsonl  # noqa: E402
 from taskdiv.selection import SelectConfig, select  # noqa: E402
@@ -70,23 +70,24 @@ def throughput(model_name: str, n: int, work: Path) -> None:
     ref = models.resolve(model_name)
     print(f"model {model_name}; {n} prompts of {THROUGHPUT_POOL} (seeded sample); 32 new tokens; "
           f"default dtype here = {models.resolve_dtype('auto')}", flush=True)
-    model, tok = scoring._load_model(ref, "float32")
+    model, tok = generation.load_model(ref, "float32")
     chat = models.chat_default(ref, tok)
     frame["length"] = [len(models.encode_prompt(tok, p, chat)) for p in frame["prompt"]]
     frame = frame.sort_values(["length", "id"], ascending=[False, True]).reset_index(drop=True)
     batch = scoring.ScoreConfig.batch_size
     seconds = {"auto": 0.0, "float32": 0.0, "naive": 0.0}
+    loaded_models = {"float32": (model, tok)}  # one model per dtype, kept for every chunk
     means = {k: [] for k in seconds}
     for start in range(0, n, batch):
         chunk = frame.iloc[start:start + batch]
         pool_file = work / f"tp-{start}.jsonl"
         write_jsonl(pool_file, chunk[["id", "prompt", "task"]].to_dict(orient="records"))
         for dtype in ("auto", "float32"):
-            scoring._load_model.cache_clear()
-            scoring._load_model(ref, dtype)  # loading is not timed
+            if dtype not in loaded_models:
+                loaded_models[dtype] = generation.load_model(ref, dtype)
             cfg = build(scoring.ScoreConfig, {"pool": str(pool_file), "model": model_name, "dtype": dtype,
                                               "out": str(work / f"tp-{dtype}-{start}")})
-            s = scoring.score(cfg)
+            s = scoring.score(cfg, loaded=loaded_models[dtype])  # loading is not timed
             seconds[dtype] += s.attrs["generation_seconds"]
             means[dtype] += s.set_index("id").loc[chunk["id"], "mean_prob"].tolist()
         t = time.perf_counter()
@@ -118,8 +119,7 @@ def _allocation(scores_csv: Path, budget: int) -> pd.Series:
 
 def sampling(model_name: str, work: Path) -> None:
     ref = models.resolve(model_name)
-    scoring._load_model.cache_clear()
-    scoring._load_model(ref, "auto")
+    loaded = generation.load_model(ref, "auto")  # one load for the three runs below
     pool_size = len(data.load_pool(SAMPLING_POOL))
     print(f"model {model_name}; pool {SAMPLING_POOL} ({pool_size} prompts, 30 tasks) stands in for the full demo "
           f"pool (92k prompts; too slow to score in full here); {SAMPLING_TOKENS} new tokens", flush=True)
@@ -129,7 +129,7 @@ def sampling(model_name: str, work: Path) -> None:
                              ("per-task 16", {"per_task": 16}, "sample"), ("every prompt", {}, "sample")):
         cfg = build(scoring.ScoreConfig, {"pool": SAMPLING_POOL, "model": model_name, "out": str(work / out),
                                           "max_new_tokens": SAMPLING_TOKENS, **extra})
-        s = scoring.score(cfg)
+        s = scoring.score(cfg, loaded=loaded)
         csv = work / f"{out}-{len(runs)}.csv"
         (work / out / "scores.csv").rename(csv)
         runs[name] = (csv, len(s), s.attrs["generation_seconds"])

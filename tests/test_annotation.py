@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from taskdiv import annotation, annotation_store, cli
+from taskdiv import cli
+from taskdiv.annotate import FORMATS, commands, store
+from taskdiv.annotate.answers import read_selection
 from taskdiv.data import load_pool, read_ids
 
 from conftest import write_jsonl
@@ -106,7 +108,7 @@ def _argilla_load(directory: Path):
     """(settings, records) read back with the argilla SDK's own classes."""
     import argilla as rg
 
-    from taskdiv.argilla_io import offline_client
+    from taskdiv.annotate.argilla import offline_client
 
     with offline_client():
         settings = rg.Settings.from_json(directory / ".argilla" / "settings.json")
@@ -148,7 +150,7 @@ def test_argilla_round_trip_through_sdk(selection, tmp_path):
     import argilla as rg
     from argilla.records._io import JsonIO
 
-    from taskdiv.argilla_io import offline_client
+    from taskdiv.annotate.argilla import offline_client
 
     assert _run("annotate", "export", selection, "--format", "argilla", "--out", tmp_path / "ar") == 0
     settings, records = _argilla_load(tmp_path / "ar")
@@ -339,7 +341,7 @@ def test_line_separator_inside_an_answer_survives_the_store(selection, tmp_path)
                    "jsonl") == 0
     assert _import(tmp_path, selection, _answers(tmp_path / "r2.jsonl", [{"id": ids[1], "response": "y"}]),
                    "jsonl") == 0
-    rows = annotation_store.read_store(tmp_path / "ann" / "annotations.jsonl")
+    rows = store.read_store(tmp_path / "ann" / "annotations.jsonl")
     assert rows["response"].tolist() == [answer, "y"]
 
 
@@ -404,10 +406,10 @@ def test_failed_write_leaves_store_untouched(selection, tmp_path, monkeypatch):
             raise OSError("disk full")
         return real(path, records)
 
-    real = annotation_store.dump_jsonl
-    monkeypatch.setattr(annotation_store, "dump_jsonl", failing)
+    real = store.dump_jsonl
+    monkeypatch.setattr(store, "dump_jsonl", failing)
     with pytest.raises(OSError):
-        annotation.run_import(annotation.ImportConfig(
+        commands.run_import(commands.ImportConfig(
             file=str(_answers(tmp_path / "r2.jsonl", [{"id": ids[1], "response": "y"}])), format="jsonl",
             selection=str(selection), out=str(out)))
     assert _snapshot(tmp_path / "ann") == before, "no file changed, no temporary left behind"
@@ -427,3 +429,92 @@ def test_config_file(selection, tmp_path):
     assert _run("annotate", "export", selection, "--config", cfg) == 0
     assert (tmp_path / "js" / "prompts.jsonl").exists()
     shutil.rmtree(tmp_path / "js")
+
+
+def test_argilla_export_leaves_logging_as_it_was(selection, tmp_path, caplog):
+    """The SDK's INFO chatter on the root logger is dropped during the export only: other
+    loggers are heard, logging is not disabled for the process, and the root logger keeps
+    its handlers and filters."""
+    import logging
+
+    from taskdiv.annotate import argilla
+
+    with caplog.at_level(logging.INFO):
+        with argilla._quiet_sdk():
+            logging.info("sdk chatter")
+            logging.getLogger("taskdiv.elsewhere").info("ours")
+    messages = [r.getMessage() for r in caplog.records]
+    assert "ours" in messages and "sdk chatter" not in messages
+    root = logging.getLogger()
+    before = (logging.root.manager.disable, list(root.handlers), list(root.filters))
+    argilla.write(tmp_path / "ds", read_selection(selection), "n")
+    assert (tmp_path / "ds" / "records.json").exists()
+    assert (logging.root.manager.disable, list(root.handlers), list(root.filters)) == before
+
+
+# ----------------------------------------------------------------------------- the format contract
+
+
+def _answer_label_studio(out: Path, answers: dict, tmp_path: Path) -> Path:
+    """Label Studio's JSON export of the exported tasks, `answers` typed into the response area."""
+    tasks = json.loads((out / "tasks.json").read_text(encoding="utf-8"))
+    export = []
+    for n, task in enumerate(tasks, 1):
+        pid = task["data"]["id"]
+        annotations = [{"id": n, "completed_by": 1, "was_cancelled": False, "updated_at": "2025-01-01T00:00:00Z",
+                        "result": [{"from_name": "response", "to_name": "prompt", "type": "textarea",
+                                    "value": {"text": [answers[pid]]}}]}] if pid in answers else []
+        export.append({"id": n, "data": task["data"], "annotations": annotations})
+    path = tmp_path / "label-studio-export.json"
+    path.write_text(json.dumps(export), encoding="utf-8")
+    return path
+
+
+def _answer_argilla(out: Path, answers: dict, tmp_path: Path) -> Path:
+    """The exported dataset with `answers` as the SDK's responses, saved as Dataset.to_disk saves it."""
+    import argilla as rg
+    from argilla.records._io import JsonIO
+
+    _, records = _argilla_load(out)
+    for record in records:
+        if str(record.id) in answers:
+            record.responses.add(rg.Response("response", answers[str(record.id)], user_id=uuid.UUID(int=1),
+                                             status="submitted"))
+    annotated = tmp_path / "argilla-annotated"
+    shutil.copytree(out, annotated, ignore=shutil.ignore_patterns("records.json"))
+    JsonIO.to_json(records, annotated / "records.json")
+    return annotated
+
+
+def _answer_jsonl(out: Path, answers: dict, tmp_path: Path) -> Path:
+    rows = [dict(r, response=answers.get(r["id"], "")) for r in _jsonl(out / "prompts.jsonl")]
+    return write_jsonl(tmp_path / "answered.jsonl", rows)
+
+
+# How an annotator answers in each tool: one entry per registered format.
+ANSWER = {"label-studio": _answer_label_studio, "argilla": _answer_argilla, "jsonl": _answer_jsonl}
+
+
+def test_every_format_is_under_the_contract():
+    assert set(ANSWER) == set(FORMATS)
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_format_contract(name, selection, tmp_path):
+    """Every FORMATS entry: write a selection, answer some of it in the tool, read it back:
+    the same ids with the same prompts, and exactly the answers given."""
+    fmt, rows = FORMATS[name], read_selection(selection)
+    out = tmp_path / "exported"
+    fmt.check_out(out)
+    written = fmt.write(out, rows, "contract")
+    assert written and all(Path(p).exists() for p in written)
+    answers = {pid: f"answer to {pid}" for pid in rows["id"][::2]}
+    items = fmt.read(_answer := ANSWER[name](out, answers, tmp_path))
+    assert [it.id for it in items] == rows["id"].tolist()
+    assert [it.prompt for it in items] == rows["prompt"].tolist()
+    submitted = {it.id: [a.response for a in it.answers if a.status == "submitted"] for it in items}
+    assert submitted == {pid: [answers[pid]] if pid in answers else [] for pid in rows["id"]}
+    # ... and through `taskdiv annotate import`, the SFT dataset holds exactly those answers.
+    sft = tmp_path / "ann" / "sft.jsonl"
+    assert _run("annotate", "import", _answer, "--format", name, "--selection", selection, "--out", sft) == 0
+    assert {r["id"]: r["response"] for r in _jsonl(sft)} == answers

@@ -229,6 +229,24 @@ def test_bad_grid_fails_before_any_run(tmp_path, tiny_model_dir, capsys, grid, m
     assert not (tmp_path / "exp" / "runs").exists()
 
 
+def test_collect_without_prepare_and_no_state_left_behind(tmp_path, tiny_model_dir):
+    """collect() lists the grid itself when prepare() has not run; the experiment's quiet
+    progress settings hold while it runs and are undone afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    from taskdiv.experiments import Experiment, _quiet_inner_progress, load_config
+
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_model_dir))
+    table = Experiment(cfg, tmp_path / "exp").collect()
+    assert len(table) == 0 and not (tmp_path / "exp" / "results.csv").exists()
+
+    os.environ.pop("TASKDIV_INNER_PROGRESS_OFF", None)
+    hf_logging.enable_progress_bar()
+    with _quiet_inner_progress():
+        assert os.environ["TASKDIV_INNER_PROGRESS_OFF"] == "1" and not hf_logging.is_progress_bar_enabled()
+    assert "TASKDIV_INNER_PROGRESS_OFF" not in os.environ and hf_logging.is_progress_bar_enabled()
+
+
 def test_the_repository_does_not_ignore_committed_experiment_results():
     # A root .gitignore entry `runs/` once matched results/*/runs too, hiding every run.
     root = Path(__file__).resolve().parents[1]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from taskdiv import bigbench, embeddings, models, registry
+from taskdiv import bigbench, models, registry
 from taskdiv.errors import TaskdivError
 
 SRC = Path(bigbench.__file__).resolve().parents[1]
@@ -298,7 +298,7 @@ def test_pip_settings_come_from_pip_config_and_the_environment(tmp_path, monkeyp
 
 
 PACKAGES = [(name, emb.module, list(emb.requirements)) for name, emb in models.EMBEDDED.items()] + \
-    [(name, module, reqs) for name, (module, reqs) in embeddings.EMBEDDED.items()]
+    [(name, enc.module, list(enc.requirements)) for name, enc in models.EMBEDDED_ENCODERS.items()]
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import write_jsonl
-from taskdiv import cli, data, models, scoring
+from taskdiv import cli, data, generation, models, scoring
 from taskdiv.config import build
 
 
@@ -31,7 +31,7 @@ def make_cfg(pool, out, model, **kw) -> scoring.ScoreConfig:
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
     ref = models.resolve(str(tiny_model_dir))
-    model, tok = scoring._load_model(ref, "float32")
+    model, tok = generation.load_model(ref, "float32")
     return ref, model, tok
 
 
@@ -65,7 +65,7 @@ def test_generator_matches_uncached_forward(tiny):
     prompts = ["Hi", "What is the capital of France? Answer in one word.", "2 + 2 =", "Tell me a story about a cat."]
     batch = [models.encode_prompt(tok, p, chat=False) for p in prompts]
     assert len({len(b) for b in batch}) > 1, "the prompts must differ in length to exercise left padding"
-    gens = scoring.generate_greedy(model, batch, max_new_tokens=7, eos_ids={tok.eos_token_id}, pad_id=tok.pad_token_id)
+    gens = generation.generate_greedy(model, batch, max_new_tokens=7, eos_ids={tok.eos_token_id}, pad_id=tok.pad_token_id)
     for ids, g in zip(batch, gens):
         assert len(g.token_ids) == 7 == len(g.logprobs) == len(g.entropies)
         lp, ent = _reference(model, ids, g.token_ids)
@@ -77,11 +77,11 @@ def test_eos_stops_its_row_only(tiny):
     ref, model, tok = tiny
     prompts = ["Hi", "What is the capital of France?", "2 + 2 ="]
     batch = [models.encode_prompt(tok, p, chat=False) for p in prompts]
-    free = scoring.generate_greedy(model, batch, max_new_tokens=6, eos_ids=set(), pad_id=tok.pad_token_id)
+    free = generation.generate_greedy(model, batch, max_new_tokens=6, eos_ids=set(), pad_id=tok.pad_token_id)
     # Declare row 0's first token an EOS: row 0 must stop there (the EOS counted), and
     # the other rows, which go on in the shrunken batch, must be unchanged.
     stop = free[0].token_ids[0]
-    gens = scoring.generate_greedy(model, batch, max_new_tokens=6, eos_ids={stop}, pad_id=tok.pad_token_id)
+    gens = generation.generate_greedy(model, batch, max_new_tokens=6, eos_ids={stop}, pad_id=tok.pad_token_id)
     assert gens[0].token_ids == [stop]
     np.testing.assert_allclose(gens[0].logprobs, free[0].logprobs[:1], atol=1e-5)
     assert any(len(g.token_ids) == 6 for g in gens[1:]), "no row outlived the EOS row"
@@ -176,17 +176,35 @@ def test_target_ci_scores_until_narrow_or_exhausted(small_pool, tiny_model_dir, 
 def test_work_is_done_once(small_pool, tiny_model_dir, tmp_path, monkeypatch):
     """The tokenizer is loaded once per run (the model comes with the same one), and with
     --target-ci each round builds the scores table once, the last round included."""
-    scoring._load_model.cache_clear()
-    scoring._load_tokenizer.cache_clear()
     loads, tables, rounds = [], [], []
-    load_tokenizer, scores_table, run = models.load_tokenizer, scoring._scores_table, scoring._Scorer.run
+    load_tokenizer, scores_table, run = models.load_tokenizer, scoring._scores_table, generation.Scorer.run
     monkeypatch.setattr(models, "load_tokenizer", lambda ref: (loads.append(ref), load_tokenizer(ref))[1])
     monkeypatch.setattr(scoring, "_scores_table", lambda *a: (tables.append(1), scores_table(*a))[1])
-    monkeypatch.setattr(scoring._Scorer, "run", lambda self, todo, desc: (rounds.append(desc), run(self, todo, desc))[1])
+    monkeypatch.setattr(generation.Scorer, "run", lambda self, todo, desc: (rounds.append(desc), run(self, todo, desc))[1])
     scores = scoring.score(make_cfg(small_pool, tmp_path / "w", tiny_model_dir, per_task=2, target_ci=1e-6,
                                     max_new_tokens=3))
     assert scores.attrs["computed"] == 16 and len(loads) == 1
     assert len(tables) == len(rounds) > 1
+
+
+def test_the_model_lives_as_long_as_its_caller_wants(small_pool, tiny_model_dir, tmp_path, monkeypatch):
+    """score loads the model once for all its rounds and drops it when it returns; a caller
+    that passes `loaded=` keeps its own model and nothing is loaded."""
+    import gc
+    import weakref
+
+    loaded, load = [], models.load
+    monkeypatch.setattr(models, "load", lambda *a, **k: (lambda m: (loaded.append(weakref.ref(m[0])), m)[1])(
+        load(*a, **k)))
+    cfg = make_cfg(small_pool, tmp_path / "w", tiny_model_dir, per_task=2, target_ci=1e-6, max_new_tokens=3)
+    assert scoring.score(cfg).attrs["computed"] == 16
+    gc.collect()
+    assert len(loaded) == 1 and loaded[0]() is None, "the model outlived the call that needed it"
+    mine = generation.load_model(models.resolve(str(tiny_model_dir)), "float32")
+    again = scoring.score(make_cfg(small_pool, tmp_path / "v", tiny_model_dir, per_task=2, max_new_tokens=3,
+                                   dtype="float32"), loaded=mine)
+    assert again.attrs["computed"] == 6 and len(loaded) == 2  # only the caller's own load_model
+    assert loaded[1]() is mine[0]
 
 
 def test_long_prompts_are_truncated_from_the_left(tiny_model_dir, tmp_path):
@@ -200,7 +218,7 @@ def test_long_prompts_are_truncated_from_the_left(tiny_model_dir, tmp_path):
     assert not scores.loc["short", "truncated"]
     ref = models.resolve(str(tiny_model_dir))
     tok = models.load_tokenizer(ref)
-    scorer = scoring._Scorer(cfg, ref, tok, False, 40, cache=None)
+    scorer = generation.Scorer(cfg, ref, tok, False, 40, cache=None)
     ids, truncated = scorer.encode(long)
     assert truncated and len(ids) == 40
     assert ids == models.encode_prompt(tok, long, False)[-40:], "the end of the prompt must be kept"
@@ -304,7 +322,7 @@ def test_mean_prob_agrees_with_transformers_generate(model_name, tmp_path):
     assert len(scores) == 3
     pool = data.load_pool(REAL_PROMPTS).frame.set_index("id")
     ref = models.resolve(model_name)
-    model, tok = scoring._load_model(ref, "float32")  # the same weights; generation is independent
+    model, tok = generation.load_model(ref, "float32")  # the same weights; generation is independent
     for row in scores.itertuples():
         ids = models.encode_prompt(tok, pool.at[row.id, "prompt"], ref.chat)
         with torch.inference_mode():

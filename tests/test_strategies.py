@@ -97,6 +97,16 @@ def test_other_seed_other_selection(name, params):
         assert a != b
     elif name in ("full", "uncertainty"):
         assert a == b  # no randomness involved (continuous confidences have no ties)
+    else:
+        # within=lowest-confidence: the seed only breaks the allocation's ties and orders the
+        # ranking; inside each task, each seed takes that task's least confident prompts.
+        assert params.get("within") == "lowest-confidence"
+        frame = pool.frame.assign(confidence=inputs.confidence).set_index("id")
+        for chosen in (a, b):
+            picked = frame.loc[chosen]
+            for task, group in picked.groupby("task"):
+                lowest = frame[frame["task"] == task].nsmallest(len(group), "confidence").index
+                assert set(group.index) == set(lowest), (name, task)
 
 
 def test_weighted_gives_more_to_unsure_tasks():
@@ -173,6 +183,38 @@ def test_k_center_matches_naive_reference(seed):
     np.testing.assert_array_equal(k_center(X, 25, seed=seed), k_center_naive(X, 25, seed=seed))
     init = X[:5]
     np.testing.assert_array_equal(k_center(X[5:], 10, initial=init), k_center_naive(X[5:], 10, initial=init))
+
+
+def test_a_misspelt_parameter_is_refused_with_did_you_mean():
+    with pytest.raises(TaskdivError, match="parameter of strategy 'task-diversity' 'withn'. Did you mean 'within'"):
+        get_strategy("task-diversity", withn="random")
+    with pytest.raises(TaskdivError, match="Did you mean 'gamma'"):
+        STRATEGIES["sharp-weighted-task-diversity"](gama=2.0)
+    with pytest.raises(TaskdivError, match="Did you mean 'seed'"):
+        STRATEGIES["random"](sed=1)
+
+
+def test_task_parameters_are_refused_by_other_strategies():
+    """One rule for get_strategy and `taskdiv select`: within/min/max per task belong to task strategies."""
+    for name in STRATEGIES:
+        if issubclass(STRATEGIES[name], TaskAllocation):
+            assert get_strategy(name, within="k-center", min_per_task=1).within == "k-center"
+        else:
+            with pytest.raises(TaskdivError, match="apply to task strategies"):
+                get_strategy(name, within="random")
+    with pytest.raises(TaskdivError, match="within-task picker 'kcenter'. Did you mean 'k-center'"):
+        get_strategy("task-diversity", within="kcenter")
+
+
+def test_what_each_strategy_needs():
+    needs = {name: get_strategy(name).needs for name in STRATEGIES}
+    assert needs == {"random": set(), "full": set(), "proportional": set(), "task-diversity": set(),
+                     "weighted-task-diversity": {"confidence"}, "sharp-weighted-task-diversity": {"confidence"},
+                     "uncertainty": {"confidence"}, "k-center": {"embeddings"}}
+    assert get_strategy("proportional", within="k-center").needs == {"embeddings"}
+    assert get_strategy("weighted-task-diversity", within="k-center").needs == {"confidence", "embeddings"}
+    with pytest.raises(TaskdivError, match="needs prompt confidences: pass --scores"):
+        get_strategy("task-diversity", within="lowest-confidence").check_needs(set())
 
 
 @pytest.mark.parametrize("name,params", VARIANTS, ids=[f"{n}{'-' + '-'.join(map(str, p.values())) if p else ''}"

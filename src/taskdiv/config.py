@@ -138,5 +138,6 @@ def _coerce(value, tp, name, source):
         raise TaskdivError(f"{where}key {name!r}: {e}") from None
 
 
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+def to_dict(cfg, *, exclude=()) -> dict:
+    """The config's fields as a plain dict (what run directories record), without `exclude`."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in exclude}

@@ -22,9 +22,8 @@ Field names are mapped with `FieldMap`; Alpaca (instruction/input/output) and ch
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import io
-import json
 import logging
 import re
 import string
@@ -36,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, TaskdivError
+from .fileio import check_utf8, iter_jsonl, read_csv, read_json_document
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,20 @@ class FieldMap:
         "help": "Build the prompt from several fields, e.g. '{instruction}\\n\\n{context}' for Dolly. "
                 "Empty fields and the separators around them are dropped. \\n, \\t and \\\\ are read as "
                 "newline, tab and backslash, on the command line as in YAML."})
+
+    def field_map(self) -> "FieldMap":
+        """Just the field mapping of a config that extends FieldMap (PoolOptions, OracleConfig)."""
+        return FieldMap(**{f.name: getattr(self, f.name) for f in dataclasses.fields(FieldMap)})
+
+
+@dataclass
+class PoolOptions(FieldMap):
+    """The POOL argument and its field mapping: the options of every command that reads a pool."""
+
+    pool: str | None = field(default=None, metadata={
+        "positional": True, "required": True,
+        "help": "The pool: a .jsonl/.json/.csv/.parquet file, a save_to_disk directory, "
+                "hf:NAME?config=C&split=S, or bigbench:PRESET_OR_TASKS?split=pool (see README)."})
 
 
 @dataclass
@@ -120,19 +134,6 @@ class Pool:
         return Pool(self.frame.iloc[pos].reset_index(drop=True), self.source)
 
 
-def join_prompt_response(prompt: str, response: str) -> str:
-    """The text a base model sees for a prompt and its response.
-
-    Prompts are stored without trailing spaces ('...\\nA:'); the response follows
-    after one space, or directly when the prompt ends with a newline.
-    """
-    return prompt + response_separator(prompt) + response
-
-
-def response_separator(prompt: str) -> str:
-    return "" if prompt.endswith(("\n", " ", "\t")) else " "
-
-
 def stable_id(task: str, prompt: str) -> str:
     """A short id that depends only on the task label and the prompt text."""
     return hashlib.sha1(f"{task}\x1f{prompt}".encode("utf-8")).hexdigest()[:16]
@@ -163,13 +164,13 @@ def load_pool(spec: str, fields: FieldMap | None = None, *, require_tasks: bool 
     if kind == "hf":
         raw, where = _read_hub(name, opts), "row"
     else:
-        raw, where = _read_path(Path(name))
+        raw, where = read_raw(Path(name))
     if len(raw) == 0:
         raise DataError("the pool is empty: the source has no rows", file=spec)
     return Pool(normalise(raw, fields, source=str(spec), where=where, require_tasks=require_tasks), str(spec))
 
 
-def _read_path(path: Path) -> tuple[pd.DataFrame, str]:
+def read_raw(path: Path) -> tuple[pd.DataFrame, str]:
     """Read a file (or a save_to_disk directory) into a raw DataFrame.
 
     Returns the frame and how its rows are named in errors ('line' for JSONL, where
@@ -210,28 +211,6 @@ def _read_path(path: Path) -> tuple[pd.DataFrame, str]:
                        f"a save_to_disk directory, hf:NAME or bigbench:TASKS)")
 
 
-def read_csv(path: Path, **kwargs) -> pd.DataFrame:
-    """`pd.read_csv` with errors that name the file (and the line, for bad UTF-8)."""
-    data = path.read_bytes()
-    if not data.strip():
-        raise DataError("the file is empty", file=path)
-    _check_utf8(path, data)
-    try:
-        return pd.read_csv(io.BytesIO(data), **kwargs)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
-        raise DataError(f"not a readable CSV ({e})", file=path) from None
-
-
-def _check_utf8(path: Path, data: bytes | None = None) -> None:
-    data = path.read_bytes() if data is None else data
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise DataError(f"not UTF-8 (byte {e.start}: {data[e.start:e.start + 1]!r})",
-                        file=path, line=line) from None
-
-
 # A line holding nothing but whitespace, anywhere but at the very end of the file.
 _BLANK_LINE = re.compile(rb"\n[ \t\r\f\v]*\n")
 _BLANK_FIRST_LINE = re.compile(rb"[ \t\r\f\v]*\n")
@@ -244,7 +223,7 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
     import pyarrow.json as pj
 
     data = path.read_bytes()
-    _check_utf8(path, data)  # pyarrow lets invalid UTF-8 through
+    check_utf8(path, data)  # pyarrow lets invalid UTF-8 through
     # pyarrow skips blank lines, which would shift the line numbers errors report.
     if _BLANK_LINE.search(data) or _BLANK_FIRST_LINE.match(data):
         return _read_jsonl_slow(path)
@@ -259,31 +238,6 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
     return frame
 
 
-def iter_jsonl(path: Path):
-    """(line number, object) for each non-blank line of a JSON-lines file.
-
-    Lines are split on '\\n' only (a raw U+2028 inside a string is not a line break);
-    a line that is not UTF-8, not JSON or not an object is a DataError naming it.
-    """
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"not UTF-8 ({raw[e.start:e.start + 1]!r} at column {e.start + 1})",
-                                file=path, line=lineno) from None
-            if not text.strip():
-                continue
-            try:
-                rec = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataError(f"malformed JSON ({_json_problem(e)})", file=path, line=lineno) from None
-            if not isinstance(rec, dict):
-                raise DataError(f"expected a JSON object, got {type(rec).__name__}",
-                                file=path, line=lineno)
-            yield lineno, rec
-
-
 def _read_jsonl_slow(path: Path) -> pd.DataFrame:
     records, lines = [], []
     for lineno, rec in iter_jsonl(path):
@@ -292,23 +246,6 @@ def _read_jsonl_slow(path: Path) -> pd.DataFrame:
     frame = pd.DataFrame.from_records(records)
     frame["__line__"] = lines
     return frame
-
-
-def read_json_document(path: Path):
-    """A JSON file's content, with errors that name the file and line."""
-    data = path.read_bytes()
-    if not data.strip():
-        raise DataError("the file is empty", file=path)
-    _check_utf8(path, data)
-    try:
-        return json.loads(data.decode("utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"malformed JSON ({_json_problem(e)})", file=path, line=e.lineno) from None
-
-
-def _json_problem(e: json.JSONDecodeError) -> str:
-    """'Expecting value at column 3'; json's own 'Unterminated string starting at' takes no second 'at'."""
-    return f"{e.msg} column {e.colno}" if e.msg.endswith(" at") else f"{e.msg} at column {e.colno}"
 
 
 def _read_json(path: Path) -> pd.DataFrame:
@@ -588,11 +525,11 @@ def read_ids(path) -> list[str]:
     if not path.exists():
         raise TaskdivError(f"{path}: no such file")
     if path.suffix in (".jsonl", ".json", ".csv", ".parquet"):
-        raw, _ = _read_path(path)
+        raw, _ = read_raw(path)
         if "id" not in raw.columns:
             raise DataError("no 'id' column", file=path)
         return raw["id"].astype(str).tolist()
-    _check_utf8(path)
+    check_utf8(path)
     return [s.strip() for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
 
 

@@ -5,11 +5,11 @@
 
 It owns no scorer of its own. The driver (this process) does what the local engine does:
 samples the pool, tokenizes the prompts the cache lacks and sorts them longest first
-(`scoring._Scorer.plan`). It then cuts that order into shards of whole batches
+(`generation.Scorer.plan`). It then cuts that order into shards of whole batches
 (--batches-per-shard) and makes them a Ray Dataset, one row per shard, so that a shard
 is never split or merged by Ray Data. `map_batches` feeds the shards to a pool of
 `ShardScorer` actors (concurrency --workers, --gpus-per-worker, --cpus-per-worker); each
-actor loads the model once and runs `_Scorer.generate` (the local engine's code: the
+actor loads the model once and runs `generation.Scorer.generate` (the local engine's code: the
 same prompt encoding, `generate_greedy`, the same stored values) over the shard's batches.
 Both engines therefore run the very same batches, and give the same numbers.
 
@@ -29,7 +29,7 @@ outputs were built from, and for the same settings key both hold the same genera
 cluster. So `--engine local` and `--engine ray` share one cache, and switching engines
 between runs loses nothing.
 
-The model runner behind the actor is `_Scorer.generate` (Hugging Face transformers); a
+The model runner behind the actor is `generation.Scorer.generate` (Hugging Face transformers); a
 vLLM runner would be another class with the same `__call__` contract (a shard in, a
 shard file and a summary row out).
 """
@@ -215,7 +215,7 @@ def read_shard(filesystem, base: str, name: str) -> list:
     """The rows of a shard file, as `ScoreCache.add` takes them."""
     import pyarrow.parquet as pq
 
-    from .scoring import Generation
+    from .generation import Generation
 
     with filesystem.open_input_file(f"{base}/{name}") as f:
         t = pq.read_table(f).to_pydict()
@@ -245,16 +245,18 @@ class ShardScorer:
         import torch
 
         torch.set_num_threads(max(1, int(spec["threads"])))
-        from . import models, scoring
+        from types import SimpleNamespace
 
-        self.cfg = scoring.ScoreConfig(**spec["cfg"])
+        from . import generation, models
+
+        self.cfg = SimpleNamespace(**spec["cfg"])  # the driver's ScoreConfig, as its fields
         ref = models.resolve(self.cfg.model)
         if models.fingerprint(ref) != spec["fingerprint"]:
             raise TaskdivError(f"--model {self.cfg.model}: the weights on node {socket.gethostname()} differ "
                                f"from the driver's (fingerprint {models.fingerprint(ref)} != {spec['fingerprint']})")
-        tok = scoring._load_tokenizer(ref)
-        self.scorer = scoring._Scorer(self.cfg, ref, tok, spec["chat"], spec["max_prompt"], cache=None)
-        self.model, _ = scoring._load_model(ref, self.cfg.dtype)
+        tok = models.load_tokenizer(ref)
+        self.scorer = generation.Scorer(self.cfg, ref, tok, spec["chat"], spec["max_prompt"], cache=None)
+        self.model, _ = generation.load_model(ref, self.cfg.dtype, tok)
         self.eos = self.scorer.eos_ids(self.model)
         self.fs, self.base = shard_filesystem(spec["shards"])
         self.load_seconds = time.perf_counter() - started
@@ -290,15 +292,15 @@ INGESTED = "CREATE TABLE IF NOT EXISTS shards (name TEXT PRIMARY KEY, prompts IN
 
 
 class RayScorer:
-    """`_Scorer`'s interface (`run`, `computed`, `seconds`) on a Ray cluster."""
+    """`generation.Scorer`'s interface (`run`, `computed`, `seconds`) on a Ray cluster."""
 
     def __init__(self, cfg, ref, tokenizer, chat: bool, max_prompt: int, cache):
         from pathlib import Path
 
-        from . import models, scoring
+        from . import generation, models
 
         self.cfg, self.ref, self.chat, self.max_prompt, self.cache = cfg, ref, chat, max_prompt, cache
-        self.local = scoring._Scorer(cfg, ref, tokenizer, chat, max_prompt, cache)
+        self.local = generation.Scorer(cfg, ref, tokenizer, chat, max_prompt, cache)
         self.fingerprint = models.fingerprint(ref)
         self.computed = 0
         self.seconds = 0.0
@@ -399,10 +401,10 @@ class Embedder:
         import torch
 
         torch.set_num_threads(max(1, int(threads)))
-        from . import embeddings
+        from .models import encoder_path
 
         st = require("sentence_transformers", "embed")
-        self.encoder = st.SentenceTransformer(embeddings._resolve(model),
+        self.encoder = st.SentenceTransformer(encoder_path(model),
                                               device="cuda" if torch.cuda.is_available() else "cpu")
         self.batch_size = batch_size
 

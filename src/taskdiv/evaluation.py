@@ -32,18 +32,19 @@ evaluation resumes where it stopped.
 """
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .config import to_dict
 from .errors import DataError, TaskdivError
-from .fileio import check_output_dir, dump_jsonl, dump_table, dumps_json, output_set, write_jsonl
+from .fileio import check_output_dir, dump_jsonl, dump_table, dumps_json, file_sha256, output_set, write_jsonl
+from .models import EMBEDDED
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ OUTPUTS = ("items.jsonl", "per_task.csv", "results.json")
 class EvalConfig:
     model: str | None = field(default=None, metadata={
         "positional": True, "required": True,
-        "help": "A `taskdiv train` run directory, or a model (gemma-3-270m, smollm2-135m-instruct, a path, a hub id)."})
+        "help": f"A `taskdiv train` run directory, or a model ({', '.join(EMBEDDED)}, a path, a hub id)."})
     suite: str = field(default="heldout", metadata={"choices": list(SUITES), "help": "What to evaluate."})
     out: str | None = field(default=None, metadata={"required": True, "help": "Output directory."})
     heldout: str = field(default="bigbench:demo?split=test", metadata={
@@ -103,15 +104,6 @@ def load_model(ref, dtype: str, tokenizer=None):
         model = model.merge_and_unload()
     model.eval()
     return model, tok
-
-
-def free() -> None:
-    """Return the memory of dropped models (an experiment evaluates ~30 runs in one process)."""
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def choice_scores(model, prompt_ids: list[list[int]], choice_ids: list[list[list[int]]], pad_id: int,
@@ -362,9 +354,7 @@ def format_table(table: pd.DataFrame, macro: dict, max_rows: int = 80) -> str:
 
 def _config_key(cfg: EvalConfig, fingerprint: str, chat: bool, dtype: str) -> dict:
     """Everything that changes the answers: options, weights, and the held-out file's content."""
-    from .training import file_sha256
-
-    keep = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in ("out", "batch_size")}
+    keep = to_dict(cfg, exclude=("out", "batch_size"))
     data = file_sha256(cfg.heldout) if cfg.suite == "heldout" else None
     return {**keep, "fingerprint": fingerprint, "chat": chat, "dtype_resolved": dtype, "heldout_sha256": data}
 
@@ -416,7 +406,7 @@ def evaluate(cfg: EvalConfig) -> dict:
             items, raw = harness.run(model, tok, prepared, cfg, chat, json.dumps(key, sort_keys=True, default=str))
     finally:
         del model
-        free()
+        models.free_memory()
     seconds = time.perf_counter() - loaded
     table, macro = summarise(items, n_boot=cfg.n_boot, seed=cfg.seed)
     results = {"suite": cfg.suite, "model": cfg.model, "chat": chat, "dtype": dtype,

@@ -33,8 +33,8 @@ The config (YAML) keys are the fields of `ExperimentConfig`; `score`, `train` an
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import gc
 import json
 import logging
 import shutil
@@ -169,10 +169,12 @@ def grid_strategies(cfg: ExperimentConfig) -> list[str]:
 def plan(cfg: ExperimentConfig, pool_size: int) -> list[Run]:
     """Validate the grid against the pool and list the runs (base first, then seed by seed)."""
     from .allocation import parse_budget
-    from .strategies import STRATEGIES, WITHIN
+    from .strategies import STRATEGIES, check_within
 
-    if cfg.within not in WITHIN:
-        raise TaskdivError(f"experiment config: key 'within': {unknown_name('within-task picker', cfg.within, WITHIN)}")
+    try:
+        check_within(cfg.within)
+    except TaskdivError as e:
+        raise TaskdivError(f"experiment config: key 'within': {e}") from None
     grid = blocks(cfg)
     for block in grid:
         key = block["key"]
@@ -261,6 +263,7 @@ def validate_model(name: str) -> None:
 class Experiment:
     def __init__(self, cfg: ExperimentConfig, out: str | Path):
         self.cfg, self.out = cfg, Path(out)
+        self.runs: list[Run] | None = None  # set by prepare()
 
     # ------------------------------------------------------------------ setup
     def prepare(self) -> list[Run]:
@@ -344,23 +347,25 @@ class Experiment:
 
     def _select_config(self, run: Run, out: Path):
         from .selection import SelectConfig
-        from .strategies import STRATEGIES, TaskAllocation
 
-        task_strategy = run.strategy in STRATEGIES and issubclass(STRATEGIES[run.strategy], TaskAllocation)
         extra = {"embedding_model": self.cfg.embedding_model} if self.cfg.embedding_model else {}
         scores = self.out / "scores" / "scores.csv"
         return SelectConfig(pool=self.cfg.pool, **self.fields, budget=run.budget if run.strategy != "full" else None,
                             strategy=run.strategy, seed=run.seed, out=str(out),
                             scores=str(scores) if self._needs_scores(run.strategy) else None,
-                            within=self.cfg.within if task_strategy else "random",
-                            min_per_task=self.cfg.min_per_task if task_strategy else 0, **extra)
+                            **self._task_parameters(run.strategy), **extra)
+
+    def _task_parameters(self, strategy: str) -> dict:
+        """The experiment's `within` and `min_per_task`: for task strategies only, which take them."""
+        from .strategies import is_task_strategy
+
+        return {"within": self.cfg.within, "min_per_task": self.cfg.min_per_task} if is_task_strategy(strategy) else {}
 
     def _needs_scores(self, strategy: str) -> bool:
-        """Whether a run of `strategy` reads the experiment's confidences (`within` only
-        matters to task strategies; get_strategy drops it for the others)."""
-        from .strategies import strategy_needs
+        """Whether a run of `strategy` reads the experiment's confidences."""
+        from .strategies import get_strategy
 
-        return "confidence" in strategy_needs(strategy, within=self.cfg.within)
+        return "confidence" in get_strategy(strategy, **self._task_parameters(strategy)).needs
 
     def needs_scores(self) -> bool:
         return any(self._needs_scores(s) for s in grid_strategies(self.cfg))
@@ -372,20 +377,20 @@ class Experiment:
         runs = self.prepare()
         write_yaml(self.out / "config.yaml", configmod.to_dict(self.cfg))
         write_text(self.out / ".gitignore", GITIGNORE)
-        _quiet_inner_progress()
         todo = [r for r in runs if not (self.run_dir(r) / "done").exists()]
         log.info("experiment %s: %d run(s), %d already done", self.cfg.name, len(runs), len(runs) - len(todo))
-        if todo and self.needs_scores() and not (self.out / "scores" / "scores.csv").exists():
-            from .scoring import score
+        with _quiet_inner_progress():
+            if todo and self.needs_scores() and not (self.out / "scores" / "scores.csv").exists():
+                from .scoring import score
 
-            log.info("scoring the pool once for the whole experiment")
-            score(self.score_cfg)
-        with bar(total=len(runs), initial=len(runs) - len(todo), desc="experiment", unit="run",
-                 outer=True) as progress:
-            for r in todo:
-                self.run_one(r, lambda stage, r=r: progress.set_postfix_str(f"{r.id}: {stage}"))
-                progress.update(1)
-                self.collect()
+                log.info("scoring the pool once for the whole experiment")
+                score(self.score_cfg)
+            with bar(total=len(runs), initial=len(runs) - len(todo), desc="experiment", unit="run",
+                     outer=True) as progress:
+                for r in todo:
+                    self.run_one(r, lambda stage, r=r: progress.set_postfix_str(f"{r.id}: {stage}"))
+                    progress.update(1)
+                    self.collect()
         return self.collect()
 
     def run_dir(self, run: Run) -> Path:
@@ -411,7 +416,7 @@ class Experiment:
                 rows, allocation = select(sel_cfg, pool=self.pool)
                 write_selection(sel_dir, rows, allocation, sel_cfg)
             if not (sel_dir / "ids.txt").exists():
-                from .data import iter_jsonl
+                from .fileio import iter_jsonl
 
                 ids = [str(row["id"]) for _, row in iter_jsonl(sel_dir / "selection.jsonl")]
                 write_text(sel_dir / "ids.txt", "".join(f"{i}\n" for i in ids))
@@ -446,23 +451,27 @@ class Experiment:
             # After `done`: a run killed before it still has the weights its evaluation needs.
             for sub in ("adapter", "merged", "checkpoints"):
                 shutil.rmtree(d / "train" / sub, ignore_errors=True)
-        gc.collect()
+        from .models import free_memory
+
+        free_memory()
 
     def oracle(self, selection: Path, data: Path) -> None:
         """Annotate with the pool's reference responses (the paper's simulated annotators)."""
-        from .annotation import OracleConfig, run_oracle
+        from .annotate.commands import OracleConfig, run_oracle
 
         run_oracle(OracleConfig(selection=str(selection), pool=self.cfg.pool, out=str(data), **self.fields))
 
     # ------------------------------------------------------------------ tables
     def collect(self) -> pd.DataFrame:
-        """Rebuild results.csv, per_task.csv and allocations.csv from the finished runs."""
+        """Rebuild results.csv, per_task.csv and allocations.csv from the finished runs
+        (of the config's grid: `prepare()` lists them, and runs here first if it has not)."""
+        runs = self.runs if self.runs is not None else self.prepare()
         results, per_task, allocations = [], [], []
         # Every run's allocation gets the task confidences, also where its strategy did not use them
         # (random, task-diversity), so the report can set the allocations side by side.
         tasks_csv = self.out / "scores" / "tasks.csv"
         task_conf = pd.read_csv(tasks_csv).set_index("task")["confidence"] if tasks_csv.exists() else None
-        for r in self.runs:
+        for r in runs:
             d = self.run_dir(r)
             if not (d / "done").exists():
                 continue
@@ -521,23 +530,40 @@ def code_version() -> str | None:
         return None
 
 
-def _quiet_inner_progress() -> None:
-    """One progress display for the whole grid: silence the stages' own bars."""
+@contextlib.contextmanager
+def _quiet_inner_progress():
+    """One progress display for the whole grid: the stages' own bars (taskdiv's, datasets',
+    transformers') are off while the block runs, and as they were afterwards."""
     import os
 
+    restore = []
+    previous = os.environ.get("TASKDIV_INNER_PROGRESS_OFF")
     os.environ["TASKDIV_INNER_PROGRESS_OFF"] = "1"
     try:
         import datasets
 
-        datasets.disable_progress_bars()
+        if datasets.is_progress_bar_enabled():
+            datasets.disable_progress_bars()
+            restore.append(datasets.enable_progress_bars)
     except ImportError:
         pass
     try:
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+        if hf_logging.is_progress_bar_enabled():
+            hf_logging.disable_progress_bar()
+            restore.append(hf_logging.enable_progress_bar)
     except ImportError:
         pass
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TASKDIV_INNER_PROGRESS_OFF", None)
+        else:
+            os.environ["TASKDIV_INNER_PROGRESS_OFF"] = previous
+        for undo in restore:
+            undo()
 
 
 def estimate_seconds(cfg: ExperimentConfig, runs: list[Run], n_test: int) -> float:

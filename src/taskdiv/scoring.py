@@ -18,7 +18,7 @@ the batch in flight; a rerun reuses every stored row, and other settings never s
 them.
 
 Engines: --engine local (this process) or --engine ray (Ray Data feeding scorer actors
-that run this module's `_Scorer.generate` on shards of the same batches; see
+that run the local engine's `generation.Scorer.generate` on shards of the same batches; see
 `taskdiv.distributed` for its shard files and how they meet this cache).
 
 Sampling: --per-task N scores a seeded sample of N prompts per task (all of a smaller
@@ -32,25 +32,26 @@ scored, confidence, sd, ci_low, ci_high) and OUT/config.yaml.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import math
 import sqlite3
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import metrics as metrics_mod
-from .data import Pool, load_pool
+from .config import to_dict
+from .data import Pool, PoolOptions, load_pool
 from .distributed import RayOptions
 from .errors import TaskdivError
 from .fileio import dump_table, dump_yaml, output_set
-from .selection import PoolOptions
+from .generation import Generation, Scorer
+from .models import DEFAULT_MODEL, EMBEDDED
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,8 @@ CI_MIN_STEP = 8
 
 @dataclass
 class ScoreConfig(PoolOptions, RayOptions):
-    model: str = field(default="gemma-3-270m", metadata={
-        "help": "Model: an embedded name (gemma-3-270m, smollm2-135m-instruct), a local model directory, "
+    model: str = field(default=DEFAULT_MODEL, metadata={
+        "help": f"Model: an embedded name ({', '.join(EMBEDDED)}), a local model directory, "
                 "a .gguf file or a hub id."})
     chat_template: bool | None = field(default=None, metadata={
         "help": "Format prompts with the model's chat template (default: on for instruct models, "
@@ -87,90 +88,6 @@ class ScoreConfig(PoolOptions, RayOptions):
                 "(ci_high - ci_low) is wider than this."})
     seed: int = field(default=0, metadata={"help": "Seed of the per-task samples."})
     out: str | None = field(default=None, metadata={"required": True, "help": "Output directory."})
-
-
-# ----------------------------------------------------------------------------- generation
-
-
-@dataclass
-class Generation:
-    """One greedy response: its tokens and per-step statistics from the raw logits."""
-
-    token_ids: list[int]
-    logprobs: np.ndarray    # log p of each chosen token
-    entropies: np.ndarray   # entropy (nats) of each step's full distribution
-
-
-def generate_greedy(model, batch: list[list[int]], *, max_new_tokens: int, eos_ids, pad_id: int) -> list[Generation]:
-    """Greedy generation for a batch of token-id lists (left padded, KV cache).
-
-    The probabilities come from the raw logits (float32 log-softmax), with no logits
-    processor. A row stops at its first EOS (counted as generated) and leaves the
-    batch, so finished rows cost nothing.
-    """
-    import torch
-    from transformers import DynamicCache
-
-    from .models import left_pad, padded_positions
-
-    dev = model.device
-    n = len(batch)
-    assert n > 0 and min(len(ids) for ids in batch) > 0, "every prompt needs at least one token"
-    input_ids, mask = left_pad(batch, pad_id)
-    input_ids, mask = input_ids.to(dev), mask.to(dev)
-    positions = padded_positions(mask)
-    eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=dev)
-    rows = torch.arange(n, device=dev)  # original row of each row still in the batch
-    steps: list[list[tuple[int, float, float]]] = [[] for _ in range(n)]
-    with torch.inference_mode():
-        cache = DynamicCache(config=model.config)
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
-        last = positions[:, -1]
-        for step in range(max_new_tokens):
-            logits = out.logits[:, -1, :].float()
-            logp = torch.log_softmax(logits, dim=-1)
-            chosen = logits.argmax(dim=-1)
-            chosen_lp = logp.gather(1, chosen[:, None])[:, 0]
-            entropy = torch.special.entr(logp.exp()).sum(dim=-1)
-            for r, t, lp, h in zip(rows.tolist(), chosen.tolist(), chosen_lp.tolist(), entropy.tolist()):
-                steps[r].append((t, lp, h))
-            if step == max_new_tokens - 1:
-                break
-            live = ~torch.isin(chosen, eos)
-            if not live.any():
-                break
-            if not live.all():
-                keep = live.nonzero()[:, 0]
-                cache.batch_select_indices(keep)
-                rows, mask, last, chosen = rows[keep], mask[keep], last[keep], chosen[keep]
-            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-            last = last + 1
-            out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=last[:, None],
-                        past_key_values=cache, use_cache=True)
-    return [Generation([t for t, _, _ in s], np.array([lp for _, lp, _ in s], dtype=np.float32),
-                       np.array([h for _, _, h in s], dtype=np.float32)) for s in steps]
-
-
-@functools.lru_cache(maxsize=1)
-def _load_tokenizer(ref):
-    """The tokenizer `score` formats with, and `_load_model` returns (loaded once)."""
-    from . import models
-
-    return models.load_tokenizer(ref)
-
-
-@functools.lru_cache(maxsize=1)
-def _load_model(ref, dtype: str):
-    """(model, tokenizer), one model kept loaded, so in-process callers (experiments) load it once."""
-    import transformers
-
-    from . import models, progress
-
-    if not progress.enabled():
-        transformers.utils.logging.disable_progress_bar()  # its "Loading weights" bar
-    log.info("loading %s (%s)", ref.name, dtype)
-    return models.load(ref, dtype, _load_tokenizer(ref))
 
 
 # ----------------------------------------------------------------------------- cache
@@ -313,69 +230,6 @@ def _open_out(out: Path) -> None:
         raise TaskdivError(f"{out}: cannot write to the output directory ({e.strerror or e})") from None
 
 
-class _Scorer:
-    """Formats, tokenizes, batches and generates the prompts the cache lacks."""
-
-    def __init__(self, cfg: ScoreConfig, ref, tokenizer, chat: bool, max_prompt: int, cache: ScoreCache):
-        self.cfg, self.ref, self.tok, self.chat, self.max_prompt, self.cache = cfg, ref, tokenizer, chat, max_prompt, cache
-        self.computed = 0
-        self.seconds = 0.0
-
-    def encode(self, prompt: str) -> tuple[list[int], bool]:
-        from . import models
-
-        ids = models.encode_prompt(self.tok, prompt, self.chat)
-        if len(ids) <= self.max_prompt:
-            return ids, False
-        # Keep the end of the prompt (where the question is) and the leading BOS.
-        head = ids[:1] if ids[0] == self.tok.bos_token_id else []
-        return head + ids[len(ids) - (self.max_prompt - len(head)):], True
-
-    def plan(self, prompts: dict[str, str]) -> tuple[list[str], dict[str, tuple[list[int], bool]]]:
-        """(shas in batch order, {sha: (token ids, truncated)}): longest first, so that similar
-        lengths share a batch (little padding) and memory peaks early. The Ray engine cuts
-        this same order into shards of whole batches, so both engines run the same batches."""
-        encoded = {sha: self.encode(p) for sha, p in prompts.items()}
-        truncated = sum(t for _, t in encoded.values())
-        if truncated:
-            log.warning("%d prompt(s) are longer than %d tokens: truncated from the left", truncated, self.max_prompt)
-        return sorted(encoded, key=lambda s: (-len(encoded[s][0]), s)), encoded
-
-    def eos_ids(self, model) -> set:
-        eos = {self.tok.eos_token_id} | set(_as_list(model.generation_config.eos_token_id))
-        eos.discard(None)
-        return eos
-
-    def generate(self, model, eos, shas: list[str], encoded) -> list[tuple[str, Generation, str, int, bool]]:
-        """One batch: the rows `ScoreCache.add` stores (sha, generation, text, prompt tokens, truncated)."""
-        gens = generate_greedy(model, [encoded[s][0] for s in shas], max_new_tokens=self.cfg.max_new_tokens,
-                               eos_ids=eos, pad_id=self.tok.pad_token_id)
-        return [(s, g, self.tok.decode(g.token_ids, skip_special_tokens=True), len(encoded[s][0]), encoded[s][1])
-                for s, g in zip(shas, gens)]
-
-    def run(self, prompts: dict[str, str], desc: str) -> None:
-        """Generate for {sha: prompt} (all missing from the cache), storing batch by batch."""
-        if not prompts:
-            return
-        from . import progress
-
-        model, _ = _load_model(self.ref, self.cfg.dtype)
-        eos = self.eos_ids(model)
-        order, encoded = self.plan(prompts)
-        start = time.perf_counter()
-        with progress.bar(total=len(order), desc=desc, unit="prompt") as pbar:
-            for i in range(0, len(order), self.cfg.batch_size):
-                shas = order[i:i + self.cfg.batch_size]
-                self.cache.add(self.generate(model, eos, shas, encoded))
-                self.computed += len(shas)
-                pbar.update(len(shas))
-        self.seconds += time.perf_counter() - start
-
-
-def _as_list(value) -> list:
-    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
-
-
 def _sample_orders(pool: Pool, seed: int) -> dict[str, np.ndarray]:
     """Per task, its row positions in a seeded random order (a task's own seed comes from
     its name, so adding or removing other tasks does not change its sample)."""
@@ -386,23 +240,26 @@ def _sample_orders(pool: Pool, seed: int) -> dict[str, np.ndarray]:
     return orders
 
 
-def score(cfg: ScoreConfig) -> pd.DataFrame:
+def score(cfg: ScoreConfig, *, loaded=None) -> pd.DataFrame:
     """Score the pool as configured, write the outputs, return the scores table.
 
     The table has one row per scored prompt, in pool order; `run_score` prints the
     summary. The task table is `task_table(scores, pool)` (also in OUT/tasks.csv).
+    `loaded`: (model, tokenizer) of cfg.model in cfg.dtype from `generation.load_model`, for a caller
+    that scores several times with one model; by default the model is loaded when there
+    is something to generate and dropped when the call returns.
     """
-    return _score(cfg)[0]
+    return _score(cfg, loaded)[0]
 
 
-def _score(cfg: ScoreConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`score`, also returning the task table it wrote."""
     from . import models
 
     _check(cfg)
     pool = load_pool(cfg.pool, cfg.field_map())
     ref = models.resolve(cfg.model)
-    tokenizer = _load_tokenizer(ref)
+    tokenizer = loaded[1] if loaded is not None else models.load_tokenizer(ref)
     chat = models.choose_chat(ref, tokenizer, cfg.chat_template)
     out = Path(cfg.out)
     _open_out(out)
@@ -419,7 +276,8 @@ def _score(cfg: ScoreConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
 
         scorer = RayScorer(cfg, ref, tokenizer, chat, max_prompt, cache)
     else:
-        scorer = _Scorer(cfg, ref, tokenizer, chat, max_prompt, cache)
+        scorer = Scorer(cfg, ref, tokenizer, chat, max_prompt, cache,
+                        model=loaded[0] if loaded is not None else None)
     started = time.perf_counter()
     try:
         frame = pool.frame
@@ -450,12 +308,15 @@ def _score(cfg: ScoreConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
                      len(sizes), sum(k - scored[t] for t, k in sizes.items()))
     finally:
         cache.close()
+        if loaded is None and getattr(scorer, "model", None) is not None:  # ours: dropped, not kept
+            scorer.model = None
+            models.free_memory()
     names = ("scores.csv", "scores.parquet", "tasks.csv", "config.yaml")
     with output_set(*(out / name for name in names)) as (csv_tmp, parquet_tmp, tasks_tmp, config_tmp):
         dump_table(csv_tmp, scores, ".csv")
         dump_table(parquet_tmp, scores, ".parquet")
         dump_table(tasks_tmp, table, ".csv")
-        dump_yaml(config_tmp, {"command": "score", **{f.name: getattr(cfg, f.name) for f in fields(cfg)},
+        dump_yaml(config_tmp, {"command": "score", **to_dict(cfg),
                                "resolved": {**settings, "model_path": ref.path, "settings_key": cache.key}})
     scores.attrs.update(reused=len(reused), computed=scorer.computed, seconds=time.perf_counter() - started,
                         generation_seconds=scorer.seconds, available=len(frame),

@@ -19,25 +19,15 @@ import numpy as np
 import pandas as pd
 
 from .allocation import check_task_limits, parse_budget
-from .data import FieldMap, Pool, load_pool, read_ids, read_scores
-from .embeddings import DEFAULT_MODEL
+from .config import to_dict
+from .data import Pool, PoolOptions, load_pool, read_ids, read_scores
 from .errors import TaskdivError
 from .fileio import (check_output_dir, check_output_file, dump_jsonl, dump_table, dump_yaml, output_set, write_jsonl,
                      write_table)
-from .strategies import STRATEGIES, WITHIN, Inputs, TaskAllocation, get_strategy
+from .models import DEFAULT_ENCODER
+from .strategies import STRATEGIES, TASK_PARAMETERS, WITHIN, Inputs, get_strategy
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PoolOptions(FieldMap):
-    pool: str | None = field(default=None, metadata={
-        "positional": True, "required": True,
-        "help": "The pool: a .jsonl/.json/.csv/.parquet file, a save_to_disk directory, "
-                "hf:NAME?config=C&split=S, or bigbench:PRESET_OR_TASKS?split=pool (see README)."})
-
-    def field_map(self) -> FieldMap:
-        return FieldMap(**{f.name: getattr(self, f.name) for f in fields(FieldMap)})
 
 
 @dataclass
@@ -60,7 +50,7 @@ class SelectConfig(PoolOptions):
     tasks: str | None = field(default=None, metadata={
         "help": "'auto' or 'auto:K': cluster prompt embeddings into K pseudo-tasks and use them "
                 "as task labels (default K = clamp(round(sqrt(N/2)), 2, 100))."})
-    embedding_model: str = field(default=DEFAULT_MODEL, metadata={
+    embedding_model: str = field(default=DEFAULT_ENCODER, metadata={
         "help": "sentence-transformers model for k-center and --tasks auto."})
     engine: str = field(default="local", metadata={
         "choices": ["local", "ray"],
@@ -80,6 +70,13 @@ def parse_tasks_option(value: str | None) -> tuple[bool, int | None]:
         return True, (int(k) if k else None)
     except ValueError:
         raise TaskdivError(f"--tasks {value!r}: K must be a whole number") from None
+
+
+def task_parameters(cfg) -> dict:
+    """The task-strategy options (within, min_per_task, max_per_task) that `cfg` sets to other
+    than their defaults; `get_strategy` refuses them for a strategy that is not a task strategy."""
+    defaults = {f.name: f.default for f in fields(SelectConfig)}
+    return {k: getattr(cfg, k) for k in TASK_PARAMETERS if getattr(cfg, k) != defaults[k]}
 
 
 def prepare_inputs(pool: Pool, strategy, cfg: SelectConfig, *, embeddings=None) -> Inputs:
@@ -116,16 +113,9 @@ def select(cfg: SelectConfig, pool: Pool | None = None) -> tuple[pd.DataFrame, p
     selects from one pool many times); it is not modified.
     """
     auto, k = parse_tasks_option(cfg.tasks)
-    params = {"seed": cfg.seed}
-    if cfg.strategy in STRATEGIES and issubclass(STRATEGIES[cfg.strategy], TaskAllocation):
-        params.update(within=cfg.within, min_per_task=cfg.min_per_task, max_per_task=cfg.max_per_task)
-    elif cfg.within != "random" or cfg.min_per_task or cfg.max_per_task is not None:
-        raise TaskdivError(f"--within/--min-per-task/--max-per-task apply to task strategies, not {cfg.strategy!r}")
+    strategy = get_strategy(cfg.strategy, seed=cfg.seed, **task_parameters(cfg))
     check_task_limits(cfg.min_per_task, cfg.max_per_task)
-    strategy = get_strategy(cfg.strategy, **params)
-    if "confidence" in strategy.needs and not cfg.scores:
-        raise TaskdivError(f"strategy {cfg.strategy!r} needs prompt confidences: pass --scores "
-                           f"(run `taskdiv score` to make them)")
+    strategy.check_needs({"confidence"} if cfg.scores else set(), among={"confidence"})  # before loading anything
     if pool is None:
         pool = load_pool(cfg.pool, cfg.field_map(), require_tasks=not auto)
     embeddings = None
@@ -181,7 +171,7 @@ def write_selection(out: str | Path, rows: pd.DataFrame, allocation: pd.DataFram
     out = Path(out)
     with output_set(*(out / name for name in OUTPUTS)) as (alloc_tmp, config_tmp, selection_tmp):
         dump_table(alloc_tmp, allocation, ".csv")
-        dump_yaml(config_tmp, {"command": "select", **{f.name: getattr(cfg, f.name) for f in fields(cfg)}})
+        dump_yaml(config_tmp, {"command": "select", **to_dict(cfg)})
         dump_jsonl(selection_tmp, rows)
 
 

@@ -19,10 +19,16 @@ sensible smaller selection) and, for task-based strategies, the allocation table
     k-center                  greedy farthest-point selection on prompt embeddings
 
 Task-based strategies take `within=random|k-center|lowest-confidence` (how prompts
-are picked inside a task), `min_per_task` and `max_per_task`.
+are picked inside a task), `min_per_task` and `max_per_task`; the others refuse them.
+A misspelt parameter is refused with "did you mean".
+
+The rules other modules ask about live here: `is_task_strategy(name)`, `check_within`
+(which pickers exist), `Strategy.needs` and `Strategy.check_needs` (which inputs a
+strategy reads, and the error when one is missing).
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +39,18 @@ from .data import Pool
 from .errors import TaskdivError, unknown_name
 
 WITHIN = ("random", "k-center", "lowest-confidence")
+# The parameters of task strategies (TaskAllocation) that no other strategy takes.
+TASK_PARAMETERS = ("within", "min_per_task", "max_per_task")
+# What each input a strategy may need is, and how the user provides it.
+NEEDS = {"confidence": "prompt confidences: pass --scores (run `taskdiv score` to make them)",
+         "embeddings": "prompt embeddings"}
+
+
+def check_within(name: str) -> str:
+    """A valid within-task picker, or an error with 'did you mean'."""
+    if name not in WITHIN:
+        raise unknown_name("within-task picker", name, WITHIN)
+    return name
 
 
 @dataclass
@@ -55,9 +73,35 @@ class Strategy:
     name = ""
     needs: frozenset = frozenset()   # subset of {"confidence", "embeddings"}
 
-    def __init__(self, seed: int = 0, **params):
+    def __init__(self, seed: int = 0, **unknown):
+        if unknown:
+            raise self._refuse(unknown)
         self.seed = seed
-        self.params = params
+
+    @classmethod
+    def parameters(cls) -> list[str]:
+        """The keyword parameters this strategy takes (those of every __init__ in its class chain)."""
+        names = []
+        for klass in cls.__mro__:
+            if "__init__" in vars(klass):
+                names += [p.name for p in inspect.signature(klass.__init__).parameters.values()
+                          if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                          and p.name != "self" and p.name not in names]
+        return names
+
+    def _refuse(self, unknown: dict) -> TaskdivError:
+        task_only = [k for k in unknown if k in TASK_PARAMETERS]
+        if task_only and len(task_only) == len(unknown):
+            task_names = ", ".join(n for n in STRATEGIES if is_task_strategy(n))
+            return TaskdivError(f"{', '.join(task_only)}: these options apply to task strategies ({task_names}), "
+                                f"not {self.name!r}")
+        name = next(k for k in unknown if k not in TASK_PARAMETERS)
+        return unknown_name(f"parameter of strategy {self.name!r}", name, self.parameters())
+
+    def check_needs(self, provided, among=tuple(NEEDS)) -> None:
+        """Refuse a missing input: `provided` names the inputs at hand; only those in `among` are checked."""
+        for need in sorted(self.needs & set(among) - set(provided)):
+            raise TaskdivError(f"strategy {self.name!r} needs {NEEDS[need]}")
 
     def select(self, pool: Pool, budget: int, inputs: Inputs | None = None) -> Selection:
         inputs = inputs or Inputs()
@@ -68,10 +112,7 @@ class Strategy:
         if budget > available:
             raise TaskdivError(f"budget {budget} is larger than the pool: {available} prompt(s) can be chosen"
                                + (f" ({int(excluded.sum())} of {len(pool)} already annotated)" if excluded.any() else ""))
-        for need in self.needs:
-            if getattr(inputs, need) is None:
-                raise TaskdivError(f"strategy {self.name!r} needs prompt {need}"
-                                   + (" (pass --scores from `taskdiv score`)" if need == "confidence" else ""))
+        self.check_needs({need for need in NEEDS if getattr(inputs, need) is not None})
         positions, allocation = self._select(pool, budget, inputs, excluded)
         positions = np.asarray(positions, dtype=np.int64)
         assert len(positions) == budget and len(np.unique(positions)) == budget, "strategy broke the budget"
@@ -140,7 +181,7 @@ class KCenter(Strategy):
 class TaskAllocation(Strategy):
     """Allocate the budget across tasks, then pick prompts within each task."""
 
-    weighting = "uniform"
+    weights_need: frozenset = frozenset()  # inputs `_weights` reads (WeightedTaskDiversity: confidence)
 
     def __init__(self, seed: int = 0, within: str = "random", min_per_task: int = 0,
                  max_per_task: int | None = None, **params):
@@ -150,11 +191,10 @@ class TaskAllocation(Strategy):
     @property
     def needs(self):
         extra = {"k-center": {"embeddings"}, "lowest-confidence": {"confidence"}}.get(self.within, set())
-        return frozenset(extra) | (frozenset({"confidence"}) if self.weighting == "inverse" else frozenset())
+        return frozenset(extra) | self.weights_need
 
     def _select(self, pool, budget, inputs, excluded):
-        if self.within not in WITHIN:
-            raise unknown_name("within-task picker", self.within, WITHIN)
+        check_within(self.within)
         tasks, codes = pool.task_codes()
         sizes = np.bincount(codes, minlength=len(tasks))
         taken = np.bincount(codes[excluded], minlength=len(tasks))
@@ -222,7 +262,6 @@ class TaskDiversity(TaskAllocation):
 
 class Proportional(TaskAllocation):
     name = "proportional"
-    weighting = "proportional"
 
     def _weights(self, tasks, sizes, conf):
         return sizes.astype(float)
@@ -230,7 +269,7 @@ class Proportional(TaskAllocation):
 
 class WeightedTaskDiversity(TaskAllocation):
     name = "weighted-task-diversity"
-    weighting = "inverse"
+    weights_need = frozenset({"confidence"})
 
     def _weights(self, tasks, sizes, conf):
         missing = np.isnan(conf)
@@ -285,15 +324,22 @@ STRATEGIES: dict[str, type[Strategy]] = {
 }
 
 
-def get_strategy(name: str, **params) -> Strategy:
-    """Instantiate a registered strategy; unknown names fail with 'did you mean'."""
+def strategy_class(name: str) -> type[Strategy]:
+    """The registered class of `name`; unknown names fail with 'did you mean'."""
     if name not in STRATEGIES:
         raise unknown_name("strategy", name, STRATEGIES)
-    cls = STRATEGIES[name]
-    if not issubclass(cls, TaskAllocation):
-        params = {k: v for k, v in params.items() if k == "seed"}
-    return cls(**params)
+    return STRATEGIES[name]
 
 
-def strategy_needs(name: str, **params) -> frozenset:
-    return get_strategy(name, **params).needs
+def is_task_strategy(name: str) -> bool:
+    """Whether `name` allocates the budget across tasks (and so takes within/min/max per task)."""
+    return issubclass(strategy_class(name), TaskAllocation)
+
+
+def get_strategy(name: str, **params) -> Strategy:
+    """Instantiate a registered strategy. Unknown names and parameters fail with 'did you mean';
+    task-strategy parameters given to another strategy fail too (one rule with `taskdiv select`)."""
+    strategy = strategy_class(name)(**params)
+    if "within" in params:
+        check_within(params["within"])
+    return strategy

@@ -31,20 +31,20 @@ from the same checkpoint. Tested on CPU with gloo (tests/test_training_ddp.py).
 from __future__ import annotations
 
 import contextlib
-import gc
-import hashlib
 import json
 import logging
 import shutil
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from . import __version__
+from .config import to_dict
 from .errors import DataError, TaskdivError
-from .fileio import atomic_dir, check_output_dir, write_json, write_text, write_yaml
+from .fileio import atomic_dir, check_output_dir, file_sha256, write_json, write_text, write_yaml
+from .models import DEFAULT_MODEL, EMBEDDED
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ class TrainConfig:
         "positional": True, "required": True,
         "help": "SFT data: JSONL with prompt and response (task, id optional), e.g. a selection.jsonl "
                 "with responses or an annotation import; any pool source taskdiv reads works."})
-    model: str = field(default="gemma-3-270m", metadata={
-        "help": "Base model: gemma-3-270m, smollm2-135m-instruct, a local HF directory, a .gguf file or a hub id."})
+    model: str = field(default=DEFAULT_MODEL, metadata={
+        "help": f"Base model: {', '.join(EMBEDDED)}, a local HF directory, a .gguf file or a hub id."})
     out: str | None = field(default=None, metadata={"required": True, "help": "Run directory (RUN/)."})
     method: str = field(default="lora", metadata={"choices": ["lora", "full"],
                                                   "help": "LoRA adapter or full finetuning."})
@@ -153,24 +153,13 @@ def tokenize(frame, tokenizer, chat: bool, max_length: int, *, source=None):
     return {"input_ids": input_ids, "completion_mask": masks}
 
 
-def file_sha256(spec: str) -> str:
-    path = Path(spec)
-    if not path.is_file():
-        return hashlib.sha256(spec.encode()).hexdigest()  # hub/bigbench spec: its text identifies it
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ----------------------------------------------------------------------------- run directory
 
 
 def resolved_config(cfg: TrainConfig, chat: bool) -> dict:
     from . import models
 
-    out = {"command": "train", **{f.name: getattr(cfg, f.name) for f in fields(cfg)}}
+    out = {"command": "train", **to_dict(cfg)}
     out["lr"] = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.method]
     out["dtype"] = models.dtype_name(cfg.dtype)
     out["chat"] = chat
@@ -347,9 +336,7 @@ def train(cfg: TrainConfig) -> Path:
         _save(trainer.model, tokenizer, run, merge=cfg.merge or cfg.method == "full", lora=cfg.method == "lora")
     finally:
         del trainer, model  # ~30 runs share one process in an experiment: free each one's memory
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        models.free_memory()
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     write_text(run / "done", "")
     return run

@@ -25,16 +25,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from .data import iter_jsonl
-from .errors import DataError, TaskdivError
-from .fileio import check_output_file, dump_jsonl, dumps_json, output_set
-
-if TYPE_CHECKING:
-    from .annotation import Item
+from ..errors import DataError, TaskdivError
+from ..fileio import check_output_file, dump_jsonl, dumps_json, iter_jsonl, output_set
+from .answers import Item
 
 STORE_NAME = "annotations.jsonl"
 SFT_COLUMNS = ["id", "task", "prompt", "response"]

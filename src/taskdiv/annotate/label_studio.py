@@ -2,9 +2,9 @@
 the reader for Label Studio's JSON export of those tasks with their annotations.
 
     taskdiv annotate export runs/sel/selection.jsonl --format label-studio --out runs/ls
-    # Label Studio: create a project with runs/ls/label-studio/config.xml as its
-    # labeling interface, import runs/ls/label-studio/tasks.json, annotate, then
-    # Export -> JSON (the full format, with annotations):
+    # Label Studio: create a project with runs/ls/config.xml as its labeling
+    # interface, import runs/ls/tasks.json, annotate, then Export -> JSON (the full
+    # format, with annotations):
     taskdiv annotate import export.json --format label-studio --selection runs/sel/selection.jsonl \\
         --out runs/ann/sft.jsonl
 
@@ -20,7 +20,9 @@ from xml.sax.saxutils import quoteattr
 
 import pandas as pd
 
-from .errors import DataError
+from ..errors import DataError, TaskdivError
+from ..fileio import check_output_dir, output_set, read_json_document
+from .answers import Answer, Item
 
 # Names of the control and object tags in the labeling configuration; the reader
 # looks for the answer under RESPONSE_TAG.
@@ -74,16 +76,15 @@ def tasks(rows: pd.DataFrame) -> list[dict]:
 # ----------------------------------------------------------------------------- import
 
 
-def read_export(path: Path):
-    """Items (see annotation.Item) from Label Studio's JSON export of a project.
+def read(path: Path) -> list[Item]:
+    """Items from Label Studio's JSON export of a project.
 
     Each task becomes one item; each of its annotations one answer. A cancelled
     annotation (the annotator pressed Skip) is 'skipped'; one whose response text is
     blank is 'empty'. Drafts are not annotations and are not read.
     """
-    from .annotation import Answer, Item
-    from .data import read_json_document
-
+    if path.is_dir():
+        raise TaskdivError(f"{path} is a directory; --format label-studio reads the JSON export file")
     data = read_json_document(path)
     if not isinstance(data, list):
         raise DataError("not a Label Studio JSON export: expected a list of tasks "
@@ -144,10 +145,12 @@ def _annotator(completed_by) -> str | None:
     return None if completed_by is None else str(completed_by)
 
 
-def write_export(out_dir: Path, rows: pd.DataFrame) -> list[Path]:
-    """Write tasks.json and config.xml into out_dir, as one unit (fileio.output_set)."""
-    from .fileio import output_set
+def check_out(out: Path) -> None:
+    check_output_dir(out, EXPORT_FILES)
 
+
+def write(out_dir: Path, rows: pd.DataFrame, name: str | None = None) -> list[Path]:
+    """Write tasks.json and config.xml into out_dir, as one unit (fileio.output_set)."""
     with_conf = "confidence" in rows.columns
     paths = [out_dir / name for name in EXPORT_FILES]
     with output_set(*paths) as (tasks_tmp, config_tmp):

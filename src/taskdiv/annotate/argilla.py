@@ -2,7 +2,7 @@
 annotated dataset coming back.
 
     taskdiv annotate export runs/sel/selection.jsonl --format argilla --out runs/ar
-    # with a server:  rg.Dataset.from_disk("runs/ar/argilla", client=client)
+    # with a server:  rg.Dataset.from_disk("runs/ar", client=client)
     # annotate, then: dataset.to_disk("annotated")
     taskdiv annotate import annotated --format argilla --selection runs/sel/selection.jsonl \\
         --out runs/ann/sft.jsonl
@@ -29,18 +29,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import DataError, TaskdivError
+from ..errors import DataError, TaskdivError
+from ..fileio import atomic_dir, check_output_dir, read_json_document
+from ..packages import require
+from .answers import Answer, Item
 
 FIELD, QUESTION = "prompt", "response"
-INSTALL_HINT = "the argilla format needs the argilla SDK: pip install 'taskdiv[annotate]'"
 
 
 def _import_argilla():
-    try:
-        import argilla as rg
-    except ImportError as e:
-        raise TaskdivError(INSTALL_HINT) from e
-    return rg
+    return require("argilla", "annotate")
 
 
 @contextlib.contextmanager
@@ -65,15 +63,26 @@ def offline_client():
         rg.Argilla._set_default(previous)
 
 
+def _drop_info(record: logging.LogRecord) -> bool:
+    return record.levelno > logging.INFO
+
+
 @contextlib.contextmanager
 def _quiet_sdk():
-    """Silence the SDK's INFO messages (it logs 'Loading ... from' on the root logger while saving)."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.INFO)
+    """Drop the SDK's INFO messages ('Loading ... from', logged on the root logger while saving),
+    for this block only and for the root logger's own records only: a filter on the root
+    logger does not see records of other loggers. The NullHandler keeps `logging.info` from
+    configuring the root logger (it calls basicConfig when the root has no handler); both
+    are removed afterwards."""
+    root = logging.getLogger()
+    handler = logging.NullHandler()
+    root.addHandler(handler)
+    root.addFilter(_drop_info)
     try:
         yield
     finally:
-        logging.disable(previous)
+        root.removeFilter(_drop_info)
+        root.removeHandler(handler)
 
 
 def settings(tasks: list[str], with_confidence: bool):
@@ -105,8 +114,26 @@ def records(rows: pd.DataFrame) -> list:
     return out
 
 
-def write_export(out_dir: Path, rows: pd.DataFrame, name: str) -> Path:
-    """Write the dataset into `out_dir`, a new or empty directory (the caller renames it into place)."""
+def check_out(out: Path) -> None:
+    """`out` must be new, empty, or an Argilla dataset directory (which the export replaces); the
+    dataset is built beside it and renamed onto it, so its parent must be writable too."""
+    check_output_dir(out)
+    check_output_dir(out.parent)
+    if out.exists() and (not out.is_dir() or any(out.iterdir()) and not (out / ".argilla").is_dir()):
+        raise TaskdivError(f"--out {out} exists and is not an Argilla dataset directory; choose an empty one")
+
+
+def write(out: Path, rows: pd.DataFrame, name: str | None = None) -> list[Path]:
+    """The dataset (named `name`, default: the directory's name), built in a staging
+    directory and swapped into place."""
+    check_out(out)
+    with atomic_dir(out) as staging:
+        write_dataset(staging, rows, name or out.resolve().name)
+    return [out]
+
+
+def write_dataset(out_dir: Path, rows: pd.DataFrame, name: str) -> Path:
+    """Write the dataset into `out_dir`, a new or empty directory."""
     rg = _import_argilla()
     from argilla.records._io import JsonIO
 
@@ -122,17 +149,14 @@ def write_export(out_dir: Path, rows: pd.DataFrame, name: str) -> Path:
 # ----------------------------------------------------------------------------- import
 
 
-def read_export(path: Path):
-    """Items (see annotation.Item) from a dataset saved with `Dataset.to_disk` (or its records.json).
+def read(path: Path) -> list[Item]:
+    """Items from a dataset saved with `Dataset.to_disk` (or its records.json).
 
     Each record becomes one item; each response to the `response` question one answer.
     The records file keeps a response's value and user but not its status, so a blank
     or missing value counts as 'empty' (Argilla keeps no value for a discarded text answer);
     a `status` other than 'submitted', where an export carries one, counts as 'skipped'.
     """
-    from .annotation import Answer, Item
-    from .data import read_json_document
-
     records_path = path / "records.json" if path.is_dir() else path
     if not records_path.exists():
         raise DataError("no records.json: not a dataset saved with Argilla's Dataset.to_disk "

@@ -1,0 +1,54 @@
+"""What annotators return, and the selection they answer.
+
+Every format's reader produces `Item`s with their `Answer`s; the store resolves them
+against the rows `read_selection` returns. Nothing else of the annotate package is
+imported here, so the formats and the store depend on this module and on no other.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..data import FieldMap, normalise, read_raw
+from ..errors import DataError, TaskdivError
+
+
+@dataclass
+class Answer:
+    """One annotator's answer to one prompt, as read from a tool's export."""
+
+    response: str
+    status: str  # 'submitted', 'skipped' (cancelled/discarded) or 'empty'
+    annotator: str | None = None
+    submitted_at: str | None = None
+    where: str = ""  # how the export names it, for reports
+
+
+@dataclass
+class Item:
+    """One exported prompt (a Label Studio task, an Argilla record, a JSONL id) and its answers."""
+
+    id: str
+    prompt: str | None
+    answers: list[Answer]
+    where: str = ""
+
+
+def read_selection(path) -> pd.DataFrame:
+    """The selection's rows (id, task, prompt, and confidence when scored), validated."""
+    path = Path(path)
+    if not path.exists():
+        raise TaskdivError(f"{path}: no such selection file")
+    if path.suffix != ".jsonl":
+        raise TaskdivError(f"{path}: expected the selection.jsonl written by `taskdiv select`")
+    raw, where = read_raw(path)
+    if len(raw) == 0:
+        raise DataError("the selection is empty", file=path)
+    if "id" not in raw.columns:
+        raise DataError("no 'id' column: not a selection written by `taskdiv select`", file=path)
+    frame = normalise(raw, FieldMap(), source=str(path), where=where)
+    if "confidence" in raw.columns:
+        frame["confidence"] = pd.to_numeric(raw["confidence"], errors="coerce").to_numpy()
+    return frame

@@ -1,0 +1,49 @@
+"""Plain JSONL, for any tool: prompts.jsonl out (id, task, prompt, confidence, and an empty
+response to fill), one answer a line back (id, response; optionally status 'skipped',
+annotator, submitted_at, prompt)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import DataError, TaskdivError
+from ..fileio import check_output_dir, iter_jsonl, write_jsonl
+from .answers import Answer, Item
+
+FILE = "prompts.jsonl"
+
+
+def check_out(out: Path) -> None:
+    check_output_dir(out, [FILE])
+
+
+def write(out: Path, rows: pd.DataFrame, name: str | None = None) -> list[Path]:
+    keep = [c for c in ("id", "task", "prompt", "confidence") if c in rows.columns]
+    path = out / FILE
+    write_jsonl(path, (dict(r, response="") for r in rows[keep].to_dict(orient="records")))
+    return [path]
+
+
+def read(path: Path) -> list[Item]:
+    """Items from JSONL: one answer a line."""
+    if path.is_dir():
+        raise TaskdivError(f"{path} is a directory; --format jsonl reads a .jsonl file")
+    items: dict[str, Item] = {}
+    for lineno, rec in iter_jsonl(path):
+        pid, response = rec.get("id"), rec.get("response")
+        if pid is None or str(pid).strip() == "":
+            raise DataError("missing id", file=path, line=lineno, field="id")
+        if response is not None and not isinstance(response, str):
+            raise DataError(f"response is {type(response).__name__}, expected text", file=path, line=lineno,
+                            field="response")
+        status = "skipped" if rec.get("status") in ("skipped", "cancelled", "discarded") else (
+            "submitted" if (response or "").strip() else "empty")
+        prompt = rec.get("prompt")
+        item = items.setdefault(str(pid), Item(id=str(pid), prompt=prompt if isinstance(prompt, str) else None,
+                                               answers=[], where=f"line {lineno}"))
+        item.answers.append(Answer(response=response or "", status=status, annotator=rec.get("annotator"),
+                                   submitted_at=rec.get("submitted_at"), where=f"line {lineno}"))
+    if not items:  # every non-blank line makes an item
+        raise DataError("the file is empty", file=path)
+    return list(items.values())
