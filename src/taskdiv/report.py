@@ -113,6 +113,12 @@ def saving_vs_random(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _by_budget_then_strategy(table: pd.DataFrame, strategies: list[str]) -> pd.DataFrame:
+    """Rows by budget, then strategies in the report's order (the reference rows last)."""
+    order = {s: i for i, s in enumerate(strategies + list(REFERENCE))}
+    return table.sort_values(["budget_n", "strategy"], key=lambda c: c.map(order) if c.name == "strategy" else c)
+
+
 def _fmt_match(r, smallest: int, largest: int) -> str:
     if not np.isfinite(r["match"]):
         return f"not matched by random up to {largest}"
@@ -337,9 +343,7 @@ def build_report(exp: Path) -> str:
         lines += ["", "## Coverage", "",
                   f"Tasks (of {n_tasks}) that got no training example, and fewer than 5, mean over seeds.", "",
                   "| strategy | budget | no example | fewer than 5 |", "|---|---|---|---|"]
-        order = {s: i for i, s in enumerate(strategies + list(REFERENCE))}
-        cov = cov.sort_values(["budget_n", "strategy"], key=lambda c: c.map(order) if c.name == "strategy" else c)
-        for _, r in cov.iterrows():
+        for _, r in _by_budget_then_strategy(cov, strategies).iterrows():
             lines.append(f"| {r['strategy']} | {int(r['budget_n'])} | {r['zero']:.1f} | {r['under']:.1f} |")
     kinds = task_kinds(exp) if len(per_task) else None
     if kinds is not None and len(kinds):
@@ -348,10 +352,7 @@ def build_report(exp: Path) -> str:
         lines += ["", "## Accuracy by kind of task", "",
                   "Macro accuracy over the tasks of each kind (their number in brackets), mean over seeds.", "",
                   "| strategy | budget | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
-        order = {s: i for i, s in enumerate(strategies + list(REFERENCE))}
-        by_kind = by_kind.sort_values(["budget_n", "strategy"],
-                                      key=lambda c: c.map(order) if c.name == "strategy" else c)
-        for _, r in by_kind.iterrows():
+        for _, r in _by_budget_then_strategy(by_kind, strategies).iterrows():
             lines.append(f"| {r['strategy']} | {int(r['budget_n'])} | "
                          + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
     lines += ["", "## Plots", "", "![accuracy against budget](accuracy_vs_budget.png)", ""]
