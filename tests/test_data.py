@@ -253,3 +253,38 @@ def test_hub_loader_with_sampling(tmp_path):
     assert len(a) == 10 and list(a.ids) == list(b.ids) and list(a.ids) != list(c.ids)
     with pytest.raises(TaskdivError, match="unknown option"):
         load_pool(f"hf:{data}?splt=train")
+
+
+def test_task_codes_and_id_ranks_on_a_chunked_arrow_pool(tmp_path):
+    # A Parquet pool of several row groups loads as chunked pyarrow-backed columns; the Arrow
+    # fast paths (task codes, id ranks) must agree with pandas on it.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(3)
+    n = 5_000
+    tasks = np.array([f"task-{i}" for i in rng.integers(0, 37, size=n)])
+    ids = np.array([f"p{i}" for i in rng.permutation(n)])
+    pq.write_table(pa.table({"id": ids, "prompt": [f"q {i}" for i in range(n)], "task": tasks}),
+                   tmp_path / "pool.parquet", row_group_size=700)
+    pool = load_pool(str(tmp_path / "pool.parquet"))
+    names, codes = pool.task_codes()
+    want_codes, want_names = pd.factorize(pd.Series(tasks), sort=True)
+    assert list(names) == list(want_names) and np.array_equal(codes, want_codes)
+    order = np.argsort(ids, kind="stable")
+    assert np.array_equal(pool.id_rank[order], np.arange(n))
+    keys = pool.random_keys(5)
+    want = np.empty(n)
+    want[order] = np.random.default_rng(5).random(n)
+    assert np.array_equal(keys, want)
+
+
+def test_jsonl_line_numbers_hold_with_a_blank_last_line_and_two_objects_on_a_line(tmp_path):
+    path = tmp_path / "p.jsonl"
+    good = json.dumps(ROWS[0]) + "\n" + json.dumps(ROWS[1]) + "\n   "  # a blank last line, no newline
+    path.write_text(good)
+    assert len(load_pool(str(path))) == 2
+    # Two objects on line 2: pyarrow would read three rows from two lines; the error names line 2.
+    path.write_text(json.dumps(ROWS[0]) + "\n" + json.dumps(ROWS[1]) + " " + json.dumps(ROWS[2]) + "\n")
+    with pytest.raises(DataError, match=r"line 2"):
+        load_pool(str(path))

@@ -3,6 +3,8 @@ import os
 import stat
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from taskdiv.fileio import atomic_dir, write_jsonl
 
@@ -36,3 +38,57 @@ def test_outputs_get_the_umask_mode_not_the_private_temp_mode(tmp_path):
         os.umask(umask)
     assert _mode(tmp_path / "d") == 0o755
     assert _mode(tmp_path / "f.jsonl") == 0o644
+
+
+def _read_lines(path):
+    import json
+
+    return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+def _plain(value):
+    import math
+
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+# Text the Arrow path writes (no control characters but newline, tab and return).
+_PLAIN_TEXT = st.text(alphabet=st.characters(exclude_categories=("Cs",),
+                                             exclude_characters=[chr(c) for c in [*range(9), 11, 12, *range(14, 32), 127]]))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.none(), st.text(), _PLAIN_TEXT, _PLAIN_TEXT), st.integers(-2**62, 2**62),
+                          st.one_of(st.floats(allow_infinity=False), st.just(float("nan"))), st.booleans()),
+                min_size=1, max_size=30),
+       st.booleans())
+def test_dump_jsonl_frames_read_back_to_their_values(tmp_path_factory, rows, arrow_strings):
+    # Selections are written through the Arrow fast path; every text (quotes, backslashes,
+    # newlines, any Unicode, control characters through the pandas fallback), number,
+    # NaN (null) and bool must read back exactly.
+    import pandas as pd
+
+    from taskdiv.fileio import dump_jsonl
+
+    frame = pd.DataFrame(rows, columns=["text", "n", "x", "flag"])
+    if arrow_strings and frame["text"].notna().all():
+        frame["text"] = frame["text"].astype("str")
+    path = tmp_path_factory.mktemp("jsonl") / "out.jsonl"
+    assert dump_jsonl(path, frame) == len(rows)
+    got = _read_lines(path)
+    want = [{k: _plain(v) for k, v in rec.items()} for rec in frame.to_dict(orient="records")]
+    assert got == want
+
+
+def test_dump_jsonl_uses_arrow_for_plain_columns_and_pandas_for_the_rest(tmp_path):
+    import pandas as pd
+
+    from taskdiv.fileio import _dump_jsonl_arrow
+
+    assert _dump_jsonl_arrow(tmp_path / "a.jsonl", pd.DataFrame({"t": ["a\n\"b\"\\"], "n": [1], "x": [0.1]}))
+    assert open(tmp_path / "a.jsonl").read() == '{"t":"a\\n\\"b\\"\\\\","n":1,"x":0.1}\n'
+    assert not _dump_jsonl_arrow(tmp_path / "b.jsonl", pd.DataFrame({"t": ["bell \x07"]}))
+    assert not _dump_jsonl_arrow(tmp_path / "c.jsonl", pd.DataFrame({"choices": [["a", "b"]]}))
+    assert not (tmp_path / "b.jsonl").exists() and not (tmp_path / "c.jsonl").exists()

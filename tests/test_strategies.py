@@ -235,3 +235,43 @@ def test_reordering_the_pool_rows_gives_the_same_selection(name, params):
             assert sorted(a.ids) == sorted(b.ids)
         else:
             assert list(a.ids) == list(b.ids)
+
+
+def _pick_reference(codes, new, key, excluded):
+    """The definition of the within-task random pick: every row sorted by (task, key)."""
+    key = np.where(excluded, np.inf, key)
+    order = np.lexsort((key, codes))
+    sorted_codes = codes[order]
+    rank = np.arange(len(codes)) - np.searchsorted(sorted_codes, np.arange(len(new)))[sorted_codes]
+    chosen = rank < new[sorted_codes]
+    return order[chosen], rank[chosen]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 40), st.booleans())
+def test_pick_on_likely_rows_equals_sorting_every_row(seed, n_tasks, skew_keys):
+    # _pick sorts only the rows under a per-task threshold; the picks and their ranks must be
+    # those of the full sort, also when the keys are far from uniform (the fallback path).
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, n_tasks, size=int(rng.integers(1, 3000)))
+    excluded = rng.random(len(codes)) < 0.2
+    free = np.bincount(codes[~excluded], minlength=n_tasks)
+    new = rng.integers(0, free + 1)
+    key = rng.random(len(codes)) ** (0.05 if skew_keys else 1)  # skewed: most keys near 1
+    strategy = TaskAllocation(seed=0)
+    got = strategy._pick(codes, new, Inputs(), excluded, key)
+    want = _pick_reference(codes, new, key, excluded)
+    order_got, order_want = np.lexsort((got[1], codes[got[0]])), np.lexsort((want[1], codes[want[0]]))
+    assert np.array_equal(got[0][order_got], want[0][order_want])
+    assert np.array_equal(got[1][order_got], want[1][order_want])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 300))
+def test_smallest_equals_stable_argsort(seed, n):
+    from taskdiv.strategies import _smallest
+
+    rng = np.random.default_rng(seed)
+    keys = rng.integers(0, 20, size=n).astype(float)  # many ties: the stable order must hold
+    k = int(rng.integers(1, n + 1))
+    assert np.array_equal(_smallest(keys, k), np.argsort(keys, kind="stable")[:k])

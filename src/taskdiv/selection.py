@@ -134,10 +134,8 @@ def select(cfg: SelectConfig, pool: Pool | None = None) -> tuple[pd.DataFrame, p
         budget = int((~inputs.excluded).sum())
     result = strategy.select(pool, budget, inputs)
 
-    chosen = pool.frame.iloc[result.positions]
-    rows = chosen[["id", "task", "prompt"]].reset_index(drop=True)
-    if "response" in chosen.columns:
-        rows["response"] = chosen["response"].to_numpy()
+    # Only the output's columns are gathered (a pool may also hold choices and targets).
+    rows = pool.rows(result.positions, [c for c in ("id", "task", "prompt", "response") if c in pool.frame.columns])
     rows["strategy"] = cfg.strategy
     rows["seed"] = cfg.seed
     rows["rank"] = np.arange(1, len(rows) + 1)

@@ -116,7 +116,7 @@ class Strategy:
         positions, allocation = self._select(pool, budget, inputs, excluded)
         positions = np.asarray(positions, dtype=np.int64)
         assert len(positions) == budget and len(np.unique(positions)) == budget, "strategy broke the budget"
-        return Selection(pool.frame["id"].to_numpy()[positions], positions, allocation)
+        return Selection(pool.frame["id"].take(positions).to_numpy(), positions, allocation)
 
     def _select(self, pool, budget, inputs, excluded):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -127,8 +127,7 @@ class Random(Strategy):
 
     def _select(self, pool, budget, inputs, excluded):
         candidates = np.flatnonzero(~excluded)
-        keys = pool.random_keys(self.seed)[candidates]
-        return candidates[np.argsort(keys, kind="stable")[:budget]], None
+        return candidates[_smallest(pool.random_keys(self.seed)[candidates], budget)], None
 
 
 class Full(Strategy):
@@ -232,14 +231,17 @@ class TaskAllocation(Strategy):
             # Scored prompts first by confidence, then unscored ones in random order.
             key = np.where(np.isnan(conf), 2.0 + key, conf + key * 1e-12)
         key = np.where(excluded, np.inf, key)
+        # Only rows that can be among their task's first new[t] keys take part in the sort.
+        rows = _likely_picks(codes, new, key, excluded) if self.within == "random" else np.arange(n)
+        key, codes = key[rows], codes[rows]
         # = np.lexsort((key, codes)), by two stable sorts: 1.5x faster on 10M prompts.
         by_key = np.argsort(key, kind="stable")
         order = by_key[np.argsort(codes[by_key].astype(np.int32 if len(new) < 2**31 else np.int64), kind="stable")]
         sorted_codes = codes[order]
         starts = np.searchsorted(sorted_codes, np.arange(len(new)))
-        rank = np.arange(n) - starts[sorted_codes]
+        rank = np.arange(len(rows)) - starts[sorted_codes]
         chosen = rank < new[sorted_codes]
-        return order[chosen], rank[chosen]
+        return rows[order[chosen]], rank[chosen]
 
     def _pick_k_center(self, codes, new, X, excluded, key):
         from .kcenter import k_center
@@ -304,6 +306,33 @@ class SharpWeightedTaskDiversity(WeightedTaskDiversity):
     def _floor(self, budget, sizes, taken) -> int:
         uncovered = int(((taken == 0) & (sizes > 0)).sum())
         return max(self.min_per_task, 1) if uncovered <= budget else self.min_per_task
+
+
+def _smallest(keys: np.ndarray, k: int) -> np.ndarray:
+    """= np.argsort(keys, kind="stable")[:k], sorting only the keys up to the k-th smallest."""
+    if k < len(keys):
+        kth = np.partition(keys, k - 1)[k - 1]
+        rows = np.flatnonzero(keys <= kth)  # every tie of the k-th key too, in row order
+    else:
+        rows = np.arange(len(keys))
+    return rows[np.argsort(keys[rows], kind="stable")][:k]
+
+
+def _likely_picks(codes: np.ndarray, new: np.ndarray, key: np.ndarray, excluded: np.ndarray) -> np.ndarray:
+    """Rows that hold, for every task t, its new[t] smallest uniform random keys.
+
+    A task's k-th smallest of m uniform keys lies below (k + 3 sqrt(k) + 3) / m but for
+    odds of about 1 in 300; rows under that threshold are kept, and a task that still falls
+    short keeps all its rows, so the result is exact whatever the keys. On 10M prompts in
+    100K tasks and a 5% budget it sorts about 15% of the rows instead of all of them."""
+    n_tasks = len(new)
+    free = np.bincount(codes[~excluded], minlength=n_tasks)
+    limit = np.where(new > 0, (new + 3 * np.sqrt(new) + 3) / np.maximum(free, 1), -1.0)
+    kept = key < limit[codes]
+    short = np.bincount(codes[kept], minlength=n_tasks) < new
+    if short.any():
+        kept |= short[codes]
+    return np.flatnonzero(kept)
 
 
 def _task_confidence(codes, n_tasks, confidence) -> np.ndarray:
