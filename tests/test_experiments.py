@@ -268,3 +268,24 @@ def test_the_repository_does_not_ignore_committed_experiment_results():
             assert check.returncode == 0, f"{rel} would be committed"
     finally:
         shutil.rmtree(tmp)
+
+
+@pytest.mark.usefixtures("bigbench_tasks")
+def test_a_run_that_selects_what_a_finished_run_selected_is_not_trained_again(tmp_path, tiny_model_dir):
+    # At one prompt per task, task-diversity and weighted-task-diversity choose the same ids in
+    # the same order: the second takes the first's evaluation. Random's selection differs: trained.
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, strategies=["task-diversity", "weighted-task-diversity",
+                                                                        "random"],
+                       budgets=[2], seeds=[0], base=False, full=False)
+    exp = tmp_path / "exp"
+    assert main(["experiment", str(cfg), "--out", str(exp)]) == 0
+    runs = exp / "runs"
+    td, wtd = runs / "task-diversity-b2-s0", runs / "weighted-task-diversity-b2-s0"
+    assert (td / "selection" / "ids.txt").read_text() == (wtd / "selection" / "ids.txt").read_text()
+    results = pd.read_csv(exp / "results.csv").set_index("run")
+    assert results.loc[wtd.name, "same_as"] == td.name and results.loc[wtd.name, "train_seconds"] == 0
+    assert results.loc[wtd.name, "accuracy"] == results.loc[td.name, "accuracy"]
+    assert results.loc[wtd.name, "strategy"] == "weighted-task-diversity"
+    assert pd.isna(results.loc[td.name, "same_as"]) and pd.isna(results.loc[random_run := "random-b2-s0", "same_as"])
+    assert not (wtd / "train").exists() and (runs / random_run / "train" / "train_metrics.json").exists()
+    assert (wtd / "eval" / "per_task.csv").read_text() == (td / "eval" / "per_task.csv").read_text()

@@ -22,6 +22,11 @@ result.json (with the code commit it ran at), done, eval/per_task.csv,
 selection/ids.txt and allocation.csv, train/train_metrics.json. A rerun on a new
 clone then skips every committed run.
 
+A run that selects exactly what a finished run of the same seed selected (the same ids
+in the same order, e.g. task-diversity and weighted-task-diversity at one prompt per
+task) is not trained again: it takes that run's evaluation, and its result.json names
+the run in `same_as`.
+
 A rerun skips runs with a `done` marker; inside an unfinished run each stage skips
 what it already finished (training resumes from its last checkpoint), so a grid
 killed at any point resumes where it stopped, with no duplicate rows. A rerun may extend
@@ -420,6 +425,10 @@ class Experiment:
 
                 ids = [str(row["id"]) for _, row in iter_jsonl(sel_dir / "selection.jsonl")]
                 write_text(sel_dir / "ids.txt", "".join(f"{i}\n" for i in ids))
+            twin = self.finished_twin(run)
+            if twin is not None:
+                self.reuse(run, twin, record, started)
+                return
             stage("annotate")
             data = d / "data.jsonl"
             if not data.exists():
@@ -454,6 +463,38 @@ class Experiment:
         from .models import free_memory
 
         free_memory()
+
+    def finished_twin(self, run: Run) -> Run | None:
+        """A finished run of this grid with the same seed and the same selection, the same
+        ids in the same order: its training data, and so its model and results, are this
+        run's too (training and evaluation are deterministic given data and seed; the
+        settings are the experiment's). E.g. task-diversity and weighted-task-diversity at a
+        budget of one prompt per task."""
+        ids = (self.run_dir(run) / "selection" / "ids.txt").read_bytes()
+        for other in self.runs if self.runs is not None else self.prepare():
+            d = self.run_dir(other)
+            if (other.id != run.id and other.seed == run.seed and other.strategy != "base"
+                    and (d / "done").exists() and (d / "selection" / "ids.txt").exists()
+                    and (d / "selection" / "ids.txt").read_bytes() == ids):
+                return other
+        return None
+
+    def reuse(self, run: Run, twin: Run, record: dict, started: float) -> None:
+        """Finish `run` with its twin's evaluation instead of training the same model again;
+        result.json says so (`same_as`) and counts no training or evaluation time."""
+        d, src = self.run_dir(run), self.run_dir(twin)
+        log.info("%s: selected exactly what %s did (same ids, order and seed): reusing its results", run.id,
+                 twin.id)
+        for eval_dir in sorted(src.glob("eval*")):
+            shutil.copytree(eval_dir, d / eval_dir.name, dirs_exist_ok=True)
+        result = json.loads((src / "result.json").read_text())
+        keep = ("suite", "accuracy", "ci_low", "ci_high", "n_test")
+        record.update({k: result[k] for k in keep if k in result})
+        record.update({k: v for k, v in result.items() if k.endswith("_accuracy")})
+        record.update(same_as=twin.id, train_seconds=0.0, eval_seconds=0.0,
+                      seconds=round(time.time() - started, 1), code=code_version())
+        write_json(d / "result.json", {"run": record.pop("run"), **record})
+        write_text(d / "done", time.strftime("%Y-%m-%dT%H:%M:%S\n"))
 
     def oracle(self, selection: Path, data: Path) -> None:
         """Annotate with the pool's reference responses (the paper's simulated annotators)."""
