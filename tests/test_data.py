@@ -288,3 +288,19 @@ def test_jsonl_line_numbers_hold_with_a_blank_last_line_and_two_objects_on_a_lin
     path.write_text(json.dumps(ROWS[0]) + "\n" + json.dumps(ROWS[1]) + " " + json.dumps(ROWS[2]) + "\n")
     with pytest.raises(DataError, match=r"line 2"):
         load_pool(str(path))
+
+
+def test_chunk_by_chunk_take_equals_take():
+    import pyarrow as pa
+
+    from taskdiv.data import _take
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        sizes = rng.integers(0, 20, size=rng.integers(1, 6))
+        chunked = pa.chunked_array([pa.array([f"s{i}-{j}" for j in range(n)], pa.large_string())
+                                    for i, n in enumerate(sizes)], type=pa.large_string())
+        if len(chunked) == 0:
+            continue
+        pos = rng.integers(0, len(chunked), size=rng.integers(0, 30))
+        assert _take(chunked, pos).to_pylist() == [chunked[int(p)].as_py() for p in pos]

@@ -152,7 +152,8 @@ class Pool:
         for name in columns:
             values = self.frame[name]
             if isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow":
-                out[name] = pd.Series(pa.array(values).take(positions).to_pandas(types_mapper={
+                taken = _take(pa.array(values), positions)
+                out[name] = pd.Series(taken.to_pandas(types_mapper={
                     pa.string(): values.dtype, pa.large_string(): values.dtype}.get), copy=False)
             else:
                 out[name] = values.take(positions).reset_index(drop=True)
@@ -165,6 +166,28 @@ class Pool:
             missing = [i for i, p in zip(ids, pos) if p < 0][:5]
             raise TaskdivError(f"ids not in the pool {self.source}: {missing}")
         return Pool(self.frame.iloc[pos].reset_index(drop=True), self.source)
+
+
+def _take(values, positions: np.ndarray):
+    """values.take(positions) for a chunked Arrow array, chunk by chunk: Arrow's own take
+    of a chunked array first joins every chunk (a copy of the whole column)."""
+    import pyarrow as pa
+
+    if not isinstance(values, pa.ChunkedArray) or values.num_chunks <= 1:
+        return values.take(positions)
+    order = np.argsort(positions, kind="stable")
+    ordered = positions[order]
+    ends = np.cumsum([len(c) for c in values.chunks])
+    cuts = np.searchsorted(ordered, ends)
+    pieces, start, begin = [], 0, 0
+    for chunk, end, cut in zip(values.chunks, ends, cuts):
+        if cut > start:
+            pieces.append(chunk.take(ordered[start:cut] - begin))
+        start, begin = cut, end
+    gathered = pa.concat_arrays(pieces) if pieces else values.chunks[0].slice(0, 0)
+    back = np.empty_like(order)
+    back[order] = np.arange(len(order))
+    return gathered.take(back)
 
 
 def arrow_text(values):
@@ -360,11 +383,16 @@ def _normalise(raw: pd.DataFrame, fields: FieldMap, *, source: str, where: str,
     """normalise(), and the ranks of the ids (Pool.id_rank) that the uniqueness check of
     given ids computes on the way (None for generated ids)."""
     cols = set(raw.columns)
-    lines = raw["__line__"].to_numpy() if "__line__" in cols else np.arange(1, len(raw) + 1)
+    # The line (JSONL) or row number of the i-th row, for errors.
+    numbers = raw["__line__"].to_numpy() if "__line__" in cols else None
+
+    def lines(i):
+        return int(numbers[i]) if numbers is not None else int(i) + 1
+
     loc = "line" if where == "line" else "row"
 
     def err(message, i, fld):
-        return DataError(message, file=source, field=fld, **{loc: int(lines[i])})
+        return DataError(message, file=source, field=fld, **{loc: lines(i)})
 
     shape = _detect_shape(cols, fields)
     out = pd.DataFrame(index=raw.index)
@@ -434,7 +462,7 @@ def _check_unique(ids: pd.Series, ranks: np.ndarray, err, loc: str, lines) -> No
     dup = ids.duplicated(keep=False).to_numpy()  # the error path: name the first repeat in row order
     first = ids.iloc[int(np.argmax(dup))]
     rows = np.flatnonzero((ids == first).to_numpy())
-    raise err(f"duplicate id {first!r} (also at {loc} {int(lines[rows[1]])}; "
+    raise err(f"duplicate id {first!r} (also at {loc} {lines(rows[1])}; "
               f"{int(ids.duplicated().sum())} duplicate id(s) in all)", int(rows[0]))
 
 
@@ -446,7 +474,7 @@ def _check_text(values: pd.Series, name: str, err, *, what: str, required: bool 
     _check_types(values, name, err, what=what, numbers=numbers)
     if values.dtype != object and not pd.api.types.is_string_dtype(values):
         values = values.astype(object)
-    text = values.where(values.notna(), "").astype(str)
+    text = (values.where(values.notna(), "") if values.isna().any() else values).astype(str)
     if strip:
         text = text.str.strip()
     bad = _blank(text)  # null (now ""), empty or blank

@@ -115,7 +115,8 @@ class Strategy:
         self.check_needs({need for need in NEEDS if getattr(inputs, need) is not None})
         positions, allocation = self._select(pool, budget, inputs, excluded)
         positions = np.asarray(positions, dtype=np.int64)
-        assert len(positions) == budget and len(np.unique(positions)) == budget, "strategy broke the budget"
+        assert len(positions) == budget and np.bincount(positions, minlength=1).max() == 1, \
+            "strategy broke the budget"
         return Selection(pool.frame["id"].take(positions).to_numpy(), positions, allocation)
 
     def _select(self, pool, budget, inputs, excluded):  # pragma: no cover - abstract
