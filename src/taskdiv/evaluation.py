@@ -116,7 +116,7 @@ def choice_scores(model, prompt_ids: list[list[int]], choice_ids: list[list[list
     """
     import torch
 
-    from .models import left_pad, padded_positions
+    from .models import cache_kwargs, left_pad, output_cache, padded_positions
 
     device = next(model.parameters()).device
     ids, mask = left_pad(prompt_ids, pad_id)
@@ -125,7 +125,7 @@ def choice_scores(model, prompt_ids: list[list[int]], choice_ids: list[list[list
     with torch.inference_mode():
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-        cache = out.past_key_values
+        cache = output_cache(out)
         owner = [i for i, cs in enumerate(choice_ids) for _ in cs]
         flat = [c for cs in choice_ids for c in cs]
         scores = np.zeros(len(flat))
@@ -142,7 +142,7 @@ def choice_scores(model, prompt_ids: list[list[int]], choice_ids: list[list[list
             sub = _select_cache(cache, rows)
             attn = torch.cat([mask[rows], cmask], dim=1)
             cpos = lengths[rows, None] + torch.arange(width, device=device)[None, :]
-            logits = model(input_ids=cids, attention_mask=attn, position_ids=cpos, past_key_values=sub,
+            logits = model(input_ids=cids, attention_mask=attn, position_ids=cpos, **cache_kwargs(model, sub),
                            use_cache=True).logits.float()
             logp = torch.log_softmax(logits[:, :-1], dim=-1) if width > 1 else None
             tok_lp = torch.zeros(cids.shape, device=device)

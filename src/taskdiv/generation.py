@@ -36,7 +36,7 @@ def generate_greedy(model, batch: list[list[int]], *, max_new_tokens: int, eos_i
     import torch
     from transformers import DynamicCache
 
-    from .models import left_pad, padded_positions
+    from .models import cache_kwargs, left_pad, padded_positions
 
     dev = model.device
     n = len(batch)
@@ -50,7 +50,7 @@ def generate_greedy(model, batch: list[list[int]], *, max_new_tokens: int, eos_i
     with torch.inference_mode():
         cache = DynamicCache(config=model.config)
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+                    **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1)
         last = positions[:, -1]
         for step in range(max_new_tokens):
             logits = out.logits[:, -1, :].float()
@@ -72,7 +72,7 @@ def generate_greedy(model, batch: list[list[int]], *, max_new_tokens: int, eos_i
             mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
             last = last + 1
             out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=last[:, None],
-                        past_key_values=cache, use_cache=True)
+                        **cache_kwargs(model, cache), use_cache=True)
     return [Generation([t for t, _, _ in s], np.array([lp for _, lp, _ in s], dtype=np.float32),
                        np.array([h for _, _, h in s], dtype=np.float32)) for s in steps]
 

@@ -293,6 +293,27 @@ def left_pad(seqs: list[list[int]], pad_id: int):
     return ids, mask
 
 
+def cache_kwargs(model, cache) -> dict:
+    """The forward() keyword for a KV cache: `cache` in transformers >= 5.2x (which
+    deprecates `past_key_values` with a warning per call), `past_key_values` before."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper
+    names = _FORWARD_PARAMS.get(type(base))
+    if names is None:
+        names = _FORWARD_PARAMS[type(base)] = frozenset(inspect.signature(type(base).forward).parameters)
+    return {"cache" if "cache" in names else "past_key_values": cache}
+
+
+def output_cache(out):
+    """The KV cache of a forward() output, under either name (see cache_kwargs)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+_FORWARD_PARAMS: dict = {}
+
+
 def padded_positions(mask):
     """Position ids of a left-padded batch: they count real tokens only, as `generate` does."""
     return (mask.cumsum(-1) - 1).clamp(min=0)
