@@ -371,3 +371,21 @@ def test_run_score_prints_the_task_table_and_the_metric_mapping(small_pool, tiny
     assert scoring.format_tasks(pd.read_csv(out / "tasks.csv")) in printed
     scoring.run_score(make_cfg(small_pool, out, tiny_model_dir, per_task=2, max_new_tokens=2))
     assert "confidence = mean_prob; wrote" in capsys.readouterr().out
+
+
+def test_per_task_samples_do_not_depend_on_the_order_of_the_rows():
+    from taskdiv.data import Pool
+    from taskdiv.scoring import _sample_orders
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"id": [f"p{i}" for i in range(60)], "prompt": [f"q{i}" for i in range(60)],
+                          "task": rng.choice(["a", "b", "c"], size=60)})
+    shuffled = frame.sample(frac=1, random_state=3).reset_index(drop=True)
+
+    def samples(f):
+        ids = f["id"].to_numpy()
+        return {t: list(ids[o]) for t, o in _sample_orders(Pool(f), seed=7).items()}
+
+    assert samples(frame) == samples(shuffled)
+    assert samples(frame) != {t: list(frame["id"].to_numpy()[o])
+                              for t, o in _sample_orders(Pool(frame), seed=8).items()}

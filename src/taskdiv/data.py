@@ -134,13 +134,19 @@ class Pool:
             return np.arange(len(haystack), dtype=np.int64), True
         return pc.index_in(needles, value_set=haystack).fill_null(-1).to_numpy().astype(np.int64), False
 
+    def ranks(self) -> np.ndarray:
+        """Each row's place among the sorted ids (0-based): an order that does not depend
+        on the order of the rows."""
+        if self.id_rank is None or len(self.id_rank) != len(self.frame):
+            self.id_rank = id_ranks(self.frame["id"])
+        return self.id_rank
+
     def random_keys(self, seed: int) -> np.ndarray:
         """A uniform random number in [0, 1) per row, drawn by the seed in the order of the
         sorted ids: it depends on the seed and the set of ids, not on the order of the rows,
         so a pool re-exported in another order gives the same selections."""
-        if self.id_rank is None or len(self.id_rank) != len(self.frame):
-            self.id_rank = id_ranks(self.frame["id"])
-        return np.random.default_rng(seed).random(len(self.id_rank))[self.id_rank]
+        ranks = self.ranks()
+        return np.random.default_rng(seed).random(len(ranks))[ranks]
 
     def rows(self, positions, columns) -> pd.DataFrame:
         """These columns at these row positions, with a fresh index. pyarrow-backed

