@@ -53,7 +53,7 @@ import pandas as pd
 
 from . import config as configmod
 from .errors import DataError, TaskdivError, unknown_name
-from .fileio import check_output_dir, write_json, write_table, write_text, write_yaml
+from .fileio import check_output_dir, dump_table, output_set, write_json, write_text, write_yaml
 
 log = logging.getLogger(__name__)
 
@@ -530,11 +530,15 @@ class Experiment:
                                    [["run", "strategy", "budget", "budget_n", "seed", "task", "allocated",
                                      "confidence"]])
         table = pd.DataFrame(results)
+        tables = {}
         if len(table):
-            write_table(self.out / "results.csv", table)
-            write_table(self.out / "per_task.csv", pd.concat(per_task, ignore_index=True))
+            tables.update({"results.csv": table, "per_task.csv": pd.concat(per_task, ignore_index=True)})
         if allocations:
-            write_table(self.out / "allocations.csv", pd.concat(allocations, ignore_index=True))
+            tables["allocations.csv"] = pd.concat(allocations, ignore_index=True)
+        if tables:  # replaced together: the three tables always describe the same runs
+            with output_set(*(self.out / name for name in tables)) as temps:
+                for temp, frame in zip(temps, tables.values()):
+                    dump_table(temp, frame, ".csv")
         return table
 
 
