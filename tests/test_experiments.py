@@ -289,3 +289,6 @@ def test_a_run_that_selects_what_a_finished_run_selected_is_not_trained_again(tm
     assert pd.isna(results.loc[td.name, "same_as"]) and pd.isna(results.loc[random_run := "random-b2-s0", "same_as"])
     assert not (wtd / "train").exists() and (runs / random_run / "train" / "train_metrics.json").exists()
     assert (wtd / "eval" / "per_task.csv").read_text() == (td / "eval" / "per_task.csv").read_text()
+    assert main(["report", str(exp)]) == 0
+    assert f"took its evaluation instead of training the same model again: {wtd.name} = {td.name}." in \
+        (exp / "report.md").read_text()

@@ -288,6 +288,11 @@ def build_report(exp: Path) -> str:
                   + (f" (training {results['train_seconds'].sum() / 60:.0f} min, evaluation "
                      f"{results['eval_seconds'].sum() / 60:.0f} min)" if "train_seconds" in results.columns else "")
                   + ".")
+    if "same_as" in results.columns and results["same_as"].notna().any():
+        twins = results[results["same_as"].notna()]
+        timing += (f" {len(twins)} run(s) selected exactly what another run of the same seed selected and "
+                   f"took its evaluation instead of training the same model again: "
+                   + ", ".join(f"{r} = {t}" for r, t in zip(twins["run"], twins["same_as"])) + ".")
     suite = results["suite"].iloc[0] if "suite" in results.columns else "heldout"
     lines += [f"Runs: {len(results)}. Accuracy is the {suite} macro accuracy; cells give the mean over "
               f"seeds and its 95% t-interval.{timing}", ""]
