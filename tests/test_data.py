@@ -304,3 +304,12 @@ def test_chunk_by_chunk_take_equals_take():
             continue
         pos = rng.integers(0, len(chunked), size=rng.integers(0, 30))
         assert _take(chunked, pos).to_pylist() == [chunked[int(p)].as_py() for p in pos]
+
+
+@pytest.mark.parametrize("value,kind", [(["a", "b"], "a list"), (True, "the boolean true"), ({"x": 1}, "an object")])
+def test_a_response_that_is_not_text_names_its_line(tmp_path, value, kind):
+    rows = [dict(ROWS[0], response="fine"), dict(ROWS[1], response=value)]
+    with pytest.raises(DataError, match=rf"line 2, field 'response': response is {kind}"):
+        load_pool(str(write_jsonl(tmp_path / "p.jsonl", rows)))
+    rows[1]["response"] = 42  # a number is its text
+    assert load_pool(str(write_jsonl(tmp_path / "q.jsonl", rows))).frame["response"].tolist() == ["fine", "42"]

@@ -454,6 +454,8 @@ def _normalise_rows(raw, fields, source, where, require_tasks, ranking):
 
     if response is None and fields.response_field in cols:
         response = raw[fields.response_field]
+        # A list (several references) or a bool would become text by accident.
+        _check_types(response, fields.response_field, err, what="response", numbers=True)
     if response is not None and response.dtype != object and pd.api.types.is_string_dtype(response.dtype) \
             and not response.isna().any():
         out["response"] = response  # already text, none missing: no per-row copy of millions of strings
