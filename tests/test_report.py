@@ -115,3 +115,10 @@ def test_report_measures_the_saving_against_random_and_coverage_and_kinds(tmp_pa
     assert "| task-diversity | 30 | 0.0 | 0.0 |" in text
     assert "## Accuracy by kind of task" in text and "yes/no (1) | multiple choice (1) | generative (1)" in text
     assert "not run" in text   # task-diversity at 60 and 120
+    assert "no interval" not in text and "fewer annotations [" in line
+    # With one seed in a cell there is nothing to resample: the saving comes without an interval.
+    results = pd.read_csv(tmp_path / "results.csv")
+    results[results["seed"] == 0].to_csv(tmp_path / "results.csv", index=False)
+    line = next(l for l in build_report(tmp_path).splitlines() if l.startswith("| task-diversity | 30 |")
+                and "fewer" in l)
+    assert line.endswith("fewer annotations (one seed in a cell: no interval) |"), line
