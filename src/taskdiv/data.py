@@ -476,7 +476,7 @@ def _normalise_rows(raw, fields, source, where, require_tasks, ranking):
             raise err("missing id", int(np.argmax(missing)), fields.id_field)
         out["id"] = ids.astype(str)
         codes = task_codes(out["task"]) if "task" in out.columns else None  # while the ids are ranked
-        ranks = ranking.result() if ranking is not None else id_ranks(out["id"])
+        ranks = ranking.result()  # started by _normalise for every id column without a missing id
         _check_unique(out["id"], ranks, lambda message, i: err(message, i, fields.id_field), loc, lines)
     else:
         out["id"], ranks = _generate_ids(out.get("task"), out["prompt"], source), None

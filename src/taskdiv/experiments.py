@@ -453,9 +453,7 @@ class Experiment:
         record["eval_seconds"] = round(time.time() - t0, 1)
         record["seconds"] = round(time.time() - started, 1)
         record["code"] = code_version()
-        record = {"run": record.pop("run"), **record}
-        write_json(d / "result.json", record)
-        write_text(d / "done", time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+        self.finish(run, record)
         if not self.cfg.keep_weights:
             # After `done`: a run killed before it still has the weights its evaluation needs.
             for sub in ("adapter", "merged", "checkpoints"):
@@ -493,6 +491,11 @@ class Experiment:
         record.update({k: v for k, v in result.items() if k.endswith("_accuracy")})
         record.update(same_as=twin.id, train_seconds=0.0, eval_seconds=0.0,
                       seconds=round(time.time() - started, 1), code=code_version())
+        self.finish(run, record)
+
+    def finish(self, run: Run, record: dict) -> None:
+        """result.json (the run's name first), then the `done` marker that a rerun skips on."""
+        d = self.run_dir(run)
         write_json(d / "result.json", {"run": record.pop("run"), **record})
         write_text(d / "done", time.strftime("%Y-%m-%dT%H:%M:%S\n"))
 
