@@ -313,3 +313,39 @@ def test_a_response_that_is_not_text_names_its_line(tmp_path, value, kind):
         load_pool(str(write_jsonl(tmp_path / "p.jsonl", rows)))
     rows[1]["response"] = 42  # a number is its text
     assert load_pool(str(write_jsonl(tmp_path / "q.jsonl", rows))).frame["response"].tolist() == ["fine", "42"]
+
+
+def test_newline_count_across_blocks():
+    from taskdiv.data import _count_newlines
+
+    rng = np.random.default_rng(0)
+    data = rng.choice(np.frombuffer(b"ab\n", np.uint8), size=(3 << 20) + 17).tobytes()  # 3 blocks and a bit
+    data = b"\n" + data[1:(1 << 20) - 1] + b"\n\n" + data[(1 << 20) + 1:-1] + b"\n"  # at both ends of a block
+    assert _count_newlines(data) == data.count(b"\n")
+    assert _count_newlines(b"") == 0 and _count_newlines(b"x") == 0
+
+
+def test_jsonl_read_in_pieces_equals_one_read(tmp_path, monkeypatch):
+    # Pieces of a few lines: types inferred per piece are unified (int then float, a column that
+    # only some pieces have, a line longer than a piece), as one reading of the file gives them.
+    import taskdiv.data as data
+
+    rows = [{"id": f"r{i}", "prompt": f"prompt {i} " + ("long " * 40 if i == 7 else ""), "task": f"t{i % 3}"}
+            for i in range(40)]
+    for i, row in enumerate(rows):
+        if i % 5 == 0:
+            row["score"] = i if i < 20 else i + 0.5
+        if i >= 30:
+            row["response"] = f"answer {i}"
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    whole = data._read_jsonl_arrow(path)
+    monkeypatch.setattr(data, "JSONL_PIECE", 150)
+    pieces = data._read_jsonl_arrow(path)
+    assert pieces.num_rows == 40
+    assert pieces.select(whole.column_names).equals(whole)
+    pool = load_pool(str(path))
+    assert pool.frame["response"].isna().sum() == 30 and pool.frame["prompt"].iloc[7].startswith("prompt 7 long")
+    # A bad line in a later piece still names its line.
+    path.write_text(path.read_text() + '{"id": "x", "prompt": " ", "task": "t"}\n')
+    with pytest.raises(DataError, match=r"line 41, field 'prompt'"):
+        load_pool(str(path))

@@ -152,6 +152,20 @@ def test_confidence_out_of_range(small_pool, tmp_path, capsys):
         "row 2, field 'confidence'")
 
 
+def test_a_bad_pool_is_reported_before_bad_scores(tmp_path, capsys):
+    # select reads the scores file in a second thread while the pool loads; the pool still speaks first.
+    pool = tmp_path / "p.jsonl"
+    pool.write_text('{"id": "a", "prompt": "p", "task": "t"}\n{"id": "b", "prompt": " ", "task": "t"}\n')
+    scores = tmp_path / "s.csv"
+    pd.DataFrame({"id": ["a", "b"], "confidence": [0.1, 7.0]}).to_csv(scores, index=False)
+    bad(["select", pool, "--budget", "1", "--scores", scores, "--out", tmp_path / "o"], capsys,
+        "p.jsonl, line 2, field 'prompt'")
+    pool.write_text('{"id": "a", "prompt": "p", "task": "t"}\n{"id": "b", "prompt": "q", "task": "t"}\n')
+    bad(["select", pool, "--budget", "1", "--scores", scores, "--out", tmp_path / "o"], capsys,
+        "s.csv, row 2, field 'confidence'")
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("content,match", [
     ('{"id": "1", "prompt": "p", "task": "t"}\n{"id": "2", "task": "t"}\n', "line 2, field 'prompt'"),
     ('{"id": "1", "task": "t"}\n', "no prompt field 'prompt'"),

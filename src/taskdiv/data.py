@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, TaskdivError
-from .fileio import check_utf8, iter_jsonl, read_csv, read_json_document
+from .fileio import check_utf8, iter_jsonl, read_csv, read_json_document, valid_utf8
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +140,12 @@ class Pool:
         import pyarrow as pa
 
         positions = np.asarray(positions, dtype=np.int64)
+        order = np.argsort(positions, kind="stable")  # once for every column
         out = {}
         for name in columns:
             values = self.frame[name]
             if isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow":
-                taken = _take(pa.array(values), positions)
+                taken = _take(pa.array(values), positions, order)
                 out[name] = pd.Series(taken.to_pandas(types_mapper={
                     pa.string(): values.dtype, pa.large_string(): values.dtype}.get), copy=False)
             else:
@@ -181,14 +182,15 @@ def task_codes(labels: pd.Series) -> tuple[np.ndarray, np.ndarray]:
             code_of[encoded.indices.to_numpy(zero_copy_only=False)])
 
 
-def _take(values, positions: np.ndarray):
+def _take(values, positions: np.ndarray, order: np.ndarray | None = None):
     """values.take(positions) for a chunked Arrow array, chunk by chunk: Arrow's own take
-    of a chunked array first joins every chunk (a copy of the whole column)."""
+    of a chunked array first joins every chunk (a copy of the whole column). `order`:
+    np.argsort(positions, kind="stable"), when the caller gathers several columns."""
     import pyarrow as pa
 
     if not isinstance(values, pa.ChunkedArray) or values.num_chunks <= 1:
         return values.take(positions)
-    order = np.argsort(positions, kind="stable")
+    order = np.argsort(positions, kind="stable") if order is None else order
     ordered = positions[order]
     ends = np.cumsum([len(c) for c in values.chunks])
     cuts = np.searchsorted(ordered, ends)
@@ -214,12 +216,14 @@ def arrow_text(values):
 
 
 def id_ranks(ids) -> np.ndarray:
-    """Each id's place in sorted order, 0-based; equal ids share the lowest place. Arrow's
+    """Each id's place among the distinct ids in sorted order, 0-based (equal ids share
+    one place, so the ids are unique exactly when the largest is len(ids) - 1). Arrow's
     string sort: on 10M ids about 4x faster than hashing them, which is why the
     uniqueness check ranks too."""
     import pyarrow.compute as pc
 
-    return pc.rank(arrow_text(ids), sort_keys="ascending", tiebreaker="min").to_numpy().astype(np.int64) - 1
+    ranks = pc.rank(arrow_text(ids), sort_keys="ascending", tiebreaker="dense").to_numpy()
+    return np.subtract(ranks, 1, dtype=np.int64, casting="unsafe")
 
 
 def stable_id(task: str, prompt: str) -> str:
@@ -301,26 +305,81 @@ def read_raw(path: Path) -> tuple[pd.DataFrame, str]:
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
-    # Fast path: pyarrow's multithreaded reader. Anything it rejects is re-read line by
-    # line in Python, which finds and names the offending line.
-    import pyarrow as pa
-    import pyarrow.json as pj
-
-    data = path.read_bytes()
-    check_utf8(path, data)  # pyarrow lets invalid UTF-8 through
-    try:
-        table = pj.read_json(pa.BufferReader(data), read_options=pj.ReadOptions(block_size=1 << 24))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+    # Fast path: pyarrow's multithreaded reader on a memory map of the file (no copy of a
+    # file of gigabytes). Anything it rejects is re-read line by line in Python, which finds
+    # and names the offending line.
+    table = _read_jsonl_arrow(path)
+    if table is None:
         return _read_jsonl_slow(path)
-    # pyarrow skips blank lines, which would shift the line numbers errors report: the
-    # fast path's rows must be the file's lines one for one (a blank last line aside).
-    tail = data[data.rfind(b"\n") + 1:]
-    if table.num_columns == 0 or table.num_rows != data.count(b"\n") + (1 if tail.strip() else 0):
-        return _read_jsonl_slow(path)
-    del data
     frame = table.to_pandas()
     frame["__line__"] = np.arange(1, len(frame) + 1)
     return frame
+
+
+JSONL_PIECE = 1 << 28  # bytes of a JSONL file parsed at a time (pieces end at a line break)
+
+
+def _read_jsonl_arrow(path: Path):
+    """The file as an Arrow table if pyarrow reads it as one row per non-blank line, else None.
+
+    The file is memory-mapped and read a piece of about 256 MB at a time: each piece is
+    checked as UTF-8, its line breaks counted, parsed by Arrow's multithreaded reader, and
+    then let go of, so a file of gigabytes is neither copied nor held whole in memory."""
+    import mmap
+
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    with open(path, "rb") as f:
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        whole = pa.py_buffer(data)
+        tables, breaks, start, size = [], 0, 0, len(data)
+        while start < size:
+            end = min(start + JSONL_PIECE, size)
+            if end < size:  # up to the piece's last line break (or the next one, for a longer line)
+                cut = data.rfind(b"\n", start, end)
+                end = cut + 1 if cut >= 0 else (data.find(b"\n", end) + 1 or size)
+            piece = whole.slice(start, end - start)
+            if not valid_utf8(piece):  # pyarrow lets invalid UTF-8 through
+                check_utf8(path)  # names the line
+            breaks += _count_newlines(piece)
+            try:
+                table = pj.read_json(pa.BufferReader(piece), read_options=pj.ReadOptions(block_size=1 << 24))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, UnicodeDecodeError):
+                return None
+            if table.num_rows:
+                tables.append(table)
+            del piece
+            low, high = start - start % mmap.PAGESIZE, end - end % mmap.PAGESIZE
+            if high > low:
+                data.madvise(mmap.MADV_DONTNEED, low, high - low)  # out of the resident set; the file stays
+            start = end
+        # pyarrow skips blank lines, which would shift the line numbers errors report: the
+        # fast path's rows must be the file's lines one for one (a blank last line aside).
+        tail = data[data.rfind(b"\n") + 1:]
+        lines = breaks + (1 if tail.strip() else 0)
+        del whole
+    finally:
+        try:
+            data.close()
+        except BufferError:  # a view still held by an exception in flight: closed when collected
+            pass
+    if not tables:
+        return None
+    try:  # the pieces' inferred types, unified as one reading of the whole file would
+        table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    return table if table.num_columns and table.num_rows == lines else None
+
+
+def _count_newlines(buffer) -> int:
+    """b"\n" bytes in a buffer, by numpy in blocks of 1 MB that stay in the CPU's cache
+    (3x faster than bytes.count)."""
+    data = np.frombuffer(buffer, dtype=np.uint8)
+    block = 1 << 20
+    return sum(int(np.count_nonzero(data[s:s + block] == 10)) for s in range(0, len(data), block))
 
 
 def _read_jsonl_slow(path: Path) -> pd.DataFrame:
@@ -487,7 +546,7 @@ def _normalise_rows(raw, fields, source, where, require_tasks, ranking):
 
 def _check_unique(ids: pd.Series, ranks: np.ndarray, err, loc: str, lines) -> None:
     """Refuse repeated ids: repeats share their rank (id_ranks)."""
-    if len(ranks) < 2 or np.bincount(ranks).max() == 1:
+    if len(ranks) < 2 or ranks.max() == len(ranks) - 1:
         return
     dup = ids.duplicated(keep=False).to_numpy()  # the error path: name the first repeat in row order
     first = ids.iloc[int(np.argmax(dup))]
@@ -662,13 +721,26 @@ def read_ids(path) -> list[str]:
     return [s.strip() for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
 
 
-def read_scores(path, pool: Pool) -> np.ndarray:
+def read_scores(path, pool: Pool, scores: "ScoreFile | None" = None) -> np.ndarray:
     """Per-prompt confidence in [0, 1] (higher = more confident), aligned with the
     pool's rows; NaN where a prompt has no score.
 
     The file is CSV or Parquet with columns `id` and `confidence`. Ids not in the
-    pool, duplicates and values outside [0, 1] are errors.
+    pool, duplicates and values outside [0, 1] are errors. `scores`: the file as
+    read_score_file read it already (`taskdiv select` reads it while it loads the pool).
     """
+    return align_scores(scores if scores is not None else read_score_file(path), pool)
+
+
+@dataclass
+class ScoreFile:
+    path: Path
+    ids: pd.Series
+    confidence: np.ndarray
+
+
+def read_score_file(path) -> ScoreFile:
+    """The ids and confidences of a scores file, each confidence checked to lie in [0, 1]."""
     path = Path(path)
     if path.is_dir():
         path = path / "scores.csv"
@@ -696,6 +768,12 @@ def read_scores(path, pool: Pool) -> np.ndarray:
         value = value.item() if isinstance(value, np.generic) else value  # nan, not np.float64(nan)
         raise DataError(f"confidence {value!r} is not a number in [0, 1] "
                         f"({int(bad.sum())} such row(s))", file=path, row=i + 1, field="confidence")
+    return ScoreFile(path, ids, conf)
+
+
+def align_scores(scores: ScoreFile, pool: Pool) -> np.ndarray:
+    """read_scores() of a file read already: the confidences in pool row order."""
+    path, ids, conf = scores.path, scores.ids, scores.confidence
     pos, same = pool._positions(ids)
     if same:  # the pool's ids in its order (a score of the whole pool): already aligned, no repeats
         return conf.copy()  # writable, whatever the reader handed back

@@ -12,6 +12,7 @@ Writes (as one unit, only once every input has been validated; see fileio.output
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pandas as pd
 
 from .allocation import check_task_limits, parse_budget
 from .config import to_dict
-from .data import Pool, PoolOptions, load_pool, read_ids, read_scores
+from .data import Pool, PoolOptions, load_pool, read_ids, read_score_file, read_scores
 from .errors import TaskdivError
 from .fileio import (check_output_dir, check_output_file, dump_jsonl, dump_table, dump_yaml, output_set, write_jsonl,
                      write_table)
@@ -79,11 +80,12 @@ def task_parameters(cfg) -> dict:
     return {k: getattr(cfg, k) for k in TASK_PARAMETERS if getattr(cfg, k) != defaults[k]}
 
 
-def prepare_inputs(pool: Pool, strategy, cfg: SelectConfig, *, embeddings=None) -> Inputs:
-    """Confidence, embeddings and exclusion mask aligned with the pool's rows."""
+def prepare_inputs(pool: Pool, strategy, cfg: SelectConfig, *, embeddings=None, scores=None) -> Inputs:
+    """Confidence, embeddings and exclusion mask aligned with the pool's rows.
+    `scores`: cfg.scores as read_score_file read it already."""
     inputs = Inputs()
     if cfg.scores:
-        inputs.confidence = read_scores(cfg.scores, pool)
+        inputs.confidence = read_scores(cfg.scores, pool, scores)
         log.info("scores: %d of %d prompts scored", int(np.isfinite(inputs.confidence).sum()), len(pool))
     if "embeddings" in strategy.needs:
         inputs.embeddings = embeddings if embeddings is not None else _embed(pool, cfg.embedding_model,
@@ -116,8 +118,14 @@ def select(cfg: SelectConfig, pool: Pool | None = None) -> tuple[pd.DataFrame, p
     strategy = get_strategy(cfg.strategy, seed=cfg.seed, **task_parameters(cfg))
     check_task_limits(cfg.min_per_task, cfg.max_per_task)
     strategy.check_needs({"confidence"} if cfg.scores else set(), among={"confidence"})  # before loading anything
+    scores = None
     if pool is None:
-        pool = load_pool(cfg.pool, cfg.field_map(), require_tasks=not auto)
+        # The scores file is read (and its values checked) in a second thread while the pool
+        # loads: Arrow's readers let go of the GIL. A bad pool is still reported first.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskdiv-scores") as helper:
+            reading = helper.submit(read_score_file, cfg.scores) if cfg.scores else None
+            pool = load_pool(cfg.pool, cfg.field_map(), require_tasks=not auto)
+            scores = reading.result() if reading else None
     embeddings = None
     if auto:
         from .embeddings import cluster_tasks
@@ -129,7 +137,7 @@ def select(cfg: SelectConfig, pool: Pool | None = None) -> tuple[pd.DataFrame, p
         if cfg.budget is None:
             raise TaskdivError("missing --budget (a count such as 500, or a percentage such as 20%)")
         budget = parse_budget(cfg.budget, len(pool))
-    inputs = prepare_inputs(pool, strategy, cfg, embeddings=embeddings)
+    inputs = prepare_inputs(pool, strategy, cfg, embeddings=embeddings, scores=scores)
     if cfg.strategy == "full" and inputs.excluded is not None and cfg.budget is None:
         budget = int((~inputs.excluded).sum())
     result = strategy.select(pool, budget, inputs)
@@ -167,10 +175,14 @@ OUTPUTS = ("allocation.csv", "config.yaml", "selection.jsonl")
 def write_selection(out: str | Path, rows: pd.DataFrame, allocation: pd.DataFrame, cfg) -> None:
     """The three files as one unit: a failure or Ctrl-C leaves OUT as it was."""
     out = Path(out)
-    with output_set(*(out / name for name in OUTPUTS)) as (alloc_tmp, config_tmp, selection_tmp):
-        dump_table(alloc_tmp, allocation, ".csv")
+    with output_set(*(out / name for name in OUTPUTS)) as (alloc_tmp, config_tmp, selection_tmp), \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskdiv-write") as helper:
+        # The allocation table is formatted while Arrow writes the selection (100K tasks and
+        # 500K prompts: each about 0.3 s).
+        table = helper.submit(dump_table, alloc_tmp, allocation, ".csv")
         dump_yaml(config_tmp, {"command": "select", **to_dict(cfg)})
         dump_jsonl(selection_tmp, rows)
+        table.result()
 
 
 def format_allocation(allocation: pd.DataFrame, max_rows: int = 60) -> str:
