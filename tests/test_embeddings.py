@@ -33,6 +33,23 @@ def test_auto_tasks_recover_the_three_kinds(tmp_path):
     assert default_k(18) == 3 and default_k(10**7) == 100
 
 
+def test_auto_tasks_do_not_depend_on_row_order(tmp_path):
+    # Overlapping random points: k-means' seeded start decides the clusters, so a pool in
+    # another row order must give every id the same pseudo-task.
+    rng = np.random.default_rng(0)
+    rows = [{"id": f"p{i:03d}", "prompt": f"{w} {v}"} for i, (w, v) in
+            enumerate(zip(rng.choice(["cat", "tree", "sum", "river", "song"], 60), rng.integers(0, 99, 60)))]
+    tasks = []
+    for n, perm in enumerate([np.arange(60), rng.permutation(60)]):
+        pool = tmp_path / f"pool{n}.jsonl"
+        pool.write_text("".join(json.dumps(rows[i]) + "\n" for i in perm))
+        out = tmp_path / f"sel{n}"
+        assert main(["select", str(pool), "--budget", "60", "--strategy", "task-diversity", "--tasks", "auto:7",
+                     "--out", str(out)]) == 0
+        tasks.append({r["id"]: r["task"] for r in map(json.loads, (out / "selection.jsonl").read_text().splitlines())})
+    assert tasks[0] == tasks[1] and len(set(tasks[0].values())) == 7
+
+
 def test_select_k_center_and_auto_tasks_cli(tmp_path):
     pool = tmp_path / "pool.jsonl"
     pool.write_text("".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n" for i, p in enumerate(PROMPTS)))

@@ -81,13 +81,20 @@ def default_k(n: int) -> int:
     return int(min(100, max(2, round((n / 2) ** 0.5))))
 
 
-def cluster_tasks(X: np.ndarray, k: int | None = None, *, seed: int = 0) -> np.ndarray:
-    """Pseudo-task labels 'cluster-007' from k-means on the embeddings."""
+def cluster_tasks(X: np.ndarray, k: int | None = None, *, seed: int = 0, order: np.ndarray | None = None) -> np.ndarray:
+    """Pseudo-task labels 'cluster-007' from k-means on the embeddings.
+
+    `order`: the rows in a canonical order (`taskdiv select` passes them sorted by id).
+    k-means sees them in that order, so its seeded start, and with it every label, does
+    not depend on the order of the pool's rows."""
     k = default_k(len(X)) if k is None else int(k)
     if not 1 <= k <= len(X):
         raise TaskdivError(f"--tasks auto:{k}: K must be between 1 and the pool size {len(X)}")
     cluster = require("sklearn.cluster", "embed")
     algo = cluster.KMeans if len(X) <= 20000 else cluster.MiniBatchKMeans
-    labels = algo(n_clusters=k, random_state=seed, n_init=3).fit_predict(X)
+    if order is None:
+        order = np.arange(len(X))
+    labels = np.empty(len(X), dtype=np.int64)
+    labels[order] = algo(n_clusters=k, random_state=seed, n_init=3).fit_predict(X[order])
     width = len(str(k - 1))
     return np.asarray([f"cluster-{i:0{width}d}" for i in labels], dtype=object)

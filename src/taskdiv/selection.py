@@ -131,7 +131,9 @@ def select(cfg: SelectConfig, pool: Pool | None = None) -> tuple[pd.DataFrame, p
         from .embeddings import cluster_tasks
 
         embeddings = _embed(pool, cfg.embedding_model, getattr(cfg, "engine", "local"))
-        pool = Pool(pool.frame.assign(task=cluster_tasks(embeddings, k, seed=cfg.seed)), pool.source)
+        by_id = np.argsort(pool.ranks(), kind="stable")  # clusters that do not depend on the rows' order
+        pool = Pool(pool.frame.assign(task=cluster_tasks(embeddings, k, seed=cfg.seed, order=by_id)), pool.source,
+                    id_rank=pool.id_rank)
     budget = len(pool) if cfg.budget is None and cfg.strategy == "full" else None
     if budget is None:
         if cfg.budget is None:
