@@ -122,3 +122,16 @@ def test_report_measures_the_saving_against_random_and_coverage_and_kinds(tmp_pa
     line = next(l for l in build_report(tmp_path).splitlines() if l.startswith("| task-diversity | 30 |")
                 and "fewer" in l)
     assert line.endswith("fewer annotations (one seed in a cell: no interval) |"), line
+
+
+def test_report_and_plots_are_written_as_one_set(exp):
+    build_report(exp)
+    before = {p: (exp / p).read_bytes() for p in ("report.md", "accuracy_vs_budget.png", "allocation.png")}
+    (exp / "task_gains.png").unlink()
+    (exp / "task_gains.png").mkdir()  # the last plot cannot be written
+    results = pd.read_csv(exp / "results.csv")
+    results.loc[results["strategy"] == "random", "accuracy"] += 0.1  # a report that would differ
+    results.to_csv(exp / "results.csv", index=False)
+    with pytest.raises(Exception, match="task_gains.png"):
+        build_report(exp)
+    assert {p: (exp / p).read_bytes() for p in before} == before  # nothing half-replaced

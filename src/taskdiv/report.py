@@ -31,7 +31,7 @@ import pandas as pd
 
 from . import analysis
 from .errors import TaskdivError
-from .fileio import atomic_path, check_output_dir, write_table, write_text
+from .fileio import atomic_path, check_output_dir, output_set, write_table
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def _fmt(m, lo, hi) -> str:
     return f"{m:.3f}" if np.isnan(lo) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def plot_accuracy(results: pd.DataFrame, summary: pd.DataFrame, path: Path):
+def plot_accuracy(results: pd.DataFrame, summary: pd.DataFrame, path: Path | None = None):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -197,11 +197,12 @@ def plot_accuracy(results: pd.DataFrame, summary: pd.DataFrame, path: Path):
     ax.set_title("Accuracy against budget (mean and 95% interval over seeds)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    if path is not None:
+        _save(fig, path)
     return fig
 
 
-def plot_allocation(allocations: pd.DataFrame, path: Path):
+def plot_allocation(allocations: pd.DataFrame, path: Path | None = None):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -224,11 +225,12 @@ def plot_allocation(allocations: pd.DataFrame, path: Path):
         ax.set_xlabel("task confidence C_t (mean token probability)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("prompts allocated to the task")
-    _save(fig, path)
+    if path is not None:
+        _save(fig, path)
     return fig
 
 
-def plot_task_gains(per_task: pd.DataFrame, results: pd.DataFrame, path: Path):
+def plot_task_gains(per_task: pd.DataFrame, results: pd.DataFrame, path: Path | None = None):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -251,7 +253,8 @@ def plot_task_gains(per_task: pd.DataFrame, results: pd.DataFrame, path: Path):
     ax.set_yticks(range(len(gains)), gains.index)
     ax.set_title(f"Accuracy gain over the base model per task ({int(budget_n)}-prompt budget; full)")
     fig.colorbar(im, ax=ax, label="accuracy - base accuracy")
-    _save(fig, path)
+    if path is not None:
+        _save(fig, path)
     return fig
 
 
@@ -365,14 +368,30 @@ def build_report(exp: Path) -> str:
             lines.append(f"| {r['strategy']} | {int(r['budget_n'])} | "
                          + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
     lines += ["", "## Plots", "", "![accuracy against budget](accuracy_vs_budget.png)", ""]
-    plot_accuracy(results, summary, exp / "accuracy_vs_budget.png")
-    if plot_allocation(allocations, exp / "allocation.png") is not None:
+    figures = {"accuracy_vs_budget.png": plot_accuracy(results, summary)}
+    if (fig := plot_allocation(allocations)) is not None:
+        figures["allocation.png"] = fig
         lines += ["![allocation against task confidence](allocation.png)", ""]
-    if plot_task_gains(per_task, results, exp / "task_gains.png") is not None:
+    if (fig := plot_task_gains(per_task, results)) is not None:
+        figures["task_gains.png"] = fig
         lines += ["![per-task gains over the base model](task_gains.png)", ""]
     text = "\n".join(lines) + "\n"
-    write_text(exp / "report.md", text)
+    _write_report(exp, text, figures)
     return text
+
+
+def _write_report(exp: Path, text: str, figures: dict) -> None:
+    """report.md and its plots as one unit (fileio.output_set): all of them, or none."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with output_set(*(exp / name for name in figures), exp / "report.md") as tmps:
+            for tmp, fig in zip(tmps, figures.values()):
+                fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+            tmps[-1].write_text(text, encoding="utf-8")
+    finally:
+        for fig in figures.values():
+            plt.close(fig)
 
 
 def run_report(cfg: ReportConfig) -> None:
