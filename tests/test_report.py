@@ -1,4 +1,6 @@
 """`taskdiv report` from fixture experiment tables."""
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -135,3 +137,39 @@ def test_report_and_plots_are_written_as_one_set(exp):
     with pytest.raises(Exception, match="task_gains.png"):
         build_report(exp)
     assert {p: (exp / p).read_bytes() for p in before} == before  # nothing half-replaced
+
+
+def test_headline_puts_experiments_side_by_side(exp, tmp_path, capsys):
+    import shutil
+
+    from taskdiv.report import headline
+
+    other = tmp_path / "other"
+    other.mkdir()
+    results = pd.read_csv(exp / "results.csv")
+    results = results[results["strategy"].isin(["random", "task-diversity", "base"])].copy()
+    td = results["strategy"] == "task-diversity"
+    results.loc[td & (results["budget_n"] == 30), "accuracy"] += 0.025  # half way to random at 60
+    results.loc[td & (results["budget_n"] == 60), "accuracy"] += 0.2  # far above random at 60
+    results.to_csv(other / "results.csv", index=False)
+    text = headline([exp, other])
+    header = text.splitlines()[0]
+    assert header == (f"| strategy | {exp.name}, 30 prompts | {exp.name}, 60 prompts | other, 30 prompts | "
+                      f"other, 60 prompts |")
+    td = next(line for line in text.splitlines() if line.startswith("| task-diversity |"))
+    cells = [c.strip() for c in td.strip("|").split("|")]
+    assert re.fullmatch(r"0\.\d{3} \(\+20\.\d, p=0\.25; 3 seeds\)", cells[4])  # 3 of 3 won: the smallest exact p
+    k_center = next(line for line in text.splitlines() if line.startswith("| k-center |"))
+    assert k_center.rstrip().endswith("|  |  |")  # not run in `other`
+    assert "| full data | 0.620 | 0.620 |  |  |" in text
+    # Random gains 5 points from 30 to 60 prompts: 2.5 points above it at 30 is matched at about
+    # 30 * sqrt(2) = 42 prompts (log interpolation), with a bootstrap interval.
+    saving = re.search(r"- other, task-diversity at 30: random needs (\d+) \[(\d+), (\d+)\]: (\d+)% fewer", text)
+    assert saving and 36 <= int(saving[1]) <= 50 and int(saving[2]) <= int(saving[1]) <= int(saving[3])
+    assert "- other, task-diversity at 60: not matched by random up to 60" in text
+    assert "k-center at" not in text  # savings are given for the task strategies
+    assert main(["report", str(exp), "--compare", str(other)]) == 0
+    assert "other, 60 prompts" in capsys.readouterr().out
+    shutil.rmtree(other)
+    assert main(["report", str(exp), "--compare", str(other)]) == 1
+    assert "results.csv: no such file" in capsys.readouterr().err

@@ -36,6 +36,7 @@ from .fileio import atomic_path, check_output_dir, output_set, write_table
 log = logging.getLogger(__name__)
 
 REFERENCE = ("full", "base")
+TASK_STRATEGIES = ("proportional", "task-diversity", "weighted-task-diversity", "sharp-weighted-task-diversity")
 ORDER = ["random", "proportional", "task-diversity", "weighted-task-diversity", "sharp-weighted-task-diversity",
          "k-center", "uncertainty"]
 
@@ -44,6 +45,9 @@ ORDER = ["random", "proportional", "task-diversity", "weighted-task-diversity", 
 class ReportConfig:
     exp: str | None = field(default=None, metadata={"positional": True, "required": True,
                                                     "help": "Experiment directory (holds results.csv)."})
+    compare: list[str] | None = field(default=None, metadata={
+        "help": "Other experiment directories: also print the headline table of EXP and these side by side "
+                "(accuracy, paired difference against random with its p-value, and the annotation saving)."})
 
 
 def mean_ci(values) -> tuple[float, float, float]:
@@ -268,15 +272,7 @@ def _save(fig, path: Path) -> None:
 
 def build_report(exp: Path) -> str:
     exp = Path(exp)
-    if exp.exists() and not exp.is_dir():
-        raise TaskdivError(f"{exp}: is not a directory (give the experiment directory, which holds results.csv)")
-    path = exp / "results.csv"
-    if not path.exists():
-        raise TaskdivError(f"{path}: no such file (run `taskdiv experiment` first)")
-    results = pd.read_csv(path)
-    missing = {"run", "strategy", "budget", "budget_n", "seed", "accuracy"} - set(results.columns)
-    if missing:
-        raise TaskdivError(f"{path}: missing column(s) {sorted(missing)}")
+    results = _read_results(exp)
     check_output_dir(exp)  # report.md and the plots go beside results.csv
     per_task = pd.read_csv(exp / "per_task.csv") if (exp / "per_task.csv").exists() else pd.DataFrame()
     allocations = pd.read_csv(exp / "allocations.csv") if (exp / "allocations.csv").exists() else pd.DataFrame()
@@ -394,7 +390,75 @@ def _write_report(exp: Path, text: str, figures: dict) -> None:
             plt.close(fig)
 
 
+def _read_results(exp: Path) -> pd.DataFrame:
+    exp = Path(exp)
+    if exp.exists() and not exp.is_dir():
+        raise TaskdivError(f"{exp}: is not a directory (give the experiment directory, which holds results.csv)")
+    path = exp / "results.csv"
+    if not path.exists():
+        raise TaskdivError(f"{path}: no such file (run `taskdiv experiment` first)")
+    results = pd.read_csv(path)
+    missing = {"run", "strategy", "budget", "budget_n", "seed", "accuracy"} - set(results.columns)
+    if missing:
+        raise TaskdivError(f"{path}: missing column(s) {sorted(missing)}")
+    return results
+
+
+def headline(exps) -> str:
+    """Experiments side by side (markdown): for every strategy and every budget at which
+    random and another strategy both ran, the mean accuracy over seeds, and for the
+    others the paired difference against random in points with its permutation-test
+    p-value; then the annotation saving of each task strategy where random ran at
+    several budgets."""
+    columns, cells, notes = [], {}, []
+    strategies: list[str] = []
+    for exp in map(Path, exps):
+        results = _read_results(exp)
+        summary = summary_table(results)
+        paired = paired_vs_random(results)
+        others = results[~results["strategy"].isin(("random",) + REFERENCE)]
+        budgets = sorted(set(others["budget_n"]) & set(results.loc[results["strategy"] == "random", "budget_n"]))
+        strategies += [s for s in _strategies(results) if s not in strategies]
+        for b in budgets:
+            col = f"{exp.name}, {int(b)} prompts"
+            columns.append(col)
+            for _, r in summary[summary["budget_n"] == b].iterrows():
+                text = f"{r['mean']:.3f}"
+                pair = paired[(paired["strategy"] == r["strategy"]) & (paired["budget_n"] == b)] \
+                    if len(paired) else paired
+                seeds = f"{int(r['seeds'])} seed" + ("s" if r["seeds"] != 1 else "")
+                if len(pair) and pair["pairs"].iloc[0] >= 2:
+                    p = pair.iloc[0]
+                    text += f" ({100 * p['diff']:+.1f}, p={p['p_perm']:.2f}; {seeds})"
+                else:
+                    text += f" ({seeds})"
+                cells[(r["strategy"], col)] = text
+            for ref in REFERENCE:
+                values = results.loc[results["strategy"] == ref, "accuracy"]
+                if len(values):
+                    cells[(ref, col)] = f"{values.mean():.3f}"
+        saving = saving_vs_random(results)
+        rand_budgets = sorted(results.loc[results["strategy"] == "random", "budget_n"].unique())
+        for _, r in saving.iterrows() if len(saving) else ():
+            if r["budget_n"] in budgets and r["strategy"] in TASK_STRATEGIES:
+                notes.append(f"- {exp.name}, {r['strategy']} at {int(r['budget_n'])}: "
+                             + _fmt_match(r, int(rand_budgets[0]), int(rand_budgets[-1])))
+    lines = ["| strategy | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for strategy in strategies + [r for r in REFERENCE if any((r, c) in cells for c in columns)]:
+        label = {"full": "full data", "base": "base model"}.get(strategy, strategy)
+        lines.append(f"| {label} | " + " | ".join(cells.get((strategy, c), "") for c in columns) + " |")
+    lines += ["", "Mean held-out accuracy over seeds; in brackets the paired difference against random at "
+                  "the same budget and seed, in points, and its exact permutation-test p-value."]
+    if notes:
+        lines += ["", "Annotation saving of the task strategies against random (the random budget that matches "
+                      "them, interpolated in log budget; 95% intervals from resampling the seeds):", *notes]
+    return "\n".join(lines) + "\n"
+
+
 def run_report(cfg: ReportConfig) -> None:
     text = build_report(Path(cfg.exp))
     print(text)
     print(f"wrote {Path(cfg.exp) / 'report.md'} and its plots")
+    if cfg.compare:
+        print("\n## Side by side\n")
+        print(headline([cfg.exp, *cfg.compare]))
