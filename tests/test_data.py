@@ -349,3 +349,19 @@ def test_jsonl_read_in_pieces_equals_one_read(tmp_path, monkeypatch):
     path.write_text(path.read_text() + '{"id": "x", "prompt": " ", "task": "t"}\n')
     with pytest.raises(DataError, match=r"line 41, field 'prompt'"):
         load_pool(str(path))
+
+
+def test_jsonl_without_memory_maps_is_read_whole(tmp_path, monkeypatch):
+    import mmap
+
+    import taskdiv.data as data
+
+    path = write_jsonl(tmp_path / "p.jsonl", ROWS)
+    expected = load_pool(str(path)).frame
+
+    def refuse(*args, **kwargs):
+        raise OSError(19, "No such device")  # what mmap says on a file system that cannot map
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    monkeypatch.setattr(data, "JSONL_PIECE", 40)
+    pd.testing.assert_frame_equal(load_pool(str(path)).frame, expected)

@@ -331,7 +331,10 @@ def _read_jsonl_arrow(path: Path):
     import pyarrow.json as pj
 
     with open(path, "rb") as f:
-        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            data, mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), True
+        except (OSError, ValueError):  # a file system without memory maps: read it whole
+            data, mapped = f.read(), False
     try:
         whole = pa.py_buffer(data)
         tables, breaks, start, size = [], 0, 0, len(data)
@@ -352,7 +355,7 @@ def _read_jsonl_arrow(path: Path):
                 tables.append(table)
             del piece
             low, high = start - start % mmap.PAGESIZE, end - end % mmap.PAGESIZE
-            if high > low:
+            if high > low and mapped and hasattr(mmap, "MADV_DONTNEED"):
                 data.madvise(mmap.MADV_DONTNEED, low, high - low)  # out of the resident set; the file stays
             start = end
         # pyarrow skips blank lines, which would shift the line numbers errors report: the
@@ -362,7 +365,8 @@ def _read_jsonl_arrow(path: Path):
         del whole
     finally:
         try:
-            data.close()
+            if mapped:
+                data.close()
         except BufferError:  # a view still held by an exception in flight: closed when collected
             pass
     if not tables:
