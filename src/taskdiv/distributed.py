@@ -16,9 +16,11 @@ Both engines therefore run the very same batches, and give the same numbers.
 Shards and resume. An actor writes each finished shard to SHARDS/ (default OUT/shards;
 any path every node can reach, or a URI such as s3://bucket/run/shards) through pyarrow's
 filesystem layer: a temporary file, then a move. A shard's name is the settings key of
-the run plus the sha256 of its prompts' hashes in order, so a retried shard (Ray restarts
-a killed actor, `max_restarts`, and retries its task, `max_task_retries`) rewrites the
-same file and can never be counted twice; an actor skips a shard that already exists.
+the run plus the sha256 of its prompts' hashes in order, so a retried shard (Ray Data
+restarts a killed actor and retries its task: its actor pools default to unlimited
+`max_restarts` and `max_task_retries`) rewrites the same file and can never be counted
+twice; an actor skips a shard that already exists. An exception raised by the scorer
+itself is not retried: it fails the run with its message.
 The driver copies every finished shard into OUT/cache.sqlite as it arrives and notes its
 name there, and at the start of a run it copies the shards it has not seen yet (those a
 killed driver left behind) and says how many it reused.
@@ -360,7 +362,10 @@ class RayScorer:
                                 # One shard running and one queued per actor: no idle gap, and no
                                 # actor hoards shards while another waits.
                                 compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=2),
-                                num_gpus=self.cfg.gpus_per_worker or None, max_restarts=3, max_task_retries=3)
+                                # A killed actor is restarted and its shard retried: Ray Data's own
+                                # actor fault tolerance (max_restarts and max_task_retries of -1, its
+                                # defaults; passing them is deprecated from Ray 2.60).
+                                num_gpus=self.cfg.gpus_per_worker or None)
         log.info("scoring %d prompt(s) in %d shard(s) on %d Ray worker(s); shards in %s", len(order), len(blocks),
                  workers, self.uri)
         started = time.perf_counter()
@@ -430,8 +435,7 @@ def embed_batches(texts: dict[str, str], model: str, *, batch_size: int, address
                                                          "threads": cpus_per_worker},
                          batch_size=chunk, batch_format="numpy", num_cpus=cpus_per_worker,
                          num_gpus=gpus_per_worker or None,
-                         compute=ray.data.ActorPoolStrategy(size=min(workers, len(items) // chunk + 1)),
-                         max_restarts=3, max_task_retries=3)
+                         compute=ray.data.ActorPoolStrategy(size=min(workers, len(items) // chunk + 1)))
     log.info("embedding %d prompt(s) with %s on %d Ray worker(s)", len(items), model, workers)
     for batch in out.iter_batches(batch_format="numpy", batch_size=None):
         yield [str(k) for k in batch["key"]], np.stack(list(batch["vec"])).astype(np.float32)
