@@ -32,11 +32,11 @@ import pandas as pd
 from . import analysis
 from .errors import TaskdivError
 from .fileio import atomic_path, check_output_dir, output_set, write_table
+from .strategies import STRATEGIES, is_task_strategy
 
 log = logging.getLogger(__name__)
 
 REFERENCE = ("full", "base")
-TASK_STRATEGIES = ("proportional", "task-diversity", "weighted-task-diversity", "sharp-weighted-task-diversity")
 ORDER = ["random", "proportional", "task-diversity", "weighted-task-diversity", "sharp-weighted-task-diversity",
          "k-center", "uncertainty"]
 
@@ -266,8 +266,12 @@ def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+        _savefig(fig, tmp)
     plt.close(fig)
+
+
+def _savefig(fig, target) -> None:
+    fig.savefig(target, dpi=110, bbox_inches="tight", format="png")
 
 
 def build_report(exp: Path) -> str:
@@ -383,7 +387,7 @@ def _write_report(exp: Path, text: str, figures: dict) -> None:
     try:
         with output_set(*(exp / name for name in figures), exp / "report.md") as tmps:
             for tmp, fig in zip(tmps, figures.values()):
-                fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+                _savefig(fig, tmp)
             tmps[-1].write_text(text, encoding="utf-8")
     finally:
         for fig in figures.values():
@@ -440,7 +444,7 @@ def headline(exps) -> str:
         saving = saving_vs_random(results)
         rand_budgets = sorted(results.loc[results["strategy"] == "random", "budget_n"].unique())
         for _, r in saving.iterrows() if len(saving) else ():
-            if r["budget_n"] in budgets and r["strategy"] in TASK_STRATEGIES:
+            if r["budget_n"] in budgets and r["strategy"] in STRATEGIES and is_task_strategy(r["strategy"]):
                 notes.append(f"- {exp.name}, {r['strategy']} at {int(r['budget_n'])}: "
                              + _fmt_match(r, int(rand_budgets[0]), int(rand_budgets[-1])))
     lines = ["| strategy | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
