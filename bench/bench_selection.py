@@ -8,8 +8,9 @@
    cores), after checking it picks the same points as the naive reference.
 3. FLAN scale: the same selection on 10,000,000 prompts in 100,000 tasks, from Parquet
    and from JSONL. Each measure runs in a fresh process (the fastest of 2 tries), and its
-   peak RSS is that process's own VmHWM: the bare pyarrow read of the file, `load_pool`, and
-   `select` end to end. Targets: select at most 2x the bare read, peak RSS at most 4 GB.
+   peak RSS is that process's own VmHWM: the bare pyarrow read of the file, the bare read of
+   the file and of the scores file together (select's two inputs), `load_pool`, and `select`
+   end to end. Targets: select at most 2x the bare read, peak RSS at most 4 GB.
 
     python bench/bench_selection.py [--part select|k-center|scale] [--n 10000000 --tasks 100000]
 """
@@ -130,9 +131,11 @@ if what != "bare":
     from taskdiv.data import load_pool
     from taskdiv.selection import SelectConfig, select, write_selection
 t = time.perf_counter()
-if what == "bare":
+if what in ("bare", "inputs"):
     n = (pj.read_json(f"{root}/pool.jsonl", read_options=pj.ReadOptions(block_size=1 << 24)) if fmt == "jsonl"
          else pq.read_table(f"{root}/pool.parquet")).num_rows
+    if what == "inputs":  # what select must read besides the pool: 10M ids and confidences
+        n += pq.read_table(f"{root}/scores.parquet").num_rows
 elif what == "load":
     n = len(load_pool(f"{root}/pool.{fmt}"))
 else:
@@ -171,13 +174,16 @@ def bench_scale(n: int, tasks: int):
               f"{(root / 'pool.parquet').stat().st_size / 1e6:.0f} MB Parquet, "
               f"{(root / 'pool.jsonl').stat().st_size / 1e6:.0f} MB JSONL", flush=True)
         for fmt in ("parquet", "jsonl"):
-            r = {what: measure(what, root, fmt) for what in ("bare", "load", "select")}
+            r = {what: measure(what, root, fmt) for what in ("bare", "inputs", "load", "select")}
             ratio = r["select"]["seconds"] / r["bare"]["seconds"]
             print(f"  {fmt:7s}: bare pyarrow read {r['bare']['seconds']:6.1f} s ({r['bare']['rss_gb']:.2f} GB peak); "
                   f"load_pool {r['load']['seconds']:6.1f} s ({r['load']['rss_gb']:.2f} GB); "
                   f"select end to end {r['select']['seconds']:6.1f} s ({r['select']['rss_gb']:.2f} GB): "
                   f"{ratio:.1f}x the bare read (target <= 2x), peak {r['select']['rss_gb']:.2f} GB (target <= 4 GB)",
                   flush=True)
+            print(f"  {'':7s}  bare read of the pool and of scores.parquet (10M ids), which select also reads: "
+                  f"{r['inputs']['seconds']:.1f} s; select is {r['select']['seconds'] / r['inputs']['seconds']:.1f}x "
+                  f"that", flush=True)
 
 
 if __name__ == "__main__":
