@@ -79,7 +79,8 @@ def build(cls, namespace: argparse.Namespace | dict | None = None, config_file: 
     for f in dataclasses.fields(cls):
         if f.name in values:
             values[f.name] = _coerce(values[f.name], hints[f.name], f.name, config_file)
-        elif f.metadata.get("required") or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING):
+        elif f.metadata.get("required") or (f.default is dataclasses.MISSING
+                                              and f.default_factory is dataclasses.MISSING):
             flag = f.name.upper() if f.metadata.get("positional") else "--" + f.name.replace("_", "-")
             raise TaskdivError(f"missing required {flag}")
         if f.name in SEED_FIELDS and values.get(f.name) is not None:

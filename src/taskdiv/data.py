@@ -46,7 +46,8 @@ OPTIONAL_COLUMNS = ("response", "choices", "targets")
 class FieldMap:
     """Which source fields hold the id, prompt, task and response."""
 
-    id_field: str = field(default="id", metadata={"help": "Source field holding the prompt id (generated when absent)."})
+    id_field: str = field(default="id", metadata={
+        "help": "Source field holding the prompt id (generated when absent)."})
     prompt_field: str = field(default="prompt", metadata={"help": "Source field holding the prompt text."})
     task_field: str = field(default="task", metadata={"help": "Source field holding the task label (Dolly: category)."})
     response_field: str = field(default="response", metadata={"help": "Source field holding the reference response."})

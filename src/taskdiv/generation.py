@@ -99,7 +99,8 @@ class Scorer:
 
     def __init__(self, cfg: ScoreConfig, ref, tokenizer, chat: bool, max_prompt: int, cache: ScoreCache,
                  model=None):
-        self.cfg, self.ref, self.tok, self.chat, self.max_prompt, self.cache = cfg, ref, tokenizer, chat, max_prompt, cache
+        self.cfg, self.ref, self.tok, self.chat = cfg, ref, tokenizer, chat
+        self.max_prompt, self.cache = max_prompt, cache
         self.model = model  # loaded on first need, then kept for the later rounds of this run
         self.computed = 0
         self.seconds = 0.0

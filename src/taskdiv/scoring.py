@@ -73,7 +73,8 @@ class ScoreConfig(PoolOptions, RayOptions):
     dtype: str = field(default="auto", metadata={
         "choices": ["auto", "float32", "bfloat16"],
         "help": "Weights and compute dtype; auto = bfloat16 where the hardware supports it, else float32."})
-    max_new_tokens: int = field(default=32, metadata={"help": "Greedy tokens generated per prompt (EOS stops earlier)."})
+    max_new_tokens: int = field(default=32, metadata={
+        "help": "Greedy tokens generated per prompt (EOS stops earlier)."})
     batch_size: int = field(default=16, metadata={"help": "Prompts per batch (sorted by length, left padded)."})
     max_prompt_tokens: int | None = field(default=None, metadata={
         "help": "Longer prompts are truncated from the left (default: the model's context minus "

@@ -110,8 +110,8 @@ class Strategy:
         if budget <= 0:
             raise TaskdivError(f"budget must be positive, got {budget}")
         if budget > available:
-            raise TaskdivError(f"budget {budget} is larger than the pool: {available} prompt(s) can be chosen"
-                               + (f" ({int(excluded.sum())} of {len(pool)} already annotated)" if excluded.any() else ""))
+            taken = f" ({int(excluded.sum())} of {len(pool)} already annotated)" if excluded.any() else ""
+            raise TaskdivError(f"budget {budget} is larger than the pool: {available} prompt(s) can be chosen{taken}")
         self.check_needs({need for need in NEEDS if getattr(inputs, need) is not None})
         positions, allocation = self._select(pool, budget, inputs, excluded)
         positions = np.asarray(positions, dtype=np.int64)

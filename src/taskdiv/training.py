@@ -383,4 +383,5 @@ def run_train(cfg: TrainConfig) -> None:
     if losses:
         k = max(1, len(losses) // 10)
         print(f"loss: first {sum(losses[:k]) / k:.4f}, last {sum(losses[-k:]) / k:.4f} ({len(losses)} steps)")
-    print(f"run: {run} (adapter: {run / 'adapter'}{', merged: ' + str(run / 'merged') if (run / 'merged').exists() else ''})")
+    merged = f", merged: {run / 'merged'}" if (run / "merged").exists() else ""
+    print(f"run: {run} (adapter: {run / 'adapter'}{merged})")

@@ -126,5 +126,6 @@ def run_oracle(cfg: OracleConfig) -> None:
                         f"{examples(blank)}", file=cfg.pool, field=cfg.response_field)
     items = [Item(id=i, prompt=frame.at[i, "prompt"], answers=[Answer(r, "submitted", annotator="oracle")])
              for i, r in zip(ids, responses)]
-    report = ingest(items, selection, cfg.out, cfg.store, source=str(cfg.pool), fmt="oracle", selection_path=str(cfg.selection))
+    report = ingest(items, selection, cfg.out, cfg.store, source=str(cfg.pool), fmt="oracle",
+                    selection_path=str(cfg.selection))
     print_report(report)
