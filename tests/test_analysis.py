@@ -30,7 +30,7 @@ def test_random_budget_to_match_interpolates_in_log_budget():
     random = {100: np.array([0.40]), 200: np.array([0.44]), 400: np.array([0.48])}
     assert analysis.random_budget_to_match(0.46, random) == pytest.approx(200 * np.sqrt(2))
     assert analysis.random_budget_to_match(0.44, random) == pytest.approx(200)
-    assert analysis.random_budget_to_match(0.39, random) == 100   # matched at the smallest budget
+    assert analysis.random_budget_to_match(0.39, random) == -np.inf   # at the smallest budget or below
     assert analysis.random_budget_to_match(0.50, random) == np.inf
 
 
@@ -45,6 +45,10 @@ def test_saving_vs_random_with_interval():
     # Better than random at every budget: no match, and the upper end of the saving is 100%.
     never = analysis.saving_vs_random([0.60, 0.61, 0.62], 100, random, n_boot=200)
     assert never["match"] == np.inf and np.isnan(never["saving"]) and never["saving_high"] == 1.0
+    # Worse than random at its smallest budget: matched there or below, so nothing is measured
+    # (not a saving of 1 - 50/100 from a strategy run at half random's smallest budget).
+    below = analysis.saving_vs_random([0.30, 0.31, 0.32], 50, random, n_boot=200)
+    assert below["match"] == -np.inf and below["low"] == -np.inf and np.isnan(below["saving"])
 
 
 def test_coverage_counts_tasks_without_examples():

@@ -118,8 +118,23 @@ def test_report_measures_the_saving_against_random_and_coverage_and_kinds(tmp_pa
     assert "## Accuracy by kind of task" in text and "yes/no (1) | multiple choice (1) | generative (1)" in text
     assert "not run" in text   # task-diversity at 60 and 120
     assert "no interval" not in text and "fewer annotations [" in line
-    # With one seed in a cell there is nothing to resample: the saving comes without an interval.
+    # Random at 120 with seed 0 only (as a 4x cell run on one seed) does not void the interval
+    # of a match between 30 and 60.
     results = pd.read_csv(tmp_path / "results.csv")
+    results[(results["strategy"] != "random") | (results["budget_n"] < 120) | (results["seed"] == 0)].to_csv(
+        tmp_path / "results.csv", index=False)
+    line = next(l for l in build_report(tmp_path).splitlines() if l.startswith("| task-diversity | 30 |")
+                and "fewer" in l)
+    assert "fewer annotations [" in line, line
+    # A strategy run below random's smallest budget that random there beats: not measured,
+    # rather than a saving of 1 - 15/30.
+    low = pd.DataFrame([{"run": f"task-diversity-15-s{s}", "strategy": "task-diversity", "budget": "15",
+                         "budget_n": 15, "seed": s, "accuracy": 0.30} for s in range(5)])
+    pd.concat([results, low]).to_csv(tmp_path / "results.csv", index=False)
+    line = next(l for l in build_report(tmp_path).splitlines() if l.startswith("| task-diversity | 15 |")
+                and "random" in l)
+    assert "not measured: random already matches it at its smallest budget, 30" in line, line
+    # With one seed in a cell there is nothing to resample: the saving comes without an interval.
     results[results["seed"] == 0].to_csv(tmp_path / "results.csv", index=False)
     line = next(l for l in build_report(tmp_path).splitlines() if l.startswith("| task-diversity | 30 |")
                 and "fewer" in l)

@@ -53,14 +53,14 @@ def permutation_test(diffs, *, n_resamples: int = 20000, seed: int = 0) -> float
 def random_budget_to_match(target_acc, random_acc: dict[int, np.ndarray]) -> float:
     """The random budget at which random selection's mean accuracy reaches `target_acc`:
     the first measured budget whose mean reaches it, interpolated linearly in log budget
-    from the budget before. The smallest measured budget if that already matches; inf if
-    no measured budget does."""
+    from the budget before. -inf if the smallest measured budget already matches (random
+    matches it there or below: nothing was measured below), inf if no measured budget does."""
     budgets = sorted(random_acc)
     means = [float(np.nanmean(random_acc[b])) for b in budgets]
     for i, (b, m) in enumerate(zip(budgets, means)):
         if m >= target_acc:
             if i == 0:
-                return float(b)
+                return float("-inf")
             b0, m0 = budgets[i - 1], means[i - 1]
             frac = (target_acc - m0) / (m - m0)
             return float(math.exp(math.log(b0) + frac * (math.log(b) - math.log(b0))))
@@ -70,7 +70,11 @@ def random_budget_to_match(target_acc, random_acc: dict[int, np.ndarray]) -> flo
 def saving_vs_random(strategy_acc, budget: int, random_acc: dict[int, np.ndarray], *,
                      n_boot: int = 2000, seed: int = 0) -> dict:
     """The random budget matching a strategy's mean accuracy at `budget`, and the saving
-    1 - budget / that, with 95% intervals from resampling the seeds of every cell."""
+    1 - budget / that, with 95% intervals from resampling the seeds of every cell.
+
+    The matching budget and its bounds are -inf where random matches at or below its
+    smallest measured budget and inf where it matches at none; the saving is then NaN,
+    except that an unmatched upper end bounds it by 100%."""
     strategy_acc = np.asarray(strategy_acc, dtype=float)
     strategy_acc = strategy_acc[~np.isnan(strategy_acc)]
     random_acc = {b: np.asarray(v, dtype=float)[~np.isnan(np.asarray(v, dtype=float))]
@@ -85,7 +89,8 @@ def saving_vs_random(strategy_acc, budget: int, random_acc: dict[int, np.ndarray
     for i in range(n_boot):
         target = rng.choice(strategy_acc, len(strategy_acc)).mean()
         boots[i] = random_budget_to_match(target, {b: rng.choice(v, len(v)) for b, v in random_acc.items()})
-    # Order statistics, not interpolation: the draws may be inf (random never matched).
+    # Order statistics, not interpolation: the draws may be +-inf (matched below or above
+    # the measured budgets).
     low, high = np.quantile(boots, 0.025, method="lower"), np.quantile(boots, 0.975, method="higher")
 
     def saving(match):

@@ -106,16 +106,28 @@ def saving_vs_random(results: pd.DataFrame) -> pd.DataFrame:
     rand = results[results["strategy"] == "random"]
     if rand["budget_n"].nunique() < 2:
         return pd.DataFrame()
-    random_acc = {int(b): g["accuracy"].to_numpy() for b, g in rand.groupby("budget_n")}
+    random_acc = {int(b): g["accuracy"].dropna().to_numpy() for b, g in rand.groupby("budget_n")}
     rows = []
     for strategy in _strategies(results):
         if strategy == "random":
             continue
         for budget_n, group in results[results["strategy"] == strategy].groupby("budget_n"):
+            out = analysis.saving_vs_random(group["accuracy"].to_numpy(), int(budget_n), random_acc)
+            # The seeds behind the interval: the strategy's cell and the two random cells that
+            # bracket the match (a one-seed cell elsewhere, e.g. random at 4x with seed 0
+            # only, does not void it).
+            cells = [random_acc[b] for b in _bracket(sorted(random_acc), out["match"])]
             rows.append({"strategy": strategy, "budget_n": int(budget_n),
-                         "seeds": min(len(group), *(len(v) for v in random_acc.values())),
-                         **analysis.saving_vs_random(group["accuracy"].to_numpy(), int(budget_n), random_acc)})
+                         "seeds": min(int(group["accuracy"].notna().sum()), *(len(v) for v in cells)), **out})
     return pd.DataFrame(rows)
+
+
+def _bracket(budgets: list[int], match: float) -> list[int]:
+    """The measured budgets on either side of a matching budget (one at an end)."""
+    if not np.isfinite(match):
+        return [budgets[0] if match < 0 else budgets[-1]]
+    above = next(i for i, b in enumerate(budgets) if b >= match)
+    return budgets[max(above - 1, 0):above + 1] if budgets[above] > match else [budgets[above]]
 
 
 def _by_budget_then_strategy(table: pd.DataFrame, strategies: list[str]) -> pd.DataFrame:
@@ -125,17 +137,26 @@ def _by_budget_then_strategy(table: pd.DataFrame, strategies: list[str]) -> pd.D
 
 
 def _fmt_match(r, smallest: int, largest: int) -> str:
-    if not np.isfinite(r["match"]):
+    if np.isnan(r["match"]):
+        return "no accuracy to match"
+    if r["match"] == np.inf:
         return f"not matched by random up to {largest}"
+    if r["match"] == -np.inf:  # random's smallest budget already matches it
+        if r["budget_n"] >= smallest:
+            return f"none: random matches it at the same budget or less (already at {smallest})"
+        return (f"not measured: random already matches it at its smallest budget, {smallest}, "
+                f"and was not run below that")
     if r["match"] <= r["budget_n"]:
-        return "none: random matches it at the same budget or less" + (
-            f" (already at {smallest})" if r["match"] == smallest else f" ({r['match']:.0f})")
+        return f"none: random matches it at the same budget or less ({r['match']:.0f})"
     if r.get("seeds", 2) < 2:  # resampling one seed gives no interval
         return (f"random needs {r['match']:.0f}: {100 * r['saving']:.0f}% fewer annotations "
                 f"(one seed in a cell: no interval)")
-    hi = f"> {largest}" if not np.isfinite(r["high"]) else f"{r['high']:.0f}"
-    return (f"random needs {r['match']:.0f} [{r['low']:.0f}, {hi}]: {100 * r['saving']:.0f}% fewer annotations "
-            f"[{100 * r['saving_low']:.0f}%, {100 * r['saving_high']:.0f}%]")
+    # Ends of the interval beyond the measured budgets are bounds, not values.
+    lo, lo_saving = ((f"<= {smallest}", f"<= {100 * (1 - r['budget_n'] / smallest):.0f}%") if r["low"] == -np.inf
+                     else (f"{r['low']:.0f}", f"{100 * r['saving_low']:.0f}%"))
+    hi = f"> {largest}" if r["high"] == np.inf else f"{r['high']:.0f}"
+    return (f"random needs {r['match']:.0f} [{lo}, {hi}]: {100 * r['saving']:.0f}% fewer annotations "
+            f"[{lo_saving}, {100 * r['saving_high']:.0f}%]")
 
 
 def task_kinds(exp: Path) -> pd.DataFrame | None:
@@ -244,7 +265,11 @@ def plot_task_gains(per_task: pd.DataFrame, results: pd.DataFrame, path: Path | 
     if base_runs.empty or per_task.empty:
         return None
     base = per_task[per_task["run"].isin(base_runs)].groupby("task")["accuracy"].mean()
-    budget_n = results.loc[~results["strategy"].isin(REFERENCE), "budget_n"].max()
+    # The largest budget the task strategies ran at (random alone at a larger one, run to
+    # measure the saving, would leave one column); any strategy's if none ran.
+    ran = results[~results["strategy"].isin(REFERENCE)]
+    task_runs = ran[ran["strategy"].map(lambda s: s in STRATEGIES and is_task_strategy(s))]
+    budget_n = (task_runs if len(task_runs) else ran)["budget_n"].max()
     runs = results[(results["budget_n"] == budget_n) | (results["strategy"] == "full")]
     merged = per_task.merge(runs[["run", "strategy"]], on="run")
     gains = merged.groupby(["task", "strategy"])["accuracy"].mean().unstack("strategy").sub(base, axis=0)
