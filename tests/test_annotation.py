@@ -518,3 +518,96 @@ def test_format_contract(name, selection, tmp_path):
     sft = tmp_path / "ann" / "sft.jsonl"
     assert _run("annotate", "import", _answer, "--format", name, "--selection", selection, "--out", sft) == 0
     assert {r["id"]: r["response"] for r in _jsonl(sft)} == answers
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+
+def test_answer_without_time_replaces_a_timed_one_but_an_old_file_reimported_does_not(selection, tmp_path):
+    ids = [r["id"] for r in _jsonl(selection)]
+    out = tmp_path / "ann" / "sft.jsonl"
+    timed = _answers(tmp_path / "ls.jsonl", [{"id": ids[0], "response": "6", "submitted_at": "2024-01-02T10:00:00Z"}])
+    assert _import(tmp_path, selection, timed, "jsonl") == 0
+    # A correction from a tool that records no time: the latest thing the user did, so it wins.
+    fix = _answers(tmp_path / "fix.jsonl", [{"id": ids[0], "response": "3 + 3 = 6"}])
+    assert _import(tmp_path, selection, fix, "jsonl") == 0
+    assert json.loads((tmp_path / "ann" / "import-round-2.json").read_text())["replaced"] == [ids[0]]
+    # Timeless rounds: r1, then r2 corrects it, then r1 is imported again by mistake.
+    r1 = _answers(tmp_path / "r1.jsonl", [{"id": ids[1], "response": "yes"}])
+    r2 = _answers(tmp_path / "r2.jsonl", [{"id": ids[1], "response": "Yes."}])
+    for f in (r1, r2):
+        assert _import(tmp_path, selection, f, "jsonl") == 0
+    assert _import(tmp_path, selection, r1, "jsonl") == 0
+    answers = {r["id"]: r["response"] for r in _jsonl(out)}
+    assert answers == {ids[0]: "3 + 3 = 6", ids[1]: "Yes."}, "the re-import of r1 rolled r2 back"
+    assert not (tmp_path / "ann" / "import-round-5.json").exists()
+    # An earlier answer with a newer time than the stored one is a deliberate revert: it wins.
+    revert = _answers(tmp_path / "rev.jsonl", [{"id": ids[0], "response": "6", "submitted_at": "2030-01-01T00:00:00Z"}])
+    assert _import(tmp_path, selection, revert, "jsonl") == 0
+    assert {r["id"]: r["response"] for r in _jsonl(out)}[ids[0]] == "6"
+
+
+def test_import_keeps_the_mode_of_the_files_it_replaces(selection, tmp_path):
+    ids = [r["id"] for r in _jsonl(selection)]
+    assert _import(tmp_path, selection, _answers(tmp_path / "a.jsonl", [{"id": ids[0], "response": "x"}]),
+                   "jsonl") == 0
+    store_file, sft = tmp_path / "ann" / "annotations.jsonl", tmp_path / "ann" / "sft.jsonl"
+    store_file.chmod(0o664)  # a store shared by a group
+    sft.chmod(0o640)
+    assert _import(tmp_path, selection, _answers(tmp_path / "b.jsonl", [{"id": ids[1], "response": "y"}]),
+                   "jsonl") == 0
+    assert len(_jsonl(store_file)) == 2
+    assert (store_file.stat().st_mode & 0o777, sft.stat().st_mode & 0o777) == (0o664, 0o640)
+
+
+def test_two_imports_into_one_store_at_once_both_land(selection, tmp_path):
+    """The import holds a lock from reading the store to writing it: a second import that
+    holds it (here this test, in the middle of its own read-modify-write) is waited for."""
+    import threading
+    import time
+
+    from taskdiv.fileio import locked
+
+    ids = [r["id"] for r in _jsonl(selection)]
+    assert _import(tmp_path, selection, _answers(tmp_path / "a.jsonl", [{"id": ids[0], "response": "x"}]),
+                   "jsonl") == 0
+    store_file = tmp_path / "ann" / "annotations.jsonl"
+    other = {**_jsonl(store_file)[0], "id": ids[1], "response": "from the other import", "round": 2}
+    with locked(tmp_path / "ann", "a concurrent import"):
+        worker = threading.Thread(target=_import, args=(
+            tmp_path, selection, _answers(tmp_path / "b.jsonl", [{"id": ids[2], "response": "z"}]), "jsonl"))
+        worker.start()
+        time.sleep(1.0)
+        assert worker.is_alive(), "the import did not wait for the lock"
+        store_file.write_text(store_file.read_text() + json.dumps(other) + "\n")  # the other import's write
+    worker.join(30)
+    assert [r["id"] for r in _jsonl(store_file)] == [ids[0], ids[1], ids[2]]
+    assert [r["round"] for r in _jsonl(store_file)] == [1, 2, 3]
+
+
+def test_label_studio_csv_export_and_renamed_textarea_are_named(selection, tmp_path, capsys):
+    csv = tmp_path / "export.csv"
+    csv.write_text("id,prompt,response,annotator\n1,What is 2+2?,4,1\n")
+    assert _import(tmp_path, selection, csv) == 1
+    err = capsys.readouterr().err
+    assert str(csv) in err and "CSV or TSV" in err and "JSON format" in err
+    export = json.loads((DATA / "label_studio_export.json").read_text())
+    for task in export:
+        for ann in task["annotations"]:
+            for res in ann["result"]:
+                res["from_name"] = "answer"
+    renamed = tmp_path / "renamed.json"
+    renamed.write_text(json.dumps(export))
+    assert _run("annotate", "import", renamed, "--format", "label-studio", "--selection",
+                DATA / "label_studio_selection.jsonl", "--out", tmp_path / "ann" / "sft.jsonl") == 1
+    err = capsys.readouterr().err
+    assert str(renamed) in err and "from 'answer'" in err and 'name="response"' in err
+    assert not (tmp_path / "ann").exists()
+
+
+def test_argilla_export_into_a_symlinked_directory(selection, tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    assert _run("annotate", "export", selection, "--format", "argilla", "--out", tmp_path / "link") == 0
+    assert (tmp_path / "link").is_symlink() and (real / "records.json").exists()

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -52,8 +53,7 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
-        # mkstemp makes the file private (0600); give it the usual umask-based mode.
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, _mode_for(path))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -61,10 +61,26 @@ def atomic_path(path: str | os.PathLike):
         raise
 
 
+def _mode_for(path: Path) -> int:
+    """The mode a rewritten file gets: the mode of the file it replaces (a shared store stays
+    group-writable, a private one private), else the usual umask-based one (mkstemp makes
+    files 0600)."""
+    try:
+        if not path.is_symlink():
+            return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        pass
+    return 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike):
-    """Yield a staging directory next to `target`; on success it replaces `target`."""
+    """Yield a staging directory next to `target`; on success it replaces `target`.
+    A `target` that is a symbolic link to a directory is written through: the directory it
+    points to is replaced and the link kept."""
     target = Path(target)
+    if target.is_symlink():
+        target = target.resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     try:
@@ -81,7 +97,8 @@ def atomic_dir(target: str | os.PathLike):
 # ----------------------------------------------------------------------------- output checks and sets
 
 
-def _nearest_existing(path: Path) -> Path:
+def nearest_existing(path: Path) -> Path:
+    """`path` or its nearest parent that exists (a symbolic link counts)."""
     for p in (path, *path.parents):
         if p.exists() or p.is_symlink():
             return p
@@ -118,7 +135,7 @@ def check_output_dir(out, names=(), *, what=None) -> Path:
                 raise TaskdivError(f"{out / name}: is a directory where taskdiv writes a file; remove it "
                                    f"or choose another output directory")
         return out
-    parent = _nearest_existing(out.parent)
+    parent = nearest_existing(out.parent)
     if not parent.is_dir():
         raise TaskdivError(f"{what}: cannot create {out}: {parent} is not a directory")
     _probe(parent, what)
@@ -167,9 +184,8 @@ def output_set(*paths):
 
 
 def _commit(tmps: list[Path], targets: list[Path]) -> None:
-    mode = 0o666 & ~_umask()  # mkstemp makes files private (0600)
-    for tmp in tmps:
-        os.chmod(tmp, mode)
+    for tmp, t in zip(tmps, targets):
+        os.chmod(tmp, _mode_for(t))
     backups: list[Path | None] = []
     done = 0
     try:

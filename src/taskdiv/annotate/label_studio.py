@@ -85,6 +85,11 @@ def read(path: Path) -> list[Item]:
     """
     if path.is_dir():
         raise TaskdivError(f"{path} is a directory; --format label-studio reads the JSON export file")
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head and head[:1] not in (b"[", b"{"):  # Label Studio's CSV or TSV export, or another file
+        raise DataError("not a Label Studio JSON export: it does not start with '[' (is it the CSV or TSV "
+                        "export?); export the project with the JSON format, not CSV, TSV or JSON_MIN", file=path)
     data = read_json_document(path)
     if not isinstance(data, list):
         raise DataError("not a Label Studio JSON export: expected a list of tasks "
@@ -115,7 +120,25 @@ def read(path: Path) -> list[Item]:
         prompt = task["data"].get("prompt")
         items.append(Item(id=str(pid), prompt=prompt if isinstance(prompt, str) else None, answers=answers,
                           where=where))
+    _check_response_tag(data, path)
     return items
+
+
+def _check_response_tag(data: list, path: Path) -> None:
+    """Refuse an export whose answers all sit in a control not named `response` (a labeling
+    config of one's own, or a template): read as empty answers, they would vanish unseen."""
+    names = {}
+    for task in data:
+        for ann in task.get("annotations", []):
+            for res in ann.get("result") or []:
+                if isinstance(res, dict):
+                    names.setdefault(res.get("from_name"), None)
+    if names and RESPONSE_TAG not in names:
+        found = ", ".join(repr(n) for n in names)
+        raise DataError(f"no annotation has a result from a control named {RESPONSE_TAG!r}, the TextArea of "
+                        f"taskdiv's config.xml; the results come from {found}. Rename that TextArea to "
+                        f"name=\"{RESPONSE_TAG}\" in the labeling config (or start from `taskdiv annotate export`'s "
+                        f"config.xml) and export again", file=path)
 
 
 def _response_text(ann: dict, path: Path, n: int, where: str) -> str:

@@ -11,13 +11,20 @@ Rules (each case is reported by id, on screen and in import-round-N.json):
 - skipped (cancelled) and empty answers are not imported;
 - several answers to one prompt: the latest submitted non-empty one wins (by the
   tool's submission time; where the export has none, the last in file order);
-- an id already in the store: an identical answer is left alone, a different one is
-  appended and replaces it, unless it was submitted before the stored one;
+- an id already in the store: an answer identical to the stored one is left alone; a
+  different one is appended and replaces it, except (a) when both carry a submission
+  time and it was submitted before the stored one, and (b) when one of them has no time
+  and it is an answer the store held for that id in an earlier round, not submitted
+  after every stored time (an old export imported again): the stored one is then kept. An answer without a time
+  (JSONL, Argilla's records file, oracle) otherwise counts as the newest: importing it
+  is the latest thing the user did;
 - ids neither in the selection nor in the store are an error (an export of another
   selection), or, with skip_unknown, dropped and reported; a prompt whose text
   differs from the selection's is an error.
 Nothing is written unless the whole file is valid and holds something to import, and
-the three outputs are replaced as one unit (fileio.output_set). A store that is a
+the three outputs are replaced as one unit (fileio.output_set), under a lock on the
+store's directory held from reading the store to the rename, so two imports into one
+shared store at once both land. A store that is a
 symbolic link (one store shared by several projects) is written through the link, and
 the round reports go beside the file it points to.
 """
@@ -29,7 +36,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import DataError, TaskdivError
-from ..fileio import check_output_file, dump_jsonl, dumps_json, iter_jsonl, output_set
+from ..fileio import check_output_file, dump_jsonl, dumps_json, iter_jsonl, locked, nearest_existing, output_set
 from .answers import Item
 
 STORE_NAME = "annotations.jsonl"
@@ -54,7 +61,7 @@ def read_store(path: Path) -> pd.DataFrame:
 
 
 def _time(value) -> float:
-    """A sortable submission time; unknown times sort first."""
+    """A sortable submission time; unknown times sort first (-inf)."""
     if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
         return -math.inf
     try:
@@ -71,6 +78,7 @@ def resolve(items: list[Item], selection: pd.DataFrame, store: pd.DataFrame, *, 
     """The store rows to append and a report of every id, by category (see the module docstring)."""
     sel = selection.set_index("id", drop=False)
     latest = store.drop_duplicates("id", keep="last").set_index("id", drop=False) if len(store) else store
+    stored_answers = store.groupby("id")["response"].agg(set).to_dict() if len(store) else {}
     by_id: dict[str, list[Item]] = {}
     for item in items:
         by_id.setdefault(item.id, []).append(item)
@@ -92,7 +100,7 @@ def resolve(items: list[Item], selection: pd.DataFrame, store: pd.DataFrame, *, 
 
     report: dict[str, object] = {k: [] for k in (
         "imported", "replaced", "unchanged", "kept_stored", "skipped", "empty", "not_annotated",
-        "not_in_export", "unknown", "earlier_round")}
+        "not_in_export", "unknown", "earlier_round", "earlier_answer")}
     report["superseded"] = {}
     next_round = int(store["round"].max()) + 1 if len(store) else 1
     rows = []
@@ -120,8 +128,15 @@ def resolve(items: list[Item], selection: pd.DataFrame, store: pd.DataFrame, *, 
             if prev["response"] == response:
                 report["unchanged"].append(pid)
                 continue
-            if _time(win.submitted_at) < _time(prev.get("submitted_at")):
-                report["kept_stored"].append(pid)
+            new_time, stored_time = _time(win.submitted_at), _time(prev.get("submitted_at"))
+            if math.isfinite(new_time) and math.isfinite(stored_time):
+                if new_time < stored_time:
+                    report["kept_stored"].append(pid)
+                    continue
+            elif response in stored_answers.get(pid, ()) and not new_time > max(
+                    (_time(t) for t in store.loc[store["id"] == pid, "submitted_at"]), default=-math.inf):
+                # An earlier round's answer again, not submitted after it: an old export re-imported.
+                report["earlier_answer"].append(pid)
                 continue
             report["replaced"].append(pid)
         else:
@@ -171,10 +186,18 @@ def ingest(items: list[Item], selection: pd.DataFrame, out, store=None, *, sourc
            selection_path: str, skip_unknown: bool = False) -> dict:
     """Resolve the items against the selection and store, then write store, SFT data and report."""
     out, store_path = store_paths(out, store)
+    # The store's directory, or its nearest existing parent before the first import (the
+    # lock creates nothing: a refused import leaves no trace).
+    with locked(nearest_existing(store_path.parent), f"importing into {store_path}"):
+        return _ingest(items, selection, out, store_path, source=source, fmt=fmt, selection_path=selection_path,
+                       skip_unknown=skip_unknown)
+
+
+def _ingest(items, selection, out, store_path, *, source, fmt, selection_path, skip_unknown) -> dict:
     store = read_store(store_path)
     rows, report = resolve(items, selection, store, source=source, fmt=fmt, selection_path=selection_path,
                            skip_unknown=skip_unknown)
-    if not rows and not report["unchanged"] and not report["kept_stored"]:
+    if not rows and not report["unchanged"] and not report["kept_stored"] and not report["earlier_answer"]:
         raise TaskdivError(
             f"{source}: no answers to import ({len(report['skipped'])} skipped, {len(report['empty'])} empty, "
             f"{len(report['not_annotated'])} not annotated, {len(report['unknown'])} unknown); nothing written")
@@ -198,7 +221,8 @@ def ingest(items: list[Item], selection: pd.DataFrame, out, store=None, *, sourc
 def print_report(report: dict) -> None:
     labels = [("imported", "new answers"), ("replaced", "replaced an earlier answer"),
               ("unchanged", "already in the store, unchanged"),
-              ("kept_stored", "older than the stored answer; kept the stored one"),
+              ("kept_stored", "submitted before the stored answer; kept the stored one"),
+              ("earlier_answer", "an answer stored in an earlier round, replaced since; kept the later one"),
               ("earlier_round", "not in this selection but from an earlier round"),
               ("skipped", "skipped by the annotator"), ("empty", "empty answer"),
               ("not_annotated", "in the export without an answer"), ("not_in_export", "selected but not in the export"),
