@@ -420,10 +420,16 @@ def test_experiment_checks_mmlu_files_before_the_first_run(tiny_model_dir, tmp_p
     assert not (tmp_path / "exp").exists()
 
 
-def test_a_chat_turn_whose_content_is_a_list_is_refused(tmp_path):
-    turns = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}, {"role": "assistant", "content": "yo"}]
+def test_chat_content_parts_are_read_as_text_and_other_lists_refused(tmp_path):
+    # OpenAI's content parts: the text parts are the text.
+    turns = [{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "there"}]},
+             {"role": "assistant", "content": [{"type": "text", "text": "yo"}]}]
     path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": turns, "task": "t"}])
-    with pytest.raises(DataError, match=r"line 1, field 'messages': prompt is a list; accepted: text"):
+    row = load_pool(str(path)).frame.iloc[0]
+    assert (row["prompt"], row["response"]) == ("hi\nthere", "yo")
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ["a", "b"]}]
+    path = write_jsonl(tmp_path / "chat2.jsonl", [{"messages": turns, "task": "t"}] * 2)
+    with pytest.raises(DataError, match=r"line 1, field 'messages': a turn's content is a list; accepted: text"):
         load_pool(str(path))
 
 

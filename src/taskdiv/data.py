@@ -287,7 +287,7 @@ def read_raw(path: Path) -> tuple[pd.DataFrame, str]:
         if isinstance(ds, datasets.DatasetDict):
             raise TaskdivError(f"{path} holds several splits ({', '.join(ds)}); "
                                f"point at one of them, e.g. {path / next(iter(ds))}")
-        return ds.to_pandas(), "row"
+        return arrow_to_pandas(ds.with_format("arrow")[:]), "row"
     if path.stat().st_size == 0:
         raise DataError("the file is empty", file=path)
     suffix = "".join(path.suffixes[-1:]).lower()
@@ -300,7 +300,7 @@ def read_raw(path: Path) -> tuple[pd.DataFrame, str]:
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pandas(), "row"
+        return arrow_to_pandas(pq.read_table(path)), "row"
     raise TaskdivError(f"{path}: unknown pool format {suffix!r} (use .jsonl, .json, .csv, .parquet, "
                        f"a save_to_disk directory, hf:NAME or bigbench:TASKS)")
 
@@ -312,7 +312,7 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
     table = _read_jsonl_arrow(path)
     if table is None:
         return _read_jsonl_slow(path)
-    frame = table.to_pandas()
+    frame = arrow_to_pandas(table)
     frame["__line__"] = np.arange(1, len(frame) + 1)
     return frame
 
@@ -349,7 +349,7 @@ def _read_jsonl_arrow(path: Path):
                 check_utf8(path)  # names the line
             breaks += _count_newlines(piece)
             try:
-                table = pj.read_json(pa.BufferReader(piece), read_options=pj.ReadOptions(block_size=1 << 24))
+                table = _parse_json_piece(piece)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, UnicodeDecodeError):
                 return None
             if table.num_rows:
@@ -379,6 +379,35 @@ def _read_jsonl_arrow(path: Path):
     return table if table.num_columns and table.num_rows == lines else None
 
 
+def _parse_json_piece(piece):
+    """Arrow's parse of JSON lines, with JSON strings kept as strings: Arrow's type inference
+    turns strings that look like times ("2024-01-05T10:00:00Z") into timestamps, which would
+    rewrite ids and prompts; a piece that has such a field is parsed again with it as text."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    options = pj.ReadOptions(block_size=1 << 24)
+    table = pj.read_json(pa.BufferReader(piece), read_options=options)
+    schema = pa.schema([f.with_type(_no_timestamps(f.type)) for f in table.schema])
+    if schema.equals(table.schema):
+        return table
+    return pj.read_json(pa.BufferReader(piece), read_options=options,
+                        parse_options=pj.ParseOptions(explicit_schema=schema))
+
+
+def _no_timestamps(kind):
+    """An Arrow type with every timestamp in it, at any depth, read as a string instead."""
+    import pyarrow as pa
+
+    if pa.types.is_timestamp(kind):
+        return pa.string()
+    if pa.types.is_struct(kind):
+        return pa.struct([kind.field(i).with_type(_no_timestamps(kind.field(i).type)) for i in range(kind.num_fields)])
+    if pa.types.is_list(kind):
+        return pa.list_(kind.value_field.with_type(_no_timestamps(kind.value_type)))
+    return kind
+
+
 def _count_newlines(buffer) -> int:
     """b"\n" bytes in a buffer, by numpy in blocks of 1 MB that stay in the CPU's cache
     (3x faster than bytes.count)."""
@@ -387,12 +416,30 @@ def _count_newlines(buffer) -> int:
     return sum(int(np.count_nonzero(data[s:s + block] == 10)) for s in range(0, len(data), block))
 
 
+def arrow_to_pandas(table) -> pd.DataFrame:
+    """An Arrow table as pandas, with whole numbers kept whole: an integer column with a
+    null would otherwise become floats, and 42 the text "42.0"."""
+    return table.to_pandas(integer_object_nulls=True)
+
+
+def _from_records(records: list[dict]) -> pd.DataFrame:
+    """Records as a frame whose columns hold the JSON values as they are (pandas would make
+    a column of whole numbers and nulls floats)."""
+    frame = pd.DataFrame.from_records(records)
+    for name in frame.columns:
+        if frame[name].dtype.kind == "f" and frame[name].isna().any():
+            values = [rec.get(name) for rec in records]
+            if all(v is None or isinstance(v, int) for v in values):
+                frame[name] = pd.Series(values, index=frame.index, dtype=object)
+    return frame
+
+
 def _read_jsonl_slow(path: Path) -> pd.DataFrame:
     records, lines = [], []
     for lineno, rec in iter_jsonl(path):
         records.append(rec)
         lines.append(lineno)
-    frame = pd.DataFrame.from_records(records)
+    frame = _from_records(records)
     frame["__line__"] = lines
     return frame
 
@@ -410,7 +457,7 @@ def _read_json(path: Path) -> pd.DataFrame:
     for i, rec in enumerate(data, 1):
         if not isinstance(rec, dict):
             raise DataError(f"expected an object, got {type(rec).__name__}", file=path, row=i)
-    return pd.DataFrame.from_records(data)
+    return _from_records(data)
 
 
 def _read_hub(name: str, opts: dict[str, str]) -> pd.DataFrame:
@@ -433,7 +480,7 @@ def _read_hub(name: str, opts: dict[str, str]) -> pd.DataFrame:
             raise TaskdivError(f"hf:{name}: sample and seed must be whole numbers") from None
         if n < len(ds):
             ds = ds.shuffle(seed=seed).select(range(n))
-    return ds.to_pandas()
+    return arrow_to_pandas(ds.with_format("arrow")[:])
 
 
 # ----------------------------------------------------------------------------- normalising
@@ -488,15 +535,17 @@ def _normalise_rows(raw, fields, source, where, require_tasks, ranking):
     out = pd.DataFrame(index=raw.index)
     response = None
     if shape == "alpaca":
-        prompt = _render_template(raw, "{instruction}\n\n{input}", err)
+        prompt = _render_template(raw, "{instruction}\n\n{input}" if "input" in cols else "{instruction}", err,
+                                  source)
         response = raw["output"]
+        _check_types(response, "output", err, what="response", numbers=True)
         log.info("%s: recognised the Alpaca shape (instruction/input/output)", source)
     elif shape == "chat":
         key = "messages" if "messages" in cols else "conversations"
         prompt, response = _first_turns(raw[key], key, err)
         log.info("%s: recognised the chat shape (%s)", source, key)
     elif fields.prompt_template:
-        prompt = _render_template(raw, fields.prompt_template, err)
+        prompt = _render_template(raw, fields.prompt_template, err, source)
     else:
         if fields.prompt_field not in cols:
             raise DataError(f"no prompt field {fields.prompt_field!r}; the source has "
@@ -516,6 +565,12 @@ def _normalise_rows(raw, fields, source, where, require_tasks, ranking):
         raise DataError(f"no task field {fields.task_field!r}; map it with --task-field, "
                         f"or use --tasks auto to cluster prompts into tasks", file=source)
 
+    defaults = FieldMap()
+    for name, given, default in (("--id-field", fields.id_field, defaults.id_field),
+                                 ("--response-field", fields.response_field, defaults.response_field)):
+        if given != default and given not in cols:  # asked for by name: not silently generated or dropped
+            raise DataError(f"no field {given!r} ({name}); the source has "
+                            f"{sorted(c for c in cols if c != '__line__')}", file=source)
     if response is None and fields.response_field in cols:
         response = raw[fields.response_field]
         # A list (several references) or a bool would become text by accident.
@@ -529,6 +584,10 @@ def _normalise_rows(raw, fields, source, where, require_tasks, ranking):
         values[missing] = None
         values[~missing] = [str(v) for v in values[~missing]]
         out["response"] = pd.Series(values, index=out.index, dtype=object)
+    if "response" in out.columns:
+        blank = _blank(out["response"].fillna("")) & out["response"].notna().to_numpy()
+        if blank.any():  # an empty cell (CSV) or "" is no reference response
+            out["response"] = out["response"].astype(object).where(~blank, None)
     for extra in ("choices", "targets"):
         if extra in cols:
             out[extra] = raw[extra]
@@ -536,6 +595,8 @@ def _normalise_rows(raw, fields, source, where, require_tasks, ranking):
     if fields.id_field in cols:
         ids = raw[fields.id_field]
         missing = ids.isna().to_numpy()
+        if not missing.any():  # an empty CSV cell, or "", is no id either
+            missing = _blank(ids.astype(str))
         if missing.any():
             raise err("missing id", int(np.argmax(missing)), fields.id_field)
         out["id"] = ids.astype(str)
@@ -628,7 +689,7 @@ def template_escapes(template: str) -> str:
     return re.sub(r"\\[nt\\]", lambda m: _ESCAPES[m.group()], template)
 
 
-def _render_template(raw: pd.DataFrame, template: str, err) -> pd.Series:
+def _render_template(raw: pd.DataFrame, template: str, err, source: str | None = None) -> pd.Series:
     # Split the template into literal separators and fields, and drop a field together
     # with the separator before it when the field is empty (Dolly's empty context).
     template = template_escapes(template)
@@ -642,7 +703,7 @@ def _render_template(raw: pd.DataFrame, template: str, err) -> pd.Series:
     missing = [n for n in names if n not in raw.columns]
     if missing:
         raise DataError(f"prompt template uses field(s) {missing} that the source lacks "
-                        f"(it has {sorted(c for c in raw.columns if c != '__line__')})")
+                        f"(it has {sorted(c for c in raw.columns if c != '__line__')})", file=source)
     for n in names:
         _check_types(raw[n], n, err, what=f"template field {n!r}", numbers=True)
     columns = {n: raw[n].where(raw[n].notna(), "").astype(str) for n in names}
@@ -674,8 +735,11 @@ def _first_turns(conversations: pd.Series, key: str, err) -> tuple[pd.Series, pd
         for turn in conv:
             if not isinstance(turn, dict):
                 raise err("a turn is not an object", i, key)
-            role = turn.get("role", turn.get("from"))
-            content = turn.get("content", turn.get("value"))
+            # Not .get(a, .get(b)): in a file mixing the OpenAI and ShareGPT shapes, Arrow gives
+            # every turn both keys, the absent one as null.
+            role = turn.get("role") if turn.get("role") is not None else turn.get("from")
+            content = turn.get("content") if turn.get("content") is not None else turn.get("value")
+            content = _turn_text(content, i, key, err)
             if prompt is None and role in user_roles:
                 prompt = content
             elif prompt is not None and role in assistant_roles:
@@ -685,6 +749,18 @@ def _first_turns(conversations: pd.Series, key: str, err) -> tuple[pd.Series, pd
         responses.append(response)
     return (pd.Series(prompts, index=conversations.index, dtype=object),
             pd.Series(responses, index=conversations.index, dtype=object))
+
+
+def _turn_text(content, i: int, key: str, err):
+    """A turn's text: a string, or the text parts of OpenAI's list of content parts
+    ([{"type": "text", "text": ...}]); anything else is an error naming the row."""
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, (list, tuple, np.ndarray)) and all(isinstance(p, dict) for p in content):
+        texts = [p.get("text") for p in content if p.get("type") == "text"]
+        if texts and all(isinstance(t, str) for t in texts):
+            return "\n".join(texts)
+    raise err(f"a turn's content is {_kind(content)}; accepted: text, or a list of text parts", i, key)
 
 
 def _describe(value) -> str:
@@ -717,13 +793,13 @@ def read_ids(path) -> list[str]:
     path = Path(path)
     if not path.exists():
         raise TaskdivError(f"{path}: no such file")
-    if path.suffix in (".jsonl", ".json", ".csv", ".parquet"):
+    if path.suffix.lower() in (".jsonl", ".json", ".csv", ".parquet"):
         raw, _ = read_raw(path)
         if "id" not in raw.columns:
             raise DataError("no 'id' column", file=path)
         return raw["id"].astype(str).tolist()
     check_utf8(path)
-    return [s.strip() for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
+    return [s.strip() for s in path.read_text(encoding="utf-8-sig").splitlines() if s.strip()]
 
 
 def read_scores(path, pool: Pool, scores: "ScoreFile | None" = None) -> np.ndarray:

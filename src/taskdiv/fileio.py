@@ -397,7 +397,7 @@ def iter_jsonl(path: Path):
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a byte-order mark is no content
             except UnicodeDecodeError as e:
                 raise DataError(f"not UTF-8 ({raw[e.start:e.start + 1]!r} at column {e.start + 1})",
                                 file=path, line=lineno) from None
@@ -420,7 +420,7 @@ def read_json_document(path: Path):
         raise DataError("the file is empty", file=path)
     check_utf8(path, data)
     try:
-        return json.loads(data.decode("utf-8"))
+        return json.loads(data.decode("utf-8-sig"))  # a byte-order mark is no content
     except json.JSONDecodeError as e:
         raise DataError(f"malformed JSON ({_json_problem(e)})", file=path, line=e.lineno) from None
 

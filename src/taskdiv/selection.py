@@ -225,20 +225,22 @@ class PoolExportConfig(PoolOptions):
 
 
 def run_pool_info(cfg: PoolInfoConfig) -> None:
-    pool = load_pool(cfg.pool, cfg.field_map())
-    sizes = pool.task_sizes()
+    pool = load_pool(cfg.pool, cfg.field_map(), require_tasks=False)
     print(f"pool: {pool.source}")
-    print(f"prompts: {len(pool)}  tasks: {len(sizes)}  "
-          f"with reference response: {int(pool.frame['response'].notna().sum()) if 'response' in pool.frame else 0}")
+    responses = int(pool.frame["response"].notna().sum()) if "response" in pool.frame else 0
+    tasks = len(pool.task_sizes()) if pool.has_tasks else "none (no task field; `taskdiv select --tasks auto` " \
+                                                           "clusters prompts into tasks)"
+    print(f"prompts: {len(pool)}  tasks: {tasks}  with reference response: {responses}")
     lengths = pool.frame["prompt"].str.len()
     print(f"prompt length (characters): median {int(lengths.median())}, max {int(lengths.max())}")
-    print(sizes.rename("prompts").to_frame().to_string())
+    if pool.has_tasks:
+        print(pool.task_sizes().rename("prompts").to_frame().to_string())
 
 
 def run_pool_export(cfg: PoolExportConfig) -> None:
     out = Path(cfg.out)
     check_output_file(out)
-    pool = load_pool(cfg.pool, cfg.field_map())
+    pool = load_pool(cfg.pool, cfg.field_map(), require_tasks=False)
     if out.suffix == ".parquet":
         write_table(out, pool.frame)
     elif out.suffix == ".jsonl":

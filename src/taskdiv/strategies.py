@@ -137,8 +137,8 @@ class Full(Strategy):
     def _select(self, pool, budget, inputs, excluded):
         candidates = np.flatnonzero(~excluded)
         if budget != len(candidates):
-            raise TaskdivError(f"strategy 'full' selects the whole pool ({len(candidates)} prompts); "
-                               f"use --budget 100% (got {budget})")
+            raise TaskdivError(f"strategy 'full' selects every prompt that can be chosen ({len(candidates)}); "
+                               f"omit --budget (got {budget})")
         return candidates, None
 
 
