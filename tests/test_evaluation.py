@@ -312,3 +312,71 @@ def test_heldout_targets_and_choices_become_string_lists(tmp_path):
     frame = evaluation.load_heldout(str(write_jsonl(tmp_path / "p.jsonl", rows)), None)
     assert frame["targets"].tolist() == [["7"], ["3"]]
     assert frame["choices"].tolist() == [None, ["3", "4"]]
+
+
+def _varied_model(directory, context=512):
+    """A tiny random Llama whose greedy text runs on (large initial weights: the default small
+    ones make it repeat one token), with the SmolLM2 tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = models.load_tokenizer(models.resolve("smollm2-135m-instruct"))
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
+                                 bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                 pad_token_id=tok.pad_token_id, tie_word_embeddings=True,
+                                 initializer_range=0.3)).save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
+
+
+def test_generative_answers_do_not_depend_on_batch_neighbours(tmp_path):
+    # Targets of very different lengths: a batch's longest target must not lengthen the others' answers.
+    model = _varied_model(tmp_path / "model")
+    rows = [{"id": f"g{i}", "task": "t", "prompt": f"Q: say {i}\nA:",
+             "targets": ["x" if i % 2 else "a much longer target answer with many tokens in it " * 2]}
+            for i in range(8)]
+    pool = write_jsonl(tmp_path / "gen.jsonl", rows)
+    answers = []
+    for batch in (1, 8):
+        evaluate(EvalConfig(model=str(model), heldout=str(pool), out=str(tmp_path / f"b{batch}"),
+                            batch_size=batch, dtype="float32"))
+        items = [json.loads(x) for x in (tmp_path / f"b{batch}" / "items.jsonl").read_text().splitlines()]
+        answers.append({it["id"]: it["prediction"] for it in items})
+    assert answers[0] == answers[1]
+    assert max(len(a) for a in answers[0].values()) > 20, "the model's answers are too short to test the caps"
+
+
+def test_other_bootstrap_options_reuse_the_answers(tiny_model_dir, tmp_path, monkeypatch):
+    pool = write_jsonl(tmp_path / "test.jsonl", _pool_rows())
+    cfg = EvalConfig(model=str(tiny_model_dir), heldout=str(pool), out=str(tmp_path / "eval"), limit=2)
+    first = evaluate(cfg)
+
+    def no_model(*a, **kw):
+        raise AssertionError("the model is loaded although only the bootstrap changed")
+
+    monkeypatch.setattr(evaluation, "load_model", no_model)
+    again = evaluate(EvalConfig(**{**cfg.__dict__, "n_boot": 500, "seed": 3}))
+    assert again["macro"]["accuracy"] == first["macro"]["accuracy"] and again["config"]["n_boot"] == 500
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["config"]["seed"] == 3
+
+
+def test_prompts_longer_than_the_context_are_cut_from_the_left(tmp_path, caplog):
+    short = _varied_model(tmp_path / "short-model", context=48)
+    long = "word " * 200
+    pool = write_jsonl(tmp_path / "long.jsonl", [
+        {"id": "mc", "task": "t", "prompt": long + "Q: yes?\nA:", "choices": ["yes", "no"], "targets": ["yes"]},
+        {"id": "g", "task": "t", "prompt": long + "Q: 1+1=\nA:", "targets": ["2"]}])
+    with caplog.at_level("WARNING"):
+        results = evaluate(EvalConfig(model=str(short), heldout=str(pool), out=str(tmp_path / "e"),
+                                      chat_template=False))
+    assert results["macro"]["n"] == 2
+    assert "2 held-out prompt(s) are longer than the model's context of 48 tokens" in caplog.text
+
+
+def test_max_new_tokens_is_checked_before_any_work(tiny_model_dir, tmp_path):
+    pool = write_jsonl(tmp_path / "test.jsonl", _pool_rows())
+    with pytest.raises(TaskdivError, match="--max-new-tokens and --max-gen-toks must be positive"):
+        evaluate(EvalConfig(model=str(tiny_model_dir), heldout=str(pool), out=str(tmp_path / "e"), max_new_tokens=0))
+    assert not (tmp_path / "e").exists()

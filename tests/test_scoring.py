@@ -255,6 +255,15 @@ def test_bad_input(capsys, small_pool, tmp_path):
     assert "cache.sqlite: not a usable score cache" in err
 
 
+def test_lengths_beyond_the_models_context_are_refused(capsys, small_pool, tiny_model_dir, tmp_path):
+    # The tiny model has 512 positions: no room for a prompt, or a prompt cap that cannot fit.
+    for extra in (["--max-new-tokens", "512"], ["--max-new-tokens", "16", "--max-prompt-tokens", "500"]):
+        err = _cli_error(capsys, ["score", str(small_pool), "--model", str(tiny_model_dir), *extra,
+                                  "--out", str(tmp_path / "o")])
+        assert "do not fit the model's context of 512 tokens" in err, err
+    assert not (tmp_path / "o").exists()
+
+
 # ----------------------------------------------------------------------------- kill and resume
 
 

@@ -241,3 +241,44 @@ def test_failed_save_leaves_no_staging_directory(tiny_model_dir, tmp_path):
     assert sorted(p.name for p in run.iterdir()) == ["adapter", "merged"]
     assert (run / "adapter" / "adapter_config.json").exists()
     assert [p.name for p in (run / "merged").iterdir()] == ["old.txt"]
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("lr", -0.01, "--lr must be positive"), ("lora_r", 0, "--lora-r must be at least 1"),
+    ("lora_dropout", 1.5, r"--lora-dropout must be in \[0, 1\)"), ("warmup", -3, "--warmup must be 0 or more"),
+    ("weight_decay", -1.0, "--weight-decay must be 0 or more"), ("lora_alpha", 0, "--lora-alpha must be positive"),
+    ("target_modules", "q_proj,,v_proj", "an empty name")])
+def test_bad_option_values_are_refused_before_the_run_directory(tiny_model_dir, tmp_path, option, value, message):
+    data = write_jsonl(tmp_path / "data.jsonl", _rows(4))
+    with pytest.raises(TaskdivError, match=message):
+        train(_cfg(data, tiny_model_dir, tmp_path / "run", **{option: value}))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_target_module_typo_is_refused_and_the_corrected_rerun_accepted(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "data.jsonl", _rows(8))
+    run = tmp_path / "run"
+    with pytest.raises(TaskdivError, match=r"'v_prj' is not a module of this model; its linear layers are .*q_proj"):
+        train(_cfg(data, tiny_model_dir, run, target_modules="q_proj,v_prj", epochs=1))
+    # The failed attempt left config.yaml but nothing trained: other options start afresh.
+    train(_cfg(data, tiny_model_dir, run, target_modules="q_proj,v_proj", epochs=1))
+    adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"]
+    # --merge on the finished run writes merged/ from its adapter, which loads as a plain model.
+    assert not (run / "merged").exists()
+    train(_cfg(data, tiny_model_dir, run, target_modules="q_proj,v_proj", epochs=1, merge=True))
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(run / "merged") is not None
+
+
+def test_a_dataset_directory_is_hashed_by_content(tmp_path):
+    from taskdiv.fileio import file_sha256
+
+    d = tmp_path / "ds"
+    d.mkdir()
+    (d / "data-00000.arrow").write_bytes(b"one")
+    first = file_sha256(str(d))
+    (d / "data-00000.arrow").write_bytes(b"two")
+    assert file_sha256(str(d)) != first
+    assert file_sha256("hf:some/dataset") == file_sha256("hf:some/dataset")

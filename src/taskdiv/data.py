@@ -329,7 +329,6 @@ def _read_jsonl_arrow(path: Path):
     import mmap
 
     import pyarrow as pa
-    import pyarrow.json as pj
 
     with open(path, "rb") as f:
         try:

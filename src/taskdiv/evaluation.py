@@ -43,7 +43,8 @@ import pandas as pd
 
 from .config import to_dict
 from .errors import DataError, TaskdivError
-from .fileio import check_output_dir, dump_jsonl, dump_table, dumps_json, file_sha256, output_set, write_jsonl
+from .fileio import (check_output_dir, dump_jsonl, dump_table, dumps_json, file_sha256, iter_jsonl, output_set,
+                     write_jsonl)
 from .models import EMBEDDED
 
 log = logging.getLogger(__name__)
@@ -169,19 +170,23 @@ def _select_cache(cache, rows):
     return sub
 
 
-def generate(model, tok, prompt_ids: list[list[int]], max_new_tokens: int) -> list[str]:
-    """Greedy continuations, cut at the first newline."""
+def generate(model, tok, prompt_ids: list[list[int]], max_new_tokens: int | list[int]) -> list[str]:
+    """Greedy continuations, cut at the first newline. `max_new_tokens`: one cap, or a cap per
+    prompt: the batch runs to the largest and each continuation is cut to its own, so that
+    a prompt's answer does not depend on the prompts batched with it."""
     import torch
 
     from .models import left_pad
 
+    caps = list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(prompt_ids)
     device = next(model.parameters()).device
     ids, mask = left_pad(prompt_ids, tok.pad_token_id)
     with torch.inference_mode():
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                             max_new_tokens=max_new_tokens, stop_strings=["\n"], tokenizer=tok,
+                             max_new_tokens=max(caps), stop_strings=["\n"], tokenizer=tok,
                              pad_token_id=tok.pad_token_id, top_p=None, top_k=None, temperature=None)
-    texts = tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    new = out[:, ids.shape[1]:]
+    texts = tok.batch_decode([row[:cap] for row, cap in zip(new, caps)], skip_special_tokens=True)
     return [t.split("\n", 1)[0] for t in texts]
 
 
@@ -253,6 +258,22 @@ def run_heldout(model, tok, frame: pd.DataFrame, chat: bool, cfg: EvalConfig, pa
 
     todo = frame[~frame["id"].isin(list(done))]
     prompts = {i: models.encode_prompt(tok, p, chat) for i, p in zip(todo["id"], todo["prompt"])}
+    # Each item's cap on generated tokens: its longest target and 4 more (within --max-new-tokens).
+    is_mc = todo["choices"].notna()
+    caps = {i: min(cfg.max_new_tokens, 4 + max(len(tok(t, add_special_tokens=False)["input_ids"]) for t in ts))
+            for i, ts in zip(todo["id"][~is_mc], todo["targets"][~is_mc])}
+    conts = {i: [models.encode_response(tok, p, c, chat) for c in cs]
+             for i, p, cs in zip(todo["id"][is_mc], todo["prompt"][is_mc], todo["choices"][is_mc])}
+    # A prompt longer than the model's context, with room for its answer, is cut from the left
+    # (as `taskdiv score` does): the end of a prompt holds the question.
+    context, cut = models.context_length(model), 0
+    for i in prompts:
+        room = context - (max(len(c) for c in conts[i]) if i in conts else caps[i])
+        prompts[i], was_cut = models.truncate_left(prompts[i], max(1, room), tok.bos_token_id)
+        cut += was_cut
+    if cut:
+        log.warning("%d held-out prompt(s) are longer than the model's context of %d tokens leaves room for: "
+                    "truncated from the left", cut, context)
     # Similar lengths in a batch: less padding.
     todo = todo.assign(_len=todo["id"].map(lambda i: len(prompts[i]))).sort_values("_len", kind="stable")
     mc, gen = todo[todo["choices"].notna()], todo[todo["choices"].isna()]
@@ -260,9 +281,8 @@ def run_heldout(model, tok, frame: pd.DataFrame, chat: bool, cfg: EvalConfig, pa
     with open(partial, "a", encoding="utf-8") as sink:
         for start in range(0, len(mc), cfg.batch_size):
             batch = mc.iloc[start:start + cfg.batch_size]
-            conts = [[models.encode_response(tok, p, c, chat) for c in cs]
-                     for p, cs in zip(batch["prompt"], batch["choices"])]
-            scores = choice_scores(model, [prompts[i] for i in batch["id"]], conts, tok.pad_token_id)
+            scores = choice_scores(model, [prompts[i] for i in batch["id"]], [conts[i] for i in batch["id"]],
+                                   tok.pad_token_id)
             recs = []
             for (_, row), s in zip(batch.iterrows(), scores):
                 pred = row["choices"][int(np.argmax(s))]
@@ -271,8 +291,7 @@ def run_heldout(model, tok, frame: pd.DataFrame, chat: bool, cfg: EvalConfig, pa
             _append(sink, recs, done, progress)
         for start in range(0, len(gen), cfg.batch_size):
             batch = gen.iloc[start:start + cfg.batch_size]
-            longest = max(len(tok(t, add_special_tokens=False)["input_ids"]) for ts in batch["targets"] for t in ts)
-            texts = generate(model, tok, [prompts[i] for i in batch["id"]], min(cfg.max_new_tokens, longest + 4))
+            texts = generate(model, tok, [prompts[i] for i in batch["id"]], [caps[i] for i in batch["id"]])
             recs = [{"id": i, "task": t, "kind": "generative", "prediction": text,
                      "correct": normalise_answer(text) in {normalise_answer(x) for x in ts}}
                     for i, t, ts, text in zip(batch["id"], batch["task"], batch["targets"], texts)]
@@ -365,8 +384,9 @@ def check_options(cfg: EvalConfig) -> None:
         raise TaskdivError("evaluate needs RUN_OR_MODEL and --out")
     if cfg.suite not in SUITES:
         raise TaskdivError(f"--suite must be one of {', '.join(SUITES)}")
-    if (cfg.limit is not None and cfg.limit < 1) or cfg.batch_size < 1 or cfg.n_boot < 1:
-        raise TaskdivError("--limit, --batch-size and --n-boot must be positive")
+    if (cfg.limit is not None and cfg.limit < 1) or cfg.batch_size < 1 or cfg.n_boot < 1 or cfg.max_new_tokens < 1 \
+            or (cfg.max_gen_toks is not None and cfg.max_gen_toks < 1):
+        raise TaskdivError("--limit, --batch-size, --n-boot, --max-new-tokens and --max-gen-toks must be positive")
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -381,12 +401,21 @@ def evaluate(cfg: EvalConfig) -> dict:
     tok = models.load_tokenizer(ref)
     chat = models.choose_chat(ref, tok, cfg.chat_template)
     key = _config_key(cfg, models.fingerprint(ref), chat, dtype)
+    # What the answers depend on: the seed and resamples of the bootstrap change only the intervals.
+    item_key = {k: v for k, v in key.items() if k not in SUMMARY_OPTIONS}
     results_path = out / "results.json"
     if results_path.exists():  # checked first: preparing the inputs costs time (and rewrites MMLU's files)
         old = json.loads(results_path.read_text(encoding="utf-8"))
         if old.get("config") == json.loads(json.dumps(key)):
             log.info("%s: already evaluated with this config; reusing it", results_path)
             return old
+        old_items = {k: v for k, v in (old.get("config") or {}).items() if k not in SUMMARY_OPTIONS}
+        if old_items == json.loads(json.dumps(item_key)) and (out / "items.jsonl").exists():
+            log.info("%s: the same answers with other bootstrap options; only the intervals are recomputed",
+                     results_path)
+            items = pd.DataFrame([rec for _, rec in iter_jsonl(out / "items.jsonl")])
+            return _write_results(cfg, out, items, key, chat, dtype, old.get("load_seconds", 0.0),
+                                  old.get("seconds", 0.0), old.get("harness"))
     # Validate the inputs before loading the model.
     if cfg.suite == "heldout":
         frame = load_heldout(cfg.heldout, cfg.limit)
@@ -401,18 +430,30 @@ def evaluate(cfg: EvalConfig) -> dict:
     try:
         if cfg.suite == "heldout":
             partial = out / ".items.partial.jsonl"
-            items = run_heldout(model, tok, frame, chat, cfg, partial, json.dumps(key, sort_keys=True, default=str))
+            items = run_heldout(model, tok, frame, chat, cfg, partial,
+                                json.dumps(item_key, sort_keys=True, default=str))
+            raw = None
         else:
-            items, raw = harness.run(model, tok, prepared, cfg, chat, json.dumps(key, sort_keys=True, default=str))
+            items, raw = harness.run(model, tok, prepared, cfg, chat,
+                                     json.dumps(item_key, sort_keys=True, default=str))
     finally:
         del model
         models.free_memory()
-    seconds = time.perf_counter() - loaded
+    return _write_results(cfg, out, items, key, chat, dtype, loaded - start, time.perf_counter() - loaded, raw)
+
+
+# Options that change only the summary's intervals, not any answer.
+SUMMARY_OPTIONS = ("seed", "n_boot")
+
+
+def _write_results(cfg: EvalConfig, out: Path, items: pd.DataFrame, key: dict, chat: bool, dtype: str,
+                   load_seconds: float, seconds: float, raw) -> dict:
+    """Summarise the items and write items.jsonl, per_task.csv and results.json as one unit."""
     table, macro = summarise(items, n_boot=cfg.n_boot, seed=cfg.seed)
     results = {"suite": cfg.suite, "model": cfg.model, "chat": chat, "dtype": dtype,
                "tasks": {r["task"]: {k: r[k] for k in ("n", "accuracy", "ci_low", "ci_high")}
                          for r in table.to_dict(orient="records")},
-               "macro": macro, "load_seconds": round(loaded - start, 2), "seconds": round(seconds, 2),
+               "macro": macro, "load_seconds": round(load_seconds, 2), "seconds": round(seconds, 2),
                "seconds_per_item": round(seconds / max(1, len(items)), 4), "config": key}
     if cfg.suite != "heldout":
         results["harness"] = raw

@@ -443,15 +443,27 @@ def read_csv(path: Path, **kwargs) -> pd.DataFrame:
 
 
 def file_sha256(spec: str) -> str:
-    """The sha256 of a file's bytes; for a spec that is not a file (hf:..., bigbench:...), of its text."""
+    """The sha256 of a file's bytes; of a directory's files (a `save_to_disk` dataset: their
+    paths and bytes, in sorted order); for a spec that is neither (hf:..., bigbench:...), of
+    its text."""
     path = Path(spec)
+    h = hashlib.sha256()
+    if path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(str(file.relative_to(path)).encode() + b"\0")
+            _hash_file(h, file)
+            h.update(b"\0")
+        return h.hexdigest()
     if not path.is_file():
         return hashlib.sha256(spec.encode()).hexdigest()  # hub/bigbench spec: its text identifies it
-    h = hashlib.sha256()
+    _hash_file(h, path)
+    return h.hexdigest()
+
+
+def _hash_file(h, path: Path) -> None:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- locks

@@ -108,12 +108,8 @@ class Scorer:
     def encode(self, prompt: str) -> tuple[list[int], bool]:
         from . import models
 
-        ids = models.encode_prompt(self.tok, prompt, self.chat)
-        if len(ids) <= self.max_prompt:
-            return ids, False
-        # Keep the end of the prompt (where the question is) and the leading BOS.
-        head = ids[:1] if ids[0] == self.tok.bos_token_id else []
-        return head + ids[len(ids) - (self.max_prompt - len(head)):], True
+        return models.truncate_left(models.encode_prompt(self.tok, prompt, self.chat), self.max_prompt,
+                                    self.tok.bos_token_id)
 
     def plan(self, prompts: dict[str, str]) -> tuple[list[str], dict[str, tuple[list[int], bool]]]:
         """(shas in batch order, {sha: (token ids, truncated)}): longest first, so that similar

@@ -356,6 +356,21 @@ def prompt_text(tokenizer, prompt: str, chat: bool) -> str:
     return prompt
 
 
+def truncate_left(ids: list[int], limit: int, bos_id: int | None) -> tuple[list[int], bool]:
+    """(ids cut to `limit` tokens from the left, whether they were cut): the end of a prompt,
+    where the question is, and its leading BOS are kept."""
+    if len(ids) <= limit:
+        return ids, False
+    head = ids[:1] if ids and ids[0] == bos_id else []
+    return head + ids[len(ids) - (limit - len(head)):], True
+
+
+def context_length(model_or_config, default: int = 2048) -> int:
+    """The positions a model was trained for (max_position_embeddings; `default` if it does not say)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    return getattr(config, "max_position_embeddings", None) or default
+
+
 def encode_prompt(tokenizer, prompt: str, chat: bool) -> list[int]:
     """Token ids of a prompt: the tokenizer's defaults for raw text (BOS included where
     the model expects one); the chat template's own special tokens otherwise."""

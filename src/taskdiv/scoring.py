@@ -264,12 +264,17 @@ def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     ref = models.resolve(cfg.model)
     tokenizer = loaded[1] if loaded is not None else models.load_tokenizer(ref)
     chat = models.choose_chat(ref, tokenizer, cfg.chat_template)
-    out = Path(cfg.out)
-    _open_out(out)
     from transformers import AutoConfig
 
     context = getattr(AutoConfig.from_pretrained(ref.path), "max_position_embeddings", None) or 2048
-    max_prompt = cfg.max_prompt_tokens or max(1, context - cfg.max_new_tokens)
+    if cfg.max_new_tokens >= context or (cfg.max_prompt_tokens or 1) + cfg.max_new_tokens > context:
+        raise TaskdivError(f"--max-new-tokens {cfg.max_new_tokens}"
+                           + (f" and --max-prompt-tokens {cfg.max_prompt_tokens}" if cfg.max_prompt_tokens else "")
+                           + f" do not fit the model's context of {context} tokens ({cfg.model}): a prompt and "
+                             f"its generated tokens must fit together")
+    out = Path(cfg.out)
+    _open_out(out)
+    max_prompt = cfg.max_prompt_tokens or context - cfg.max_new_tokens
     dtype = models.dtype_name(cfg.dtype)
     settings = {"model": models.fingerprint(ref), "dtype": dtype, "max_new_tokens": cfg.max_new_tokens,
                 "chat": chat, "max_prompt_tokens": max_prompt, "format": FORMAT_VERSION}

@@ -182,6 +182,12 @@ def check_existing(run: Path, resolved: dict) -> bool:
         raise TaskdivError(f"{run}: is a run of model {old.get('model')!r}, but --model is "
                            f"{resolved['model']!r}; choose another --out (or the same --model to resume)")
     diff = [k for k in RUN_IDENTITY if old.get(k) != resolved.get(k)]
+    if diff and not (run / "done").exists() and not (run / "adapter").exists() \
+            and last_checkpoint(run / "checkpoints") is None:
+        # An attempt that failed before its first checkpoint (a bad option the Trainer or PEFT
+        # refused): nothing of it is kept, so this run starts afresh with its own options.
+        log.info("%s: an earlier attempt with other options left no checkpoint; starting afresh", run)
+        return False
     if diff:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {resolved.get(k)!r}" for k in diff)
         raise TaskdivError(f"{run}: was trained with different options ({detail}); choose another --out")
@@ -255,6 +261,36 @@ def check_options(cfg: TrainConfig) -> None:
         raise TaskdivError("train needs DATA and --out")
     if cfg.epochs <= 0 or cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.max_length < 2 or cfg.save_steps < 1:
         raise TaskdivError("--epochs, --batch-size, --grad-accum, --save-steps must be positive, --max-length >= 2")
+    checks = [(cfg.lr is None or cfg.lr > 0, f"--lr must be positive, got {cfg.lr}"),
+              (cfg.warmup >= 0, f"--warmup must be 0 or more (a fraction below 1, or steps), got {cfg.warmup}"),
+              (cfg.weight_decay >= 0, f"--weight-decay must be 0 or more, got {cfg.weight_decay}")]
+    if cfg.method == "lora":
+        names = [t.strip() for t in cfg.target_modules.split(",")]
+        checks += [(cfg.lora_r >= 1, f"--lora-r must be at least 1, got {cfg.lora_r}"),
+                   (cfg.lora_alpha > 0, f"--lora-alpha must be positive, got {cfg.lora_alpha}"),
+                   (0 <= cfg.lora_dropout < 1, f"--lora-dropout must be in [0, 1), got {cfg.lora_dropout}"),
+                   (all(names), f"--target-modules {cfg.target_modules!r}: an empty name")]
+    for ok, message in checks:
+        if not ok:
+            raise TaskdivError(message)
+
+
+def check_target_modules(model, target_modules: str) -> None:
+    """Every name in --target-modules names a module of the model, as PEFT matches them (the
+    module's own name or a dotted suffix of its path): PEFT fails only when none matches,
+    so a typo in one of two names would train the other alone without a word."""
+    if target_modules == "all-linear":
+        return
+    paths = [name for name, _ in model.named_modules()]
+    missing = [t.strip() for t in target_modules.split(",")
+               if not any(p == t.strip() or p.endswith("." + t.strip()) for p in paths)]
+    if missing:
+        import torch
+
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, torch.nn.Linear)})
+        raise TaskdivError(f"--target-modules: {', '.join(map(repr, missing))} is not a module of this model; "
+                           f"its linear layers are {', '.join(linear)} (or use all-linear)")
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -274,7 +310,10 @@ def train(cfg: TrainConfig) -> Path:
     chat = models.choose_chat(ref, tokenizer, cfg.chat_template)
     resolved = resolved_config(cfg, chat)
     if check_existing(run, resolved):
-        log.info("%s: already trained (done); nothing to do", run)
+        if cfg.merge and cfg.method == "lora" and not (run / "merged").exists() and is_main_process():
+            _merge_finished(run, ref, tokenizer)
+        else:
+            log.info("%s: already trained (done); nothing to do", run)
         return run
 
     datasets = require("datasets", "hf")
@@ -302,6 +341,7 @@ def train(cfg: TrainConfig) -> Path:
     model = transformers.AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch.float32)
     peft_config = None
     if cfg.method == "lora":
+        check_target_modules(model, cfg.target_modules)
         targets = cfg.target_modules if cfg.target_modules == "all-linear" else \
             [t.strip() for t in cfg.target_modules.split(",") if t.strip()]
         peft_config = peft.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
@@ -354,6 +394,25 @@ def _quiet(datasets):
     finally:
         if was:
             datasets.enable_progress_bars()
+
+
+def _merge_finished(run: Path, ref, tokenizer) -> None:
+    """--merge on a run trained without it: merged/ from the base model and the saved adapter."""
+    import torch
+    import transformers
+
+    from . import models
+    from .packages import require
+
+    peft = require("peft", "train")
+    log.info("%s: already trained; writing merged/ from its adapter", run)
+    model = transformers.AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch.float32)
+    try:
+        merged = peft.PeftModel.from_pretrained(model, str(run / "adapter")).merge_and_unload()
+        _save(merged, tokenizer, run, merge=True, lora=False)
+    finally:
+        del model
+        models.free_memory()
 
 
 def _save(model, tokenizer, run: Path, *, merge: bool, lora: bool) -> None:
