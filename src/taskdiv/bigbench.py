@@ -49,7 +49,7 @@ import pandas as pd
 
 from . import registry
 from .errors import TaskdivError, unknown_name
-from .fileio import atomic_dir, cache_dir, locked, remove_stale
+from .fileio import atomic_dir, cache_dir, file_sha256, locked, remove_stale
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +151,18 @@ def tasks_dir() -> Path:
     if env:
         path = Path(env)
         if path.is_dir():
-            return path / "benchmark_tasks" if (path / "benchmark_tasks").is_dir() else path
+            # The tasks directory itself, or a directory above it (the unpacked sdist's root).
+            for tasks in (path / "benchmark_tasks", path / "bigbench" / "benchmark_tasks", path):
+                if next(tasks.glob("*/task.json"), None) or next(tasks.glob("*/*/task.json"), None):
+                    return tasks
+            raise TaskdivError(f"TASKDIV_BIGBENCH={env}: no TASK/task.json under it, nor under its "
+                               f"benchmark_tasks or bigbench/benchmark_tasks")
         if path.is_file():
+            digest = file_sha256(str(path))
+            if digest != SDIST_SHA256:  # the cache slot holds the 1.0.0 sdist's tasks, nothing else
+                raise TaskdivError(f"TASKDIV_BIGBENCH={env}: not {SDIST} (its sha256 is {digest}, not "
+                                   f"{SDIST_SHA256}); for another copy of the tasks, extract it and point "
+                                   f"TASKDIV_BIGBENCH at its benchmark_tasks directory")
             return _extract(path)
         raise TaskdivError(f"TASKDIV_BIGBENCH={env}: no such file or directory")
     return fetch()
@@ -188,22 +198,24 @@ def fetch(sha256: str = SDIST_SHA256, size: int | None = SDIST_SIZE) -> Path:
             log.warning("fetching %s from the package index (%d MB, once) into %s", SDIST,
                         round((size or 0) / 1e6), target.parent)
             try:
-                registry.fetch("bigbench", SDIST, archive, sha256=sha256, size=size)
+                url = registry.fetch("bigbench", SDIST, archive, sha256=sha256, size=size)
             except TaskdivError as e:
-                raise TaskdivError(f"{e} {LOCAL_HINT}") from e
-            return _extract(archive, lock=False)
+                raise TaskdivError(f"{str(e).rstrip('.')}. {LOCAL_HINT}") from e
+            return _extract(archive, lock=False, label=url)
         finally:
             archive.unlink(missing_ok=True)
 
 
-def _extract(archive: Path, *, lock: bool = True) -> Path:
-    """Extract the task.json files of the sdist into the cache (atomically)."""
+def _extract(archive: Path, *, lock: bool = True, label: str | None = None) -> Path:
+    """Extract the task.json files of the sdist into the cache (atomically). `label`: how
+    errors name the archive (its URL; the downloaded temporary file is gone by then)."""
     target = _target()
     if (target / ".done").exists():
         return target
     if lock:
         with locked(cache_dir(), f"extracting {archive.name}"):
-            return _extract(archive, lock=False)
+            return _extract(archive, lock=False, label=label)
+    label = label or str(archive)
     remove_stale(target.parent, f".{target.name}-*")  # a killed extraction's staging directory
     made_parent = not target.parent.exists()
     count = 0
@@ -222,14 +234,14 @@ def _extract(archive: Path, *, lock: bool = True) -> Path:
                     shutil.copyfileobj(src, dst)
                 count += 1
             if not count:
-                raise TaskdivError(f"{archive}: no benchmark_tasks/*/task.json inside; not the bigbench sdist")
+                raise TaskdivError(f"{label}: no benchmark_tasks/*/task.json inside; not the bigbench sdist")
             (staging / ".done").write_text(VERSION)
     except BaseException as e:
         if made_parent:  # leave the cache as it was
             with contextlib.suppress(OSError):
                 target.parent.rmdir()
         if isinstance(e, (tarfile.TarError, EOFError, zlib.error)):
-            raise TaskdivError(f"{archive}: not a readable .tar.gz ({e})") from e
+            raise TaskdivError(f"{label}: not a readable .tar.gz ({e})") from e
         raise
     log.info("extracted %d task.json files into %s", count, target)
     return target

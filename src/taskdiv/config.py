@@ -67,8 +67,11 @@ def _help(f) -> str:
     return text.replace("%", "%%")
 
 
-def build(cls, namespace: argparse.Namespace | dict | None = None, config_file: str | Path | None = None):
-    """An instance of `cls` from defaults, then the YAML file, then the given values."""
+def build(cls, namespace: argparse.Namespace | dict | None = None, config_file: str | Path | None = None, *,
+          prefix: str = ""):
+    """An instance of `cls` from defaults, then the YAML file, then the given values.
+    Values are checked against their field's type and `choices`; `prefix` names the keys
+    in errors (an experiment's `train.`)."""
     values: dict = {}
     if config_file:
         values.update(load_yaml(config_file, cls))
@@ -78,7 +81,12 @@ def build(cls, namespace: argparse.Namespace | dict | None = None, config_file: 
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in values:
-            values[f.name] = _coerce(values[f.name], hints[f.name], f.name, config_file)
+            values[f.name] = _coerce(values[f.name], hints[f.name], prefix + f.name, config_file)
+            choices = f.metadata.get("choices")
+            if choices and values[f.name] is not None and values[f.name] not in choices:
+                where = f"{config_file}: " if config_file else ""
+                raise TaskdivError(f"{where}key {prefix + f.name!r}: {values[f.name]!r} is not one of "
+                                   f"{', '.join(map(str, choices))}")
         elif f.metadata.get("required") or (f.default is dataclasses.MISSING
                                               and f.default_factory is dataclasses.MISSING):
             flag = f.name.upper() if f.metadata.get("positional") else "--" + f.name.replace("_", "-")
@@ -119,24 +127,42 @@ def load_yaml(path, cls) -> dict:
     return data
 
 
+def _optional(tp) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
 def _coerce(value, tp, name, source):
-    if value is None:
-        return None
     base, is_list = _base_type(tp)
     try:
+        if value is None:
+            if _optional(tp):
+                return None
+            raise ValueError("has no value (an empty YAML key?)")
         if is_list:
             items = value if isinstance(value, list) else [value]
-            return [base(v) for v in items]
-        if base is bool and not isinstance(value, bool):
-            raise ValueError(f"expected true or false, got {value!r}")
-        if base in (int, float, str) and not isinstance(value, base):
-            if base is int and isinstance(value, float) and value != int(value):
-                raise ValueError(f"expected a whole number, got {value}")
-            return base(value)
-        return value
+            return [_scalar(v, base) for v in items]
+        return _scalar(value, base)
     except (TypeError, ValueError) as e:
         where = f"{source}: " if source else ""
         raise TaskdivError(f"{where}key {name!r}: {e}") from None
+
+
+def _scalar(value, base):
+    """One value as `base`: whole numbers stay whole (1.5 and true are no int), a mapping
+    is a dict, text is text."""
+    if base is bool and not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    if base is dict and not isinstance(value, dict):
+        raise ValueError(f"expected a mapping of keys to values, got {value!r}")
+    if base is int and isinstance(value, bool):
+        raise ValueError(f"expected a whole number, got {str(value).lower()}")
+    if base in (int, float, str) and not isinstance(value, base):
+        if base is int and isinstance(value, float) and value != int(value):
+            raise ValueError(f"expected a whole number, got {value}")
+        if base is str and not isinstance(value, (int, float)):  # a list or mapping is no text
+            raise ValueError(f"expected text, got {value!r}")
+        return base(value)
+    return value
 
 
 def to_dict(cfg, *, exclude=()) -> dict:

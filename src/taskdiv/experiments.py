@@ -57,11 +57,13 @@ from .fileio import check_output_dir, dump_table, output_set, write_json, write_
 
 log = logging.getLogger(__name__)
 
-# Figures measured by bench/bench_training.py (SmolLM2-135M, bf16, 2 cores), for --dry-run
-# estimates: LoRA training per example-epoch, and held-out evaluation per multiple-choice
-# item (the prompt's KV cache shared by its choices; EXPERIMENT-NOTES' naive loop took 0.2 s).
-SECONDS_PER_EXAMPLE_EPOCH = 0.5
-SECONDS_PER_TEST_ITEM = 0.1
+# For --dry-run estimates: the medians of the cpu-skewed study's runs (SmolLM2-135M, LoRA,
+# bf16, 2 cores shared with other work; results/cpu-skewed/results.csv): training per
+# example-epoch on BIG-bench prompts of ~100-300 characters, and held-out evaluation per item
+# (multiple choice and generative). bench/bench_training.py's short-prompt figures on an idle
+# machine (0.34 s, 0.06 s) are 2-4x lower, and gave estimates half the real time.
+SECONDS_PER_EXAMPLE_EPOCH = 0.9
+SECONDS_PER_TEST_ITEM = 0.23
 
 
 @dataclass
@@ -125,7 +127,17 @@ class Run:
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
-    return configmod.build(ExperimentConfig, {}, path)
+    cfg = configmod.build(ExperimentConfig, {}, path)
+    given = configmod.load_yaml(path, ExperimentConfig)
+    if cfg.grid is not None and {"strategies", "budgets"} & set(given):
+        raise TaskdivError(f"{path}: key 'grid' replaces 'strategies' and 'budgets' (they would be ignored); "
+                           f"put them into the grid's blocks")
+    for suite, options in cfg.suite_options.items():
+        if options is not None and not isinstance(options, dict):
+            raise TaskdivError(f"{path}: key 'suite_options.{suite}': expected a mapping of options, got {options!r}")
+    if "full_seeds" in given and not cfg.full:
+        log.warning("%s: full_seeds is ignored: full is false", path)
+    return cfg
 
 
 def _stage_config(cls, options: dict, key: str, fixed: dict):
@@ -138,7 +150,7 @@ def _stage_config(cls, options: dict, key: str, fixed: dict):
     clash = sorted(set(clean) & set(fixed))
     if clash:
         raise TaskdivError(f"experiment config: {', '.join(f'{key}.{k}' for k in clash)} is set by the experiment")
-    return configmod.build(cls, {**clean, **fixed})
+    return configmod.build(cls, {**clean, **fixed}, prefix=f"{key}.")
 
 
 def blocks(cfg: ExperimentConfig) -> list[dict]:

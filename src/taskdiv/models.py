@@ -102,7 +102,8 @@ def resolve(name: str) -> ModelRef:
     if name in EMBEDDED:
         emb = EMBEDDED[name]
         pkg_dir = Path(_model_package(emb.module, list(emb.requirements)))
-        return ModelRef(name, str(_converted(name, lambda out: _gguf_for(emb, pkg_dir, out))), emb.chat)
+        converted = _converted(f"{name}-{_conversion_key(emb)}", lambda out: _gguf_for(emb, pkg_dir, out))
+        return ModelRef(name, str(converted), emb.chat)
     path = Path(name)
     if name.endswith(".gguf"):
         if not path.is_file():
@@ -153,6 +154,20 @@ def _has_chat(path: Path) -> bool:
     cfg = path / "tokenizer_config.json"
     return (path / "chat_template.jinja").exists() or (
         cfg.exists() and "chat_template" in json.loads(cfg.read_text(encoding="utf-8")))
+
+
+def _conversion_key(emb: Embedded) -> str:
+    """What the converted weights of an embedded model depend on: its packages' pins, the
+    GGUF file, and the major version of transformers that dequantizes it. A new pin or a
+    new transformers converts afresh instead of reusing a stale cache entry."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major = version("transformers").split(".")[0]
+    except PackageNotFoundError:
+        major = "none"
+    text = "\n".join([*emb.requirements, emb.gguf_name, f"transformers {major}"])
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
 def _gguf_for(emb: Embedded, pkg_dir: Path, out_dir: Path) -> Path:

@@ -172,8 +172,8 @@ class Client:
         if accept:
             request.add_header("Accept", accept)
         host = urllib.parse.urlsplit(url).hostname or ""
-        if host in self.auth:
-            request.add_header("Authorization", self.auth[host])
+        if host in self.auth:  # not passed on to a redirect's host (pip does not either)
+            request.add_unredirected_header("Authorization", self.auth[host])
         return self.opener.open(request, timeout=self.settings.timeout)
 
 
@@ -257,6 +257,8 @@ def _why(error: Exception) -> str:
         return f"HTTP {error.code} {error.reason}"
     if isinstance(error, urllib.error.URLError):
         return f"unreachable ({error.reason})"
+    if isinstance(error, ConnectionError) and "closed after" in str(error):
+        return str(error)
     if isinstance(error, (ConnectionError, TimeoutError)):
         return f"unreachable ({error})"
     return f"{type(error).__name__}: {error}"
@@ -269,16 +271,22 @@ def download(client: Client, link: Link, dest: Path, sha256: str, size: int | No
                            f"not the expected {sha256}; refused")
     digest = hashlib.sha256()
     name = link.url.rsplit("/", 1)[-1]
+    received = 0
     with client.open(link.url) as response, open(dest, "wb") as out:
-        total = int(response.headers.get("Content-Length") or 0) or size
+        announced = int(response.headers.get("Content-Length") or 0)
+        total = announced or size
         with progress.bar(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name) as bar:
             while chunk := response.read(1 << 20):
                 out.write(chunk)
                 digest.update(chunk)
+                received += len(chunk)
                 bar.update(len(chunk))
+    expected = announced or size
+    if expected and received < expected:  # a dropped connection, not a different file
+        raise ConnectionError(f"the connection closed after {received:,} of {expected:,} bytes")
     if digest.hexdigest() != sha256:
         raise TaskdivError(f"{link.url}: the downloaded file's sha256 is {digest.hexdigest()}, "
-                           f"not the expected {sha256}; refused")
+                           f"not the expected {sha256}; refused.")
 
 
 def fetch(project: str, filename: str, dest: Path, *, sha256: str, size: int | None = None,
