@@ -68,8 +68,8 @@ def test_split_sizes_out_of_range_are_refused(option):
         load_pool(f"bigbench:navigate?{option}")
 
 
-@pytest.mark.parametrize("task", ["cause_and_effect/one_sentence", "cause_and_effect/one_sentence_no_prompt",
-                                  "cause_and_effect/two_sentences", "misconceptions_russian", "logical_sequence"])
+@pytest.mark.parametrize("task", ["cause_and_effect/one_sentence", "cause_and_effect/two_sentences",
+                                  "logical_sequence"])
 def test_split_keys_on_what_the_model_sees(task):
     # Every example of these tasks has the same `input` (the content is in the choices):
     # keyed on the input alone, the whole task landed in the test part.
@@ -113,3 +113,30 @@ def test_skewed_study_pool_is_the_papers_regime():
     # Budgets of 1x to 3x the number of tasks, where random leaves many tasks with nothing.
     budgets = {int(b) for block in cfg.grid for b in block["budgets"]} - {428, 856}
     assert all(len(sizes) <= b <= 3 * len(sizes) for b in budgets), budgets
+
+
+@pytest.mark.parametrize("task", ["cause_and_effect/one_sentence_no_prompt", "misconceptions_russian"])
+def test_tasks_whose_prompts_show_nothing_are_not_pools(task):
+    # Empty input and choices not shown: the formatted prompt is empty, no pool or test item.
+    with pytest.raises(TaskdivError, match=r"bigbench: no examples in"):
+        load_pool(f"bigbench:{task}?split=all")
+
+
+def test_no_item_on_both_sides_within_or_across_tasks():
+    """Identical examples are formatted alike and split alike, items that differ only in
+    their wrong choices count as one, and a task's copy (plural_regular_json is in
+    plural_json) never puts a held-out item into the pool."""
+    spec = "bigbench:bbq_lite_json/disability_status_ambig,unit_conversion,linguistic_mappings"
+    pool = load_pool(spec).frame
+    test = load_pool(spec + "?split=test").frame
+    seen = set(zip(pool["prompt"], pool["response"]))
+    leaked = [(p, r) for p, r in zip(test["prompt"], test["response"]) if (p, r) in seen]
+    assert not leaked, leaked[:3]
+    assert len(test) > 100 and len(pool) > 1000
+
+
+def test_empty_targets_are_skipped_and_scored_choices_make_multiple_choice():
+    frame = load_pool("bigbench:physics_questions?split=all").frame
+    assert frame["response"].str.strip().astype(bool).all()
+    social = load_pool("bigbench:social_support?split=all").frame  # macro_f1, target_scores only
+    assert len(social) > 800 and social["choices"].notna().all()

@@ -15,10 +15,16 @@ choices appended in a seeded order), with:
     targets   the accepted answers (every top-scoring choice, or every target)
 
 Each task is split deterministically into a held-out test part and a pool part:
-examples are ordered by a seeded hash of what the model sees, the formatted prompt
-with its choices (identical items land on the same side; hashing the raw `input`
-alone sent every example of tasks whose input is always "" to one side), and the
-first `test` of them are the test part, never more than half the task. Spec options
+examples are ordered by a seeded hash of what the model sees and the answer it is
+taught, the formatted prompt and the response (appended choices are ordered by a hash
+of the example's content, so identical examples are formatted alike; identical items
+land on the same side; hashing the raw `input` alone sent every example of tasks whose
+input is always "" to one side), and the first `test` of them are the test part, never
+more than half the task. An item held out by one task is dropped from the pool of any
+other task loaded with it (BIG-bench has copies of tasks). Examples with no question
+(an empty input whose choices are not shown) or no non-empty target are skipped; a task
+whose examples have scored choices and no free-text target is multiple choice whatever
+its metric. Spec options
 (`bigbench:TASKS?key=value&...`):
     split     pool (default) | test | all
     test      test part per task: a fraction (<1) or a whole count (default 0.2; at most half)
@@ -283,6 +289,8 @@ def read_task(name: str) -> pd.DataFrame:
     path = available_tasks()[name]
     spec = json.loads(path.read_text(encoding="utf-8"))
     examples = spec.get("examples") or []
+    # Multiple choice as BIG-bench itself reads it: scored choices and no free-text target
+    # (whatever the task's metric), or a task scored by multiple_choice_grade.
     multiple_choice = spec.get("preferred_score") == "multiple_choice_grade" or (
         "multiple_choice_grade" in spec.get("metrics", []) and not any("target" in e for e in examples[:20]))
     task_prefix = str(spec.get("task_prefix", ""))
@@ -295,28 +303,31 @@ def read_task(name: str) -> pd.DataFrame:
         text = str(ex.get("input", ""))
         scores = ex.get("target_scores")
         choices = targets = None
-        if multiple_choice and scores:
+        if scores and (multiple_choice or "target" not in ex):
             best = max(scores.values())
             choices = list(scores)
             targets = [c for c, s in scores.items() if s == best]
             response = str(ex["target"]) if isinstance(ex.get("target"), str) and ex["target"] in targets \
                 else targets[0]
             if append_choices:
-                rng = np.random.default_rng(_hash_int(f"choices:{name}:{index}"))
+                # Seeded by the content, so that identical examples are formatted alike.
+                rng = np.random.default_rng(_hash_int("choices:" + text + "\x1f" + "\x1f".join(sorted(choices))))
                 order = rng.permutation(sorted(choices))
                 text = text + choice_prefix + choice_prefix.join(order)
+            elif not text.strip():
+                continue  # the model would see no question at all (the content is in the choices)
         elif "target" in ex:
             target = ex["target"]
-            targets = [str(t) for t in target] if isinstance(target, list) else [str(target)]
-            if not targets:
-                continue
+            targets = [str(t) for t in (target if isinstance(target, list) else [target]) if str(t).strip()]
+            if not targets or not text.strip():
+                continue  # nothing to answer, or no question
             response = targets[0]
         else:
             continue  # neither a target nor scores: nothing to learn or evaluate
         prompt = (task_prefix + input_prefix + text + output_prefix).lstrip().rstrip(" ")
-        # The split key is what the model sees: the prompt and, where they are not
-        # appended to it, the choices (sorted: their order is presentation only).
-        key = prompt if choices is None else prompt + "\x1f" + "\x1f".join(sorted(choices))
+        # The split key is what the model sees and the answer it is taught: an item that
+        # differs only in its wrong choices, or sits in two tasks, is still the same item.
+        key = prompt + "\x1f" + response
         rows.append({"id": f"{name}:{index:05d}", "prompt": prompt, "task": name, "response": response,
                      "choices": choices, "targets": targets, "_key": key})
     return pd.DataFrame(rows, columns=["id", "prompt", "task", "response", "choices", "targets", "_key"])
@@ -327,10 +338,12 @@ def _hash_int(text: str) -> int:
 
 
 def split_task(frame: pd.DataFrame, *, test: float = 0.2, max_pool: int | None = None,
-               pool_frac: float = 1.0, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(pool part, test part) of one task's examples; see the module docstring."""
+               pool_frac: float = 1.0, seed: int = 0, exclude: set | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(pool part, test part) of one task's examples; see the module docstring. `exclude`:
+    split keys held out by other tasks loaded with it, dropped from the pool part (before
+    pool_frac and max_pool)."""
     n = len(frame)
-    keys = [_hash_int(f"split:{seed}:{t}:{k}") for t, k in zip(frame["task"], frame["_key"])]
+    keys = [_hash_int(f"split:{seed}:{k}") for k in frame["_key"]]
     order = np.argsort(np.asarray(keys, dtype=np.uint64), kind="stable")
     n_test = int(test) if test >= 1 else int(round(test * n))
     n_test = min(n_test, n // 2)
@@ -347,6 +360,8 @@ def split_task(frame: pd.DataFrame, *, test: float = 0.2, max_pool: int | None =
         n_test = forward if forward <= n // 2 else back
     test_part = frame.iloc[order[:n_test]]
     pool_part = frame.iloc[order[n_test:]]
+    if exclude:  # items of other tasks' test parts: never in a pool
+        pool_part = pool_part[~pool_part["_key"].isin(exclude)]
     if pool_frac < 1:
         pool_part = pool_part.iloc[:max(1, int(round(pool_frac * len(pool_part))))]
     if max_pool is not None:
@@ -360,13 +375,22 @@ def load(tasks: list[str], *, split: str = "pool", test: float = 0.2, max_pool: 
     if split not in ("pool", "test", "all"):
         raise TaskdivError(f"bigbench: split must be pool, test or all, not {split!r}")
     _check_sizes(test, max_pool, pool_frac)
-    parts = []
+    frames = {}
     for name in resolve_tasks(tasks):
         frame = read_task(name)
         if len(frame) == 0:
             log.warning("bigbench task %s has no usable examples; skipped", name)
             continue
-        pool_part, test_part = split_task(frame, test=test, max_pool=max_pool, pool_frac=pool_frac, seed=seed)
+        frames[name] = frame
+    # An item that two tasks share (BIG-bench has copies: plural_regular_json is in
+    # plural_json) is held out in one of them: it must not be in the other's pool.
+    held_out = set()
+    for frame in frames.values():
+        held_out.update(split_task(frame, test=test, seed=seed)[1]["_key"])
+    parts = []
+    for frame in frames.values():
+        pool_part, test_part = split_task(frame, test=test, max_pool=max_pool, pool_frac=pool_frac, seed=seed,
+                                          exclude=held_out)
         if split in ("pool", "all"):
             parts.append(pool_part)
         if split in ("test", "all"):
