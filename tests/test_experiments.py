@@ -1,4 +1,5 @@
 """`taskdiv experiment`: a tiny grid end to end, SIGKILL and resume, bad configs."""
+import json
 import os
 import shutil
 import signal
@@ -295,3 +296,20 @@ def test_a_run_that_selects_what_a_finished_run_selected_is_not_trained_again(tm
     assert main(["report", str(exp)]) == 0
     assert f"took its evaluation instead of training the same model again: {wtd.name} = {td.name}." in \
         (exp / "report.md").read_text()
+
+
+def test_resuming_with_other_code_than_the_finished_runs_says_so(tmp_path, tiny_model_dir, caplog):
+    from taskdiv.experiments import code_version
+
+    if code_version() is None:
+        pytest.skip("not a git checkout: no commit to compare")
+    exp = tmp_path / "exp"
+    base_only = {"strategies": [], "budgets": [], "seeds": [0], "full": False}
+    assert main(["experiment", str(write_config(tmp_path / "a.yaml", tiny_model_dir, **base_only)),
+                 "--out", str(exp)]) == 0
+    result = exp / "runs" / "base" / "result.json"
+    result.write_text(json.dumps({**json.loads(result.read_text()), "code": "0449f63" + "0" * 33}))
+    more = write_config(tmp_path / "b.yaml", tiny_model_dir, **{**base_only, "strategies": ["random"], "budgets": [4]})
+    with caplog.at_level("WARNING"):
+        assert main(["experiment", str(more), "--out", str(exp)]) == 0
+    assert "1 finished run(s) of" in caplog.text and "made by other code (1 at 0449f63)" in caplog.text

@@ -396,6 +396,8 @@ class Experiment:
         write_text(self.out / ".gitignore", GITIGNORE)
         todo = [r for r in runs if not (self.run_dir(r) / "done").exists()]
         log.info("experiment %s: %d run(s), %d already done", self.cfg.name, len(runs), len(runs) - len(todo))
+        if todo:
+            self._warn_other_code([r for r in runs if r not in todo])
         with _quiet_inner_progress():
             if todo and self.needs_scores() and not (self.out / "scores" / "scores.csv").exists():
                 from .scoring import score
@@ -409,6 +411,23 @@ class Experiment:
                     progress.update(1)
                     self.collect()
         return self.collect()
+
+    def _warn_other_code(self, finished: list[Run]) -> None:
+        """Say so when finished runs were made by other code than the runs about to be made:
+        a study resumed at another commit may mix results that are not comparable."""
+        here = code_version()
+        others = Counter()
+        for r in finished:
+            path = self.run_dir(r) / "result.json"
+            code = json.loads(path.read_text(encoding="utf-8")).get("code") if path.exists() else None
+            if code and here and code.removesuffix("+dirty") != here.removesuffix("+dirty"):
+                others[_short(code)] += 1
+        if others:
+            made = ", ".join(f"{n} at {c}" for c, n in others.most_common())
+            log.warning("%d finished run(s) of %s were made by other code (%s); the runs made now, at %s, may "
+                        "not be comparable with them if that code changed what runs compute. To finish a study "
+                        "with its own code, run it from a git worktree at its commit.", sum(others.values()),
+                        self.out, made, _short(here))
 
     def run_dir(self, run: Run) -> Path:
         return self.out / "runs" / run.id
@@ -572,6 +591,10 @@ runs/*/eval*/harness/
 scores/cache.sqlite*
 scores/scores.parquet
 """
+
+
+def _short(commit: str) -> str:
+    return commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")
 
 
 def code_version() -> str | None:
