@@ -223,7 +223,7 @@ def test_embeddings_on_ray_match_local_and_are_cached(cluster, tmp_path):
     assert ray_.shape == local.shape == (40, 384)
     np.testing.assert_allclose(ray_, local, atol=1e-5)
     with sqlite3.connect(tmp_path / "ray.sqlite") as conn:
-        assert conn.execute("SELECT COUNT(*) FROM emb").fetchone() == (40,)
+        assert conn.execute("SELECT COUNT(*) FROM vectors").fetchone() == (40,)
     # Cached: a second call needs no cluster work and gives the same vectors.
     again = embeddings.embed(prompts, cache=tmp_path / "ray.sqlite", progress=False, engine="ray")
     np.testing.assert_array_equal(again, ray_)
