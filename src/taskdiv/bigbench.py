@@ -358,15 +358,21 @@ def split_task(frame: pd.DataFrame, *, test: float = 0.2, max_pool: int | None =
         while back > 0 and sorted_keys[back] == sorted_keys[back - 1]:
             back -= 1
         n_test = forward if forward <= n // 2 else back
-    test_part = frame.iloc[order[:n_test]]
-    pool_part = frame.iloc[order[n_test:]]
+    return cap_pool(frame.iloc[order[n_test:]], exclude=exclude, max_pool=max_pool, pool_frac=pool_frac), \
+        frame.iloc[order[:n_test]]
+
+
+def cap_pool(pool_part: pd.DataFrame, *, exclude: set | None = None, max_pool: int | None = None,
+             pool_frac: float = 1.0) -> pd.DataFrame:
+    """A task's pool part (in split order) without the `exclude` keys, then shrunk by
+    pool_frac and capped at max_pool."""
     if exclude:  # items of other tasks' test parts: never in a pool
         pool_part = pool_part[~pool_part["_key"].isin(exclude)]
     if pool_frac < 1:
         pool_part = pool_part.iloc[:max(1, int(round(pool_frac * len(pool_part))))]
     if max_pool is not None:
         pool_part = pool_part.iloc[:max_pool]
-    return pool_part, test_part
+    return pool_part
 
 
 def load(tasks: list[str], *, split: str = "pool", test: float = 0.2, max_pool: int | None = None,
@@ -384,15 +390,12 @@ def load(tasks: list[str], *, split: str = "pool", test: float = 0.2, max_pool: 
         frames[name] = frame
     # An item that two tasks share (BIG-bench has copies: plural_regular_json is in
     # plural_json) is held out in one of them: it must not be in the other's pool.
-    held_out = set()
-    for frame in frames.values():
-        held_out.update(split_task(frame, test=test, seed=seed)[1]["_key"])
+    splits = [split_task(frame, test=test, seed=seed) for frame in frames.values()]
+    held_out = {key for _, test_part in splits for key in test_part["_key"]}
     parts = []
-    for frame in frames.values():
-        pool_part, test_part = split_task(frame, test=test, max_pool=max_pool, pool_frac=pool_frac, seed=seed,
-                                          exclude=held_out)
+    for pool_part, test_part in splits:
         if split in ("pool", "all"):
-            parts.append(pool_part)
+            parts.append(cap_pool(pool_part, exclude=held_out, max_pool=max_pool, pool_frac=pool_frac))
         if split in ("test", "all"):
             parts.append(test_part)
     if not parts:

@@ -485,6 +485,11 @@ def _read_hub(name: str, opts: dict[str, str]) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- normalising
 
 
+def _source_fields(columns) -> list[str]:
+    """A source's field names for error messages (without the line numbers taskdiv adds)."""
+    return sorted(c for c in columns if c != "__line__")
+
+
 def _detect_shape(columns, fields: FieldMap) -> str:
     if fields.prompt_template or fields.prompt_field in columns:
         return "mapped"
@@ -548,7 +553,7 @@ def _normalise_rows(raw, fields, source, where, require_tasks, ranking):
     else:
         if fields.prompt_field not in cols:
             raise DataError(f"no prompt field {fields.prompt_field!r}; the source has "
-                            f"{sorted(c for c in cols if c != '__line__')} "
+                            f"{_source_fields(cols)} "
                             f"(map it with --prompt-field or --prompt-template)", file=source)
         prompt = raw[fields.prompt_field]
     prompt_name = fields.prompt_field if shape == "mapped" and not fields.prompt_template else "prompt"
@@ -569,7 +574,7 @@ def _normalise_rows(raw, fields, source, where, require_tasks, ranking):
                                  ("--response-field", fields.response_field, defaults.response_field)):
         if given != default and given not in cols:  # asked for by name: not silently generated or dropped
             raise DataError(f"no field {given!r} ({name}); the source has "
-                            f"{sorted(c for c in cols if c != '__line__')}", file=source)
+                            f"{_source_fields(cols)}", file=source)
     if response is None and fields.response_field in cols:
         response = raw[fields.response_field]
         # A list (several references) or a bool would become text by accident.
@@ -702,7 +707,7 @@ def _render_template(raw: pd.DataFrame, template: str, err, source: str | None =
     missing = [n for n in names if n not in raw.columns]
     if missing:
         raise DataError(f"prompt template uses field(s) {missing} that the source lacks "
-                        f"(it has {sorted(c for c in raw.columns if c != '__line__')})", file=source)
+                        f"(it has {_source_fields(raw.columns)})", file=source)
     for n in names:
         _check_types(raw[n], n, err, what=f"template field {n!r}", numbers=True)
     columns = {n: raw[n].where(raw[n].notna(), "").astype(str) for n in names}

@@ -170,15 +170,14 @@ def _select_cache(cache, rows):
     return sub
 
 
-def generate(model, tok, prompt_ids: list[list[int]], max_new_tokens: int | list[int]) -> list[str]:
-    """Greedy continuations, cut at the first newline. `max_new_tokens`: one cap, or a cap per
-    prompt: the batch runs to the largest and each continuation is cut to its own, so that
-    a prompt's answer does not depend on the prompts batched with it."""
+def generate(model, tok, prompt_ids: list[list[int]], caps: list[int]) -> list[str]:
+    """Greedy continuations, cut at the first newline. `caps`: each prompt's cap on new tokens;
+    the batch runs to the largest and each continuation is cut to its own, so that a
+    prompt's answer does not depend on the prompts batched with it."""
     import torch
 
     from .models import left_pad
 
-    caps = list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(prompt_ids)
     device = next(model.parameters()).device
     ids, mask = left_pad(prompt_ids, tok.pad_token_id)
     with torch.inference_mode():

@@ -273,17 +273,15 @@ def download(client: Client, link: Link, dest: Path, sha256: str, size: int | No
     name = link.url.rsplit("/", 1)[-1]
     received = 0
     with client.open(link.url) as response, open(dest, "wb") as out:
-        announced = int(response.headers.get("Content-Length") or 0)
-        total = announced or size
+        total = int(response.headers.get("Content-Length") or 0) or size
         with progress.bar(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name) as bar:
             while chunk := response.read(1 << 20):
                 out.write(chunk)
                 digest.update(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
-    expected = announced or size
-    if expected and received < expected:  # a dropped connection, not a different file
-        raise ConnectionError(f"the connection closed after {received:,} of {expected:,} bytes")
+    if total and received < total:  # a dropped connection, not a different file
+        raise ConnectionError(f"the connection closed after {received:,} of {total:,} bytes")
     if digest.hexdigest() != sha256:
         raise TaskdivError(f"{link.url}: the downloaded file's sha256 is {digest.hexdigest()}, "
                            f"not the expected {sha256}; refused.")

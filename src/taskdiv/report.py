@@ -122,6 +122,11 @@ def saving_vs_random(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _is_task_strategy(name: str) -> bool:
+    """strategies.is_task_strategy for any name in results.csv (full and base are rows too)."""
+    return name in STRATEGIES and is_task_strategy(name)
+
+
 def _bracket(budgets: list[int], match: float) -> list[int]:
     """The measured budgets on either side of a matching budget (one at an end)."""
     if not np.isfinite(match):
@@ -268,7 +273,7 @@ def plot_task_gains(per_task: pd.DataFrame, results: pd.DataFrame, path: Path | 
     # The largest budget the task strategies ran at (random alone at a larger one, run to
     # measure the saving, would leave one column); any strategy's if none ran.
     ran = results[~results["strategy"].isin(REFERENCE)]
-    task_runs = ran[ran["strategy"].map(lambda s: s in STRATEGIES and is_task_strategy(s))]
+    task_runs = ran[ran["strategy"].map(_is_task_strategy)]
     budget_n = (task_runs if len(task_runs) else ran)["budget_n"].max()
     runs = results[(results["budget_n"] == budget_n) | (results["strategy"] == "full")]
     merged = per_task.merge(runs[["run", "strategy"]], on="run")
@@ -469,7 +474,7 @@ def headline(exps) -> str:
         saving = saving_vs_random(results)
         rand_budgets = sorted(results.loc[results["strategy"] == "random", "budget_n"].unique())
         for _, r in saving.iterrows() if len(saving) else ():
-            if r["budget_n"] in budgets and r["strategy"] in STRATEGIES and is_task_strategy(r["strategy"]):
+            if r["budget_n"] in budgets and _is_task_strategy(r["strategy"]):
                 notes.append(f"- {exp.name}, {r['strategy']} at {int(r['budget_n'])}: "
                              + _fmt_match(r, int(rand_budgets[0]), int(rand_budgets[-1])))
     lines = ["| strategy | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]

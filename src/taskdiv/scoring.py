@@ -266,7 +266,7 @@ def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     chat = models.choose_chat(ref, tokenizer, cfg.chat_template)
     from transformers import AutoConfig
 
-    context = getattr(AutoConfig.from_pretrained(ref.path), "max_position_embeddings", None) or 2048
+    context = models.context_length(AutoConfig.from_pretrained(ref.path))
     if cfg.max_new_tokens >= context or (cfg.max_prompt_tokens or 1) + cfg.max_new_tokens > context:
         raise TaskdivError(f"--max-new-tokens {cfg.max_new_tokens}"
                            + (f" and --max-prompt-tokens {cfg.max_prompt_tokens}" if cfg.max_prompt_tokens else "")

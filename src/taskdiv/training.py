@@ -265,7 +265,7 @@ def check_options(cfg: TrainConfig) -> None:
               (cfg.warmup >= 0, f"--warmup must be 0 or more (a fraction below 1, or steps), got {cfg.warmup}"),
               (cfg.weight_decay >= 0, f"--weight-decay must be 0 or more, got {cfg.weight_decay}")]
     if cfg.method == "lora":
-        names = [t.strip() for t in cfg.target_modules.split(",")]
+        names = target_module_names(cfg.target_modules, keep_empty=True)
         checks += [(cfg.lora_r >= 1, f"--lora-r must be at least 1, got {cfg.lora_r}"),
                    (cfg.lora_alpha > 0, f"--lora-alpha must be positive, got {cfg.lora_alpha}"),
                    (0 <= cfg.lora_dropout < 1, f"--lora-dropout must be in [0, 1), got {cfg.lora_dropout}"),
@@ -275,6 +275,13 @@ def check_options(cfg: TrainConfig) -> None:
             raise TaskdivError(message)
 
 
+def target_module_names(target_modules: str, *, keep_empty: bool = False) -> list[str]:
+    """The names of a comma-separated --target-modules (empty ones too with `keep_empty`,
+    for the check that refuses them)."""
+    names = [t.strip() for t in target_modules.split(",")]
+    return names if keep_empty else [t for t in names if t]
+
+
 def check_target_modules(model, target_modules: str) -> None:
     """Every name in --target-modules names a module of the model, as PEFT matches them (the
     module's own name or a dotted suffix of its path): PEFT fails only when none matches,
@@ -282,8 +289,7 @@ def check_target_modules(model, target_modules: str) -> None:
     if target_modules == "all-linear":
         return
     paths = [name for name, _ in model.named_modules()]
-    missing = [t.strip() for t in target_modules.split(",")
-               if not any(p == t.strip() or p.endswith("." + t.strip()) for p in paths)]
+    missing = [t for t in target_module_names(target_modules) if not any(p == t or p.endswith("." + t) for p in paths)]
     if missing:
         import torch
 
@@ -342,8 +348,7 @@ def train(cfg: TrainConfig) -> Path:
     peft_config = None
     if cfg.method == "lora":
         check_target_modules(model, cfg.target_modules)
-        targets = cfg.target_modules if cfg.target_modules == "all-linear" else \
-            [t.strip() for t in cfg.target_modules.split(",") if t.strip()]
+        targets = cfg.target_modules if cfg.target_modules == "all-linear" else target_module_names(cfg.target_modules)
         peft_config = peft.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                       target_modules=targets, task_type="CAUSAL_LM")
     args = trl.SFTConfig(

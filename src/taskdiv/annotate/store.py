@@ -78,7 +78,10 @@ def resolve(items: list[Item], selection: pd.DataFrame, store: pd.DataFrame, *, 
     """The store rows to append and a report of every id, by category (see the module docstring)."""
     sel = selection.set_index("id", drop=False)
     latest = store.drop_duplicates("id", keep="last").set_index("id", drop=False) if len(store) else store
+    # Per id: every answer the store holds, and the latest submission time among them.
     stored_answers = store.groupby("id")["response"].agg(set).to_dict() if len(store) else {}
+    stored_latest = store.groupby("id")["submitted_at"].agg(lambda ts: max(map(_time, ts))).to_dict() \
+        if len(store) else {}
     by_id: dict[str, list[Item]] = {}
     for item in items:
         by_id.setdefault(item.id, []).append(item)
@@ -133,8 +136,7 @@ def resolve(items: list[Item], selection: pd.DataFrame, store: pd.DataFrame, *, 
                 if new_time < stored_time:
                     report["kept_stored"].append(pid)
                     continue
-            elif response in stored_answers.get(pid, ()) and not new_time > max(
-                    (_time(t) for t in store.loc[store["id"] == pid, "submitted_at"]), default=-math.inf):
+            elif response in stored_answers.get(pid, ()) and not new_time > stored_latest[pid]:
                 # An earlier round's answer again, not submitted after it: an old export re-imported.
                 report["earlier_answer"].append(pid)
                 continue
