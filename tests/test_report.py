@@ -188,3 +188,19 @@ def test_headline_puts_experiments_side_by_side(exp, tmp_path, capsys):
     shutil.rmtree(other)
     assert main(["report", str(exp), "--compare", str(other)]) == 1
     assert "results.csv: no such file" in capsys.readouterr().err
+
+
+def test_report_compares_taskdivs_variant_with_the_paper_strategy_it_extends(exp):
+    results = pd.read_csv(exp / "results.csv")
+    assert "sharp-weighted-task-diversity against" not in build_report(exp)  # no variant run: no section
+    wtd = results[(results["strategy"] == "weighted-task-diversity") & (results["budget_n"] == 60)]
+    sharp = wtd.assign(strategy="sharp-weighted-task-diversity", run=wtd["run"].str.replace("weighted", "sharp"),
+                       accuracy=wtd["accuracy"] + np.array([0.01, 0.02, -0.006]))
+    pd.concat([results, sharp]).to_csv(exp / "results.csv", index=False)
+    text = build_report(exp)
+    section = text.split("## sharp-weighted-task-diversity against weighted-task-diversity")[1].split("\n## ")[0]
+    rows = [l for l in section.splitlines() if l.startswith("| 20% |")]
+    assert len(rows) == 1 and "| 10% |" not in section  # only where both ran
+    assert rows[0].startswith("| 20% | 0.008 [") and "| 2 / 3 |" in rows[0]
+    # the 8 sign flips of (0.01, 0.02, -0.006) sum to +-0.036, +-0.024, +-0.016, +-0.004: 4 reach 0.024
+    assert rows[0].endswith("| 1.000 | 0.500 |")

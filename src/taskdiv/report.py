@@ -37,6 +37,9 @@ from .strategies import STRATEGIES, is_task_strategy
 log = logging.getLogger(__name__)
 
 REFERENCE = ("full", "base")
+# taskdiv's variants beyond the paper, and the paper's strategy each one is meant to beat:
+# the report compares them directly (same budget and seed).
+VARIANTS = {"sharp-weighted-task-diversity": "weighted-task-diversity"}
 ORDER = ["random", "proportional", "task-diversity", "weighted-task-diversity", "sharp-weighted-task-diversity",
          "k-center", "uncertainty"]
 
@@ -83,16 +86,24 @@ def summary_table(results: pd.DataFrame) -> pd.DataFrame:
 def paired_vs_random(results: pd.DataFrame) -> pd.DataFrame:
     """Mean difference to random at the same budget and seed, with a 95% t-interval and
     exact sign and permutation test p-values."""
-    rand = results[results["strategy"] == "random"].set_index(["budget_n", "seed"])["accuracy"]
+    return paired_vs(results, "random")
+
+
+def paired_vs(results: pd.DataFrame, reference: str, strategies: list[str] | None = None) -> pd.DataFrame:
+    """paired_vs_random against any `reference` strategy, for `strategies` (default: all but
+    the reference) at the budgets where both ran."""
+    ref = results[results["strategy"] == reference].set_index(["budget_n", "seed"])["accuracy"]
     rows = []
-    for strategy in _strategies(results):
-        if strategy == "random":
+    for strategy in strategies if strategies is not None else _strategies(results):
+        if strategy == reference:
             continue
         for budget_n, group in results[results["strategy"] == strategy].groupby("budget_n"):
             keys = [(budget_n, s) for s in group["seed"]]
-            present = [k in rand.index for k in keys]
-            diffs = group["accuracy"].to_numpy()[present] - rand.loc[[k for k, p in zip(keys, present) if p]].to_numpy()
+            present = [k in ref.index for k in keys]
+            diffs = group["accuracy"].to_numpy()[present] - ref.loc[[k for k, p in zip(keys, present) if p]].to_numpy()
             diffs = diffs[~np.isnan(diffs)]  # a run without an accuracy is no pair
+            if strategies is not None and not len(diffs):
+                continue  # a variant asked for by name, at a budget where the reference did not run
             m, lo, hi = mean_ci(diffs)
             rows.append({"strategy": strategy, "budget_n": int(budget_n), "diff": m, "ci_low": lo, "ci_high": hi,
                          "wins": int((diffs > 0).sum()), "pairs": len(diffs),
@@ -359,6 +370,7 @@ def build_report(exp: Path) -> str:
             lines.append(f"| {r['strategy']} | {labels.get(int(r['budget_n']), r['budget_n'])} | "
                          f"{_fmt(r['diff'], r['ci_low'], r['ci_high'])} | {r['wins']} / {r['pairs']} | "
                          f"{r['p_sign']:.3f} | {r['p_perm']:.3f} |")
+    lines += _variant_lines(results, labels)
     saving = saving_vs_random(results)
     lines += ["", "## Annotation saving", ""]
     if len(saving):
@@ -408,6 +420,25 @@ def build_report(exp: Path) -> str:
     text = "\n".join(lines) + "\n"
     _write_report(exp, text, figures)
     return text
+
+
+def _variant_lines(results: pd.DataFrame, labels: dict) -> list[str]:
+    """The section comparing each of taskdiv's variants with the paper strategy it extends."""
+    lines = []
+    for variant, reference in VARIANTS.items():
+        paired = paired_vs(results, reference, [variant])
+        if not len(paired):
+            continue
+        lines += ["", f"## {variant} against {reference} (same budget and seed)", "",
+                  f"{variant} is taskdiv's variant, not the paper's; the question is whether it beats "
+                  f"{reference}, the paper strategy it extends. Columns as above.", "",
+                  "| budget | mean difference [95% CI] | wins / pairs | p (sign) | p (permutation) |",
+                  "|---|---|---|---|---|"]
+        for _, r in paired.iterrows():
+            lines.append(f"| {labels.get(int(r['budget_n']), r['budget_n'])} | "
+                         f"{_fmt(r['diff'], r['ci_low'], r['ci_high'])} | {r['wins']} / {r['pairs']} | "
+                         f"{r['p_sign']:.3f} | {r['p_perm']:.3f} |")
+    return lines
 
 
 def _write_report(exp: Path, text: str, figures: dict) -> None:
