@@ -313,3 +313,23 @@ def test_resuming_with_other_code_than_the_finished_runs_says_so(tmp_path, tiny_
     with caplog.at_level("WARNING"):
         assert main(["experiment", str(more), "--out", str(exp)]) == 0
     assert "1 finished run(s) of" in caplog.text and "made by other code (1 at 0449f63)" in caplog.text
+
+
+def test_a_grid_experiment_reruns_over_the_config_it_wrote(tmp_path, tiny_model_dir, capsys):
+    from taskdiv import config as configmod
+    from taskdiv.experiments import load_config
+
+    exp = tmp_path / "exp"
+    path = write_config(tmp_path / "g.yaml", tiny_model_dir, grid=[{"strategies": ["random"], "budgets": [4]}],
+                        seeds=[0], full=False, base=False)
+    assert main(["experiment", str(path), "--out", str(exp)]) == 0
+    written = yaml.safe_load((exp / "config.yaml").read_text())
+    assert "grid" in written and not {"strategies", "budgets", "full_seeds"} & set(written)
+    assert load_config(exp / "config.yaml") == load_config(path)  # a config a user may run as it is
+    capsys.readouterr()
+    for argv in (["--dry-run"], []):
+        assert main(["experiment", str(path), "--out", str(exp), *argv]) == 0, capsys.readouterr().err
+    # As versions before this one wrote it (every key: the grid's unused strategies and budgets too).
+    (exp / "config.yaml").write_text(yaml.safe_dump(configmod.to_dict(load_config(path))))
+    assert main(["experiment", str(path), "--out", str(exp)]) == 0, capsys.readouterr().err
+    assert "already done" in capsys.readouterr().err or (exp / "runs" / "random-b4-s0" / "done").exists()

@@ -126,8 +126,13 @@ class Run:
     seed: int
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
+def load_config(path: str | Path, *, written: bool = False) -> ExperimentConfig:
+    """The experiment config in `path`. `written`: EXP/config.yaml, as an experiment wrote it
+    (the checks of what a user wrote are skipped: older versions wrote every key, so a grid's
+    config also held the unused top-level strategies and budgets)."""
     cfg = configmod.build(ExperimentConfig, {}, path)
+    if written:
+        return cfg
     given = configmod.load_yaml(path, ExperimentConfig)
     if cfg.grid is not None and {"strategies", "budgets"} & set(given):
         raise TaskdivError(f"{path}: key 'grid' replaces 'strategies' and 'budgets' (they would be ignored); "
@@ -138,6 +143,18 @@ def load_config(path: str | Path) -> ExperimentConfig:
     if "full_seeds" in given and not cfg.full:
         log.warning("%s: full_seeds is ignored: full is false", path)
     return cfg
+
+
+def written_config(cfg: ExperimentConfig) -> dict:
+    """EXP/config.yaml: the resolved config, which load_config reads back as a user's config
+    (a grid's config leaves out the top-level strategies and budgets it replaces)."""
+    out = configmod.to_dict(cfg)
+    if cfg.grid is not None:
+        out.pop("strategies", None)
+        out.pop("budgets", None)
+    if not cfg.full and cfg.full_seeds is None:
+        out.pop("full_seeds", None)  # read back, it would warn that it is ignored
+    return out
 
 
 def _stage_config(cls, options: dict, key: str, fixed: dict):
@@ -346,7 +363,7 @@ class Experiment:
         path = self.out / "config.yaml"
         if not path.exists():
             return
-        old, new = configmod.to_dict(load_config(path)), configmod.to_dict(self.cfg)
+        old, new = configmod.to_dict(load_config(path, written=True)), configmod.to_dict(self.cfg)
         changed = [k for k in RUN_DEFINING if old[k] != new[k]]
         if changed:
             detail = "; ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed)
@@ -392,7 +409,7 @@ class Experiment:
         from .progress import bar
 
         runs = self.prepare()
-        write_yaml(self.out / "config.yaml", configmod.to_dict(self.cfg))
+        write_yaml(self.out / "config.yaml", written_config(self.cfg))
         write_text(self.out / ".gitignore", GITIGNORE)
         todo = [r for r in runs if not (self.run_dir(r) / "done").exists()]
         log.info("experiment %s: %d run(s), %d already done", self.cfg.name, len(runs), len(runs) - len(todo))
