@@ -315,7 +315,7 @@ def test_resuming_with_other_code_than_the_finished_runs_says_so(tmp_path, tiny_
     assert "1 finished run(s) of" in caplog.text and "made by other code (1 at 0449f63)" in caplog.text
 
 
-def test_a_grid_experiment_reruns_over_the_config_it_wrote(tmp_path, tiny_model_dir, capsys):
+def test_a_grid_experiment_reruns_over_the_config_it_wrote(tmp_path, tiny_model_dir, capsys, caplog):
     from taskdiv import config as configmod
     from taskdiv.experiments import load_config
 
@@ -333,3 +333,11 @@ def test_a_grid_experiment_reruns_over_the_config_it_wrote(tmp_path, tiny_model_
     (exp / "config.yaml").write_text(yaml.safe_dump(configmod.to_dict(load_config(path))))
     assert main(["experiment", str(path), "--out", str(exp)]) == 0, capsys.readouterr().err
     assert "already done" in capsys.readouterr().err or (exp / "runs" / "random-b4-s0" / "done").exists()
+    # results.csv without the run directories behind it (a copy of the tables only): the rerun
+    # makes the runs again and says that their rows will be replaced.
+    shutil.rmtree(exp / "runs")
+    with caplog.at_level("WARNING"):
+        assert main(["experiment", str(path), "--out", str(exp)]) == 0
+    assert f"{exp / 'results.csv'} lists 1 run(s) of this grid that have no finished run directory here " \
+           f"(random-b4-s0)" in caplog.text
+    assert list(pd.read_csv(exp / "results.csv")["run"]) == ["random-b4-s0"]

@@ -415,6 +415,7 @@ class Experiment:
         log.info("experiment %s: %d run(s), %d already done", self.cfg.name, len(runs), len(runs) - len(todo))
         if todo:
             self._warn_other_code([r for r in runs if r not in todo])
+            self._warn_lost_rows(todo)
         with _quiet_inner_progress():
             if todo and self.needs_scores() and not (self.out / "scores" / "scores.csv").exists():
                 from .scoring import score
@@ -445,6 +446,23 @@ class Experiment:
                         "not be comparable with them if that code changed what runs compute. To finish a study "
                         "with its own code, run it from a git worktree at its commit.", sum(others.values()),
                         self.out, made, _short(here))
+
+    def _warn_lost_rows(self, todo: list[Run]) -> None:
+        """Say so when EXP/results.csv lists runs of the grid that are about to be made
+        afresh: their run directories are not here (results copied without them, e.g. from a
+        version that did not commit runs), and results.csv is rebuilt from run directories."""
+        path = self.out / "results.csv"
+        if not path.exists():
+            return
+        try:
+            listed = set(pd.read_csv(path, usecols=["run"])["run"].astype(str))
+        except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+            return
+        lost = [r.id for r in todo if r.id in listed]
+        if lost:
+            log.warning("%s lists %d run(s) of this grid that have no finished run directory here (%s); they "
+                        "are made again now, and their rows are replaced by the new results (git keeps the old "
+                        "ones)", path, len(lost), ", ".join(lost[:3]) + (" ..." if len(lost) > 3 else ""))
 
     def run_dir(self, run: Run) -> Path:
         return self.out / "runs" / run.id
