@@ -91,7 +91,7 @@ def paired_vs_random(results: pd.DataFrame) -> pd.DataFrame:
 
 def paired_vs(results: pd.DataFrame, reference: str, strategies: list[str] | None = None) -> pd.DataFrame:
     """paired_vs_random against any `reference` strategy, for `strategies` (default: all but
-    the reference) at the budgets where both ran."""
+    the reference), at every budget each ran (pairs = 0 where the reference did not)."""
     ref = results[results["strategy"] == reference].set_index(["budget_n", "seed"])["accuracy"]
     rows = []
     for strategy in strategies if strategies is not None else _strategies(results):
@@ -102,8 +102,6 @@ def paired_vs(results: pd.DataFrame, reference: str, strategies: list[str] | Non
             present = [k in ref.index for k in keys]
             diffs = group["accuracy"].to_numpy()[present] - ref.loc[[k for k, p in zip(keys, present) if p]].to_numpy()
             diffs = diffs[~np.isnan(diffs)]  # a run without an accuracy is no pair
-            if strategies is not None and not len(diffs):
-                continue  # a variant asked for by name, at a budget where the reference did not run
             m, lo, hi = mean_ci(diffs)
             rows.append({"strategy": strategy, "budget_n": int(budget_n), "diff": m, "ci_low": lo, "ci_high": hi,
                          "wins": int((diffs > 0).sum()), "pairs": len(diffs),
@@ -367,9 +365,7 @@ def build_report(exp: Path) -> str:
                   "| strategy | budget | mean difference [95% CI] | wins / pairs | p (sign) | p (permutation) |",
                   "|---|---|---|---|---|---|"]
         for _, r in paired.iterrows():
-            lines.append(f"| {r['strategy']} | {labels.get(int(r['budget_n']), r['budget_n'])} | "
-                         f"{_fmt(r['diff'], r['ci_low'], r['ci_high'])} | {r['wins']} / {r['pairs']} | "
-                         f"{r['p_sign']:.3f} | {r['p_perm']:.3f} |")
+            lines.append(f"| {r['strategy']} | {labels.get(int(r['budget_n']), r['budget_n'])} | {_paired_cells(r)} |")
     lines += _variant_lines(results, labels)
     saving = saving_vs_random(results)
     lines += ["", "## Annotation saving", ""]
@@ -427,6 +423,7 @@ def _variant_lines(results: pd.DataFrame, labels: dict) -> list[str]:
     lines = []
     for variant, reference in VARIANTS.items():
         paired = paired_vs(results, reference, [variant])
+        paired = paired[paired["pairs"] > 0] if len(paired) else paired  # only where both ran
         if not len(paired):
             continue
         lines += ["", f"## {variant} against {reference} (same budget and seed)", "",
@@ -435,10 +432,14 @@ def _variant_lines(results: pd.DataFrame, labels: dict) -> list[str]:
                   "| budget | mean difference [95% CI] | wins / pairs | p (sign) | p (permutation) |",
                   "|---|---|---|---|---|"]
         for _, r in paired.iterrows():
-            lines.append(f"| {labels.get(int(r['budget_n']), r['budget_n'])} | "
-                         f"{_fmt(r['diff'], r['ci_low'], r['ci_high'])} | {r['wins']} / {r['pairs']} | "
-                         f"{r['p_sign']:.3f} | {r['p_perm']:.3f} |")
+            lines.append(f"| {labels.get(int(r['budget_n']), r['budget_n'])} | {_paired_cells(r)} |")
     return lines
+
+
+def _paired_cells(r) -> str:
+    """A paired_vs row's cells: difference [interval], wins / pairs, the two p-values."""
+    return (f"{_fmt(r['diff'], r['ci_low'], r['ci_high'])} | {r['wins']} / {r['pairs']} | "
+            f"{r['p_sign']:.3f} | {r['p_perm']:.3f}")
 
 
 def _write_report(exp: Path, text: str, figures: dict) -> None:
