@@ -279,6 +279,41 @@ def test_task_codes_and_id_ranks_on_a_chunked_arrow_pool(tmp_path):
     assert np.array_equal(keys, want)
 
 
+@pytest.mark.parametrize("labels", ["plain", "padded", "blank", "numbers"])
+def test_task_labels_checked_once_per_label_agree_with_the_row_by_row_path(tmp_path, labels):
+    # The loader checks and strips each distinct task label once (Arrow dictionary); labels
+    # it cannot take that way (padded, blank, numbers) go the row-by-row way. Either way the
+    # labels, the task codes handed to Pool and an error for a blank one are the same.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(7)
+    n = 3_000
+    names = [f"task-{i}" for i in range(29)]
+    if labels == "padded":
+        names[3] = " task-3 "  # the same task as "task-3" once stripped
+        names[4] = "task-3"
+    tasks = [names[i] for i in rng.integers(0, len(names), size=n)]
+    if labels == "blank":
+        tasks[1234] = "  "
+    table = {"id": [f"p{i}" for i in rng.permutation(n)], "prompt": [f"q {i}" for i in range(n)],
+             "task": rng.integers(0, 9, size=n) if labels == "numbers" else tasks}
+    pq.write_table(pa.table(table), tmp_path / "pool.parquet", row_group_size=700)
+    if labels == "blank":
+        with pytest.raises(DataError, match=r"row 1235, field 'task': missing or empty task label \(1 such row"):
+            load_pool(str(tmp_path / "pool.parquet"))
+        pool = load_pool(str(tmp_path / "pool.parquet"), require_tasks=False)
+        assert pool.frame["task"].isna().sum() == 1
+        return
+    pool = load_pool(str(tmp_path / "pool.parquet"))
+    want = pd.Series(table["task"]).astype(str).str.strip()
+    assert pool.frame["task"].tolist() == want.tolist()
+    assert pool.codes is not None or labels != "plain"  # the plain column's codes come with the load
+    got_names, got_codes = pool.task_codes()
+    want_codes, want_names = pd.factorize(want, sort=True)
+    assert list(got_names) == list(want_names) and np.array_equal(got_codes, want_codes)
+
+
 def test_jsonl_line_numbers_hold_with_a_blank_last_line_and_two_objects_on_a_line(tmp_path):
     path = tmp_path / "p.jsonl"
     good = json.dumps(ROWS[0]) + "\n" + json.dumps(ROWS[1]) + "\n   "  # a blank last line, no newline

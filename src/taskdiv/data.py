@@ -164,23 +164,41 @@ class Pool:
 
 def task_codes(labels: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """(the labels sorted, an int code per row indexing into them; -1 where missing)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     if labels.isna().any():  # unlabelled rows: code -1, as pandas gives them
         codes, uniques = pd.factorize(labels, sort=True)
         return np.asarray(uniques, dtype=object), codes
     # Arrow's hash encoding, then its small dictionary sorted: 2x faster than pd.factorize.
-    labels = arrow_text(labels)
-    if isinstance(labels, pa.ChunkedArray):  # pyarrow-backed columns read in blocks
-        labels = labels.combine_chunks()
+    names, indices = _dictionary(arrow_text(labels))
+    return _sorted_codes(names, indices)
+
+
+def _dictionary(labels):
+    """(the distinct labels in order of first appearance, an index per row into them) by
+    Arrow's hash encoding. A chunked column (pyarrow-backed, read in blocks) is encoded chunk
+    by chunk with one hash table, without first joining the chunks."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     encoded = pc.dictionary_encode(labels)
-    names = encoded.dictionary
+    if not isinstance(encoded, pa.ChunkedArray):
+        return encoded.dictionary, encoded.indices.to_numpy(zero_copy_only=False)
+    if encoded.num_chunks == 0:
+        return pa.array([], pa.string()), np.zeros(0, dtype=np.int32)
+    names = encoded.chunk(encoded.num_chunks - 1).dictionary  # the table grows: the last holds every label
+    if any(len(chunk.dictionary) != len(names) for chunk in encoded.chunks):
+        encoded = encoded.unify_dictionaries()
+        names = encoded.chunk(0).dictionary
+    return names, np.concatenate([chunk.indices.to_numpy(zero_copy_only=False) for chunk in encoded.chunks])
+
+
+def _sorted_codes(names, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """task_codes() from an Arrow dictionary: its names sorted, the indices mapped to them."""
+    import pyarrow.compute as pc
+
     by_name = pc.sort_indices(names).to_numpy()
     code_of = np.empty(len(by_name), dtype=np.int64)
     code_of[by_name] = np.arange(len(by_name))
-    return (np.asarray(names.take(by_name).to_pylist(), dtype=object),
-            code_of[encoded.indices.to_numpy(zero_copy_only=False)])
+    return np.asarray(names.take(by_name).to_pylist(), dtype=object), code_of[indices]
 
 
 def _take(values, positions: np.ndarray, order: np.ndarray | None = None):
@@ -561,10 +579,10 @@ def _normalise_rows(raw, fields, source, where, require_tasks, ranking):
         prompt_name = key  # the first user turn's content
     out["prompt"] = _check_text(prompt, prompt_name, err, what="prompt", numbers=False)
 
+    codes = None
     if fields.task_field in cols:
         # Stripped: " t " and "t" are one task (a label's blanks are an export accident).
-        out["task"] = _check_text(raw[fields.task_field], fields.task_field, err, what="task label",
-                                  required=require_tasks, numbers=True, strip=True)
+        out["task"], codes = _task_labels(raw[fields.task_field], fields.task_field, err, required=require_tasks)
     elif require_tasks:
         raise DataError(f"no task field {fields.task_field!r}; map it with --task-field, "
                         f"or use --tasks auto to cluster prompts into tasks", file=source)
@@ -604,12 +622,12 @@ def _normalise_rows(raw, fields, source, where, require_tasks, ranking):
         if missing.any():
             raise err("missing id", int(np.argmax(missing)), fields.id_field)
         out["id"] = ids.astype(str)
-        codes = task_codes(out["task"]) if "task" in out.columns else None  # while the ids are ranked
+        if codes is None and "task" in out.columns:
+            codes = task_codes(out["task"])  # while the ids are ranked
         ranks = ranking.result()  # started by _normalise for every id column without a missing id
         _check_unique(out["id"], ranks, lambda message, i: err(message, i, fields.id_field), loc, lines)
     else:
         out["id"], ranks = _generate_ids(out.get("task"), out["prompt"], source), None
-        codes = None
     order = ["id", "prompt"] + [c for c in ("task",) + OPTIONAL_COLUMNS if c in out.columns]
     return out[order].reset_index(drop=True), ranks, codes
 
@@ -641,6 +659,21 @@ def _check_text(values: pd.Series, name: str, err, *, what: str, required: bool 
         i = int(np.argmax(bad))
         raise err(f"missing or empty {what} ({int(bad.sum())} such row(s) in all)", i, name)
     return text.where(~bad, None) if bad.any() else text
+
+
+def _task_labels(values: pd.Series, name: str, err, *, required: bool) -> tuple[pd.Series, tuple | None]:
+    """The task labels as _check_text(strip=True) makes them, and their task_codes().
+
+    The usual column (Arrow text, none missing) is hash-encoded first, and the strip and
+    blank checks then look at each distinct label once instead of every row: 100K labels
+    instead of 10M rows. A label that is blank or that the strip would change sends the
+    column the way of every other (codes None: computed later from the stripped labels)."""
+    if isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow" and not values.isna().any():
+        names, indices = _dictionary(arrow_text(values))
+        labels = pd.Series(names.to_pylist(), dtype=values.dtype)
+        if not _blank(labels).any() and (labels.str.strip().str.len() == labels.str.len()).all():
+            return values, _sorted_codes(names, indices)
+    return _check_text(values, name, err, what="task label", required=required, numbers=True, strip=True), None
 
 
 def _blank(text: pd.Series) -> np.ndarray:
