@@ -585,6 +585,43 @@ def test_two_imports_into_one_store_at_once_both_land(selection, tmp_path):
     assert [r["round"] for r in _jsonl(store_file)] == [1, 2, 3]
 
 
+def test_a_first_import_locks_the_store_directory_it_makes(selection, tmp_path):
+    """Two first imports into a store whose directory does not exist yet: the first locks the
+    nearest parent, makes the directory and locks it too, so an import that arrives once the
+    directory exists (and locks it) waits as well. A refused first import removes what it made."""
+    import fcntl
+    import os
+    import threading
+
+    directory = tmp_path / "shared" / "store"
+    inside, release = threading.Event(), threading.Event()
+
+    def first_import():
+        with store.store_lock(directory, "a first import"):
+            inside.set()
+            release.wait(30)
+
+    worker = threading.Thread(target=first_import)
+    worker.start()
+    assert inside.wait(30) and directory.is_dir()
+    fd = os.open(directory, os.O_RDONLY)  # what a second import, finding the directory, locks
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        release.set()
+        worker.join(30)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free once the first is done
+    finally:
+        os.close(fd)
+    assert not (tmp_path / "shared").exists()  # nothing landed: no trace
+    # A refused first import (nothing to import) leaves no directory behind either.
+    ids = [r["id"] for r in _jsonl(selection)]
+    answers = _answers(tmp_path / "a.jsonl", [{"id": ids[0], "response": ""}])
+    assert cli.main(["annotate", "import", str(answers), "--format", "jsonl", "--selection", str(selection),
+                     "--out", str(tmp_path / "new" / "ann" / "sft.jsonl")]) == 1
+    assert not (tmp_path / "new").exists()
+
+
 def test_label_studio_csv_export_and_renamed_textarea_are_named(selection, tmp_path, capsys):
     csv = tmp_path / "export.csv"
     csv.write_text("id,prompt,response,annotator\n1,What is 2+2?,4,1\n")

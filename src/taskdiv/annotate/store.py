@@ -30,6 +30,7 @@ the round reports go beside the file it points to.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -188,11 +189,33 @@ def ingest(items: list[Item], selection: pd.DataFrame, out, store=None, *, sourc
            selection_path: str, skip_unknown: bool = False) -> dict:
     """Resolve the items against the selection and store, then write store, SFT data and report."""
     out, store_path = store_paths(out, store)
-    # The store's directory, or its nearest existing parent before the first import (the
-    # lock creates nothing: a refused import leaves no trace).
-    with locked(nearest_existing(store_path.parent), f"importing into {store_path}"):
+    with store_lock(store_path.parent, f"importing into {store_path}"):
         return _ingest(items, selection, out, store_path, source=source, fmt=fmt, selection_path=selection_path,
                        skip_unknown=skip_unknown)
+
+
+@contextlib.contextmanager
+def store_lock(directory: Path, doing: str):
+    """Hold the lock on the store's directory. Before the first import the directory does
+    not exist: its nearest existing parent is locked, the directory made and locked too,
+    so that an import that finds it made waits as well (locking only the parent, two first
+    imports would each hold a different lock). A refused first import leaves no trace: the
+    directories it made are removed again when nothing landed in them."""
+    anchor = nearest_existing(directory)
+    with locked(anchor, doing):
+        if anchor == directory:
+            yield
+            return
+        made = [p for p in (directory, *directory.parents) if p != anchor and anchor in p.parents
+                and not p.exists()]
+        directory.mkdir(parents=True, exist_ok=True)  # another first import may have made it meanwhile
+        try:
+            with locked(directory, doing):
+                yield
+        finally:
+            for p in made:  # deepest first
+                with contextlib.suppress(OSError):  # not empty: the import landed
+                    p.rmdir()
 
 
 def _ingest(items, selection, out, store_path, *, source, fmt, selection_path, skip_unknown) -> dict:
