@@ -452,6 +452,16 @@ def test_argilla_export_leaves_logging_as_it_was(selection, tmp_path, caplog):
     assert (logging.root.manager.disable, list(root.handlers), list(root.filters)) == before
 
 
+def test_argilla_export_shows_no_sdk_info_lines(selection, tmp_path, caplog):
+    """The SDK's own logger ('argilla.sdk: TextField title is Prompt') is quiet under the CLI
+    unless -vv, as transformers' and datasets' are."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    assert _run("annotate", "export", selection, "--format", "argilla", "--out", tmp_path / "ar") == 0
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("argilla")] == []
+
+
 # ----------------------------------------------------------------------------- the format contract
 
 

@@ -120,7 +120,7 @@ def configure_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if verbose < 2:
         for noisy in ("httpx", "urllib3", "datasets", "transformers", "sentence_transformers", "filelock",
-                      "accelerate"):
+                      "accelerate", "argilla"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
