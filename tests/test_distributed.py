@@ -182,6 +182,43 @@ def test_a_killed_driver_leaves_shards_the_rerun_reuses(cluster, pool40, tmp_pat
     assert len(scores) == 40 and scores["id"].is_unique
 
 
+def test_shards_on_an_object_store(cluster, small_pool, tiny_model_dir, tmp_path, caplog, capsys):
+    """--shards s3://...: the actors write their shards to an S3 API (moto's server, on this
+    machine) through pyarrow's filesystem layer; the scores equal the local engine's, no
+    temporary object is left, a run into a new OUT (another machine's view) reuses every shard
+    from the store, and the secret in the URI is in no log line or config.yaml."""
+    import logging
+
+    from pyarrow import fs
+
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+        s3 = fs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http", region="us-east-1",
+                             access_key="testkey", secret_key="s3cr3t", allow_bucket_creation=True)
+        s3.create_dir("runs")
+        uri = f"s3://testkey:s3cr3t@runs/score/shards?{endpoint}"
+        common = [small_pool, "--model", tiny_model_dir, "--dtype", "float32", "--max-new-tokens", "3",
+                  "--batch-size", "2", "--batches-per-shard", "1"]
+        assert score([*common, "--out", tmp_path / "local"]) == 0
+        with caplog.at_level(logging.INFO, logger="taskdiv.distributed"):
+            assert score([*common, "--engine", "ray", "--workers", "2", "--shards", uri, "--out", tmp_path / "a"]) == 0
+            stored = [i.base_name for i in s3.get_file_info(fs.FileSelector("runs/score/shards"))]
+            assert len(stored) == 8 and all(n.endswith(".parquet") and not n.startswith(".") for n in stored)
+            local, on_s3 = (pd.read_csv(tmp_path / d / "scores.csv").set_index("id") for d in ("local", "a"))
+            np.testing.assert_allclose(on_s3.loc[local.index, "confidence"], local["confidence"], atol=1e-5, rtol=0)
+            assert score([*common, "--engine", "ray", "--workers", "2", "--shards", uri, "--out", tmp_path / "b"]) == 0
+        assert "reused 8 finished shard(s) (16 prompts) from s3://testkey:***@runs/score/shards" in caplog.text
+        assert "16 reused from the cache, 0 generated" in capsys.readouterr().out
+        written = (tmp_path / "b" / "config.yaml").read_text()
+        assert "s3cr3t" not in caplog.text + written and "testkey:***@runs" in written
+    finally:
+        server.stop()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

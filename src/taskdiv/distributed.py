@@ -183,6 +183,21 @@ def shard_filesystem(uri: str):
     return filesystem, path
 
 
+def display_uri(uri: str) -> str:
+    """`uri` without the secret of credentials written into it (s3://KEY:SECRET@bucket/...),
+    for logs, errors and config.yaml."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if "://" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def shard_name(settings_key: str, shas: list[str]) -> str:
     digest = hashlib.sha256("\n".join(shas).encode()).hexdigest()[:24]
     return f"{settings_key}-{digest}{SHARD_SUFFIX}"
@@ -309,6 +324,7 @@ class RayScorer:
         self.stats: dict = {"shards_reused": 0, "shards_computed": 0, "load_seconds": [], "connect_seconds": 0.0}
         self.uri = cfg.shards or str(Path(cfg.out) / "shards")
         self.fs, self.base = shard_filesystem(self.uri)
+        self.shown = display_uri(self.uri)  # the uri in messages
         with cache.conn:
             cache.conn.execute(INGESTED)
         self._ray = None
@@ -320,13 +336,13 @@ class RayScorer:
         self.stats["shards_reused"] = len(finished)
         if finished:
             log.info("reused %d finished shard(s) (%d prompts) from %s, %d of them new to this cache",
-                     len(finished), prompts, self.uri, sum(n not in seen for n in finished))
+                     len(finished), prompts, self.shown, sum(n not in seen for n in finished))
 
     def _ingest(self, name: str) -> int:
         try:
             rows = read_shard(self.fs, self.base, name)
         except (OSError, ValueError) as e:
-            raise TaskdivError(f"{self.uri}/{name}: cannot read this shard ({e}); on a cluster of several machines "
+            raise TaskdivError(f"{self.shown}/{name}: cannot read this shard ({e}); on a cluster of several machines "
                                f"--shards must be a path every node can reach (shared storage, s3://...)") from None
         self.cache.add(rows)
         with self.cache.conn:
@@ -367,7 +383,7 @@ class RayScorer:
                                 # defaults; passing them is deprecated from Ray 2.60).
                                 num_gpus=self.cfg.gpus_per_worker or None)
         log.info("scoring %d prompt(s) in %d shard(s) on %d Ray worker(s); shards in %s", len(order), len(blocks),
-                 workers, self.uri)
+                 workers, self.shown)
         started = time.perf_counter()
         done = set()
         try:
