@@ -9,8 +9,10 @@
 3. FLAN scale: the same selection on 10,000,000 prompts in 100,000 tasks, from Parquet
    and from JSONL. Each measure runs in a fresh process (the fastest of 2 tries), and its
    peak RSS is that process's own VmHWM: the bare pyarrow read of the file, the bare read of
-   the file and of the scores file together (select's two inputs), `load_pool`, and `select`
-   end to end. Targets: select at most 2x the bare read, peak RSS at most 4 GB.
+   the file and of the scores file together (select's two inputs), the floor (the least any
+   selection must do, in plain pyarrow: read both inputs, rank the ids for their uniqueness
+   beside the hash encoding of the task labels, gather and write 5% of the rows), `load_pool`,
+   and `select` end to end. Targets: select at most 2x the bare read, peak RSS at most 4 GB.
 
     python bench/bench_selection.py [--part select|k-center|scale] [--n 10000000 --tasks 100000]
 """
