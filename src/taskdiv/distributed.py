@@ -188,14 +188,11 @@ def display_uri(uri: str) -> str:
     for logs, errors and config.yaml."""
     from urllib.parse import urlsplit, urlunsplit
 
-    if "://" not in uri:
-        return uri
-    parts = urlsplit(uri)
+    parts = urlsplit(uri)  # a local path has no netloc, hence no password
     if parts.password is None:
         return uri
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    # The host as written (hostname would lower its case), as registry.strip_auth keeps it.
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"))
 
 
 def shard_name(settings_key: str, shas: list[str]) -> str:

@@ -206,8 +206,7 @@ def store_lock(directory: Path, doing: str):
         if anchor == directory:
             yield
             return
-        made = [p for p in (directory, *directory.parents) if p != anchor and anchor in p.parents
-                and not p.exists()]
+        made = [p for p in (directory, *directory.parents) if anchor in p.parents and not p.exists()]
         directory.mkdir(parents=True, exist_ok=True)  # another first import may have made it meanwhile
         try:
             with locked(directory, doing):
