@@ -357,8 +357,12 @@ def test_other_bootstrap_options_reuse_the_answers(tiny_model_dir, tmp_path, mon
         raise AssertionError("the model is loaded although only the bootstrap changed")
 
     monkeypatch.setattr(evaluation, "load_model", no_model)
+    items = tmp_path / "eval" / "items.jsonl"
+    before = items.stat()
     again = evaluate(EvalConfig(**{**cfg.__dict__, "n_boot": 500, "seed": 3}))
     assert again["macro"]["accuracy"] == first["macro"]["accuracy"] and again["config"]["n_boot"] == 500
+    after = items.stat()  # the same answers: items.jsonl is left as it is, not written again
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["config"]["seed"] == 3
 
 

@@ -68,12 +68,15 @@ def _help(f) -> str:
 
 
 def build(cls, namespace: argparse.Namespace | dict | None = None, config_file: str | Path | None = None, *,
-          prefix: str = ""):
+          prefix: str = "", loaded: dict | None = None):
     """An instance of `cls` from defaults, then the YAML file, then the given values.
     Values are checked against their field's type and `choices`; `prefix` names the keys
-    in errors (an experiment's `train.`)."""
+    in errors (an experiment's `train.`). `loaded`: the file's keys, already read by
+    `load_yaml` (the file is then named in errors, not read again)."""
     values: dict = {}
-    if config_file:
+    if loaded is not None:
+        values.update(loaded)
+    elif config_file:
         values.update(load_yaml(config_file, cls))
     given = vars(namespace) if isinstance(namespace, argparse.Namespace) else dict(namespace or {})
     names = {f.name for f in dataclasses.fields(cls)}

@@ -421,7 +421,7 @@ def evaluate(cfg: EvalConfig) -> dict:
                      results_path)
             items = pd.DataFrame([rec for _, rec in iter_jsonl(out / "items.jsonl")])
             return _write_results(cfg, out, items, key, chat, dtype, old.get("load_seconds", 0.0),
-                                  old.get("seconds", 0.0), old.get("harness"))
+                                  old.get("seconds", 0.0), old.get("harness"), items_kept=True)
     # Validate the inputs before loading the model.
     if cfg.suite == "heldout":
         frame = load_heldout(cfg.heldout, cfg.limit)
@@ -453,8 +453,9 @@ SUMMARY_OPTIONS = ("seed", "n_boot")
 
 
 def _write_results(cfg: EvalConfig, out: Path, items: pd.DataFrame, key: dict, chat: bool, dtype: str,
-                   load_seconds: float, seconds: float, raw) -> dict:
-    """Summarise the items and write items.jsonl, per_task.csv and results.json as one unit."""
+                   load_seconds: float, seconds: float, raw, items_kept: bool = False) -> dict:
+    """Summarise the items and write items.jsonl, per_task.csv and results.json as one unit.
+    `items_kept`: items.jsonl already holds these items (only the intervals change); it is left as is."""
     table, macro = summarise(items, n_boot=cfg.n_boot, seed=cfg.seed)
     results = {"suite": cfg.suite, "model": cfg.model, "chat": chat, "dtype": dtype,
                "tasks": {r["task"]: {k: r[k] for k in ("n", "accuracy", "ci_low", "ci_high")}
@@ -466,8 +467,11 @@ def _write_results(cfg: EvalConfig, out: Path, items: pd.DataFrame, key: dict, c
     macro_row = pd.DataFrame([{"task": "macro", "n": macro["n"], "accuracy": macro["accuracy"],
                                "ci_low": macro["ci_low"], "ci_high": macro["ci_high"]}])
     # One unit, results.json (what a rerun reuses) last.
-    with output_set(*(out / name for name in OUTPUTS)) as (items_tmp, table_tmp, results_tmp):
-        dump_jsonl(items_tmp, items.to_dict(orient="records"))
+    names = OUTPUTS[1:] if items_kept else OUTPUTS
+    with output_set(*(out / name for name in names)) as tmps:
+        *items_tmp, table_tmp, results_tmp = tmps
+        if items_tmp:
+            dump_jsonl(items_tmp[0], items.to_dict(orient="records"))
         dump_table(table_tmp, pd.concat([table, macro_row], ignore_index=True), ".csv")
         results_tmp.write_text(dumps_json(results), encoding="utf-8")
     if cfg.suite == "heldout":

@@ -130,10 +130,10 @@ def load_config(path: str | Path, *, written: bool = False) -> ExperimentConfig:
     """The experiment config in `path`. `written`: EXP/config.yaml, as an experiment wrote it
     (the checks of what a user wrote are skipped: older versions wrote every key, so a grid's
     config also held the unused top-level strategies and budgets)."""
-    cfg = configmod.build(ExperimentConfig, {}, path)
+    given = configmod.load_yaml(path, ExperimentConfig)
+    cfg = configmod.build(ExperimentConfig, {}, path, loaded=given)
     if written:
         return cfg
-    given = configmod.load_yaml(path, ExperimentConfig)
     if cfg.grid is not None and {"strategies", "budgets"} & set(given):
         raise TaskdivError(f"{path}: key 'grid' replaces 'strategies' and 'budgets' (they would be ignored); "
                            f"put them into the grid's blocks")
