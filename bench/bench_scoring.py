@@ -57,7 +57,8 @@ def naive(model, tok, prompts, chat, max_new_tokens):
     for p in prompts:
         ids = models.encode_prompt(tok, p, chat)
         with torch.inference_mode():
-            res = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            res = model.generate(input_ids=torch.tensor([ids]),
+                                 attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                                  max_new_tokens=max_new_tokens, do_sample=False, output_logits=True,
                                  return_dict_in_generate=True, pad_token_id=tok.pad_token_id)
         new = res.sequences[0, len(ids):].tolist()

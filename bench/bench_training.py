@@ -99,7 +99,8 @@ def main(quick: bool) -> None:
                         best[dtype] = r
             bf, fp = best["bfloat16"], best["float32"]
             if kind == "train":
-                print(f"{model:22s} train  bf16 {bf[key]:7.0f} tok/s ({bf['seconds_per_example_epoch']:.3f} s/example-epoch, "
+                print(f"{model:22s} train  bf16 {bf[key]:7.0f} tok/s "
+                      f"({bf['seconds_per_example_epoch']:.3f} s/example-epoch, "
                       f"peak {bf['peak_rss_mb']:.0f} MB)  float32 {fp[key]:7.0f} tok/s "
                       f"({fp['seconds_per_example_epoch']:.3f} s/example-epoch, peak {fp['peak_rss_mb']:.0f} MB)  "
                       f"bf16/float32 = {bf[key] / fp[key]:.2f}x", flush=True)

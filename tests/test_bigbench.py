@@ -60,8 +60,8 @@ def test_unknown_task_suggests():
         load_pool("bigbench:navigate?splits=test")
 
 
-@pytest.mark.parametrize("option", ["test=-0.1", "test=-3", "test=2.5", "test=inf", "test=nan", "max_pool=-2", "max_pool=0",
-                                    "pool_frac=0", "pool_frac=1.5", "pool_frac=nan"])
+@pytest.mark.parametrize("option", ["test=-0.1", "test=-3", "test=2.5", "test=inf", "test=nan",
+                                    "max_pool=-2", "max_pool=0", "pool_frac=0", "pool_frac=1.5", "pool_frac=nan"])
 def test_split_sizes_out_of_range_are_refused(option):
     name = option.split("=")[0]
     with pytest.raises(TaskdivError, match=rf"bigbench: {name}=\S+ must be"):

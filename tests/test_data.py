@@ -159,7 +159,8 @@ def test_empty_pool(tmp_path):
 
 @pytest.mark.parametrize("name,content,message", [
     ("e.csv", "", "the file is empty"), ("w.csv", "\n  \n", "the file is empty"),
-    ("h.csv", "id,prompt,task\n", "the pool is empty: the source has no rows"), ("w.jsonl", "\n \n", "the pool is empty: the source has no rows"),
+    ("h.csv", "id,prompt,task\n", "the pool is empty: the source has no rows"),
+    ("w.jsonl", "\n \n", "the pool is empty: the source has no rows"),
     ("e.json", "", "the file is empty"), ("l.json", "[]", "the pool is empty: the source has no rows")])
 def test_empty_files_are_named(tmp_path, name, content, message):
     (tmp_path / name).write_text(content)

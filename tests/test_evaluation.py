@@ -18,9 +18,10 @@ from taskdiv.evaluation import EvalConfig, evaluate
 
 def _pool_rows():
     rows = []
+    colours = ["red", "green", "deep blue sea"]
     for i in range(6):
         rows.append({"id": f"mc{i}", "task": "colors", "prompt": f"Q: Which colour is item {i}?\nA:",
-                     "choices": ["red", "green", "deep blue sea"], "targets": [["red", "green", "deep blue sea"][i % 3]]})
+                     "choices": colours, "targets": [colours[i % 3]]})
         rows.append({"id": f"yn{i}", "task": "yesno", "prompt": f"Q: Is {i} even?\nA:",
                      "choices": ["yes", "no"], "targets": ["yes" if i % 2 == 0 else "no"]})
         rows.append({"id": f"g{i}", "task": "sum", "prompt": f"Q: {i} + 1 =\nA:", "targets": [str(i + 1)]})
@@ -281,8 +282,8 @@ def test_finetuning_raises_heldout_accuracy(tmp_path):
     spec = f"bigbench:{task}?split=test"
     base = evaluate(EvalConfig(model="smollm2-135m-instruct", heldout=spec, limit=40, out=str(tmp_path / "base")))
     tuned = evaluate(EvalConfig(model=str(run), heldout=spec, limit=40, out=str(tmp_path / "tuned")))
-    b = {json.loads(x)["id"]: json.loads(x)["correct"] for x in (tmp_path / "base/items.jsonl").read_text().splitlines()}
-    t = {json.loads(x)["id"]: json.loads(x)["correct"] for x in (tmp_path / "tuned/items.jsonl").read_text().splitlines()}
+    lines = {name: (tmp_path / name / "items.jsonl").read_text().splitlines() for name in ("base", "tuned")}
+    b, t = ({rec["id"]: rec["correct"] for rec in map(json.loads, lines[name])} for name in ("base", "tuned"))
     assert b.keys() == t.keys() and len(b) == 40
     gained = sum(t[i] and not b[i] for i in b)
     lost = sum(b[i] and not t[i] for i in b)

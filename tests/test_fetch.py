@@ -339,7 +339,8 @@ def _probe_wheel(directory: Path, name: str) -> Path:
     dist = f"{name}-0.1.dist-info"
     files = {f"{name}/__init__.py": b"WEIGHTS = 'here'\n",
              f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n".encode(),
-             f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: taskdiv-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+             f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: taskdiv-tests\nRoot-Is-Purelib: true\n"
+                              b"Tag: py3-none-any\n"}
     record = "".join(f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},"
                      f"{len(data)}\n" for path, data in files.items()) + f"{dist}/RECORD,,\n"
     wheel = directory / f"{name}-0.1-py3-none-any.whl"

@@ -55,8 +55,8 @@ def _plain(value):
 
 
 # Text the Arrow path writes (no control characters but newline, tab and return).
-_PLAIN_TEXT = st.text(alphabet=st.characters(exclude_categories=("Cs",),
-                                             exclude_characters=[chr(c) for c in [*range(9), 11, 12, *range(14, 32), 127]]))
+_CONTROL = [chr(c) for c in [*range(9), 11, 12, *range(14, 32), 127]]
+_PLAIN_TEXT = st.text(alphabet=st.characters(exclude_categories=("Cs",), exclude_characters=_CONTROL))
 
 
 @settings(max_examples=80, deadline=None)

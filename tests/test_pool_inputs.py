@@ -53,7 +53,8 @@ def test_strings_that_look_like_times_stay_as_written(tmp_path, blank_line):
 
 def test_an_explicit_id_or_response_field_that_is_absent_is_an_error(tmp_path):
     path = write_jsonl(tmp_path / "pool.jsonl", _rows())
-    for fields, name in ((FieldMap(id_field="uuid"), "--id-field"), (FieldMap(response_field="answer"), "--response-field")):
+    for fields, name in ((FieldMap(id_field="uuid"), "--id-field"),
+                         (FieldMap(response_field="answer"), "--response-field")):
         with pytest.raises(DataError, match=rf"{tmp_path / 'pool.jsonl'}: no field '\w+' \({name}\); the source has"):
             load_pool(str(path), fields)
     assert len(load_pool(str(path))) == 3  # the default names may be absent: ids are generated

@@ -65,7 +65,8 @@ def test_generator_matches_uncached_forward(tiny):
     prompts = ["Hi", "What is the capital of France? Answer in one word.", "2 + 2 =", "Tell me a story about a cat."]
     batch = [models.encode_prompt(tok, p, chat=False) for p in prompts]
     assert len({len(b) for b in batch}) > 1, "the prompts must differ in length to exercise left padding"
-    gens = generation.generate_greedy(model, batch, max_new_tokens=7, eos_ids={tok.eos_token_id}, pad_id=tok.pad_token_id)
+    gens = generation.generate_greedy(model, batch, max_new_tokens=7, eos_ids={tok.eos_token_id},
+                                      pad_id=tok.pad_token_id)
     for ids, g in zip(batch, gens):
         assert len(g.token_ids) == 7 == len(g.logprobs) == len(g.entropies)
         lp, ent = _reference(model, ids, g.token_ids)
@@ -180,7 +181,8 @@ def test_work_is_done_once(small_pool, tiny_model_dir, tmp_path, monkeypatch):
     load_tokenizer, scores_table, run = models.load_tokenizer, scoring._scores_table, generation.Scorer.run
     monkeypatch.setattr(models, "load_tokenizer", lambda ref: (loads.append(ref), load_tokenizer(ref))[1])
     monkeypatch.setattr(scoring, "_scores_table", lambda *a: (tables.append(1), scores_table(*a))[1])
-    monkeypatch.setattr(generation.Scorer, "run", lambda self, todo, desc: (rounds.append(desc), run(self, todo, desc))[1])
+    monkeypatch.setattr(generation.Scorer, "run",
+                        lambda self, todo, desc: (rounds.append(desc), run(self, todo, desc))[1])
     scores = scoring.score(make_cfg(small_pool, tmp_path / "w", tiny_model_dir, per_task=2, target_ci=1e-6,
                                     max_new_tokens=3))
     assert scores.attrs["computed"] == 16 and len(loads) == 1
@@ -335,7 +337,8 @@ def test_mean_prob_agrees_with_transformers_generate(model_name, tmp_path):
     for row in scores.itertuples():
         ids = models.encode_prompt(tok, pool.at[row.id, "prompt"], ref.chat)
         with torch.inference_mode():
-            res = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            res = model.generate(input_ids=torch.tensor([ids]),
+                                 attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                                  max_new_tokens=12, do_sample=False, output_logits=True, return_dict_in_generate=True,
                                  pad_token_id=tok.pad_token_id)
         new = res.sequences[0, len(ids):].tolist()

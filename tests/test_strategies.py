@@ -91,8 +91,9 @@ def test_other_seed_other_selection(name, params):
     budget = len(pool) if name == "full" else 25
     a = list(strategy.select(pool, budget, inputs).ids)
     b = list(get_strategy(name, seed=2, **params).select(pool, budget, inputs).ids)
-    random_inside = name in ("random", "task-diversity", "weighted-task-diversity", "proportional",
-                             "sharp-weighted-task-diversity", "k-center") and params.get("within") != "lowest-confidence"
+    random_inside = (name in ("random", "task-diversity", "weighted-task-diversity", "proportional",
+                              "sharp-weighted-task-diversity", "k-center")
+                     and params.get("within") != "lowest-confidence")
     if random_inside:
         assert a != b
     elif name in ("full", "uncertainty"):
