@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from taskdiv.cli import main
-from taskdiv.report import build_report, plot_accuracy, summary_table
+from taskdiv.report import _fmt_match, build_report, plot_accuracy, summary_table
 
 STRATEGIES = ["random", "task-diversity", "weighted-task-diversity", "k-center", "uncertainty"]
 TASKS = ["t1", "t2", "t3"]
@@ -204,3 +204,14 @@ def test_report_compares_taskdivs_variant_with_the_paper_strategy_it_extends(exp
     assert rows[0].startswith("| 20% | 0.008 [") and "| 2 / 3 |" in rows[0]
     # the 8 sign flips of (0.01, 0.02, -0.006) sum to +-0.036, +-0.024, +-0.016, +-0.004: 4 reach 0.024
     assert rows[0].endswith("| 1.000 | 0.500 |")
+
+
+def test_a_saving_interval_beyond_the_largest_random_budget_is_a_bound():
+    # Random at 58 and 115; the strategy at 58 is matched at 112, and some resamples need more
+    # than random's largest budget: the interval's top is "more than 115", so the saving's top
+    # is "more than 1 - 58/115", not a measured 100%.
+    r = {"match": 112.0, "budget_n": 58, "seeds": 3, "saving": 1 - 58 / 112, "low": 81.0,
+         "saving_low": 1 - 58 / 81, "high": np.inf, "saving_high": 1.0}
+    assert _fmt_match(r, 58, 115) == "random needs 112 [81, > 115]: 48% fewer annotations [28%, > 50%]"
+    both = {**r, "low": -np.inf, "saving_low": 0.0, "match": 70.0, "saving": 1 - 40 / 70, "budget_n": 40}
+    assert _fmt_match(both, 58, 115) == "random needs 70 [<= 58, > 115]: 43% fewer annotations [<= 31%, > 65%]"

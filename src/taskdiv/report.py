@@ -168,9 +168,10 @@ def _fmt_match(r, smallest: int, largest: int) -> str:
     # Ends of the interval beyond the measured budgets are bounds, not values.
     lo, lo_saving = ((f"<= {smallest}", f"<= {100 * (1 - r['budget_n'] / smallest):.0f}%") if r["low"] == -np.inf
                      else (f"{r['low']:.0f}", f"{100 * r['saving_low']:.0f}%"))
-    hi = f"> {largest}" if r["high"] == np.inf else f"{r['high']:.0f}"
+    hi, hi_saving = ((f"> {largest}", f"> {100 * (1 - r['budget_n'] / largest):.0f}%") if r["high"] == np.inf
+                     else (f"{r['high']:.0f}", f"{100 * r['saving_high']:.0f}%"))
     return (f"random needs {r['match']:.0f} [{lo}, {hi}]: {100 * r['saving']:.0f}% fewer annotations "
-            f"[{lo_saving}, {100 * r['saving_high']:.0f}%]")
+            f"[{lo_saving}, {hi_saving}]")
 
 
 def task_kinds(exp: Path) -> pd.DataFrame | None:
