@@ -34,7 +34,7 @@ def write_config(path: Path, tiny_model: Path, **overrides) -> Path:
 
 @pytest.mark.usefixtures("bigbench_tasks")
 @pytest.mark.slow
-def test_tiny_grid_end_to_end_survives_sigkill(tmp_path, tiny_model_dir):
+def test_tiny_grid_end_to_end_survives_sigkill(tmp_path, tiny_model_dir, capsys):
     cfg = write_config(tmp_path / "tiny.yaml", tiny_model_dir)
     exp = tmp_path / "exp"
     env = dict(os.environ, TASKDIV_NO_PROGRESS="1")
@@ -50,6 +50,11 @@ def test_tiny_grid_end_to_end_survives_sigkill(tmp_path, tiny_model_dir):
     finished = {p.parent.name: p.stat().st_mtime_ns for p in exp.glob("runs/*/done")}
     assert len(finished) >= 3, "the grid did not get going"
     assert len(finished) < 10, "killed too late to test resumption"
+    # --dry-run marks the finished runs and estimates the others only.
+    assert main(["experiment", str(cfg), "--out", str(exp), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"10 run(s), {len(finished)} already done" in out and f"for the {10 - len(finished)} left" in out
+    assert sorted(line.split()[0] for line in out.splitlines() if line.endswith("(done)")) == sorted(finished)
 
     assert main(["experiment", str(cfg), "--out", str(exp)]) == 0
     results = pd.read_csv(exp / "results.csv")
@@ -131,7 +136,7 @@ def test_dry_run_lists_the_grid(tmp_path, tiny_model_dir, capsys):
     cfg = write_config(tmp_path / "ok.yaml", tiny_model_dir, full=False, base=False)
     assert main(["experiment", str(cfg), "--out", str(tmp_path / "exp"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "8 run(s)" in out and "random-b4-s0" in out and "weighted-task-diversity-b8-s1" in out
+    assert "8 run(s), 0 already done" in out and "(plus scoring the pool)" in out and "random-b4-s0" in out and "weighted-task-diversity-b8-s1" in out
     assert not (tmp_path / "exp").exists()
 
 

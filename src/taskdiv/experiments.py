@@ -696,11 +696,15 @@ def run_experiment(cmd: ExperimentCommand) -> None:
     if cmd.dry_run:
         runs = exp.prepare()
         n_test = len(exp.test) if exp.test is not None else 0
+        todo = [r for r in runs if not (exp.run_dir(r) / "done").exists()]
         for r in runs:
-            print(f"{r.id:40s} strategy={r.strategy:24s} budget={r.budget_n:6d} seed={r.seed}")
-        est = estimate_seconds(cfg, runs, n_test)
-        print(f"{len(runs)} run(s); pool {len(exp.pool)} prompts, test {n_test} items; "
-              f"estimate at SmolLM2-135M rates on 2 cores: {est / 60:.0f} min (plus scoring)")
+            print(f"{r.id:40s} strategy={r.strategy:24s} budget={r.budget_n:6d} seed={r.seed}"
+                  + ("" if r in todo else "  (done)"))
+        est = estimate_seconds(cfg, todo, n_test)
+        scoring = todo and exp.needs_scores() and not (exp.out / "scores" / "scores.csv").exists()
+        print(f"{len(runs)} run(s), {len(runs) - len(todo)} already done; pool {len(exp.pool)} prompts, "
+              f"test {n_test} items; estimate for the {len(todo)} left at SmolLM2-135M rates on 2 cores: "
+              f"{est / 60:.0f} min" + (" (plus scoring the pool)" if scoring else ""))
         return
     table = exp.run()
     print(f"{len(table)} run(s) finished; results in {Path(cmd.out) / 'results.csv'}; "
