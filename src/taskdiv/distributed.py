@@ -70,11 +70,11 @@ class RayOptions:
         "help": "local: one process (SQLite cache). ray: Ray Data feeding scorer actors on a Ray cluster "
                 "(needs taskdiv[ray]); results in shard files, resumable across the cluster."})
     ray_address: str | None = field(default=None, metadata={
-        "help": "Ray cluster to join (host:6379, ray://host:10001 or auto; default: $RAY_ADDRESS, else a "
-                "local cluster on this machine's cores)."})
+        "help": "Ray cluster to join (host:6379, ray://host:10001, or auto for one `ray start` runs on this "
+                "machine; default: $RAY_ADDRESS, else a new local cluster on this machine's cores)."})
     workers: int | None = field(default=None, metadata={
-        "help": "Scorer actors, each loading the model once (default: the cluster's GPUs / "
-                "--gpus-per-worker, or its CPUs / --cpus-per-worker)."})
+        "help": "Scorer actors, each loading the model once (default: as many as the cluster's nodes "
+                "hold, each actor taking --cpus-per-worker and --gpus-per-worker on one node)."})
     gpus_per_worker: float = field(default=0.0, metadata={"help": "GPUs each scorer actor reserves."})
     cpus_per_worker: float = field(default=1.0, metadata={
         "help": "CPUs each scorer actor reserves (also its torch threads)."})
@@ -141,7 +141,10 @@ def connect(address: str | None, *, num_cpus: int | None = None):
             raise TaskdivError(f"--ray-address {address}: cannot join the Ray cluster ({e})") from None
         log.info("joined the Ray cluster at %s in %.1f s", address, time.perf_counter() - started)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), object_store_memory=LOCAL_OBJECT_STORE_BYTES, **kwargs)
+        # address="local": a new cluster, also where `ray start` left one running on this
+        # machine (ray.init() would join that one, and refuse num_cpus); --ray-address auto joins it.
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                 **kwargs)
         log.info("started a local Ray cluster (%s CPUs) in %.1f s", num_cpus or os.cpu_count(),
                  time.perf_counter() - started)
     return ray
@@ -149,22 +152,43 @@ def connect(address: str | None, *, num_cpus: int | None = None):
 
 def plan_workers(ray, cfg) -> int:
     """--workers checked against the cluster's resources (a request it cannot meet would
-    leave Ray Data waiting for ever)."""
-    res = ray.cluster_resources()
-    cpus, gpus = float(res.get("CPU", 0)), float(res.get("GPU", 0))
+    leave Ray Data waiting for ever). An actor takes its CPUs and GPUs on one node, so the
+    room is counted node by node: two nodes of 1 CPU hold no actor of 2 CPUs, although the
+    cluster has 2."""
+    nodes = [n.get("Resources") or {} for n in ray.nodes() if n.get("Alive")]
+    cpus = sum(float(r.get("CPU", 0)) for r in nodes)
+    gpus = sum(float(r.get("GPU", 0)) for r in nodes)
     if cfg.gpus_per_worker > 0 and gpus < cfg.gpus_per_worker:
         raise TaskdivError(f"--gpus-per-worker {cfg.gpus_per_worker:g}: the Ray cluster has "
                            f"{'no GPUs' if not gpus else f'{gpus:g} GPU(s)'} ({cpus:g} CPUs); use "
                            f"--gpus-per-worker 0 to score on CPUs")
     if cpus < cfg.cpus_per_worker:
         raise TaskdivError(f"--cpus-per-worker {cfg.cpus_per_worker:g}: the Ray cluster has {cpus:g} CPUs")
-    most = int(gpus // cfg.gpus_per_worker) if cfg.gpus_per_worker > 0 else int(cpus // cfg.cpus_per_worker)
-    workers = cfg.workers or max(1, most)
+
+    def fits(have: float, need: float) -> int:  # Ray counts resources in steps of 1e-4
+        return int(np.floor(have / need + 1e-6)) if need > 0 else 1 << 30
+
+    most = sum(min(fits(float(r.get("CPU", 0)), cfg.cpus_per_worker), fits(float(r.get("GPU", 0)),
+                                                                           cfg.gpus_per_worker))
+               for r in nodes)
+    shape = f"{cfg.cpus_per_worker:g} CPU(s) and {cfg.gpus_per_worker:g} GPU(s)"
+    sizes = "; ".join(f"{float(r.get('CPU', 0)):g} CPUs, {float(r.get('GPU', 0)):g} GPUs" for r in nodes)
+    if most == 0:
+        raise TaskdivError(f"--cpus-per-worker {cfg.cpus_per_worker:g} --gpus-per-worker {cfg.gpus_per_worker:g}: "
+                           f"no node of the Ray cluster has room for one worker of {shape} (an actor runs "
+                           f"on one node; its {len(nodes)} node(s) have {sizes})")
+    workers = cfg.workers or most
     if workers > most:
-        raise TaskdivError(f"--workers {workers}: the Ray cluster has room for {most} worker(s) of "
-                           f"{cfg.cpus_per_worker:g} CPU(s) and {cfg.gpus_per_worker:g} GPU(s) "
-                           f"(it has {cpus:g} CPUs, {gpus:g} GPUs)")
+        raise TaskdivError(f"--workers {workers}: the Ray cluster has room for {most} worker(s) of {shape} "
+                           f"(it has {cpus:g} CPUs, {gpus:g} GPUs on {len(nodes)} node(s): {sizes})")
     return workers
+
+
+def ray_node_id() -> str:
+    """The Ray node this process runs on (in an actor), for the driver's log."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
 
 
 # ----------------------------------------------------------------------------- shard files
@@ -273,12 +297,13 @@ class ShardScorer:
         self.model, _ = generation.load_model(ref, self.cfg.dtype, tok)
         self.eos = self.scorer.eos_ids(self.model)
         self.fs, self.base = shard_filesystem(spec["shards"])
+        self.node = ray_node_id()
         self.load_seconds = time.perf_counter() - started
 
     def __call__(self, batch: dict) -> dict:
         from pyarrow import fs
 
-        out = {"shard": [], "prompts": [], "computed": [], "seconds": [], "load_seconds": [], "pid": []}
+        out = {"shard": [], "prompts": [], "computed": [], "seconds": [], "load_seconds": [], "pid": [], "node": []}
         bs = self.cfg.batch_size
         for name, shas, prompts in zip(batch["shard"], batch["shas"], batch["prompts"]):
             shas, prompts = [str(s) for s in shas], [str(p) for p in prompts]
@@ -296,6 +321,7 @@ class ShardScorer:
             out["seconds"].append(time.perf_counter() - started)
             out["load_seconds"].append(self.load_seconds)
             out["pid"].append(os.getpid())
+            out["node"].append(self.node)
             self.load_seconds = 0.0  # reported once per actor
         return {k: np.asarray(v) for k, v in out.items()}
 
@@ -383,6 +409,7 @@ class RayScorer:
                  workers, self.shown)
         started = time.perf_counter()
         done = set()
+        actors: set = set()
         try:
             with progress.bar(total=len(order), desc=f"{desc} (ray)", unit="prompt") as pbar:
                 for row in scored.iter_rows():
@@ -390,6 +417,7 @@ class RayScorer:
                     if name in done:  # cannot happen with Ray's exactly-once map output; cheap to guard
                         continue
                     done.add(name)
+                    actors.add((str(row["node"]), int(row["pid"])))
                     n = self._ingest(name)
                     self.computed += n
                     self.stats["shards_computed"] += 1
@@ -407,6 +435,10 @@ class RayScorer:
             self.seconds += time.perf_counter() - started
         missing = set(names) - done
         assert not missing, f"{len(missing)} shard(s) never reported back"
+        nodes = {node for node, _ in actors}
+        self.stats["nodes"] = len(nodes)
+        log.info("%d shard(s) went through %d actor process(es) on %d Ray node(s)", len(done), len(actors),
+                 len(nodes))
 
 
 # ----------------------------------------------------------------------------- embeddings
