@@ -162,15 +162,15 @@ def plan_workers(ray, cfg) -> int:
         raise TaskdivError(f"--gpus-per-worker {cfg.gpus_per_worker:g}: the Ray cluster has "
                            f"{'no GPUs' if not gpus else f'{gpus:g} GPU(s)'} ({cpus:g} CPUs); use "
                            f"--gpus-per-worker 0 to score on CPUs")
-    if cpus < cfg.cpus_per_worker:
-        raise TaskdivError(f"--cpus-per-worker {cfg.cpus_per_worker:g}: the Ray cluster has {cpus:g} CPUs")
 
     def fits(have: float, need: float) -> int:  # Ray counts resources in steps of 1e-4
         return int(np.floor(have / need + 1e-6)) if need > 0 else 1 << 30
 
-    most = sum(min(fits(float(r.get("CPU", 0)), cfg.cpus_per_worker), fits(float(r.get("GPU", 0)),
-                                                                           cfg.gpus_per_worker))
-               for r in nodes)
+    def room(node: dict) -> int:  # the workers one node holds
+        return min(fits(float(node.get("CPU", 0)), cfg.cpus_per_worker),
+                   fits(float(node.get("GPU", 0)), cfg.gpus_per_worker))
+
+    most = sum(map(room, nodes))
     shape = f"{cfg.cpus_per_worker:g} CPU(s) and {cfg.gpus_per_worker:g} GPU(s)"
     sizes = "; ".join(f"{float(r.get('CPU', 0)):g} CPUs, {float(r.get('GPU', 0)):g} GPUs" for r in nodes)
     if most == 0:
@@ -182,13 +182,6 @@ def plan_workers(ray, cfg) -> int:
         raise TaskdivError(f"--workers {workers}: the Ray cluster has room for {most} worker(s) of {shape} "
                            f"(it has {cpus:g} CPUs, {gpus:g} GPUs on {len(nodes)} node(s): {sizes})")
     return workers
-
-
-def ray_node_id() -> str:
-    """The Ray node this process runs on (in an actor), for the driver's log."""
-    import ray
-
-    return ray.get_runtime_context().get_node_id()
 
 
 # ----------------------------------------------------------------------------- shard files
@@ -297,7 +290,7 @@ class ShardScorer:
         self.model, _ = generation.load_model(ref, self.cfg.dtype, tok)
         self.eos = self.scorer.eos_ids(self.model)
         self.fs, self.base = shard_filesystem(spec["shards"])
-        self.node = ray_node_id()
+        self.node = require("ray", "ray").get_runtime_context().get_node_id()  # for the driver's log
         self.load_seconds = time.perf_counter() - started
 
     def __call__(self, batch: dict) -> dict:
@@ -435,10 +428,8 @@ class RayScorer:
             self.seconds += time.perf_counter() - started
         missing = set(names) - done
         assert not missing, f"{len(missing)} shard(s) never reported back"
-        nodes = {node for node, _ in actors}
-        self.stats["nodes"] = len(nodes)
         log.info("%d shard(s) went through %d actor process(es) on %d Ray node(s)", len(done), len(actors),
-                 len(nodes))
+                 len({node for node, _ in actors}))
 
 
 # ----------------------------------------------------------------------------- embeddings
