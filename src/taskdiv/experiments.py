@@ -404,6 +404,13 @@ class Experiment:
     def needs_scores(self) -> bool:
         return any(self._needs_scores(s) for s in grid_strategies(self.cfg))
 
+    def unfinished(self, runs: list[Run]) -> list[Run]:
+        return [r for r in runs if not (self.run_dir(r) / "done").exists()]
+
+    def must_score(self, todo: list[Run]) -> bool:
+        """Whether the pool is still to be scored before the runs `todo`."""
+        return bool(todo) and self.needs_scores() and not (self.out / "scores" / "scores.csv").exists()
+
     # ------------------------------------------------------------------ running
     def run(self) -> pd.DataFrame:
         from .progress import bar
@@ -411,13 +418,13 @@ class Experiment:
         runs = self.prepare()
         write_yaml(self.out / "config.yaml", written_config(self.cfg))
         write_text(self.out / ".gitignore", GITIGNORE)
-        todo = [r for r in runs if not (self.run_dir(r) / "done").exists()]
+        todo = self.unfinished(runs)
         log.info("experiment %s: %d run(s), %d already done", self.cfg.name, len(runs), len(runs) - len(todo))
         if todo:
             self._warn_other_code([r for r in runs if r not in todo])
             self._warn_lost_rows(todo)
         with _quiet_inner_progress():
-            if todo and self.needs_scores() and not (self.out / "scores" / "scores.csv").exists():
+            if self.must_score(todo):
                 from .scoring import score
 
                 log.info("scoring the pool once for the whole experiment")
@@ -696,15 +703,14 @@ def run_experiment(cmd: ExperimentCommand) -> None:
     if cmd.dry_run:
         runs = exp.prepare()
         n_test = len(exp.test) if exp.test is not None else 0
-        todo = [r for r in runs if not (exp.run_dir(r) / "done").exists()]
+        todo = exp.unfinished(runs)
         for r in runs:
             print(f"{r.id:40s} strategy={r.strategy:24s} budget={r.budget_n:6d} seed={r.seed}"
                   + ("" if r in todo else "  (done)"))
         est = estimate_seconds(cfg, todo, n_test)
-        scoring = todo and exp.needs_scores() and not (exp.out / "scores" / "scores.csv").exists()
         print(f"{len(runs)} run(s), {len(runs) - len(todo)} already done; pool {len(exp.pool)} prompts, "
               f"test {n_test} items; estimate for the {len(todo)} left at SmolLM2-135M rates on 2 cores: "
-              f"{est / 60:.0f} min" + (" (plus scoring the pool)" if scoring else ""))
+              f"{est / 60:.0f} min" + (" (plus scoring the pool)" if exp.must_score(todo) else ""))
         return
     table = exp.run()
     print(f"{len(table)} run(s) finished; results in {Path(cmd.out) / 'results.csv'}; "
