@@ -15,7 +15,8 @@ Both engines therefore run the very same batches, and give the same numbers.
 
 Shards and resume. An actor writes each finished shard to SHARDS/ (default OUT/shards;
 any path every node can reach, or a URI such as s3://bucket/run/shards) through pyarrow's
-filesystem layer: a temporary file, then a move. A shard's name is the settings key of
+filesystem layer: a temporary file, then a move. Before any work each node writes a
+probe file there, which the driver must see (`check_reach`). A shard's name is the settings key of
 the run plus the sha256 of its prompts' hashes in order, so a retried shard (Ray Data
 restarts a killed actor and retries its task: its actor pools default to unlimited
 `max_restarts` and `max_task_retries`) rewrites the same file and can never be counted
@@ -59,6 +60,8 @@ SHARD_SUFFIX = ".parquet"
 # store suffices and leaves the machine's memory to the models.
 LOCAL_OBJECT_STORE_BYTES = 512 * 1024 * 1024
 CONNECT_TIMEOUT_S = 5.0
+# How long each node has to write its probe file into --shards (check_reach).
+REACH_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -81,8 +84,8 @@ class RayOptions:
     batches_per_shard: int = field(default=16, metadata={
         "help": "Batches of --batch-size prompts per shard file (the unit of work, retry and resume)."})
     shards: str | None = field(default=None, metadata={
-        "help": "Where the Ray engine writes shard files (default OUT/shards): a path every node can "
-                "reach, or a pyarrow filesystem URI such as s3://bucket/run/shards."})
+        "help": "Where the Ray engine writes shard files (default OUT/shards): a path this driver and every "
+                "node reach (checked before any work), or a pyarrow filesystem URI such as s3://bucket/run/shards."})
 
 
 def check_options(cfg) -> None:
@@ -150,27 +153,33 @@ def connect(address: str | None, *, num_cpus: int | None = None):
     return ray
 
 
+def _fits(have: float, need: float) -> int:  # Ray counts resources in steps of 1e-4
+    return int(np.floor(have / need + 1e-6)) if need > 0 else 1 << 30
+
+
+def room(resources: dict, cfg) -> int:
+    """The workers of --cpus-per-worker and --gpus-per-worker that one node's resources hold."""
+    return min(_fits(float(resources.get("CPU", 0)), cfg.cpus_per_worker),
+               _fits(float(resources.get("GPU", 0)), cfg.gpus_per_worker))
+
+
+def alive_nodes(ray) -> list[dict]:
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
 def plan_workers(ray, cfg) -> int:
     """--workers checked against the cluster's resources (a request it cannot meet would
     leave Ray Data waiting for ever). An actor takes its CPUs and GPUs on one node, so the
     room is counted node by node: two nodes of 1 CPU hold no actor of 2 CPUs, although the
     cluster has 2."""
-    nodes = [n.get("Resources") or {} for n in ray.nodes() if n.get("Alive")]
+    nodes = [n.get("Resources") or {} for n in alive_nodes(ray)]
     cpus = sum(float(r.get("CPU", 0)) for r in nodes)
     gpus = sum(float(r.get("GPU", 0)) for r in nodes)
     if cfg.gpus_per_worker > 0 and gpus < cfg.gpus_per_worker:
         raise TaskdivError(f"--gpus-per-worker {cfg.gpus_per_worker:g}: the Ray cluster has "
                            f"{'no GPUs' if not gpus else f'{gpus:g} GPU(s)'} ({cpus:g} CPUs); use "
                            f"--gpus-per-worker 0 to score on CPUs")
-
-    def fits(have: float, need: float) -> int:  # Ray counts resources in steps of 1e-4
-        return int(np.floor(have / need + 1e-6)) if need > 0 else 1 << 30
-
-    def room(node: dict) -> int:  # the workers one node holds
-        return min(fits(float(node.get("CPU", 0)), cfg.cpus_per_worker),
-                   fits(float(node.get("GPU", 0)), cfg.gpus_per_worker))
-
-    most = sum(map(room, nodes))
+    most = sum(room(r, cfg) for r in nodes)
     shape = f"{cfg.cpus_per_worker:g} CPU(s) and {cfg.gpus_per_worker:g} GPU(s)"
     sizes = "; ".join(f"{float(r.get('CPU', 0)):g} CPUs, {float(r.get('GPU', 0)):g} GPUs" for r in nodes)
     if most == 0:
@@ -182,6 +191,60 @@ def plan_workers(ray, cfg) -> int:
         raise TaskdivError(f"--workers {workers}: the Ray cluster has room for {most} worker(s) of {shape} "
                            f"(it has {cpus:g} CPUs, {gpus:g} GPUs on {len(nodes)} node(s): {sizes})")
     return workers
+
+
+def _write_probe(uri: str, name: str) -> None:
+    """On one node: a small file in the shards location, as its actor would write a shard."""
+    filesystem, base = shard_filesystem(uri)
+    with filesystem.open_output_stream(f"{base}/{name}") as f:
+        f.write(socket.gethostname().encode())
+
+
+def check_reach(ray, cfg, uri: str, filesystem, base: str, shown: str) -> None:
+    """Before any work: every node that may run a scorer actor writes a probe file to the
+    shards location, and this driver must see each one (it reads every shard an actor
+    writes). On a cluster of several machines a local --shards path (the default OUT/shards)
+    is on each machine's own disk: without this check the run would fail only when the
+    first shard of another machine came back, after that machine's model load and work.
+    Skipped on a cluster of one node at this machine's address (a local cluster)."""
+    from pyarrow import fs
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in alive_nodes(ray) if room(n.get("Resources") or {}, cfg)]
+    if len(alive_nodes(ray)) == 1 and nodes and nodes[0].get("NodeManagerAddress") == \
+            ray.util.get_node_ip_address():
+        return
+    started = time.perf_counter()
+    task = ray.remote(num_cpus=0, max_retries=0)(_write_probe)
+    probes = {}
+    for node in nodes:
+        name = f".reach-{uuid.uuid4().hex}"
+        strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+        probes[name] = (node, task.options(scheduling_strategy=strategy).remote(uri, name))
+    ray.wait([ref for _, ref in probes.values()], num_returns=len(probes), timeout=REACH_TIMEOUT_S)
+    problems = []
+    for name, (node, ref) in probes.items():
+        where = f"node {node.get('NodeManagerAddress')} (id {node['NodeID'][:8]})"
+        try:
+            ray.get(ref, timeout=0)
+        except ray.exceptions.GetTimeoutError:
+            problems.append(f"{where} did not answer within {REACH_TIMEOUT_S:g} s")
+            continue
+        except ray.exceptions.RayError as e:
+            cause = getattr(e, "cause", None) or e
+            problems.append(f"{where} cannot write there ({type(cause).__name__}: {cause})".splitlines()[0])
+            continue
+        path = f"{base}/{name}"
+        if filesystem.get_file_info(path).type == fs.FileType.File:
+            filesystem.delete_file(path)
+        else:
+            problems.append(f"{where} wrote a probe file there that this driver does not see")
+    if problems:
+        default = "" if cfg.shards else "; the default, OUT/shards, is on this machine's disk only"
+        raise TaskdivError(f"--shards {shown}: {'; '.join(problems)}. The Ray engine needs shard storage that "
+                           f"this driver and every node reach: a shared mount (pass --shards) or an object store "
+                           f"(--shards s3://...){default}")
+    log.info("--shards %s: reached from %d node(s) in %.1f s", shown, len(nodes), time.perf_counter() - started)
 
 
 # ----------------------------------------------------------------------------- shard files
@@ -380,12 +443,15 @@ class RayScorer:
         size = self.cfg.batch_size * self.cfg.batches_per_shard
         blocks = [order[i:i + size] for i in range(0, len(order), size)]
         names = [shard_name(self.cache.key, b) for b in blocks]
-        if self._ray is None:
+        fresh = self._ray is None
+        if fresh:
             started = time.perf_counter()
             self._ray = connect(self.cfg.ray_address)
             self.stats["connect_seconds"] = time.perf_counter() - started
         ray = self._ray
         workers = min(plan_workers(ray, self.cfg), len(blocks))
+        if fresh:
+            check_reach(ray, self.cfg, self.uri, self.fs, self.base, self.shown)
         ray.data.DataContext.get_current().enable_progress_bars = False
         items = [{"shard": n, "shas": b, "prompts": [prompts[s] for s in b]} for n, b in zip(names, blocks)]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
