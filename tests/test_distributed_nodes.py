@@ -1,12 +1,17 @@
 """`taskdiv score --engine ray` on a Ray cluster of two nodes (no mocks).
 
-`ray.cluster_utils.Cluster` starts a head node and a worker node on this machine, each
-with its own raylet and object store, as `ray start --head` and `ray start --address`
-do on two machines; the CLI joins it by its address in a subprocess, as a user's driver
-would. The last test starts its second node in a mount namespace of its own, which
-gives that node a disk of its own, as another machine has. A module of its own:
-test_distributed.py's in-process cluster is shut down by then, and this one cannot
-disturb it.
+`ray.cluster_utils.Cluster` starts a head node of 1 CPU on this machine and `ray start
+--address` a worker node of 2 CPUs, each with its own raylet and object store, as on
+two machines; the CLI
+joins the cluster by its address in a subprocess, as a user's driver would. The worker
+node runs in a mount namespace of its own (`unshare -m`) with an empty tmpfs mounted
+over one directory, OWN: there it sees a disk of its own, as another machine sees its
+own disk at every local path, while the rest (the model, a shared --shards directory)
+stays common, as shared storage is. Where mount namespaces are not allowed the worker
+node shares the disk, and the test that needs a disk of its own is skipped.
+
+A module of its own: test_distributed.py's in-process cluster is shut down by then, and
+this one cannot disturb it.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -27,68 +32,6 @@ from taskdiv import cli
 pytest.importorskip("ray")
 
 STORE = 80 * 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def two_nodes():
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
-                                                            "object_store_memory": STORE})
-    cluster.add_node(num_cpus=1, object_store_memory=STORE)
-    cluster.wait_for_nodes()
-    yield cluster.address
-    cluster.shutdown()
-
-
-def driver(args, address: str | None, timeout: float = 180) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TASKDIV_NO_PROGRESS": "1"}
-    env.pop("RAY_ADDRESS", None)
-    where = ["--ray-address", address] if address else []
-    return subprocess.run([sys.executable, "-m", "taskdiv.cli", "score", *map(str, args), "--engine", "ray", *where],
-                          env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def test_two_nodes_score_as_one_machine(two_nodes, small_pool, tiny_model_dir, tmp_path, capsys):
-    """One actor on each node (1 CPU each); the scores equal the local engine's."""
-    common = [small_pool, "--model", tiny_model_dir, "--dtype", "float32", "--max-new-tokens", "3",
-              "--batch-size", "2"]
-    assert cli.main(["score", *map(str, common), "--out", str(tmp_path / "local"), "--no-progress"]) == 0
-    run = driver([*common, "--workers", "2", "--batches-per-shard", "1", "--out", tmp_path / "ray"], two_nodes)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "on 2 Ray node(s)" in run.stderr, run.stderr[-3000:]
-    assert f"--shards {tmp_path / 'ray' / 'shards'}: reached from 2 node(s)" in run.stderr
-    assert "8 shard(s) went through 2 actor process(es)" in run.stderr
-    local, ray_ = (pd.read_parquet(tmp_path / d / "scores.parquet").set_index("id") for d in ("local", "ray"))
-    assert ray_.index.tolist() == local.index.tolist() and len(ray_) == 16
-    np.testing.assert_allclose(ray_["confidence"], local["confidence"], atol=1e-5, rtol=0)
-    pd.testing.assert_frame_equal(*(pd.read_csv(tmp_path / d / "tasks.csv") for d in ("ray", "local")),
-                                  atol=1e-5, rtol=0)
-
-
-def test_a_worker_larger_than_every_node_is_refused(two_nodes, small_pool, tiny_model_dir, tmp_path):
-    """The cluster has 2 CPUs, but no node has 2: an actor of 2 CPUs would never start,
-    and Ray Data would wait for it for ever."""
-    start = time.time()
-    run = driver([small_pool, "--model", tiny_model_dir, "--cpus-per-worker", "2", "--out", tmp_path / "s"],
-                 two_nodes, timeout=60)
-    assert run.returncode == 1 and time.time() - start < 60
-    assert ("--cpus-per-worker 2 --gpus-per-worker 0: no node of the Ray cluster has room for one worker of "
-            "2 CPU(s) and 0 GPU(s) (an actor runs on one node; its 2 node(s) have 1 CPUs, 0 GPUs; 1 CPUs, "
-            "0 GPUs)") in run.stderr, run.stderr[-2000:]
-    assert "Traceback" not in run.stderr
-    assert not (tmp_path / "s" / "scores.csv").exists()
-
-
-def test_without_an_address_a_cluster_left_by_ray_start_is_not_joined(two_nodes, small_pool, tiny_model_dir,
-                                                                       tmp_path):
-    """`ray start` (here the two-node cluster) leaves its address where a bare ray.init()
-    would join it, and then refuse num_cpus. Without --ray-address taskdiv starts its own
-    local cluster, as --help says."""
-    run = driver([small_pool, "--model", tiny_model_dir, "--max-new-tokens", "2", "--out", tmp_path / "s"], None)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "started a local Ray cluster" in run.stderr and "on 1 Ray node(s)" in run.stderr
-    assert len(pd.read_csv(tmp_path / "s" / "scores.csv")) == 16
 
 
 def _in_namespace(pid: int) -> list[int]:
@@ -108,49 +51,108 @@ def _in_namespace(pid: int) -> list[int]:
     return found
 
 
-@pytest.fixture
-def split_disk(tmp_path):
-    """A head node and a second node that sees its own empty disk at tmp_path/out: the
-    second node runs in a mount namespace of its own with a tmpfs mounted there, as
-    another machine has its own disk at every local path. Skipped where mount namespaces
-    are not allowed."""
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    """address: the head's; own: the directory the worker node sees as its own empty disk
+    (None where mount namespaces are not allowed)."""
     from ray.cluster_utils import Cluster
 
-    if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:
-        pytest.skip("needs a mount namespace (unshare -m) for a node with a disk of its own")
-    hidden = tmp_path / "out"
-    hidden.mkdir()
+    own = tmp_path_factory.mktemp("own-disk")
+    log = tmp_path_factory.mktemp("node-log") / "node.log"
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
                                                             "object_store_memory": STORE})
-    ray_cli = Path(sys.executable).parent / "ray"
-    script = ('mount -t tmpfs tmpfs "$0" && '
-              'exec "$1" start --address "$2" --num-cpus 1 --object-store-memory "$3" --block')
-    node = subprocess.Popen(["unshare", "-m", "sh", "-c", script, hidden, ray_cli, cluster.address, str(STORE)],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "node.log", "w"), start_new_session=True)
+    node = None
+    if shutil.which("unshare") and not subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:
+        script = ('mount -t tmpfs tmpfs "$0" && '
+                  'exec "$1" start --address "$2" --num-cpus 2 --object-store-memory "$3" --block')
+        ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+        node = subprocess.Popen(["unshare", "-m", "sh", "-c", script, own, ray_cli, cluster.address, str(STORE)],
+                                stdout=subprocess.DEVNULL, stderr=open(log, "w"), start_new_session=True)
+    else:
+        cluster.add_node(num_cpus=2, object_store_memory=STORE)
+        own = None
     try:
         deadline = time.time() + 60
         while len(cluster.global_state._live_node_ids()) < 2:
-            assert node.poll() is None and time.time() < deadline, (tmp_path / "node.log").read_text()[-2000:]
+            assert (node is None or node.poll() is None) and time.time() < deadline, log.read_text()[-2000:]
             time.sleep(0.5)
-        yield cluster.address, hidden
+        yield SimpleNamespace(address=cluster.address, own=own, log=log)
     finally:
-        for pid in _in_namespace(node.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        node.wait()
+        if node is not None:
+            for pid in _in_namespace(node.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            node.wait()
         cluster.shutdown()
 
 
-def test_shards_a_node_cannot_reach_are_refused_before_any_work(split_disk, small_pool, tiny_model_dir, tmp_path):
-    """The default --shards, OUT/shards, is on the driver's disk; the second node has its
+def driver(args, address: str | None, timeout: float = 180) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TASKDIV_NO_PROGRESS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    where = ["--ray-address", address] if address else []
+    return subprocess.run([sys.executable, "-m", "taskdiv.cli", "score", *map(str, args), "--engine", "ray", *where],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_node_with_a_disk_of_its_own_scores_into_shared_shards(two_nodes, small_pool, tiny_model_dir, tmp_path):
+    """Only the worker node has room for an actor of 2 CPUs, so it scores every shard;
+    OUT is on its own disk where it has one, and only --shards is shared, as on two
+    machines with shared storage. The driver reads what it wrote; the scores equal the
+    local engine's."""
+    common = [small_pool, "--model", tiny_model_dir, "--dtype", "float32", "--max-new-tokens", "3",
+              "--batch-size", "2"]
+    assert cli.main(["score", *map(str, common), "--out", str(tmp_path / "local"), "--no-progress"]) == 0
+    out, shards = (two_nodes.own or tmp_path) / "ray", tmp_path / "shared"
+    run = driver([*common, "--cpus-per-worker", "2", "--batches-per-shard", "1", "--shards", shards, "--out", out],
+                 two_nodes.address)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"--shards {shards}: reached from 1 node(s)" in run.stderr, run.stderr[-3000:]
+    assert "8 shard(s) went through 1 actor process(es) on 1 Ray node(s)" in run.stderr
+    assert len(list(shards.glob("*.parquet"))) == 8 and not list(shards.glob(".*"))
+    local, ray_ = (pd.read_parquet(d / "scores.parquet").set_index("id") for d in (tmp_path / "local", out))
+    assert ray_.index.tolist() == local.index.tolist() and len(ray_) == 16
+    np.testing.assert_allclose(ray_["confidence"], local["confidence"], atol=1e-5, rtol=0)
+    pd.testing.assert_frame_equal(*(pd.read_csv(d / "tasks.csv") for d in (out, tmp_path / "local")),
+                                  atol=1e-5, rtol=0)
+
+
+def test_a_worker_larger_than_every_node_is_refused(two_nodes, small_pool, tiny_model_dir, tmp_path):
+    """The cluster has 3 CPUs, but no node has 3: an actor of 3 CPUs would never start,
+    and Ray Data would wait for it for ever."""
+    start = time.time()
+    run = driver([small_pool, "--model", tiny_model_dir, "--cpus-per-worker", "3", "--out", tmp_path / "s"],
+                 two_nodes.address, timeout=60)
+    assert run.returncode == 1 and time.time() - start < 60
+    assert ("--cpus-per-worker 3 --gpus-per-worker 0: no node of the Ray cluster has room for one worker of "
+            "3 CPU(s) and 0 GPU(s) (an actor runs on one node; its 2 node(s) have ") in run.stderr, run.stderr[-2000:]
+    assert "1 CPUs, 0 GPUs" in run.stderr and "2 CPUs, 0 GPUs" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "s" / "scores.csv").exists()
+
+
+def test_without_an_address_a_cluster_left_by_ray_start_is_not_joined(two_nodes, small_pool, tiny_model_dir,
+                                                                       tmp_path):
+    """`ray start` (here the two-node cluster) leaves its address where a bare ray.init()
+    would join it, and then refuse num_cpus. Without --ray-address taskdiv starts its own
+    local cluster, as --help says."""
+    run = driver([small_pool, "--model", tiny_model_dir, "--max-new-tokens", "2", "--out", tmp_path / "s"], None)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "started a local Ray cluster" in run.stderr and "on 1 Ray node(s)" in run.stderr
+    assert len(pd.read_csv(tmp_path / "s" / "scores.csv")) == 16
+
+
+def test_shards_a_node_cannot_reach_are_refused_before_any_work(two_nodes, small_pool, tiny_model_dir):
+    """The default --shards, OUT/shards, is on the driver's disk; the worker node has its
     own disk there. Before the reach check, the run failed only when that node's first
     shard came back; now it fails before any model is loaded, naming the node."""
-    address, out = split_disk
+    if two_nodes.own is None:
+        pytest.skip("needs a node with a disk of its own (mount namespaces, unshare -m)")
+    out = two_nodes.own / "default"
     start = time.time()
     run = driver([small_pool, "--model", tiny_model_dir, "--max-new-tokens", "2", "--workers", "2",
-                  "--out", out], address, timeout=120)
+                  "--out", out], two_nodes.address, timeout=120)
     assert run.returncode == 1, run.stderr[-3000:]
     assert time.time() - start < 60
     assert f"--shards {out / 'shards'}: node " in run.stderr
