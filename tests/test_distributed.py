@@ -264,3 +264,34 @@ def test_embeddings_on_ray_match_local_and_are_cached(cluster, tmp_path):
     # Cached: a second call needs no cluster work and gives the same vectors.
     again = embeddings.embed(prompts, cache=tmp_path / "ray.sqlite", progress=False, engine="ray")
     np.testing.assert_array_equal(again, ray_)
+
+
+def test_an_actor_that_cannot_start_is_reported_with_its_node_and_cause(cluster, tmp_path):
+    """An Embedder whose model does not load: the error names the node and the cause.
+    Before, the actor's constructor raised, and the driver said only 'the Ray engine
+    failed: ActorDiedError: The actor died because of an error raised in its creation
+    task', after Ray Data's stack trace asking for a Ray bug report."""
+    from taskdiv.distributed import embed_batches
+    from taskdiv.errors import TaskdivError
+
+    (tmp_path / "not-a-model").mkdir()
+    with pytest.raises(TaskdivError) as e:
+        list(embed_batches({"k": "some text"}, str(tmp_path / "not-a-model"), batch_size=4))
+    assert str(e.value).startswith("a Ray worker on node "), str(e.value)
+    assert " could not start: " in str(e.value) and "not-a-model" in str(e.value), str(e.value)
+
+
+def test_a_worker_error_is_reported_by_its_own_type_and_message(cluster):
+    """Ray Data wraps a worker's exception as 'UserCodeException: UDF failed to process a
+    data block'; the error the driver reports is the worker's own."""
+    import ray
+
+    from taskdiv.distributed import _driver_error
+
+    def fails(batch):
+        raise ValueError("the batch had no prompts")
+
+    with pytest.raises(Exception) as e:
+        ray.data.from_items([{"x": 1}]).map_batches(fails, batch_size=1).take_all()
+    assert "UDF failed to process a data block" in str(e.value)  # what the driver is given
+    assert str(_driver_error(e.value)) == "the Ray engine failed: ValueError: the batch had no prompts"

@@ -161,3 +161,22 @@ def test_shards_a_node_cannot_reach_are_refused_before_any_work(two_nodes, small
     assert "Traceback" not in run.stderr and "scoring 16 prompt(s)" not in run.stderr
     assert not (out / "scores.csv").exists()
     assert not [p for p in (out / "shards").iterdir() if p.name.startswith(".reach-")]  # the head's probe is gone
+
+
+def test_a_model_only_on_the_drivers_disk_is_named_with_the_node(two_nodes, small_pool, tiny_model_dir, tmp_path):
+    """--model a directory on the driver's disk only: the worker node's actor cannot load
+    it. The error names the node and the directory. Before, the actor's constructor
+    raised, and the driver said only 'the Ray engine failed: ActorDiedError: ...', after
+    Ray Data's stack trace asking for a Ray bug report."""
+    if two_nodes.own is None:
+        pytest.skip("needs a node with a disk of its own (mount namespaces, unshare -m)")
+    model = two_nodes.own / "model-here-only"
+    shutil.copytree(tiny_model_dir, model)
+    run = driver([small_pool, "--model", model, "--max-new-tokens", "2", "--cpus-per-worker", "2",
+                  "--shards", tmp_path / "shards", "--out", tmp_path / "out"], two_nodes.address, timeout=120)
+    assert run.returncode == 1, run.stderr[-3000:]
+    error = run.stderr.strip().splitlines()[-1]
+    assert error.startswith("taskdiv: error: a Ray worker on node ") and " could not start: " in error, error
+    assert f"{model}: no such run or model directory" in error
+    assert "Traceback" not in run.stderr and "Ray Core internal code" not in run.stderr
+    assert not (tmp_path / "out" / "scores.csv").exists()

@@ -21,7 +21,8 @@ the run plus the sha256 of its prompts' hashes in order, so a retried shard (Ray
 restarts a killed actor and retries its task: its actor pools default to unlimited
 `max_restarts` and `max_task_retries`) rewrites the same file and can never be counted
 twice; an actor skips a shard that already exists. An exception raised by the scorer
-itself is not retried: it fails the run with its message.
+itself is not retried: it fails the run with its message; so does an actor that cannot
+start (a model missing on its node), named with its node (`_setup_failure`).
 The driver copies every finished shard into OUT/cache.sqlite as it arrives and notes its
 name there, and at the start of a run it copies the shards it has not seen yet (those a
 killed driver left behind) and says how many it reused.
@@ -41,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -329,11 +331,30 @@ def list_shards(filesystem, base: str, settings_key: str) -> list[str]:
 # ----------------------------------------------------------------------------- the actor
 
 
+def _setup_failure(e: Exception) -> str:
+    """What an actor whose setup failed says at its first call, naming its node.
+
+    An actor's constructor must not raise: Ray Data reports that as an error of its own
+    internal code, with its stack trace and a request to file a Ray issue, and the cause
+    (a model directory missing on that node, say) is lost in the driver's message. So an
+    actor keeps the error and raises it, as a TaskdivError, from its first batch."""
+    what = str(e) if isinstance(e, TaskdivError) else f"{type(e).__name__}: {e}"
+    ray = require("ray", "ray")
+    return f"a Ray worker on node {ray.util.get_node_ip_address()} ({socket.gethostname()}) could not start: {what}"
+
+
 class ShardScorer:
     """A Ray Data actor: loads the model once, then scores whole shards with the local
     engine's code and writes each one as a shard file. Returns one summary row per shard."""
 
     def __init__(self, spec: dict):
+        try:
+            self._setup(spec)
+            self.failed = None
+        except Exception as e:  # raised at the first call; see _setup_failure
+            self.failed = _setup_failure(e)
+
+    def _setup(self, spec: dict) -> None:
         started = time.perf_counter()
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         import torch
@@ -359,6 +380,8 @@ class ShardScorer:
     def __call__(self, batch: dict) -> dict:
         from pyarrow import fs
 
+        if self.failed:
+            raise TaskdivError(self.failed)
         out = {"shard": [], "prompts": [], "computed": [], "seconds": [], "load_seconds": [], "pid": [], "node": []}
         bs = self.cfg.batch_size
         for name, shas, prompts in zip(batch["shard"], batch["shas"], batch["prompts"]):
@@ -383,6 +406,28 @@ class ShardScorer:
 
 
 # ----------------------------------------------------------------------------- the driver side
+
+
+def _driver_error(e: Exception) -> TaskdivError:
+    """The error to report for an exception out of a Ray Data run. A worker's error arrives
+    wrapped in Ray's exception types (Ray Data's UserCodeException, "UDF failed to process
+    a data block"), and only the text of its worker-side traceback holds the original: a
+    TaskdivError there (a scorer's, or an actor's setup failure) is reported as it is, and
+    another error by its type and message."""
+    if isinstance(e, TaskdivError):
+        return e
+    cause = getattr(e, "cause", None) or e
+    if isinstance(cause, TaskdivError):
+        return TaskdivError(str(cause))
+    text = str(e)
+    ours = re.search(r"^taskdiv\.errors\.TaskdivError: (.+)$", text, re.M)
+    if ours:
+        return TaskdivError(ours.group(1))
+    inner = [m for m in re.findall(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$", text, re.M)
+             if not m[0].startswith("ray.")]
+    name, message = inner[0] if inner else (type(cause).__name__, str(cause).splitlines()[0] if str(cause) else "")
+    return TaskdivError(f"the Ray engine failed: {name}: {message}")
+
 
 INGESTED = "CREATE TABLE IF NOT EXISTS shards (name TEXT PRIMARY KEY, prompts INTEGER NOT NULL, created REAL NOT NULL)"
 
@@ -483,13 +528,8 @@ class RayScorer:
                     if row["load_seconds"]:
                         self.stats["load_seconds"].append(float(row["load_seconds"]))
                     pbar.update(n)
-        except Exception as e:  # a worker's error arrives wrapped in Ray's exception types
-            if isinstance(e, TaskdivError):
-                raise
-            cause = getattr(e, "cause", None) or e
-            if isinstance(cause, TaskdivError):
-                raise TaskdivError(str(cause)) from None
-            raise TaskdivError(f"the Ray engine failed: {type(cause).__name__}: {cause}".splitlines()[0]) from e
+        except Exception as e:
+            raise _driver_error(e) from (None if isinstance(e, TaskdivError) else e)
         finally:
             self.seconds += time.perf_counter() - started
         missing = set(names) - done
@@ -505,17 +545,23 @@ class Embedder:
     """A Ray Data actor: one sentence-transformers model, unit vectors for a batch of prompts."""
 
     def __init__(self, model: str, batch_size: int, threads: float):
-        import torch
-
-        torch.set_num_threads(max(1, int(threads)))
-        from .models import encoder_path
-
-        st = require("sentence_transformers", "embed")
-        self.encoder = st.SentenceTransformer(encoder_path(model),
-                                              device="cuda" if torch.cuda.is_available() else "cpu")
         self.batch_size = batch_size
+        try:
+            import torch
+
+            torch.set_num_threads(max(1, int(threads)))
+            from .models import encoder_path
+
+            st = require("sentence_transformers", "embed")
+            self.encoder = st.SentenceTransformer(encoder_path(model),
+                                                  device="cuda" if torch.cuda.is_available() else "cpu")
+            self.failed = None
+        except Exception as e:  # raised at the first call; see _setup_failure
+            self.failed = _setup_failure(e)
 
     def __call__(self, batch: dict) -> dict:
+        if self.failed:
+            raise TaskdivError(self.failed)
         vecs = self.encoder.encode([str(t) for t in batch["text"]], batch_size=self.batch_size,
                                    normalize_embeddings=True, show_progress_bar=False, convert_to_numpy=True)
         return {"key": batch["key"], "vec": vecs.astype(np.float32)}
@@ -539,5 +585,8 @@ def embed_batches(texts: dict[str, str], model: str, *, batch_size: int, address
                          num_gpus=gpus_per_worker or None,
                          compute=ray.data.ActorPoolStrategy(size=min(workers, len(items) // chunk + 1)))
     log.info("embedding %d prompt(s) with %s on %d Ray worker(s)", len(items), model, workers)
-    for batch in out.iter_batches(batch_format="numpy", batch_size=None):
-        yield [str(k) for k in batch["key"]], np.stack(list(batch["vec"])).astype(np.float32)
+    try:
+        for batch in out.iter_batches(batch_format="numpy", batch_size=None):
+            yield [str(k) for k in batch["key"]], np.stack(list(batch["vec"])).astype(np.float32)
+    except Exception as e:
+        raise _driver_error(e) from (None if isinstance(e, TaskdivError) else e)
