@@ -16,13 +16,14 @@ Both engines therefore run the very same batches, and give the same numbers.
 Shards and resume. An actor writes each finished shard to SHARDS/ (default OUT/shards;
 any path every node can reach, or a URI such as s3://bucket/run/shards) through pyarrow's
 filesystem layer: a temporary file, then a move. Before any work each node writes a
-probe file there, which the driver must see (`check_reach`). A shard's name is the settings key of
-the run plus the sha256 of its prompts' hashes in order, so a retried shard (Ray Data
-restarts a killed actor and retries its task: its actor pools default to unlimited
-`max_restarts` and `max_task_retries`) rewrites the same file and can never be counted
-twice; an actor skips a shard that already exists. An exception raised by the scorer
-itself is not retried: it fails the run with its message; so does an actor that cannot
-start (a model missing on its node), named with its node (`_setup_failure`).
+probe file there, which the driver must see (`check_reach`). A shard's name is the
+settings key of the run plus the sha256 of its prompts' hashes in order, so a retried
+shard (Ray Data restarts a killed actor and retries its task: its actor pools default
+to unlimited `max_restarts` and `max_task_retries`) rewrites the same file and can
+never be counted twice; an actor skips a shard that already exists. An exception
+raised by the scorer itself is not retried: it fails the run with its message; so does
+an actor that cannot start (a model missing on its node), named with its node
+(`_setup_failure`).
 The driver copies every finished shard into OUT/cache.sqlite as it arrives and notes its
 name there, and at the start of a run it copies the shards it has not seen yet (those a
 killed driver left behind) and says how many it reused.
@@ -212,10 +213,10 @@ def check_reach(ray, cfg, uri: str, filesystem, base: str, shown: str) -> None:
     from pyarrow import fs
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    nodes = [n for n in alive_nodes(ray) if room(n.get("Resources") or {}, cfg)]
-    if len(alive_nodes(ray)) == 1 and nodes and nodes[0].get("NodeManagerAddress") == \
-            ray.util.get_node_ip_address():
+    alive = alive_nodes(ray)
+    if len(alive) == 1 and alive[0].get("NodeManagerAddress") == ray.util.get_node_ip_address():
         return
+    nodes = [n for n in alive if room(n.get("Resources") or {}, cfg)]
     started = time.perf_counter()
     task = ray.remote(num_cpus=0, max_retries=0)(_write_probe)
     probes = {}
