@@ -136,11 +136,16 @@ def test_without_an_address_a_cluster_left_by_ray_start_is_not_joined(two_nodes,
                                                                        tmp_path):
     """`ray start` (here the two-node cluster) leaves its address where a bare ray.init()
     would join it, and then refuse num_cpus. Without --ray-address taskdiv starts its own
-    local cluster, as --help says."""
-    run = driver([small_pool, "--model", tiny_model_dir, "--max-new-tokens", "2", "--out", tmp_path / "s"], None)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "started a local Ray cluster" in run.stderr and "on 1 Ray node(s)" in run.stderr
-    assert len(pd.read_csv(tmp_path / "s" / "scores.csv")) == 16
+    local cluster, as --help says. One worker more than this machine has cores stops the
+    run right after it connects, and the message tells which cluster it joined: the new
+    local one (1 node, this machine's cores), not the two-node one."""
+    cores = os.cpu_count()
+    run = driver([small_pool, "--model", tiny_model_dir, "--workers", cores + 1, "--out", tmp_path / "s"], None)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "started a local Ray cluster" in run.stderr, run.stderr[-3000:]
+    assert (f"--workers {cores + 1}: the Ray cluster has room for {cores} worker(s) of 1 CPU(s) and 0 GPU(s) "
+            f"(it has {cores} CPUs, 0 GPUs on 1 node(s)") in run.stderr, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
 
 
 def test_shards_a_node_cannot_reach_are_refused_before_any_work(two_nodes, small_pool, tiny_model_dir):
