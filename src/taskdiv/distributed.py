@@ -409,6 +409,13 @@ class ShardScorer:
 # ----------------------------------------------------------------------------- the driver side
 
 
+def _no_data_progress(ray) -> None:
+    """Ray Data's own progress bars off (taskdiv shows its own), and its warning that they
+    are off with them: that logger says nothing else."""
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
 def _driver_error(e: Exception) -> TaskdivError:
     """The error to report for an exception out of a Ray Data run. A worker's error arrives
     wrapped in Ray's exception types (Ray Data's UserCodeException, "UDF failed to process
@@ -498,7 +505,7 @@ class RayScorer:
         workers = min(plan_workers(ray, self.cfg), len(blocks))
         if fresh:
             check_reach(ray, self.cfg, self.uri, self.fs, self.base, self.shown)
-        ray.data.DataContext.get_current().enable_progress_bars = False
+        _no_data_progress(ray)
         items = [{"shard": n, "shas": b, "prompts": [prompts[s] for s in b]} for n, b in zip(names, blocks)]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         scored = ds.map_batches(ShardScorer, fn_constructor_kwargs={"spec": self._spec()}, batch_size=1,
@@ -576,7 +583,7 @@ def embed_batches(texts: dict[str, str], model: str, *, batch_size: int, address
     opts = RayOptions(engine="ray", workers=workers, cpus_per_worker=cpus_per_worker,
                       gpus_per_worker=gpus_per_worker)
     workers = plan_workers(ray, opts)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    _no_data_progress(ray)
     chunk = batch_size * 16
     items = [{"key": k, "text": t} for k, t in texts.items()]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // chunk + 1, 10_000)))
