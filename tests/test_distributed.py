@@ -8,6 +8,7 @@ where results are compared; the tiny random model serves where only the plumbing
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -169,7 +170,6 @@ def test_a_killed_driver_leaves_shards_the_rerun_reuses(cluster, pool40, tmp_pat
     done_at_kill = len(shards(out))
     assert 2 <= done_at_kill < 20, driver.stderr.read().decode()[-2000:]
     import logging
-    import re
 
     with caplog.at_level(logging.INFO, logger="taskdiv.distributed"):
         assert score(args) == 0  # the rerun, in this process, on the same cluster
@@ -234,6 +234,22 @@ def test_an_unreachable_ray_address_fails_fast(small_pool, tiny_model_dir, tmp_p
     assert run.returncode == 1
     assert "--ray-address 127.0.0.1:" in run.stderr and "no Ray cluster answers" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("address, message", [
+    # Ray Data's executor fails over Ray Client ("'Worker' object has no attribute 'core_worker'",
+    # Ray 2.60, checked against a head with a client server): refused up front, with the way that works.
+    ("ray://127.0.0.1:10001", "Ray Client (ray://) cannot run Ray Data, which the Ray engine uses; run taskdiv on "
+                              "a machine of the cluster with --ray-address HEAD:6379"),
+    ("http://127.0.0.1:8265", "expected HOST:PORT or auto"),  # the dashboard's address, not the cluster's
+    ("head-node", "expected HOST:PORT or auto"),
+])
+def test_a_ray_address_taskdiv_cannot_use_is_refused_before_connecting(address, message):
+    from taskdiv.distributed import _probe
+    from taskdiv.errors import TaskdivError
+
+    with pytest.raises(TaskdivError, match=re.escape(message)):
+        _probe(address)
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -76,7 +76,7 @@ class RayOptions:
         "help": "local: one process (SQLite cache). ray: Ray Data feeding scorer actors on a Ray cluster "
                 "(needs taskdiv[ray]); results in shard files, resumable across the cluster."})
     ray_address: str | None = field(default=None, metadata={
-        "help": "Ray cluster to join (host:6379, ray://host:10001, or auto for one `ray start` runs on this "
+        "help": "Ray cluster to join (host:6379, or auto for one `ray start` runs on this "
                 "machine; default: $RAY_ADDRESS, else a new local cluster on this machine's cores)."})
     workers: int | None = field(default=None, metadata={
         "help": "Scorer actors, each loading the model once (default: as many as the cluster's nodes "
@@ -118,10 +118,16 @@ def _probe(address: str) -> None:
     """Fail fast (seconds, not Ray's minute of retries) when nothing listens at `address`."""
     if address in ("auto", "local"):
         return
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise TaskdivError(f"--ray-address {address!r}: expected HOST:PORT, ray://HOST:PORT or auto")
+    if address.startswith("ray://"):
+        # Ray Data needs a driver inside the cluster: over Ray Client its executor fails at
+        # once ("'Worker' object has no attribute 'core_worker'", Ray 2.60).
+        raise TaskdivError(f"--ray-address {address}: Ray Client (ray://) cannot run Ray Data, which the Ray engine "
+                           f"uses; run taskdiv on a machine of the cluster with --ray-address HEAD:6379 (the port "
+                           f"`ray start --head` printed), or submit it as a Ray job (`ray job submit --address "
+                           f"http://HEAD:8265 -- taskdiv score ...`)")
+    host, _, port = address.rstrip("/").rpartition(":")
+    if not host or not port.isdigit() or "://" in host:
+        raise TaskdivError(f"--ray-address {address!r}: expected HOST:PORT or auto")
     try:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as e:
