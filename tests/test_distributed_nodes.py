@@ -62,12 +62,15 @@ def two_nodes(tmp_path_factory):
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
                                                             "object_store_memory": STORE})
     node = None
-    if shutil.which("unshare") and not subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:
+    mountable = shutil.which("unshare") and not subprocess.run(  # a mount namespace, and a tmpfs mounted in it
+        ["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs "$0"', own], capture_output=True).returncode
+    if mountable:
         script = ('mount -t tmpfs tmpfs "$0" && '
                   'exec "$1" start --address "$2" --num-cpus 2 --object-store-memory "$3" --block')
         ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
-        node = subprocess.Popen(["unshare", "-m", "sh", "-c", script, own, ray_cli, cluster.address, str(STORE)],
-                                stdout=subprocess.DEVNULL, stderr=open(log, "w"), start_new_session=True)
+        with open(log, "w") as err:  # the child keeps its own copy of the descriptor
+            node = subprocess.Popen(["unshare", "-m", "sh", "-c", script, own, ray_cli, cluster.address, str(STORE)],
+                                    stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
     else:
         cluster.add_node(num_cpus=2, object_store_memory=STORE)
         own = None
