@@ -91,12 +91,12 @@ def two_nodes(tmp_path_factory):
         cluster.shutdown()
 
 
-def driver(args, address: str | None, timeout: float = 180) -> subprocess.CompletedProcess:
+def driver(args, address: str | None, timeout: float = 180, cwd=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "TASKDIV_NO_PROGRESS": "1"}
     env.pop("RAY_ADDRESS", None)
     where = ["--ray-address", address] if address else []
     return subprocess.run([sys.executable, "-m", "taskdiv.cli", "score", *map(str, args), "--engine", "ray", *where],
-                          env=env, capture_output=True, text=True, timeout=timeout)
+                          env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 def test_a_node_with_a_disk_of_its_own_scores_into_shared_shards(two_nodes, small_pool, tiny_model_dir, tmp_path):
@@ -108,8 +108,9 @@ def test_a_node_with_a_disk_of_its_own_scores_into_shared_shards(two_nodes, smal
               "--batch-size", "2"]
     assert cli.main(["score", *map(str, common), "--out", str(tmp_path / "local"), "--no-progress"]) == 0
     out, shards = (two_nodes.own or tmp_path) / "ray", tmp_path / "shared"
-    run = driver([*common, "--cpus-per-worker", "2", "--batches-per-shard", "1", "--shards", shards, "--out", out],
-                 two_nodes.address)
+    # --shards relative to the driver's working directory, which the worker node's is not.
+    run = driver([*common, "--cpus-per-worker", "2", "--batches-per-shard", "1", "--shards", "shared", "--out", out],
+                 two_nodes.address, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert f"--shards {shards}: reached from 1 node(s)" in run.stderr, run.stderr[-3000:]
     assert "8 shard(s) went through 1 actor process(es) on 1 Ray node(s)" in run.stderr

@@ -461,6 +461,8 @@ class RayScorer:
         self.seconds = 0.0
         self.stats: dict = {"shards_reused": 0, "shards_computed": 0, "load_seconds": [], "connect_seconds": 0.0}
         self.uri = cfg.shards or str(Path(cfg.out) / "shards")
+        if "://" not in self.uri:  # the driver's path on every node: an actor's working directory is another
+            self.uri = os.path.abspath(self.uri)
         self.fs, self.base = shard_filesystem(self.uri)
         self.shown = display_uri(self.uri)  # the uri in messages
         with cache.conn:
