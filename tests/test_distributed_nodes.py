@@ -104,13 +104,14 @@ def test_a_node_with_a_disk_of_its_own_scores_into_shared_shards(two_nodes, smal
     OUT is on its own disk where it has one, and only --shards is shared, as on two
     machines with shared storage. The driver reads what it wrote; the scores equal the
     local engine's."""
-    common = [small_pool, "--model", tiny_model_dir, "--dtype", "float32", "--max-new-tokens", "3",
-              "--batch-size", "2"]
-    assert cli.main(["score", *map(str, common), "--out", str(tmp_path / "local"), "--no-progress"]) == 0
+    options = ["--dtype", "float32", "--max-new-tokens", "3", "--batch-size", "2"]
+    assert cli.main(["score", str(small_pool), "--model", str(tiny_model_dir), *options, "--out",
+                     str(tmp_path / "local"), "--no-progress"]) == 0
     out, shards = (two_nodes.own or tmp_path) / "ray", tmp_path / "shared"
-    # --shards relative to the driver's working directory, which the worker node's is not.
-    run = driver([*common, "--cpus-per-worker", "2", "--batches-per-shard", "1", "--shards", "shared", "--out", out],
-                 two_nodes.address, cwd=tmp_path)
+    # --shards and --model relative to the driver's working directory, which the worker node's is not.
+    model = os.path.relpath(tiny_model_dir, tmp_path)
+    run = driver([small_pool, "--model", model, *options, "--cpus-per-worker", "2", "--batches-per-shard", "1",
+                  "--shards", "shared", "--out", out], two_nodes.address, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert f"--shards {shards}: reached from 1 node(s)" in run.stderr, run.stderr[-3000:]
     assert "8 shard(s) went through 1 actor process(es) on 1 Ray node(s)" in run.stderr

@@ -492,7 +492,10 @@ class RayScorer:
     def _spec(self) -> dict:
         from dataclasses import asdict
 
-        return {"cfg": asdict(self.cfg), "fingerprint": self.fingerprint, "chat": self.chat,
+        cfg = asdict(self.cfg)
+        if os.path.exists(cfg["model"]):  # a local model directory or file: the driver's path, as --shards
+            cfg["model"] = os.path.abspath(cfg["model"])
+        return {"cfg": cfg, "fingerprint": self.fingerprint, "chat": self.chat,
                 "max_prompt": self.max_prompt, "shards": self.uri, "threads": self.cfg.cpus_per_worker}
 
     def run(self, prompts: dict[str, str], desc: str) -> None:
@@ -588,6 +591,8 @@ def embed_batches(texts: dict[str, str], model: str, *, batch_size: int, address
     """Yield (keys, vectors) for {key: text} as Ray workers finish them; the caller caches them
     (`embeddings.embed` stores each piece in its SQLite cache, so a killed run keeps its work)."""
     ray = connect(address)
+    if os.path.exists(model):  # a local encoder directory: the driver's path, absolute for every node
+        model = os.path.abspath(model)
     opts = RayOptions(engine="ray", workers=workers, cpus_per_worker=cpus_per_worker,
                       gpus_per_worker=gpus_per_worker)
     workers = plan_workers(ray, opts)
