@@ -16,14 +16,14 @@ Both engines therefore run the very same batches, and give the same numbers.
 Shards and resume. An actor writes each finished shard to SHARDS/ (default OUT/shards;
 any path every node can reach, or a URI such as s3://bucket/run/shards) through pyarrow's
 filesystem layer: a temporary file, then a move. Before any work each node writes a
-probe file there, which the driver must see (`check_reach`). A shard's name is the
+probe file there, which the driver must see (`RayScorer.check_reach`). A shard's name is the
 settings key of the run plus the sha256 of its prompts' hashes in order, so a retried
 shard (Ray Data restarts a killed actor and retries its task: its actor pools default
 to unlimited `max_restarts` and `max_task_retries`) rewrites the same file and can
 never be counted twice; an actor skips a shard that already exists. An exception
 raised by the scorer itself is not retried: it fails the run with its message; so does
 an actor that cannot start (a model missing on its node), named with its node
-(`_setup_failure`).
+(`_Actor`).
 The driver copies every finished shard into OUT/cache.sqlite as it arrives and notes its
 name there, and at the start of a run it copies the shards it has not seen yet (those a
 killed driver left behind) and says how many it reused.
@@ -209,53 +209,6 @@ def _write_probe(uri: str, name: str) -> None:
         f.write(socket.gethostname().encode())
 
 
-def check_reach(ray, cfg, uri: str, filesystem, base: str, shown: str) -> None:
-    """Before any work: every node that may run a scorer actor writes a probe file to the
-    shards location, and this driver must see each one (it reads every shard an actor
-    writes). On a cluster of several machines a local --shards path (the default OUT/shards)
-    is on each machine's own disk: without this check the run would fail only when the
-    first shard of another machine came back, after that machine's model load and work.
-    Skipped on a cluster of one node at this machine's address (a local cluster)."""
-    from pyarrow import fs
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    alive = alive_nodes(ray)
-    if len(alive) == 1 and alive[0].get("NodeManagerAddress") == ray.util.get_node_ip_address():
-        return
-    nodes = [n for n in alive if room(n.get("Resources") or {}, cfg)]
-    started = time.perf_counter()
-    task = ray.remote(num_cpus=0, max_retries=0)(_write_probe)
-    probes = {}
-    for node in nodes:
-        name = f".reach-{uuid.uuid4().hex}"
-        strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-        probes[name] = (node, task.options(scheduling_strategy=strategy).remote(uri, name))
-    ray.wait([ref for _, ref in probes.values()], num_returns=len(probes), timeout=REACH_TIMEOUT_S)
-    problems = []
-    for name, (node, ref) in probes.items():
-        where = f"node {node.get('NodeManagerAddress')} (id {node['NodeID'][:8]})"
-        try:
-            ray.get(ref, timeout=0)
-        except ray.exceptions.GetTimeoutError:
-            problems.append(f"{where} did not answer within {REACH_TIMEOUT_S:g} s")
-            continue
-        except ray.exceptions.RayError as e:
-            cause = getattr(e, "cause", None) or e
-            problems.append(f"{where} cannot write there ({type(cause).__name__}: {cause})".splitlines()[0])
-            continue
-        path = f"{base}/{name}"
-        if filesystem.get_file_info(path).type == fs.FileType.File:
-            filesystem.delete_file(path)
-        else:
-            problems.append(f"{where} wrote a probe file there that this driver does not see")
-    if problems:
-        default = "" if cfg.shards else "; the default, OUT/shards, is on this machine's disk only"
-        raise TaskdivError(f"--shards {shown}: {'; '.join(problems)}. The Ray engine needs shard storage that "
-                           f"this driver and every node reach: a shared mount (pass --shards) or an object store "
-                           f"(--shards s3://...){default}")
-    log.info("--shards %s: reached from %d node(s) in %.1f s", shown, len(nodes), time.perf_counter() - started)
-
-
 # ----------------------------------------------------------------------------- shard files
 
 
@@ -338,28 +291,33 @@ def list_shards(filesystem, base: str, settings_key: str) -> list[str]:
 # ----------------------------------------------------------------------------- the actor
 
 
-def _setup_failure(e: Exception) -> str:
-    """What an actor whose setup failed says at its first call, naming its node.
+class _Actor:
+    """A Ray Data actor whose setup (`_setup`, the constructor's arguments) may fail.
 
-    An actor's constructor must not raise: Ray Data reports that as an error of its own
-    internal code, with its stack trace and a request to file a Ray issue, and the cause
-    (a model directory missing on that node, say) is lost in the driver's message. So an
-    actor keeps the error and raises it, as a TaskdivError, from its first batch."""
-    what = str(e) if isinstance(e, TaskdivError) else f"{type(e).__name__}: {e}"
-    ray = require("ray", "ray")
-    return f"a Ray worker on node {ray.util.get_node_ip_address()} ({socket.gethostname()}) could not start: {what}"
+    Its constructor must not raise: Ray Data reports that as an error of its own internal
+    code, with its stack trace and a request to file a Ray issue, and the cause (a model
+    directory missing on that node, say) is lost in the driver's message. So the actor
+    keeps the error and raises it, as a TaskdivError naming its node, from its first
+    batch; `__call__` then runs `_run`."""
+
+    def __init__(self, **kwargs):
+        try:
+            self._setup(**kwargs)
+            self.failed = None
+        except Exception as e:
+            what = str(e) if isinstance(e, TaskdivError) else f"{type(e).__name__}: {e}"
+            node = require("ray", "ray").util.get_node_ip_address()
+            self.failed = f"a Ray worker on node {node} ({socket.gethostname()}) could not start: {what}"
+
+    def __call__(self, batch: dict) -> dict:
+        if self.failed:
+            raise TaskdivError(self.failed)
+        return self._run(batch)
 
 
-class ShardScorer:
+class ShardScorer(_Actor):
     """A Ray Data actor: loads the model once, then scores whole shards with the local
     engine's code and writes each one as a shard file. Returns one summary row per shard."""
-
-    def __init__(self, spec: dict):
-        try:
-            self._setup(spec)
-            self.failed = None
-        except Exception as e:  # raised at the first call; see _setup_failure
-            self.failed = _setup_failure(e)
 
     def _setup(self, spec: dict) -> None:
         started = time.perf_counter()
@@ -384,11 +342,9 @@ class ShardScorer:
         self.node = require("ray", "ray").get_runtime_context().get_node_id()  # for the driver's log
         self.load_seconds = time.perf_counter() - started
 
-    def __call__(self, batch: dict) -> dict:
+    def _run(self, batch: dict) -> dict:
         from pyarrow import fs
 
-        if self.failed:
-            raise TaskdivError(self.failed)
         out = {"shard": [], "prompts": [], "computed": [], "seconds": [], "load_seconds": [], "pid": [], "node": []}
         bs = self.cfg.batch_size
         for name, shas, prompts in zip(batch["shard"], batch["shas"], batch["prompts"]):
@@ -428,8 +384,6 @@ def _driver_error(e: Exception) -> TaskdivError:
     a data block"), and only the text of its worker-side traceback holds the original: a
     TaskdivError there (a scorer's, or an actor's setup failure) is reported as it is, and
     another error by its type and message."""
-    if isinstance(e, TaskdivError):
-        return e
     cause = getattr(e, "cause", None) or e
     if isinstance(cause, TaskdivError):
         return TaskdivError(str(cause))
@@ -489,6 +443,53 @@ class RayScorer:
             self.cache.conn.execute("INSERT OR IGNORE INTO shards VALUES (?, ?, ?)", (name, len(rows), time.time()))
         return len(rows)
 
+    def check_reach(self, ray) -> None:
+        """Before any work: every node that may run a scorer actor writes a probe file to the
+        shards location, and this driver must see each one (it reads every shard an actor
+        writes). On a cluster of several machines a local --shards path (the default OUT/shards)
+        is on each machine's own disk: without this check the run would fail only when the
+        first shard of another machine came back, after that machine's model load and work.
+        Skipped on a cluster of one node at this machine's address (a local cluster)."""
+        from pyarrow import fs
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        alive = alive_nodes(ray)
+        if len(alive) == 1 and alive[0].get("NodeManagerAddress") == ray.util.get_node_ip_address():
+            return
+        nodes = [n for n in alive if room(n.get("Resources") or {}, self.cfg)]
+        started = time.perf_counter()
+        task = ray.remote(num_cpus=0, max_retries=0)(_write_probe)
+        probes = {}
+        for node in nodes:
+            name = f".reach-{uuid.uuid4().hex}"
+            strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+            probes[name] = (node, task.options(scheduling_strategy=strategy).remote(self.uri, name))
+        ray.wait([ref for _, ref in probes.values()], num_returns=len(probes), timeout=REACH_TIMEOUT_S)
+        problems = []
+        for name, (node, ref) in probes.items():
+            where = f"node {node.get('NodeManagerAddress')} (id {node['NodeID'][:8]})"
+            try:
+                ray.get(ref, timeout=0)
+            except ray.exceptions.GetTimeoutError:
+                problems.append(f"{where} did not answer within {REACH_TIMEOUT_S:g} s")
+                continue
+            except ray.exceptions.RayError as e:
+                cause = getattr(e, "cause", None) or e
+                problems.append(f"{where} cannot write there ({type(cause).__name__}: {cause})".splitlines()[0])
+                continue
+            path = f"{self.base}/{name}"
+            if self.fs.get_file_info(path).type == fs.FileType.File:
+                self.fs.delete_file(path)
+            else:
+                problems.append(f"{where} wrote a probe file there that this driver does not see")
+        if problems:
+            default = "" if self.cfg.shards else "; the default, OUT/shards, is on this machine's disk only"
+            raise TaskdivError(f"--shards {self.shown}: {'; '.join(problems)}. The Ray engine needs shard storage "
+                               f"that this driver and every node reach: a shared mount (pass --shards) or an object "
+                               f"store (--shards s3://...){default}")
+        log.info("--shards %s: reached from %d node(s) in %.1f s", self.shown, len(nodes),
+                 time.perf_counter() - started)
+
     def _spec(self) -> dict:
         from dataclasses import asdict
 
@@ -515,7 +516,7 @@ class RayScorer:
         ray = self._ray
         workers = min(plan_workers(ray, self.cfg), len(blocks))
         if fresh:
-            check_reach(ray, self.cfg, self.uri, self.fs, self.base, self.shown)
+            self.check_reach(ray)
         _no_data_progress(ray)
         items = [{"shard": n, "shas": b, "prompts": [prompts[s] for s in b]} for n, b in zip(names, blocks)]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
@@ -547,8 +548,10 @@ class RayScorer:
                     if row["load_seconds"]:
                         self.stats["load_seconds"].append(float(row["load_seconds"]))
                     pbar.update(n)
-        except Exception as e:
-            raise _driver_error(e) from (None if isinstance(e, TaskdivError) else e)
+        except TaskdivError:
+            raise
+        except Exception as e:  # a worker's error, in Ray's wrappers
+            raise _driver_error(e) from e
         finally:
             self.seconds += time.perf_counter() - started
         missing = set(names) - done
@@ -560,27 +563,21 @@ class RayScorer:
 # ----------------------------------------------------------------------------- embeddings
 
 
-class Embedder:
+class Embedder(_Actor):
     """A Ray Data actor: one sentence-transformers model, unit vectors for a batch of prompts."""
 
-    def __init__(self, model: str, batch_size: int, threads: float):
+    def _setup(self, model: str, batch_size: int, threads: float) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+        from .models import encoder_path
+
+        st = require("sentence_transformers", "embed")
+        self.encoder = st.SentenceTransformer(encoder_path(model),
+                                              device="cuda" if torch.cuda.is_available() else "cpu")
         self.batch_size = batch_size
-        try:
-            import torch
 
-            torch.set_num_threads(max(1, int(threads)))
-            from .models import encoder_path
-
-            st = require("sentence_transformers", "embed")
-            self.encoder = st.SentenceTransformer(encoder_path(model),
-                                                  device="cuda" if torch.cuda.is_available() else "cpu")
-            self.failed = None
-        except Exception as e:  # raised at the first call; see _setup_failure
-            self.failed = _setup_failure(e)
-
-    def __call__(self, batch: dict) -> dict:
-        if self.failed:
-            raise TaskdivError(self.failed)
+    def _run(self, batch: dict) -> dict:
         vecs = self.encoder.encode([str(t) for t in batch["text"]], batch_size=self.batch_size,
                                    normalize_embeddings=True, show_progress_bar=False, convert_to_numpy=True)
         return {"key": batch["key"], "vec": vecs.astype(np.float32)}
@@ -609,5 +606,7 @@ def embed_batches(texts: dict[str, str], model: str, *, batch_size: int, address
     try:
         for batch in out.iter_batches(batch_format="numpy", batch_size=None):
             yield [str(k) for k in batch["key"]], np.stack(list(batch["vec"])).astype(np.float32)
-    except Exception as e:
-        raise _driver_error(e) from (None if isinstance(e, TaskdivError) else e)
+    except TaskdivError:
+        raise
+    except Exception as e:  # a worker's error, in Ray's wrappers
+        raise _driver_error(e) from e
