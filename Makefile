@@ -59,11 +59,12 @@ $(LS_VENV)/.installed: Makefile
 label-studio: $(LS_VENV)/.installed
 
 # Score the base model's confidence on a seeded sample of 16 prompts per task of the
-# BIG-bench demo pool (30 tasks, 92k prompts), then allocate 1000 annotations with
+# demo slice of the many-task preset (30 tasks of MMLU, BBH and the eval gauntlet, 26k
+# prompts, read from ../shared/data), then allocate 1000 annotations with
 # WeightedTaskDiversity. Rerunning reuses the cached scores.
 demo: install
-	$(TASKDIV) score bigbench:demo --per-task 16 --seed 0 --out $(DEMO_OUT)/scores
-	$(TASKDIV) select bigbench:demo --budget 1000 --strategy weighted-task-diversity \
+	$(TASKDIV) score bench:demo --per-task 16 --seed 0 --out $(DEMO_OUT)/scores
+	$(TASKDIV) select bench:demo --budget 1000 --strategy weighted-task-diversity \
 		--scores $(DEMO_OUT)/scores/scores.csv --seed 0 --out $(DEMO_OUT)/selection
 
 test: install

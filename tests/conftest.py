@@ -15,6 +15,7 @@ import pytest
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 MMLU_DIR = SHARED / "data" / "mmlu"
 BBH_DIR = SHARED / "data" / "bbh"
+GAUNTLET_DIR = SHARED / "data" / "gauntlet"
 
 os.environ.setdefault("TASKDIV_NO_PROGRESS", "1")
 # The machine is shared: with OpenMP's default spin-waiting, torch's threads stall each
@@ -58,20 +59,3 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
-
-
-@pytest.fixture(scope="session")
-def bigbench_tasks() -> Path:
-    """BIG-bench's task files. On a cold cache the first test that uses this downloads the
-    sdist from the package registry (its setup time in `pytest --durations`); the hook
-    below marks every test that uses it `registry`."""
-    from taskdiv import bigbench
-
-    return bigbench.tasks_dir()
-
-
-@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if "bigbench_tasks" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.registry)

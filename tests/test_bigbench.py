@@ -1,59 +1,85 @@
-"""Integration: real BIG-bench tasks from the bigbench==1.0.0 sdist (fetched once)."""
+"""The `bigbench:` source on small task.json files written here, laid out as the sdist's
+benchmark_tasks (TASKDIV_BIGBENCH points at them): nothing is fetched."""
+import json
+
+import pandas as pd
 import pytest
 
 from taskdiv import bigbench
 from taskdiv.data import load_pool
 from taskdiv.errors import TaskdivError
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("bigbench_tasks")]
+
+def _write(root, name, spec):
+    path = root / name / "task.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(spec), encoding="utf-8")
 
 
-def test_preset_tasks_exist_and_are_short():
-    tasks = bigbench.resolve_tasks(["demo"])
-    assert len(tasks) == 30
-    pool = load_pool("bigbench:demo?max_pool=40")
-    assert pool.frame["task"].nunique() == 30
-    lengths = pool.frame.groupby("task")["prompt"].apply(lambda s: s.str.len().median())
-    assert lengths.max() < 2000, lengths.idxmax()  # ~4 characters a token: well under 512 tokens
+@pytest.fixture
+def tasks(tmp_path, monkeypatch):
+    root = tmp_path / "benchmark_tasks"
+    # yes/no by scored choices, with BIG-bench's default prefixes
+    _write(root, "navigate", {"preferred_score": "multiple_choice_grade", "examples": [
+        {"input": f"Take {i} steps forward. Take {i} steps back.", "target_scores": {"True": int(i % 3 == 0),
+                                                                                     "False": int(i % 3 != 0)}}
+        for i in range(60)]})
+    # generative subtasks (the parent holds only its README and subtasks)
+    _write(root, "arithmetic", {"examples": []})
+    _write(root, "arithmetic/two_digit", {"task_prefix": "", "examples": [
+        {"input": f"What is {10 + i} plus {20 + i}?", "target": str(30 + 2 * i)} for i in range(40)]})
+    _write(root, "arithmetic/three_digit", {"examples": [
+        {"input": f"What is {100 + i} plus {200 + i}?", "target": [str(300 + 2 * i)]} for i in range(30)]})
+    # the content is in the choices: every input is the same
+    _write(root, "same_input", {"examples": [
+        {"input": "Which is more likely?", "target_scores": {f"cause {i}": 1, f"effect {i}": 0}} for i in range(20)]})
+    # nothing shown: empty input and choices not appended
+    _write(root, "no_prompt", {"append_choices_to_input": False, "examples": [
+        {"input": "", "target_scores": {"a": 1, "b": 0}} for _ in range(5)]})
+    # a copy of another task's items (plural_regular_json is in plural_json in the real sdist)
+    _write(root, "copy_of_two_digit", {"task_prefix": "", "examples": [
+        {"input": f"What is {10 + i} plus {20 + i}?", "target": str(30 + 2 * i)} for i in range(40)]})
+    # empty targets are skipped; scored choices without a target are multiple choice whatever the metric
+    _write(root, "mixed", {"metrics": ["exact_str_match"], "examples": [
+        {"input": "q1", "target": ""}, {"input": "q2", "target": "a2"},
+        {"input": "q3", "target_scores": {"x": 1, "y": 0, "z": 0}}]})
+    monkeypatch.setenv("TASKDIV_BIGBENCH", str(root))
+    return root
 
 
-def test_multiple_choice_formatting_and_targets():
-    pool = load_pool("bigbench:navigate,arithmetic/2_digit_addition?split=all")
-    nav = pool.frame[pool.frame["task"] == "navigate"].iloc[0]
-    assert nav["prompt"].startswith("If you follow these instructions, do you return to the starting point?")
-    assert nav["prompt"].endswith("A:")
-    assert sorted(nav["choices"]) == ["False", "True"] and nav["response"] in nav["choices"]
-    assert list(nav["targets"]) == [nav["response"]]
-    add = pool.frame[pool.frame["task"] == "arithmetic/2_digit_addition"].iloc[0]
+def test_formatting_targets_and_choices(tasks):
+    frame = load_pool("bigbench:navigate,arithmetic/two_digit?split=all").frame
+    nav = frame[frame["task"] == "navigate"].iloc[0]
+    assert nav["prompt"].startswith("Q: Take") and nav["prompt"].endswith("A:")
+    assert "\n  choice: True" in nav["prompt"] and "\n  choice: False" in nav["prompt"]
+    assert sorted(nav["choices"]) == ["False", "True"] and list(nav["targets"]) == [nav["response"]]
+    add = frame[frame["task"] == "arithmetic/two_digit"].iloc[0]
     assert add["prompt"].startswith("Q: What is") and add["choices"] is None
     a, b = map(int, add["prompt"].split("What is ")[1].split("?")[0].split(" plus "))
     assert add["response"] == str(a + b)
+    mixed = load_pool("bigbench:mixed?split=all").frame.set_index("response")
+    assert set(mixed.index) == {"a2", "x"}  # the empty target is skipped
+    assert mixed.at["x", "choices"] == ["x", "y", "z"] or sorted(mixed.at["x", "choices"]) == ["x", "y", "z"]
 
 
-def test_split_is_deterministic_disjoint_and_complete():
-    spec = "bigbench:hyperbaton,snarks?test=50"
-    pool, test = load_pool(spec), load_pool(spec + "&split=test")
-    again = load_pool(spec + "&split=test")
-    assert list(test.ids) == list(again.ids)
-    assert not set(pool.ids) & set(test.ids)
-    assert test.task_sizes().to_dict() == {"hyperbaton": 50, "snarks": 50}
-    # No input text on both sides.
-    assert not set(pool.frame["prompt"]) & set(test.frame["prompt"])
-    other_seed = load_pool(spec + "&split=test&seed=1")
-    assert set(other_seed.ids) != set(test.ids)
+def test_split_is_deterministic_disjoint_and_complete(tasks):
+    spec = "bigbench:navigate,arithmetic?test=10"
+    pool, test, full = load_pool(spec), load_pool(spec + "&split=test"), load_pool(spec + "&split=all")
+    assert list(test.ids) == list(load_pool(spec + "&split=test").ids)
+    assert not set(pool.ids) & set(test.ids) and len(pool) + len(test) == len(full)
+    assert test.task_sizes().to_dict() == {"arithmetic/three_digit": 10, "arithmetic/two_digit": 10, "navigate": 10}
+    assert set(load_pool(spec + "&split=test&seed=1").ids) != set(test.ids)
 
 
-def test_subtasks_and_caps():
+def test_subtasks_and_caps(tasks):
     pool = load_pool("bigbench:arithmetic?max_pool=10&test=5")
-    assert pool.frame["task"].nunique() == 20
-    assert pool.frame["task"].str.startswith("arithmetic/").all()
-    assert pool.task_sizes().max() == 10
-    skewed = load_pool("bigbench:hyperbaton,snarks?test=20&pool_frac=0.1&max_pool=300")
-    # snarks: 181 - 20 = 161 -> 16; hyperbaton: 49,980 -> 4,998 -> capped at 300
-    assert skewed.task_sizes().to_dict() == {"hyperbaton": 300, "snarks": 16}
+    assert sorted(pool.task_sizes().to_dict().items()) == [("arithmetic/three_digit", 10), ("arithmetic/two_digit", 10)]
+    skewed = load_pool("bigbench:navigate,arithmetic/three_digit?test=10&pool_frac=0.5&max_pool=20")
+    # navigate: 60 - 10 = 50 -> 25 -> capped at 20; three_digit: 30 - 10 = 20 -> 10
+    assert skewed.task_sizes().to_dict() == {"arithmetic/three_digit": 10, "navigate": 20}
 
 
-def test_unknown_task_suggests():
+def test_unknown_task_suggests_and_unknown_options_are_refused(tasks):
     with pytest.raises(TaskdivError, match="Did you mean 'navigate'"):
         load_pool("bigbench:navigat")
     with pytest.raises(TaskdivError, match="unknown option"):
@@ -62,81 +88,38 @@ def test_unknown_task_suggests():
 
 @pytest.mark.parametrize("option", ["test=-0.1", "test=-3", "test=2.5", "test=inf", "test=nan",
                                     "max_pool=-2", "max_pool=0", "pool_frac=0", "pool_frac=1.5", "pool_frac=nan"])
-def test_split_sizes_out_of_range_are_refused(option):
+def test_split_sizes_out_of_range_are_refused(tasks, option):
     name = option.split("=")[0]
-    with pytest.raises(TaskdivError, match=rf"bigbench: {name}=\S+ must be"):
+    with pytest.raises(TaskdivError, match=rf"bigbench:navigate: {name}=\S+ must be"):
         load_pool(f"bigbench:navigate?{option}")
 
 
-@pytest.mark.parametrize("task", ["cause_and_effect/one_sentence", "cause_and_effect/two_sentences",
-                                  "logical_sequence"])
-def test_split_keys_on_what_the_model_sees(task):
-    # Every example of these tasks has the same `input` (the content is in the choices):
-    # keyed on the input alone, the whole task landed in the test part.
-    full = load_pool(f"bigbench:{task}?split=all").frame
-    pool, test = load_pool(f"bigbench:{task}"), load_pool(f"bigbench:{task}?split=test")
-    assert len(pool) + len(test) == len(full)
-    assert 0 < len(test) <= len(full) // 2, (len(test), len(full))
-    assert abs(len(test) - round(0.2 * len(full))) <= 1
+def test_split_keys_on_what_the_model_sees(tasks):
+    # Every example has the same `input` (the content is in the choices): keyed on the input
+    # alone, the whole task landed on one side.
+    full = load_pool("bigbench:same_input?split=all").frame
+    pool, test = load_pool("bigbench:same_input"), load_pool("bigbench:same_input?split=test")
+    assert len(pool) + len(test) == len(full) == 20 and len(test) == 4
     assert not set(pool.ids) & set(test.ids)
 
 
-def test_split_never_puts_one_item_on_both_sides():
-    import pandas as pd
-
-    from taskdiv.bigbench import split_task
-
-    # Five copies of one item and five distinct ones: a cut inside the run of copies moves
-    # to a boundary of the run, and the test part never exceeds half the task.
-    keys = ["same"] * 5 + [f"k{i}" for i in range(5)]
-    frame = pd.DataFrame({"task": "t", "_key": keys, "id": range(10)})
-    for test in (1, 2, 3, 4, 5):
-        pool_part, test_part = split_task(frame, test=test)
-        assert len(test_part) <= 5 and len(pool_part) + len(test_part) == 10
-        copies_in_test = int((test_part["_key"] == "same").sum())
-        assert copies_in_test in (0, 5), (test, copies_in_test)
-
-
-def test_skewed_study_pool_is_the_papers_regime():
-    from pathlib import Path
-
-    from taskdiv import analysis
-    from taskdiv.experiments import load_config
-
-    cfg = load_config(Path(__file__).parents[1] / "configs" / "cpu-skewed.yaml")
-    pool, test = load_pool(cfg.pool), load_pool(cfg.test)
-    sizes = pool.task_sizes()
-    assert len(sizes) >= 100 and sizes.max() / sizes.min() >= 50
-    assert len(test) >= 1000 and set(test.frame["task"]) == set(sizes.index)  # held-out items from every task
-    kinds = analysis.task_kinds(test.frame)["kind"].value_counts()
-    assert set(kinds.index) == {"yes/no", "multiple choice", "generative"} and kinds.min() >= 20
-    # Budgets of 1x to 3x the number of tasks, where random leaves many tasks with nothing.
-    budgets = {int(b) for block in cfg.grid for b in block["budgets"]} - {428, 856}
-    assert all(len(sizes) <= b <= 3 * len(sizes) for b in budgets), budgets
-
-
-@pytest.mark.parametrize("task", ["cause_and_effect/one_sentence_no_prompt", "misconceptions_russian"])
-def test_tasks_whose_prompts_show_nothing_are_not_pools(task):
-    # Empty input and choices not shown: the formatted prompt is empty, no pool or test item.
+def test_tasks_whose_prompts_show_nothing_are_not_pools(tasks):
     with pytest.raises(TaskdivError, match=r"bigbench: no examples in"):
-        load_pool(f"bigbench:{task}?split=all")
+        load_pool("bigbench:no_prompt?split=all")
 
 
-def test_no_item_on_both_sides_within_or_across_tasks():
-    """Identical examples are formatted alike and split alike, items that differ only in
-    their wrong choices count as one, and a task's copy (plural_regular_json is in
-    plural_json) never puts a held-out item into the pool."""
-    spec = "bigbench:bbq_lite_json/disability_status_ambig,unit_conversion,linguistic_mappings"
-    pool = load_pool(spec).frame
-    test = load_pool(spec + "?split=test").frame
+def test_a_copy_of_a_task_never_puts_a_held_out_item_into_the_pool(tasks):
+    spec = "bigbench:arithmetic/two_digit,copy_of_two_digit"
+    pool, test = load_pool(spec).frame, load_pool(spec + "?split=test").frame
     seen = set(zip(pool["prompt"], pool["response"]))
-    leaked = [(p, r) for p, r in zip(test["prompt"], test["response"]) if (p, r) in seen]
-    assert not leaked, leaked[:3]
-    assert len(test) > 100 and len(pool) > 1000
+    assert len(test) == 16 and not [(p, r) for p, r in zip(test["prompt"], test["response"]) if (p, r) in seen]
+    # The key is the item, not the task: both copies hold out the same eight items.
+    by_task = test.groupby("task")["prompt"].apply(set)
+    assert by_task["arithmetic/two_digit"] == by_task["copy_of_two_digit"] and len(pool) == 64
 
 
-def test_empty_targets_are_skipped_and_scored_choices_make_multiple_choice():
-    frame = load_pool("bigbench:physics_questions?split=all").frame
-    assert frame["response"].str.strip().astype(bool).all()
-    social = load_pool("bigbench:social_support?split=all").frame  # macro_f1, target_scores only
-    assert len(social) > 800 and social["choices"].notna().all()
+def test_the_sdist_is_not_needed_when_taskdiv_bigbench_is_set(tasks, tmp_path, monkeypatch):
+    monkeypatch.setenv("TASKDIV_CACHE", str(tmp_path / "empty-cache"))
+    assert bigbench.tasks_dir() == tasks
+    assert not (tmp_path / "empty-cache" / "bigbench-1.0.0").exists()
+    assert isinstance(load_pool("bigbench:navigate").frame, pd.DataFrame)

@@ -27,7 +27,7 @@ from taskdiv import cli
 
 pytest.importorskip("ray")
 
-BB_POOL = "bigbench:sports_understanding,arithmetic/2_digit_addition,logical_fallacy_detection,ruin_names?max_pool=10"
+BB_POOL = "bench:bbh/sports_understanding,gauntlet/bigbench_simple_arithmetic,bbh/formal_fallacies,bbh/ruin_names?max_pool=10"
 SMOL = "smollm2-135m-instruct"
 
 

@@ -264,22 +264,22 @@ def test_run_dir_with_adapter_of_another_model(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("bigbench_tasks")
 def test_finetuning_raises_heldout_accuracy(tmp_path):
-    """smollm2-135m-instruct on BIG-bench 2-digit addition: the untrained model answers
-    in its own words ("99 + 55 = ...") and never matches exactly; 64 pool examples for
-    2 epochs teach it the answer format. The held-out items are paired, so the gain is
-    tested with an exact McNemar test (all discordant pairs favour the finetuned model)."""
+    """smollm2-135m-instruct on the gauntlet's BIG-bench qa_wikidata ("The native language of
+    Daniel Schneidermann is" -> "French"): the untrained model answers in sentences of its
+    own and never matches exactly (0 of 40 measured); 64 pool examples for 2 epochs teach it
+    the answer format (14 of 40). The held-out items are paired, so the gain is tested with
+    an exact McNemar test (all discordant pairs favour the finetuned model)."""
     from taskdiv.data import load_pool
     from taskdiv.training import TrainConfig, train
 
-    task = "arithmetic/2_digit_addition"
-    pool = load_pool(f"bigbench:{task}?max_pool=64").frame
+    task = "gauntlet:bigbench_qa_wikidata"
+    pool = load_pool(f"{task}?max_pool=64").frame
     data = write_jsonl(tmp_path / "train.jsonl", pool[["id", "task", "prompt", "response"]].to_dict("records"))
-    test_ids = set(load_pool(f"bigbench:{task}?split=test").frame["id"])
+    test_ids = set(load_pool(f"{task}?split=test").frame["id"])
     assert not test_ids & set(pool["id"]), "held-out items are never trained on"
     run = train(TrainConfig(data=str(data), model="smollm2-135m-instruct", out=str(tmp_path / "run")))
-    spec = f"bigbench:{task}?split=test"
+    spec = f"{task}?split=test"
     base = evaluate(EvalConfig(model="smollm2-135m-instruct", heldout=spec, limit=40, out=str(tmp_path / "base")))
     tuned = evaluate(EvalConfig(model=str(run), heldout=spec, limit=40, out=str(tmp_path / "tuned")))
     lines = {name: (tmp_path / name / "items.jsonl").read_text().splitlines() for name in ("base", "tuned")}

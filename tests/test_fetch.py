@@ -155,7 +155,13 @@ def assert_fetched(cache: Path, tasks: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.registry
 def test_fetch_from_the_real_registry(cache):
-    """From an empty cache, through the index pip is configured with (pip's own settings)."""
+    """From an empty cache, through the index pip is configured with (pip's own settings).
+    The public index stopped serving bigbench 1.0.0 in December 2026: where the index does
+    not list it, the test is skipped and says so (pytest -rs prints the reason)."""
+    link, tried = registry.find(registry.Client(registry.pip_settings()), "bigbench", bigbench.SDIST)
+    if link is None:
+        pytest.skip(f"the package index does not list {bigbench.SDIST} (PyPI withdrew it in December 2026): "
+                    + "; ".join(tried))
     tasks = bigbench.tasks_dir()
     assert_fetched(cache, tasks)
     # The sdist holds 1,041 task.json files, all under bigbench-1.0.0/bigbench/benchmark_tasks/

@@ -16,8 +16,9 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "taskdiv"
 
 LAYERS: list[set[str]] = [
     {"taskdiv", "errors"},                                      # the package's version; error types
-    {"fileio", "packages", "progress", "config", "metrics", "allocation", "kcenter", "analysis"},  # plumbing
-    {"models", "registry"},                                     # embedded models, prompt formats; package index
+    {"fileio", "packages", "progress", "config", "metrics", "allocation", "kcenter", "analysis",
+     "splits"},                                                 # plumbing; the split rule of every source
+    {"models", "registry", "benchmarks"},                       # embedded models; package index; MMLU, BBH, gauntlet
     {"generation"},                                             # the local scoring engine
     {"distributed"},                                            # the Ray engine (scoring, embeddings)
     {"embeddings", "bigbench", "harness"},                      # prompt vectors, BIG-bench, lm-eval

@@ -314,11 +314,10 @@ def test_sigkill_then_resume(tiny_model_dir, tmp_path):
 
 # ----------------------------------------------------------------------------- real models, real prompts
 
-REAL_PROMPTS = "bigbench:sports_understanding,date_understanding,arithmetic/2_digit_addition?max_pool=20"
+REAL_PROMPTS = "bench:bbh/sports_understanding,bbh/date_understanding,gauntlet/bigbench_simple_arithmetic?max_pool=20"
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("bigbench_tasks")
 @pytest.mark.parametrize("model_name", ["gemma-3-270m", "smollm2-135m-instruct"])
 def test_mean_prob_agrees_with_transformers_generate(model_name, tmp_path):
     """mean_prob from `taskdiv score` (float32, batched) equals an independent
@@ -350,13 +349,12 @@ def test_mean_prob_agrees_with_transformers_generate(model_name, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("bigbench_tasks")
-def test_integration_smollm2_on_bigbench(tmp_path):
-    """The instruct model on real BIG-bench prompts of four tasks with the default dtype
+def test_integration_smollm2_on_benchmark_tasks(tmp_path):
+    """The instruct model on real BBH and gauntlet prompts of four tasks with the default dtype
     (bf16 where supported): chat template on by default, sensible outputs, task table.
     (bf16 against float32 is measured on 64 prompts in bench/bench_scoring.py.)"""
-    pool_spec = "bigbench:sports_understanding,arithmetic/2_digit_addition,logical_fallacy_detection,ruin_names" \
-                "?max_pool=40"
+    pool_spec = "bench:bbh/sports_understanding,gauntlet/bigbench_simple_arithmetic,bbh/formal_fallacies," \
+                "bbh/ruin_names?max_pool=40"
     out = tmp_path / "s"
     assert cli.main(["score", pool_spec, "--model", "smollm2-135m-instruct", "--per-task", "6",
                      "--max-new-tokens", "16", "--out", str(out), "--no-progress"]) == 0

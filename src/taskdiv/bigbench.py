@@ -14,34 +14,26 @@ choices appended in a seeded order), with:
     choices   the options (multiple-choice tasks only)
     targets   the accepted answers (every top-scoring choice, or every target)
 
-Each task is split deterministically into a held-out test part and a pool part:
-examples are ordered by a seeded hash of what the model sees and the answer it is
-taught, the formatted prompt and the response (appended choices are ordered by a hash
-of the example's content, so identical examples are formatted alike; identical items
-land on the same side; hashing the raw `input` alone sent every example of tasks whose
-input is always "" to one side), and the first `test` of them are the test part, never
-more than half the task. An item held out by one task is dropped from the pool of any
-other task loaded with it (BIG-bench has copies of tasks). Examples with no question
-(an empty input whose choices are not shown) or no non-empty target are skipped; a task
-whose examples have scored choices and no free-text target is multiple choice whatever
-its metric. Spec options
-(`bigbench:TASKS?key=value&...`):
-    split     pool (default) | test | all
-    test      test part per task: a fraction (<1) or a whole count (default 0.2; at most half)
-    pool_frac keep this fraction (0, 1] of each task's pool part (default 1): shrinks a pool
-              while keeping the natural skew of task sizes (applied before max_pool)
-    max_pool  cap (>= 1) on the pool part per task (default: none)
-    seed      seed of the split (default 0)
+Each task is split into a held-out test part and a pool part by the rule every built-in
+source shares (`taskdiv.splits`: keyed on the formatted prompt and the response; appended
+choices are ordered by a hash of the example's content, so identical examples are
+formatted alike). Examples with no question (an empty input whose choices are not shown)
+or no non-empty target are skipped; a task whose examples have scored choices and no
+free-text target is multiple choice whatever its metric. Spec options
+(`bigbench:TASKS?key=value&...`): split, test, pool_frac, max_pool, seed (see splits.py).
+
+The public package index stopped serving bigbench 1.0.0 in December 2026 (it lists 0.0.1
+only, without the task files): nothing of taskdiv's own needs it any more (its presets,
+demo and tests read the local collections of `taskdiv.benchmarks`); this source is kept for
+users whose index or disk still has the sdist (TASKDIV_BIGBENCH).
 
     python -m taskdiv.bigbench            # lists the tasks with their sizes
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import tarfile
@@ -56,6 +48,7 @@ import pandas as pd
 from . import registry
 from .errors import TaskdivError, unknown_name
 from .fileio import atomic_dir, cache_dir, file_sha256, locked, remove_stale
+from .splits import SplitOptions, hash_int, split_key, split_tasks
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +304,7 @@ def read_task(name: str) -> pd.DataFrame:
                 else targets[0]
             if append_choices:
                 # Seeded by the content, so that identical examples are formatted alike.
-                rng = np.random.default_rng(_hash_int("choices:" + text + "\x1f" + "\x1f".join(sorted(choices))))
+                rng = np.random.default_rng(hash_int("choices:" + text + "\x1f" + "\x1f".join(sorted(choices))))
                 order = rng.permutation(sorted(choices))
                 text = text + choice_prefix + choice_prefix.join(order)
             elif not text.strip():
@@ -327,60 +320,18 @@ def read_task(name: str) -> pd.DataFrame:
         prompt = (task_prefix + input_prefix + text + output_prefix).lstrip().rstrip(" ")
         # The split key is what the model sees and the answer it is taught: an item that
         # differs only in its wrong choices, or sits in two tasks, is still the same item.
-        key = prompt + "\x1f" + response
         rows.append({"id": f"{name}:{index:05d}", "prompt": prompt, "task": name, "response": response,
-                     "choices": choices, "targets": targets, "_key": key})
+                     "choices": choices, "targets": targets, "_key": split_key(prompt, response)})
     return pd.DataFrame(rows, columns=["id", "prompt", "task", "response", "choices", "targets", "_key"])
-
-
-def _hash_int(text: str) -> int:
-    return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "little")
-
-
-def split_task(frame: pd.DataFrame, *, test: float = 0.2, max_pool: int | None = None,
-               pool_frac: float = 1.0, seed: int = 0, exclude: set | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(pool part, test part) of one task's examples; see the module docstring. `exclude`:
-    split keys held out by other tasks loaded with it, dropped from the pool part (before
-    pool_frac and max_pool)."""
-    n = len(frame)
-    keys = [_hash_int(f"split:{seed}:{k}") for k in frame["_key"]]
-    order = np.argsort(np.asarray(keys, dtype=np.uint64), kind="stable")
-    n_test = int(test) if test >= 1 else int(round(test * n))
-    n_test = min(n_test, n // 2)
-    # Identical items share a hash, so they sit next to each other: move the cut to a
-    # boundary of their run so that no item is on both sides; forward if that keeps the
-    # test part at most half the task, else back.
-    sorted_keys = np.asarray(keys, dtype=np.uint64)[order]
-    if 0 < n_test < n and sorted_keys[n_test] == sorted_keys[n_test - 1]:
-        forward, back = n_test, n_test
-        while forward < n and sorted_keys[forward] == sorted_keys[forward - 1]:
-            forward += 1
-        while back > 0 and sorted_keys[back] == sorted_keys[back - 1]:
-            back -= 1
-        n_test = forward if forward <= n // 2 else back
-    return cap_pool(frame.iloc[order[n_test:]], exclude=exclude, max_pool=max_pool, pool_frac=pool_frac), \
-        frame.iloc[order[:n_test]]
-
-
-def cap_pool(pool_part: pd.DataFrame, *, exclude: set | None = None, max_pool: int | None = None,
-             pool_frac: float = 1.0) -> pd.DataFrame:
-    """A task's pool part (in split order) without the `exclude` keys, then shrunk by
-    pool_frac and capped at max_pool."""
-    if exclude:  # items of other tasks' test parts: never in a pool
-        pool_part = pool_part[~pool_part["_key"].isin(exclude)]
-    if pool_frac < 1:
-        pool_part = pool_part.iloc[:max(1, int(round(pool_frac * len(pool_part))))]
-    if max_pool is not None:
-        pool_part = pool_part.iloc[:max_pool]
-    return pool_part
 
 
 def load(tasks: list[str], *, split: str = "pool", test: float = 0.2, max_pool: int | None = None,
          pool_frac: float = 1.0, seed: int = 0) -> pd.DataFrame:
     """Pool rows of the given tasks/presets, for one split ('pool', 'test' or 'all')."""
-    if split not in ("pool", "test", "all"):
-        raise TaskdivError(f"bigbench: split must be pool, test or all, not {split!r}")
-    _check_sizes(test, max_pool, pool_frac)
+    try:
+        options = SplitOptions(split=split, test=test, max_pool=max_pool, pool_frac=pool_frac, seed=seed)
+    except TaskdivError as e:
+        raise TaskdivError(f"bigbench: {e}") from e
     frames = {}
     for name in resolve_tasks(tasks):
         frame = read_task(name)
@@ -388,47 +339,16 @@ def load(tasks: list[str], *, split: str = "pool", test: float = 0.2, max_pool: 
             log.warning("bigbench task %s has no usable examples; skipped", name)
             continue
         frames[name] = frame
-    # An item that two tasks share (BIG-bench has copies: plural_regular_json is in
-    # plural_json) is held out in one of them: it must not be in the other's pool.
-    splits = [split_task(frame, test=test, seed=seed) for frame in frames.values()]
-    held_out = {key for _, test_part in splits for key in test_part["_key"]}
-    parts = []
-    for pool_part, test_part in splits:
-        if split in ("pool", "all"):
-            parts.append(cap_pool(pool_part, exclude=held_out, max_pool=max_pool, pool_frac=pool_frac))
-        if split in ("test", "all"):
-            parts.append(test_part)
-    if not parts:
+    if not frames:
         raise TaskdivError(f"bigbench: no examples in {tasks}")
-    out = pd.concat(parts, ignore_index=True).drop(columns="_key")
-    if out["choices"].isna().all():
-        out = out.drop(columns="choices")
-    return out
-
-
-def _check_sizes(test: float, max_pool: int | None, pool_frac: float) -> None:
-    """Refuse split sizes that would silently give another split than asked for."""
-    if not (math.isfinite(test) and test >= 0 and (test < 1 or test == int(test))):
-        raise TaskdivError(f"bigbench: test={test} must be a fraction in [0, 1) or a whole count of examples")
-    if max_pool is not None and max_pool < 1:
-        raise TaskdivError(f"bigbench: max_pool={max_pool} must be at least 1 (leave it out for no cap)")
-    if not 0 < pool_frac <= 1:
-        raise TaskdivError(f"bigbench: pool_frac={pool_frac} must be in (0, 1]")
+    return split_tasks(frames, options, where=f"bigbench: {tasks}")
 
 
 def load_spec(name: str, opts: dict[str, str]) -> pd.DataFrame:
     """Load `bigbench:NAME?opts` (NAME: a preset or comma-separated tasks)."""
-    known = {"split", "test", "max_pool", "pool_frac", "seed"}
-    unknown = set(opts) - known
-    if unknown:
-        raise TaskdivError(f"bigbench:{name}: unknown option(s) {sorted(unknown)} (known: {sorted(known)})")
     tasks = [t for t in name.split(",") if t] or ["demo"]
-    try:
-        return load(tasks, split=opts.get("split", "pool"), test=float(opts.get("test", 0.2)),
-                    max_pool=int(opts["max_pool"]) if opts.get("max_pool") else None,
-                    pool_frac=float(opts.get("pool_frac", 1.0)), seed=int(opts.get("seed", 0)))
-    except ValueError as e:
-        raise TaskdivError(f"bigbench:{name}: bad option value ({e})") from e
+    o = SplitOptions.from_spec(f"bigbench:{name}", opts)
+    return load(tasks, split=o.split, test=o.test, max_pool=o.max_pool, pool_frac=o.pool_frac, seed=o.seed)
 
 
 def main() -> None:  # pragma: no cover - listing helper

@@ -50,7 +50,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("train",): ("taskdiv.training", "TrainConfig", "run_train",
                  "Finetune a model on prompt/response data (TRL SFTTrainer, PEFT LoRA)."),
     ("evaluate",): ("taskdiv.evaluation", "EvalConfig", "run_evaluate",
-                    "Evaluate a model or run: held-out BIG-bench accuracy, MMLU, BBH (lm-evaluation-harness)."),
+                    "Evaluate a model or run: held-out accuracy per task, MMLU, BBH (lm-evaluation-harness)."),
     ("experiment",): ("taskdiv.experiments", "ExperimentCommand", "run_experiment",
                       "Compare strategies across budgets and seeds: select, annotate, train, evaluate."),
     ("report",): ("taskdiv.report", "ReportConfig", "run_report",
@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="count", default=0, help="More log output (-vv: debug).")
     common.add_argument("-q", "--quiet", action="store_true", help="Only warnings and errors.")
     common.add_argument("--no-progress", action="store_true", help="Turn progress bars off.")
+    common.add_argument("--data-dir", metavar="DIR", help="Where the local benchmark collections are (mmlu/, bbh/, "
+                        "gauntlet/, alpaca_eval/): sets TASKDIV_DATA; default ../shared/data beside the repository.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
     for words, (module, cls_name, _, help_text) in COMMANDS.items():
@@ -146,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose, args.quiet)
     if args.no_progress:
         os.environ["TASKDIV_NO_PROGRESS"] = "1"
+    if args.data_dir:
+        os.environ["TASKDIV_DATA"] = os.path.abspath(args.data_dir)
     try:
         if words == ("env",):
             run_env()

@@ -13,7 +13,9 @@ Sources (`load_pool(spec)`):
     path.jsonl | path.json | path.csv | path.parquet   a file
     DIR                                                 a `datasets` save_to_disk dir
     hf:NAME?config=C&split=S&sample=N&seed=0            a Hugging Face hub dataset
-    bigbench:PRESET_OR_TASKS?split=pool|test&...        BIG-bench (see bigbench.py)
+    bench:PRESET_OR_TASKS?split=pool|test&...           local benchmark collections (benchmarks.py)
+    mmlu:SUBJECTS  bbh:TASKS  gauntlet:TASKS            one collection (the same options)
+    bigbench:PRESET_OR_TASKS?split=pool|test&...        BIG-bench, from its sdist (bigbench.py)
 
 Field names are mapped with `FieldMap`; Alpaca (instruction/input/output) and chat
 (messages or ShareGPT conversations) shapes are recognised without mapping.
@@ -68,7 +70,8 @@ class PoolOptions(FieldMap):
     pool: str | None = field(default=None, metadata={
         "positional": True, "required": True,
         "help": "The pool: a .jsonl/.json/.csv/.parquet file, a save_to_disk directory, "
-                "hf:NAME?config=C&split=S, or bigbench:PRESET_OR_TASKS?split=pool (see README)."})
+                "hf:NAME?config=C&split=S, a benchmark preset or collection (bench:many, bench:demo, "
+                "mmlu:SUBJECTS, bbh:TASKS, gauntlet:TASKS; ?split=pool|test) or bigbench:TASKS (see README)."})
 
 
 @dataclass
@@ -253,9 +256,12 @@ def stable_id(task: str, prompt: str) -> str:
 # ----------------------------------------------------------------------------- loading
 
 
+SOURCES = ("hf", "bigbench", "bench", "mmlu", "bbh", "gauntlet")
+
+
 def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
     """Split 'kind:name?k=v&k=v' into (kind, name, options). Paths have kind 'path'."""
-    for kind in ("hf", "bigbench"):
+    for kind in SOURCES:
         if spec.startswith(kind + ":"):
             rest = spec[len(kind) + 1:]
             name, _, query = rest.partition("?")
@@ -272,6 +278,10 @@ def load_pool(spec: str, fields: FieldMap | None = None, *, require_tasks: bool 
 
         frame = bigbench.load_spec(name, opts)
         return Pool(frame.reset_index(drop=True), str(spec))
+    if kind in ("bench", "mmlu", "bbh", "gauntlet"):
+        from . import benchmarks
+
+        return Pool(benchmarks.load_spec(kind, name, opts).reset_index(drop=True), str(spec))
     if kind == "hf":
         raw, where = _read_hub(name, opts), "row"
     else:
@@ -291,7 +301,7 @@ def read_raw(path: Path) -> tuple[pd.DataFrame, str]:
     if not path.exists():
         raise TaskdivError(
             f"{path}: no such file or directory (a hub dataset is written hf:NAME, "
-            f"BIG-bench bigbench:PRESET_OR_TASKS)")
+            f"a benchmark preset bench:many or bench:demo)")
     if path.is_dir():
         try:
             import datasets

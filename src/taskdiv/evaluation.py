@@ -1,6 +1,6 @@
-"""`taskdiv evaluate`: held-out BIG-bench accuracy, and MMLU/BBH through lm-evaluation-harness.
+"""`taskdiv evaluate`: held-out accuracy per task, and MMLU/BBH through lm-evaluation-harness.
 
-    taskdiv evaluate runs/ft --suite heldout --heldout 'bigbench:demo?split=test' --out runs/ft/eval
+    taskdiv evaluate runs/ft --suite heldout --heldout 'bench:demo?split=test' --out runs/ft/eval
     taskdiv evaluate smollm2-135m-instruct --suite mmlu --limit 20 --out runs/base/mmlu
     taskdiv evaluate runs/ft --suite bbh --bbh-variant zeroshot --out runs/ft/bbh
 
@@ -8,7 +8,7 @@ RUN_OR_MODEL is a `taskdiv train` run directory (its adapter is applied and merg
 anything `--model` accepts. Prompts are formatted by `models.encode_prompt`, as in
 training and scoring.
 
-Suite `heldout` (the held-out part of each BIG-bench task of the pool):
+Suite `heldout` (the held-out part of each task of the pool, e.g. `bench:many?split=test`):
   multiple choice  every choice is scored as the reply training teaches,
                    `models.encode_response(prompt, choice)` (for base models " choice" + EOS,
                    for chat models the assistant turn with its end-of-turn tokens), after
@@ -60,8 +60,9 @@ class EvalConfig:
         "help": f"A `taskdiv train` run directory, or a model ({', '.join(EMBEDDED)}, a path, a hub id)."})
     suite: str = field(default="heldout", metadata={"choices": list(SUITES), "help": "What to evaluate."})
     out: str | None = field(default=None, metadata={"required": True, "help": "Output directory."})
-    heldout: str = field(default="bigbench:demo?split=test", metadata={
-        "help": "heldout: a pool whose rows carry targets (and choices for multiple choice)."})
+    heldout: str = field(default="bench:demo?split=test", metadata={
+        "help": "heldout: a pool whose rows carry targets (and choices for multiple choice); default: the "
+                "held-out part of the demo slice of the many-task preset."})
     limit: int | None = field(default=None, metadata={
         "help": "At most N items per task (heldout, BBH) or subject (MMLU), for quick runs."})
     tasks: list[str] | None = field(default=None, metadata={
@@ -71,6 +72,10 @@ class EvalConfig:
                 "default: ../shared/data/mmlu when present."})
     bbh_dir: str | None = field(default=None, metadata={
         "help": "BBH's original JSON files (TASK.json, cot-prompts/TASK.txt); default: ../shared/data/bbh."})
+    bbh_items: str = field(default="heldout", metadata={
+        "choices": ["heldout", "all"], "help": "bbh: the fifth of each task that no pool holds (heldout: what "
+                                               "`bbh:` and `bench:` pools leave out), or every item (all: the "
+                                               "published BBH, which overlaps pools built from bbh:)."})
     bbh_variant: str = field(default="both", metadata={
         "choices": ["both", "cot", "zeroshot"], "help": "bbh: 3-shot chain of thought, zero-shot, or both."})
     harness_tasks: list[str] | None = field(default=None, metadata={

@@ -71,7 +71,7 @@ class ExperimentConfig:
     pool: str | None = field(default=None, metadata={"required": True, "help": "Pool spec to select from."})
     test: str | None = field(default=None, metadata={
         "help": "Held-out test spec for the heldout suite (rows with targets/choices), e.g. "
-                "bigbench:notes12?split=test."})
+                "bench:many?split=test."})
     suites: list[str] = field(default_factory=lambda: ["heldout"], metadata={
         "help": "Evaluation suites (heldout, mmlu, bbh); the first is the report's accuracy."})
     pool_fields: dict = field(default_factory=dict, metadata={

@@ -357,6 +357,26 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
+def data_root(kind: str | None = None) -> Path | None:
+    """Where the local benchmark collections are (mmlu/, bbh/, gauntlet/, alpaca_eval/):
+    $TASKDIV_DATA (set by `--data-dir`), else `../shared/data` beside the working directory,
+    else `shared/data` beside the repository this code runs from; with `kind`, that
+    collection's folder. None when there is none."""
+    env = os.environ.get("TASKDIV_DATA")
+    if env:
+        roots = [Path(env)]
+    else:
+        here = Path(__file__).resolve()
+        roots = [Path.cwd().parent / "shared" / "data"]
+        if len(here.parents) > 3:
+            roots.append(here.parents[3] / "shared" / "data")
+    for root in roots:
+        path = root / kind if kind else root
+        if path.is_dir():
+            return path
+    return None
+
+
 # ----------------------------------------------------------------------------- reading
 
 

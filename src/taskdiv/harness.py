@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import DataError, TaskdivError, unknown_name
-from .fileio import read_csv, write_jsonl, write_yaml
+from .fileio import data_root, read_csv, write_jsonl, write_yaml
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,8 @@ def _lm_eval_tasks_dir() -> Path:
 
 
 def default_data_dir(kind: str) -> Path | None:
-    """../shared/data/KIND relative to the working directory, else next to the repository."""
-    here = Path(__file__).resolve()
-    for base in (Path.cwd().parent, here.parents[3] if len(here.parents) > 3 else None):
-        if base is not None and (base / "shared" / "data" / kind).is_dir():
-            return base / "shared" / "data" / kind
-    return None
+    """The collection's folder under the local data root (`fileio.data_root`)."""
+    return data_root(kind)
 
 
 def _only(found: dict[str, Path], wanted: list[str] | None, kind: str) -> dict[str, Path]:
@@ -187,9 +183,16 @@ def parse_cot_prompt(path: Path) -> dict:
     return {"description": head.strip() + "\n\n", "samples": samples}
 
 
-def prepare_bbh(root: Path, tasks: list[str] | None, variant: str, out: Path) -> Prepared:
+def prepare_bbh(root: Path, tasks: list[str] | None, variant: str, out: Path, items: str = "heldout") -> Prepared:
+    """`items`: heldout, the suite's fifth of each task that no pool of taskdiv's holds
+    (`benchmarks.bbh_suite_examples`), or all, the published benchmark."""
+    from .benchmarks import bbh_suite_examples
+
     variants = ["cot", "zeroshot"] if variant == "both" else [variant]
     data = read_bbh(root, tasks, cot="cot" in variants)
+    if items == "heldout":
+        for entry in data.values():
+            entry["examples"] = bbh_suite_examples(entry["examples"])
     lm_tasks = _lm_eval_tasks_dir() / "bbh"
     prepared = Prepared([], out / "tasks")
     for task, entry in data.items():
@@ -238,7 +241,7 @@ def prepare(cfg, out: Path) -> Prepared:
     if root is None:
         raise TaskdivError("no BBH directory: pass --bbh-dir (TASK.json files and cot-prompts/), "
                            "or --harness-tasks bbh_zeroshot to use the harness's hub dataset")
-    return prepare_bbh(root, cfg.tasks, cfg.bbh_variant, where)
+    return prepare_bbh(root, cfg.tasks, cfg.bbh_variant, where, cfg.bbh_items)
 
 
 def run(model, tok, prepared: Prepared, cfg, chat: bool, key: str) -> tuple[pd.DataFrame, dict]:

@@ -1,7 +1,7 @@
 """`taskdiv score`: the base model's confidence on each prompt, and per task.
 
-    taskdiv score bigbench:demo --per-task 16 --out runs/scores
-    taskdiv select bigbench:demo --budget 1000 --scores runs/scores/scores.csv --out runs/sel
+    taskdiv score bench:demo --per-task 16 --out runs/scores
+    taskdiv select bench:demo --budget 1000 --scores runs/scores/scores.csv --out runs/sel
 
 For each prompt the model generates greedily (up to --max-new-tokens, stopping at
 EOS, which counts as a generated token); from the raw logits of every step we keep the

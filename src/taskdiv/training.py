@@ -103,9 +103,9 @@ class TrainConfig:
 
 def load_examples(spec: str):
     """The SFT rows (id, prompt, response, task?) of DATA; every row needs a response."""
-    from .data import FieldMap, load_pool
+    from .data import FieldMap, load_pool, parse_spec
 
-    if not str(spec).startswith(("hf:", "bigbench:")) and Path(spec).is_file() and Path(spec).stat().st_size == 0:
+    if parse_spec(str(spec))[0] == "path" and Path(spec).is_file() and Path(spec).stat().st_size == 0:
         raise DataError("the dataset is empty", file=spec)
     frame = load_pool(spec, FieldMap(), require_tasks=False).frame
     if "response" not in frame.columns:
