@@ -23,7 +23,7 @@ LABEL_STUDIO ?= label-studio==1.23.2
 PYTEST_ARGS ?=
 DEMO_OUT ?= runs/demo
 
-.PHONY: install label-studio demo test test-integration bench experiment experiment-skewed report clean FORCE
+.PHONY: install label-studio demo test test-integration bench experiment experiment-skewed experiment-many report clean FORCE
 
 # What the install depends on besides pyproject.toml: the settings above. The stamp file
 # is rewritten only when they change, so that changing one reinstalls and nothing else does.
@@ -85,6 +85,12 @@ experiment: install
 experiment-skewed: install
 	$(TASKDIV) experiment configs/cpu-skewed.yaml --out results/cpu-skewed
 	$(TASKDIV) report results/cpu-skewed
+
+# The many-task study on local benchmark files (about 20 hours on 2 cores, several
+# sessions). Finished runs are committed under results/cpu-many, so this resumes.
+experiment-many: install
+	$(TASKDIV) experiment configs/cpu-many.yaml --out results/cpu-many
+	$(TASKDIV) report results/cpu-many
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
