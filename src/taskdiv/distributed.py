@@ -56,7 +56,7 @@ from .packages import require
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("local", "ray")
+ENGINES = ("local", "ray", "vllm")
 # Shard files are named SETTINGSKEY-CONTENTHASH.parquet.
 SHARD_SUFFIX = ".parquet"
 # A local cluster's object store: the data moved is prompts and summary rows, so a small
@@ -74,7 +74,8 @@ class RayOptions:
     engine: str = field(default="local", metadata={
         "choices": list(ENGINES),
         "help": "local: one process (SQLite cache). ray: Ray Data feeding scorer actors on a Ray cluster "
-                "(needs taskdiv[ray]); results in shard files, resumable across the cluster."})
+                "(needs taskdiv[ray]); results in shard files, resumable across the cluster. vllm: a vLLM "
+                "server (its own, or --vllm-url), see taskdiv.vllm_engine."})
     ray_address: str | None = field(default=None, metadata={
         "help": "Ray cluster to join (host:6379, or auto for one `ray start` runs on this "
                 "machine; default: $RAY_ADDRESS, else a new local cluster on this machine's cores)."})
@@ -97,7 +98,7 @@ def check_options(cfg) -> None:
         from .errors import unknown_name
 
         raise unknown_name("engine", cfg.engine, ENGINES)
-    if cfg.engine == "local":
+    if cfg.engine in ("local", "vllm"):
         given = [f"--{n.replace('_', '-')}" for n in ("ray_address", "workers", "shards") if getattr(cfg, n)]
         if given:
             raise TaskdivError(f"{', '.join(given)} apply to --engine ray only")

@@ -52,6 +52,7 @@ from .errors import TaskdivError
 from .fileio import dump_table, dump_yaml, output_set
 from .generation import Generation, Scorer
 from .models import DEFAULT_MODEL, EMBEDDED
+from .vllm_engine import VLLMOptions
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ CI_MIN_STEP = 8
 
 
 @dataclass
-class ScoreConfig(PoolOptions, RayOptions):
+class ScoreConfig(PoolOptions, RayOptions, VLLMOptions):
     model: str = field(default=DEFAULT_MODEL, metadata={
         "help": f"Model: an embedded name ({', '.join(EMBEDDED)}), a local model directory, "
                 "a .gguf file or a hub id."})
@@ -216,9 +217,11 @@ def _check(cfg: ScoreConfig) -> None:
     if cfg.target_ci is not None and not 0 < cfg.target_ci <= 1:
         raise TaskdivError(f"--target-ci must be in (0, 1], got {cfg.target_ci}")
     metrics_mod.get(cfg.metric)
+    from . import vllm_engine
     from .distributed import check_options
 
     check_options(cfg)
+    vllm_engine.check_options(cfg)
 
 
 def _open_out(out: Path) -> None:
@@ -278,8 +281,14 @@ def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     dtype = models.dtype_name(cfg.dtype)
     settings = {"model": models.fingerprint(ref), "dtype": dtype, "max_new_tokens": cfg.max_new_tokens,
                 "chat": chat, "max_prompt_tokens": max_prompt, "format": FORMAT_VERSION}
+    from . import vllm_engine
+
+    if vllm_engine.uses_vllm(cfg):  # another engine, other numbers: rows of its own (the local key is unchanged)
+        settings["engine"] = vllm_engine.engine_key(cfg)
     cache = ScoreCache(out / "cache.sqlite", settings)
-    if cfg.engine == "ray":
+    if cfg.engine == "vllm":
+        scorer = vllm_engine.VLLMScorer(cfg, ref, tokenizer, chat, max_prompt, cache, log_path=out / "vllm-server.log")
+    elif cfg.engine == "ray":
         from .distributed import RayScorer
 
         scorer = RayScorer(cfg, ref, tokenizer, chat, max_prompt, cache)
@@ -316,6 +325,8 @@ def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
                      len(sizes), sum(k - scored[t] for t, k in sizes.items()))
     finally:
         cache.close()
+        if hasattr(scorer, "close"):  # the vLLM engine's own server
+            scorer.close()
         if loaded is None and getattr(scorer, "model", None) is not None:  # ours: dropped, not kept
             scorer.model = None
             models.free_memory()
