@@ -147,12 +147,16 @@ class VLLMScorer(Scorer):
     def __init__(self, cfg, ref, tokenizer, chat: bool, max_prompt: int, cache, *, log_path=None):
         super().__init__(cfg, ref, tokenizer, chat, max_prompt, cache)
         self.log_path = log_path
+        if not cfg.vllm_url:  # a missing vLLM is said before any work
+            from .vllm_server import vllm_python
+
+            self.python = vllm_python(cfg.vllm_python)
         self.stats: dict = {"start_seconds": 0.0}
 
     def load(self) -> Connection:
         """Connect to --vllm-url, or start a server for --model (served as its local directory)."""
         from . import models
-        from .vllm_server import OpenAIClient, VLLMServer, vllm_python
+        from .vllm_server import OpenAIClient, VLLMServer
 
         if self.cfg.vllm_url:
             client = OpenAIClient(self.cfg.vllm_url)
@@ -162,8 +166,7 @@ class VLLMScorer(Scorer):
         if self.ref.adapter:
             raise TaskdivError(f"--engine vllm: {self.ref.name} is a LoRA adapter on {self.ref.path}; merge it "
                                f"first (taskdiv train --merge) or score it with --engine local")
-        python = vllm_python(self.cfg.vllm_python)
-        server = VLLMServer(self.ref.path, python=python, dtype=models.dtype_name(self.cfg.dtype),
+        server = VLLMServer(self.ref.path, python=self.python, dtype=models.dtype_name(self.cfg.dtype),
                             max_model_len=self.max_prompt + self.cfg.max_new_tokens, served_name=self.ref.name,
                             log_path=self.log_path)
         server.start()

@@ -186,11 +186,12 @@ class VLLMServer:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         env.pop("PYTHONPATH", None)  # taskdiv's source tree is not for the server's Python
         started = time.perf_counter()
-        log.info("starting a vLLM server for %s on %s (log: %s)", self.served_name, self.url, self.log_path)
         log.debug("vLLM server command: %s", shlex.join(self.command()))
         with open(self.log_path, "ab") as sink:
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=sink,
                                          stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        log.info("starting a vLLM server for %s on %s (vLLM server pid %d, log: %s)", self.served_name, self.url,
+                 self.proc.pid, self.log_path)
         self.watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(self.proc.pid), str(STOP_GRACE_S)],
                                          stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL, start_new_session=True)
