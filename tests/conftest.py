@@ -87,10 +87,16 @@ def vllm_server(vllm_python, tmp_path_factory):
     """One real vLLM OpenAI server for the whole session (start-up: 30-70 s on 2 cores):
     SmolLM2-135M-Instruct (its dequantized safetensors directory) in float32, served as
     'smollm2-135m-instruct' on 127.0.0.1 and a free port; `.url` is its address. Stopped at
-    the end of the session."""
+    the end of the session. TASKDIV_TEST_VLLM_URL: use that server instead (one started by
+    hand that serves the same, to iterate on a test without a start-up per run)."""
+    from types import SimpleNamespace
+
     from taskdiv import models
     from taskdiv.vllm_server import VLLMServer
 
+    if os.environ.get("TASKDIV_TEST_VLLM_URL"):
+        yield SimpleNamespace(url=os.environ["TASKDIV_TEST_VLLM_URL"])
+        return
     ref = models.resolve(VLLM_MODEL)
     log = tmp_path_factory.mktemp("vllm") / "server.log"
     with VLLMServer(ref.path, python=vllm_python, dtype="float32", max_model_len=4096, served_name=VLLM_MODEL,

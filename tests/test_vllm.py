@@ -163,6 +163,24 @@ def test_a_killed_vllm_run_resumes_and_leaves_no_server(vllm_server, tmp_path, c
     assert stored(out) == 24  # no row twice, none lost
 
 
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_evaluate_heldout_with_vllm_agrees_with_local(vllm_server, tmp_path):
+    """evaluate --engine vllm: generative items (bigbench_simple_arithmetic) generated and
+    multiple-choice items (sports_understanding) scored on the server give the local engine's
+    predictions; choice scores within 1e-3 (measured: 2e-5, the 5-decimal rounding)."""
+    heldout = "bench:bbh/sports_understanding,gauntlet/bigbench_simple_arithmetic?split=test"
+    common = ["evaluate", MODEL, "--heldout", heldout, "--limit", "12", "--dtype", "float32"]
+    assert main([*common, "--out", str(tmp_path / "local")]) == 0
+    assert main([*common, "--engine", "vllm", "--vllm-url", vllm_server.url, "--out", str(tmp_path / "vllm")]) == 0
+    a = pd.read_json(tmp_path / "local" / "items.jsonl", lines=True).set_index("id")
+    b = pd.read_json(tmp_path / "vllm" / "items.jsonl", lines=True).set_index("id").loc[a.index]
+    assert set(a["kind"]) == {"mc", "generative"}
+    assert (a["prediction"] == b["prediction"]).all()
+    mc = a["kind"] == "mc"
+    assert np.abs(np.stack(a["scores"][mc]) - np.stack(b["scores"][mc])).max() < 1e-3
+
+
 # ----------------------------------------------------------------------------- without vLLM
 
 
@@ -179,6 +197,13 @@ def test_a_missing_vllm_is_one_line_with_the_install_hint(tmp_path, small_pool, 
                   "--out", tmp_path / "s"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no vLLM there; install it: make vllm" in err, err
+
+
+def test_evaluate_engine_options_are_checked(tmp_path, capsys):
+    assert main(["evaluate", MODEL, "--suite", "mmlu", "--engine", "vllm", "--out", str(tmp_path / "e")]) == 1
+    assert "--engine vllm evaluates the heldout suite" in capsys.readouterr().err
+    assert main(["evaluate", MODEL, "--vllm-url", "http://127.0.0.1:1", "--out", str(tmp_path / "e")]) == 1
+    assert "--vllm-url apply to --engine vllm only" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -141,6 +141,47 @@ class Connection:
     server: object = None
 
 
+def connect(cfg, ref, python: str | None, dtype: str, max_model_len: int, log_path=None) -> Connection:
+    """A connection to cfg.vllm_url (cfg.vllm_model, or its only model), or to a server started
+    here for `ref` (its local directory) with `python`; `close(conn)` stops the latter."""
+    from . import models
+    from .vllm_server import OpenAIClient, VLLMServer, vllm_python
+
+    if cfg.vllm_url:
+        client = OpenAIClient(cfg.vllm_url)
+        served = _served(client, cfg.vllm_model)
+        log.info("using %s at %s (served from %s)", served.get("id"), client.url, served.get("root"))
+        return Connection(client, served["id"], served.get("max_model_len"))
+    if ref.adapter:
+        raise TaskdivError(f"--engine vllm: {ref.name} is a LoRA adapter on {ref.path}; merge it first (a run "
+                           f"trained with merged weights) or use --engine local")
+    server = VLLMServer(ref.path, python=python or vllm_python(cfg.vllm_python), dtype=models.dtype_name(dtype),
+                        max_model_len=max_model_len, served_name=ref.name, log_path=log_path)
+    server.start()
+    return Connection(OpenAIClient(server.url), server.served_name, server.max_model_len, server)
+
+
+def close(conn: Connection | None) -> None:
+    """Stop the server of a connection taskdiv started (a --vllm-url server is left running)."""
+    if conn is not None and conn.server is not None:
+        conn.server.stop()
+
+
+def eos_ids(ref, tok) -> set:
+    """As the local engine's: the tokenizer's EOS and the generation config's."""
+    from transformers import AutoConfig, GenerationConfig
+
+    from .generation import _as_list
+
+    try:
+        gen_eos = GenerationConfig.from_pretrained(ref.path).eos_token_id
+    except (OSError, ValueError):
+        gen_eos = AutoConfig.from_pretrained(ref.path).eos_token_id
+    eos = {tok.eos_token_id} | set(_as_list(gen_eos))
+    eos.discard(None)
+    return eos
+
+
 class VLLMScorer(Scorer):
     """`generation.Scorer` whose batches go to a vLLM (OpenAI-compatible) server."""
 
@@ -155,39 +196,13 @@ class VLLMScorer(Scorer):
 
     def load(self) -> Connection:
         """Connect to --vllm-url, or start a server for --model (served as its local directory)."""
-        from . import models
-        from .vllm_server import OpenAIClient, VLLMServer
-
-        if self.cfg.vllm_url:
-            client = OpenAIClient(self.cfg.vllm_url)
-            served = _served(client, self.cfg.vllm_model)
-            log.info("scoring with %s at %s (served from %s)", served.get("id"), client.url, served.get("root"))
-            return Connection(client, served["id"], served.get("max_model_len"))
-        if self.ref.adapter:
-            raise TaskdivError(f"--engine vllm: {self.ref.name} is a LoRA adapter on {self.ref.path}; merge it "
-                               f"first (taskdiv train --merge) or score it with --engine local")
-        server = VLLMServer(self.ref.path, python=self.python, dtype=models.dtype_name(self.cfg.dtype),
-                            max_model_len=self.max_prompt + self.cfg.max_new_tokens, served_name=self.ref.name,
-                            log_path=self.log_path)
-        server.start()
-        self.stats["start_seconds"] = server.start_seconds
-        return Connection(OpenAIClient(server.url), server.served_name, server.max_model_len, server)
+        conn = connect(self.cfg, self.ref, getattr(self, "python", None), self.cfg.dtype,
+                       self.max_prompt + self.cfg.max_new_tokens, self.log_path)
+        self.stats["start_seconds"] = conn.server.start_seconds if conn.server else 0.0
+        return conn
 
     def eos_ids(self, model) -> set:
-        """As the local engine's: the tokenizer's EOS and the generation config's."""
-        from transformers import GenerationConfig
-
-        from .generation import _as_list
-
-        try:
-            gen_eos = GenerationConfig.from_pretrained(self.ref.path).eos_token_id
-        except (OSError, ValueError):
-            from transformers import AutoConfig
-
-            gen_eos = AutoConfig.from_pretrained(self.ref.path).eos_token_id
-        eos = {self.tok.eos_token_id} | set(_as_list(gen_eos))
-        eos.discard(None)
-        return eos
+        return eos_ids(self.ref, self.tok)
 
     def generate(self, model: Connection, eos, shas: list[str], encoded) -> list[tuple[str, Generation, str, int, bool]]:
         """One batch, one request: the rows `ScoreCache.add` stores."""
@@ -273,5 +288,57 @@ class VLLMScorer(Scorer):
     def close(self) -> None:
         """Stop the server this scorer started (a --vllm-url server is left running)."""
         model, self.model = self.model, None
-        if model is not None and model.server is not None:
-            model.server.stop()
+        close(model)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+class VLLMEvaluator:
+    """`taskdiv evaluate --engine vllm` (the heldout suite): what `evaluation.run_heldout` asks
+    of a model, on a vLLM server. `generate` is greedy, stops at EOS, runs to the batch's
+    largest cap and cuts each continuation to its own cap and first newline, as
+    `evaluation.generate`; `choice_scores` is the mean logprob per token of each choice after
+    its prompt, from the prompt logprobs of prompt + choice (`echo`), as
+    `evaluation.choice_scores`. `config` is the model's (its context length)."""
+
+    def __init__(self, cfg, ref, tok, log_path=None):
+        from transformers import AutoConfig
+
+        from . import models
+
+        self.ref, self.tok = ref, tok
+        self.config = AutoConfig.from_pretrained(ref.path)
+        self.conn = connect(cfg, ref, None, cfg.dtype, models.context_length(self.config), log_path)
+        self.eos = sorted(eos_ids(ref, tok))
+
+    def _complete(self, prompts: list[list[int]], **kwargs) -> list[dict]:
+        reply = self.conn.client.completions(model=self.conn.name, prompt=prompts, temperature=0.0, logprobs=0,
+                                             return_tokens_as_token_ids=True, **kwargs)
+        choices = sorted(reply.get("choices", []), key=lambda c: c["index"])
+        if len(choices) != len(prompts):
+            raise TaskdivError(f"{self.conn.client.url}: {len(choices)} completion(s) for {len(prompts)} prompt(s)")
+        return choices
+
+    def generate(self, prompt_ids: list[list[int]], caps: list[int]) -> list[str]:
+        choices = self._complete(prompt_ids, max_tokens=max(caps), stop_token_ids=self.eos, stop=["\n"])
+        ids = [[int(t.removeprefix("token_id:")) for t in c["logprobs"]["tokens"]] for c in choices]
+        texts = self.tok.batch_decode([row[:cap] for row, cap in zip(ids, caps)], skip_special_tokens=True)
+        return [t.split("\n", 1)[0] for t in texts]
+
+    def choice_scores(self, prompt_ids: list[list[int]], choice_ids: list[list[list[int]]]) -> list[np.ndarray]:
+        full = [p + c for p, cs in zip(prompt_ids, choice_ids) for c in cs]
+        choices = self._complete(full, max_tokens=1, echo=True)
+        scores, k = [], 0
+        for p, cs in zip(prompt_ids, choice_ids):
+            row = []
+            for c in cs:
+                lp = choices[k]["logprobs"]["token_logprobs"][len(p):len(p) + len(c)]
+                row.append(float(np.mean(lp)))
+                k += 1
+            scores.append(np.array(row))
+        return scores
+
+    def close(self) -> None:
+        conn, self.conn = self.conn, None
+        close(conn)
