@@ -3,6 +3,7 @@
     taskdiv evaluate runs/ft --suite heldout --heldout 'bench:demo?split=test' --out runs/ft/eval
     taskdiv evaluate smollm2-135m-instruct --suite mmlu --limit 20 --out runs/base/mmlu
     taskdiv evaluate runs/ft --suite bbh --bbh-variant zeroshot --out runs/ft/bbh
+    taskdiv evaluate runs/ft --suite judge --judge-url http://127.0.0.1:8000 --judge-model M --out runs/ft/judge
 
 RUN_OR_MODEL is a `taskdiv train` run directory (its adapter is applied and merged) or
 anything `--model` accepts. Prompts are formatted by `models.encode_prompt`, as in
@@ -19,7 +20,8 @@ Suite `heldout` (the held-out part of each task of the pool, e.g. `bench:many?sp
                    the longest target's length + 4 tokens, capped by --max-new-tokens);
                    correct when it equals a target after lower-casing and collapsing
                    whitespace.
-Suites `mmlu` and `bbh`: see `taskdiv.harness`.
+Suites `mmlu` and `bbh`: see `taskdiv.harness`. Suite `judge` (an LLM judge's win rate
+against reference answers, AlpacaEval by default): see `taskdiv.judge`.
 
 Writes (atomically) to --out:
     results.json   per-task accuracy with 95% bootstrap intervals, macro and micro average,
@@ -49,7 +51,7 @@ from .models import EMBEDDED
 
 log = logging.getLogger(__name__)
 
-SUITES = ("heldout", "mmlu", "bbh")
+SUITES = ("heldout", "mmlu", "bbh", "judge")
 OUTPUTS = ("items.jsonl", "per_task.csv", "results.json")
 
 
@@ -100,6 +102,29 @@ class EvalConfig:
         "help": "--vllm-url: the served model name (default: the server's only model)."})
     vllm_python: str | None = field(default=None, metadata={
         "help": "--engine vllm: the Python of a venv with vLLM (default: $TASKDIV_VLLM_PYTHON, else .venv-vllm)."})
+    judge_url: str | None = field(default=None, metadata={
+        "help": "judge: an OpenAI-compatible server (http://HOST:PORT, or https://api.openai.com); the key comes from "
+                "$TASKDIV_JUDGE_API_KEY, else $OPENAI_API_KEY."})
+    judge_model: str | None = field(default=None, metadata={"help": "judge: the judge's model name on --judge-url."})
+    judge_config: str = field(default="weighted_alpaca_eval_gpt4_turbo", metadata={
+        "help": "judge: an alpaca_eval annotator config (its prompt, decoding and parser; a name in the package's "
+                "evaluators_configs, or a path to a configs.yaml)."})
+    judge_order: str = field(default="random", metadata={
+        "choices": ["random", "both"], "help": "judge: alpaca_eval's seeded random order of the two outputs (one "
+                                               "verdict each), or both orders averaged (two)."})
+    judge_concurrency: int = field(default=4, metadata={"help": "judge: requests in flight at once."})
+    judge_timeout: float = field(default=120.0, metadata={"help": "judge: seconds per request before a retry."})
+    judge_retries: int = field(default=6, metadata={
+        "help": "judge: retries of a request (exponential backoff) on 429, 5xx, timeouts and lost connections."})
+    judge_data: str | None = field(default=None, metadata={
+        "help": "judge: the instructions and reference answers: AlpacaEval's reference_outputs.json under the data "
+                "root by default, a JSON file in that format, or a pool whose response is the reference."})
+    judge_cache: str | None = field(default=None, metadata={
+        "help": "judge: the verdict cache (SQLite; default $TASKDIV_CACHE/judge/verdicts.sqlite)."})
+    lc_data: str | None = field(default=None, metadata={
+        "help": "judge: a folder holding alpaca_eval's df_gamed.csv and instruction_difficulty.csv, for the "
+                "length_controlled_v1 win rate offline (default: the data root's alpaca_eval/, else the hub)."})
+    max_answer_tokens: int = field(default=1024, metadata={"help": "judge: cap on each answer's tokens."})
 
 
 # ----------------------------------------------------------------------------- model
@@ -390,7 +415,7 @@ def format_table(table: pd.DataFrame, macro: dict, max_rows: int = 80) -> str:
 
 def _config_key(cfg: EvalConfig, fingerprint: str, chat: bool, dtype: str) -> dict:
     """Everything that changes the answers: options, weights, and the held-out file's content."""
-    keep = to_dict(cfg, exclude=("out", "batch_size", *VLLM_OPTIONS))
+    keep = to_dict(cfg, exclude=("out", "batch_size", *VLLM_OPTIONS, *JUDGE_OPTIONS))
     data = file_sha256(cfg.heldout) if cfg.suite == "heldout" else None
     key = {**keep, "fingerprint": fingerprint, "chat": chat, "dtype_resolved": dtype, "heldout_sha256": data}
     if cfg.engine != "local":  # only then: the keys of earlier results stay as they were
@@ -415,9 +440,19 @@ def check_options(cfg: EvalConfig) -> None:
     if (cfg.limit is not None and cfg.limit < 1) or cfg.batch_size < 1 or cfg.n_boot < 1 or cfg.max_new_tokens < 1 \
             or (cfg.max_gen_toks is not None and cfg.max_gen_toks < 1):
         raise TaskdivError("--limit, --batch-size, --n-boot, --max-new-tokens and --max-gen-toks must be positive")
-    if cfg.engine == "vllm" and cfg.suite != "heldout":
-        raise TaskdivError(f"--engine vllm evaluates the heldout suite; --suite {cfg.suite} runs through "
+    if cfg.engine == "vllm" and cfg.suite not in ("heldout", "judge"):
+        raise TaskdivError(f"--engine vllm evaluates the heldout and judge suites; --suite {cfg.suite} runs through "
                            f"lm-evaluation-harness with --engine local")
+    judge_given = [f"--{n.replace('_', '-')}" for n in ("judge_url", "judge_model", "judge_data", "judge_cache",
+                                                         "lc_data") if getattr(cfg, n)]
+    if cfg.suite != "judge" and judge_given:
+        raise TaskdivError(f"{', '.join(judge_given)} apply to --suite judge only")
+    if cfg.suite == "judge":
+        if not cfg.judge_url or not cfg.judge_model:
+            raise TaskdivError("--suite judge needs --judge-url (an OpenAI-compatible server) and --judge-model")
+        if cfg.judge_concurrency < 1 or cfg.judge_retries < 0 or cfg.judge_timeout <= 0 or cfg.max_answer_tokens < 1:
+            raise TaskdivError("--judge-concurrency and --max-answer-tokens must be positive, --judge-timeout above 0, "
+                               "--judge-retries 0 or more")
     given = [f"--{n.replace('_', '-')}" for n in VLLM_OPTIONS[1:] if getattr(cfg, n)]
     if cfg.engine != "vllm" and given:
         raise TaskdivError(f"{', '.join(given)} apply to --engine vllm only")
@@ -428,6 +463,10 @@ def evaluate(cfg: EvalConfig) -> dict:
     from . import models
 
     check_options(cfg)
+    if cfg.suite == "judge":
+        from . import judge
+
+        return judge.run(cfg)
     out = Path(cfg.out)
     check_output_dir(out, OUTPUTS)
     ref = models.resolve(cfg.model)
@@ -485,6 +524,9 @@ def evaluate(cfg: EvalConfig) -> dict:
 
 # The engine's options: in the config key only as its "engine" entry, and only under --engine vllm.
 VLLM_OPTIONS = ("engine", "vllm_url", "vllm_model", "vllm_python")
+# The judge suite's options: not in the other suites' keys (their earlier results stay valid).
+JUDGE_OPTIONS = ("judge_url", "judge_model", "judge_config", "judge_order", "judge_concurrency", "judge_timeout",
+                 "judge_retries", "judge_data", "judge_cache", "lc_data", "max_answer_tokens")
 # Options that change only the summary's intervals, not any answer.
 SUMMARY_OPTIONS = ("seed", "n_boot")
 
@@ -519,6 +561,10 @@ def _write_results(cfg: EvalConfig, out: Path, items: pd.DataFrame, key: dict, c
 
 def run_evaluate(cfg: EvalConfig) -> None:
     results = evaluate(cfg)
+    if cfg.suite == "judge":
+        print(results.pop("table"))
+        print(f"wrote {Path(cfg.out) / 'results.json'}, per_task.csv, answers.jsonl and verdicts.jsonl")
+        return
     print(results.pop("table", None) or format_table(
         pd.DataFrame([{"task": t, **v} for t, v in results["tasks"].items()]), results["macro"]))
     print(f"{results['seconds']:.0f} s ({results['seconds_per_item']:.3f} s per item); "

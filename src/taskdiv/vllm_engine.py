@@ -326,6 +326,12 @@ class VLLMEvaluator:
         texts = self.tok.batch_decode([row[:cap] for row, cap in zip(ids, caps)], skip_special_tokens=True)
         return [t.split("\n", 1)[0] for t in texts]
 
+    def answers(self, prompt_ids: list[list[int]], max_tokens: int) -> list[str]:
+        """Greedy long-form answers (the judge suite), stopped at EOS or after `max_tokens`."""
+        choices = self._complete(prompt_ids, max_tokens=max_tokens, stop_token_ids=self.eos)
+        ids = [[int(t.removeprefix("token_id:")) for t in c["logprobs"]["tokens"]] for c in choices]
+        return [t.strip() for t in self.tok.batch_decode(ids, skip_special_tokens=True)]
+
     def choice_scores(self, prompt_ids: list[list[int]], choice_ids: list[list[list[int]]]) -> list[np.ndarray]:
         full = [p + c for p, cs in zip(prompt_ids, choice_ids) for c in cs]
         choices = self._complete(full, max_tokens=1, echo=True)
