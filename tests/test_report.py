@@ -215,3 +215,16 @@ def test_a_saving_interval_beyond_the_largest_random_budget_is_a_bound():
     assert _fmt_match(r, 58, 115) == "random needs 112 [81, > 115]: 48% fewer annotations [28%, > 50%]"
     both = {**r, "low": -np.inf, "saving_low": 0.0, "match": 70.0, "saving": 1 - 40 / 70, "budget_n": 40}
     assert _fmt_match(both, 58, 115) == "random needs 70 [<= 58, > 115]: 43% fewer annotations [<= 31%, > 65%]"
+
+
+def test_report_gains_the_judge_win_rate_and_its_paired_differences(exp):
+    results = pd.read_csv(exp / "results.csv")
+    assert "Judge win rate" not in build_report(exp)  # no judge suite: no section
+    # The judge suite's win rate (percent): weighted beats random by 4 points on every seed.
+    results["judge_win_rate"] = 20 + results["seed"] + np.where(results["strategy"] == "weighted-task-diversity", 4, 0)
+    results.to_csv(exp / "results.csv", index=False)
+    text = build_report(exp)
+    section = text.split("## Judge win rate", 1)[1].split("\n## ", 1)[0]
+    assert "| weighted-task-diversity | 25.000 [" in section and "| base | 20.000 |" in section
+    row = next(l for l in section.splitlines() if l.startswith("| weighted-task-diversity | 10% |"))
+    assert "4.000" in row and "3 / 3" in row

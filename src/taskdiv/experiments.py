@@ -73,7 +73,8 @@ class ExperimentConfig:
         "help": "Held-out test spec for the heldout suite (rows with targets/choices), e.g. "
                 "bench:many?split=test."})
     suites: list[str] = field(default_factory=lambda: ["heldout"], metadata={
-        "help": "Evaluation suites (heldout, mmlu, bbh); the first is the report's accuracy."})
+        "help": "Evaluation suites (heldout, mmlu, bbh, judge); the first is the report's accuracy; judge adds "
+                "the win rate (judge settings under suite_options.judge: judge_url, judge_model, ...)."})
     pool_fields: dict = field(default_factory=dict, metadata={
         "help": "Field mapping of the pool (id_field, prompt_field, task_field, response_field, prompt_template)."})
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "Base model (scored, trained, evaluated)."})
@@ -345,6 +346,12 @@ class Experiment:
             check_eval_options(eval_cfg)
             if suite == "heldout":
                 self.test = load_heldout(cfg.test, eval_cfg.limit)
+            elif suite == "judge":  # the instructions read, the judge reached: a wrong address fails now
+                from . import judge
+
+                judge.load_reference(eval_cfg.judge_data, eval_cfg.limit)
+                judge.Judge(eval_cfg.judge_url, eval_cfg.judge_model, config=eval_cfg.judge_config,
+                            cache=Path(eval_cfg.judge_cache) if eval_cfg.judge_cache else None).reach()
             else:  # MMLU/BBH files: read and converted once into a throwaway directory
                 import tempfile
 
@@ -518,11 +525,16 @@ class Experiment:
         for i, suite in enumerate(self.cfg.suites):
             stage(f"evaluate {suite}")
             eval_dir = d / ("eval" if i == 0 else f"eval-{suite}")
-            macro = evaluate(self._eval_config(model, str(eval_dir), suite))["macro"]
+            res = evaluate(self._eval_config(model, str(eval_dir), suite))
+            macro = res["macro"]
             if i == 0:
                 record.update(suite=suite, accuracy=macro["accuracy"], ci_low=macro["ci_low"],
                               ci_high=macro["ci_high"], n_test=macro["n"])
-            record[f"{suite}_accuracy"] = macro["accuracy"]
+            if suite == "judge":  # in percent, as AlpacaEval reports it
+                record.update(judge_win_rate=res["win_rate"]["win_rate"],
+                              judge_lc_win_rate=res["length_controlled"]["length_controlled_winrate"])
+            else:
+                record[f"{suite}_accuracy"] = macro["accuracy"]
         record["eval_seconds"] = round(time.time() - t0, 1)
         record["seconds"] = round(time.time() - started, 1)
         record["code"] = code_version()
@@ -561,7 +573,7 @@ class Experiment:
         result = json.loads((src / "result.json").read_text())
         keep = ("suite", "accuracy", "ci_low", "ci_high", "n_test")
         record.update({k: result[k] for k in keep if k in result})
-        record.update({k: v for k, v in result.items() if k.endswith("_accuracy")})
+        record.update({k: v for k, v in result.items() if k.endswith(("_accuracy", "_win_rate"))})
         record.update(same_as=twin.id, train_seconds=0.0, eval_seconds=0.0,
                       seconds=round(time.time() - started, 1), code=code_version())
         self.finish(run, record)

@@ -255,7 +255,9 @@ class Judge:
                               "parser_kwargs": self.spec.get("completion_parser_kwargs"),
                               "completion_key": self.spec.get("completion_key", "completions"),
                               "alpaca_eval": ae.__version__}
-        self.cache = VerdictCache(cache)
+        from .fileio import cache_dir
+
+        self.cache = VerdictCache(cache or cache_dir("judge") / "verdicts.sqlite")
         self.owner = None
         self.client = None
         self.asked = self.reused = 0
@@ -565,14 +567,14 @@ def run(cfg) -> dict:
     """`taskdiv evaluate RUN --suite judge`: answers, verdicts, win rates; writes OUTPUTS into cfg.out."""
     from . import models
     from .config import to_dict
-    from .fileio import cache_dir, check_output_dir, dump_jsonl, dump_table, dumps_json, file_sha256, output_set
+    from .fileio import check_output_dir, dump_jsonl, dump_table, dumps_json, file_sha256, output_set
 
     out = Path(cfg.out)
     check_output_dir(out, OUTPUTS)
     frame, alpaca = load_reference(cfg.judge_data, cfg.limit)
     judge = Judge(cfg.judge_url, cfg.judge_model, config=cfg.judge_config, order=cfg.judge_order,
                   concurrency=cfg.judge_concurrency, timeout=cfg.judge_timeout, retries=cfg.judge_retries,
-                  cache=Path(cfg.judge_cache) if cfg.judge_cache else cache_dir("judge") / "verdicts.sqlite")
+                  cache=Path(cfg.judge_cache) if cfg.judge_cache else None)
     try:
         judge.reach()  # before generating: a wrong address fails now, not after an hour of answers
         data_sha = sha(frame.to_dict(orient="list"))

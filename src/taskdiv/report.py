@@ -73,13 +73,13 @@ def _strategies(results: pd.DataFrame) -> list[str]:
     return sorted(found, key=lambda s: (ORDER.index(s) if s in ORDER else len(ORDER), s))
 
 
-def summary_table(results: pd.DataFrame) -> pd.DataFrame:
-    """strategy x budget: mean, ci_low, ci_high, seeds."""
+def summary_table(results: pd.DataFrame, column: str = "accuracy") -> pd.DataFrame:
+    """strategy x budget: mean, ci_low, ci_high, seeds (of `column`)."""
     rows = []
     for (strategy, budget_n), group in results.groupby(["strategy", "budget_n"], sort=False):
-        m, lo, hi = mean_ci(group["accuracy"])
+        m, lo, hi = mean_ci(group[column])
         rows.append({"strategy": strategy, "budget": group["budget"].iloc[0], "budget_n": int(budget_n),
-                     "mean": m, "ci_low": lo, "ci_high": hi, "seeds": int(group["accuracy"].notna().sum())})
+                     "mean": m, "ci_low": lo, "ci_high": hi, "seeds": int(group[column].notna().sum())})
     return pd.DataFrame(rows)
 
 
@@ -89,10 +89,12 @@ def paired_vs_random(results: pd.DataFrame) -> pd.DataFrame:
     return paired_vs(results, "random")
 
 
-def paired_vs(results: pd.DataFrame, reference: str, strategies: list[str] | None = None) -> pd.DataFrame:
+def paired_vs(results: pd.DataFrame, reference: str, strategies: list[str] | None = None,
+              column: str = "accuracy") -> pd.DataFrame:
     """paired_vs_random against any `reference` strategy, for `strategies` (default: all but
-    the reference), at every budget each ran (pairs = 0 where the reference did not)."""
-    ref = results[results["strategy"] == reference].set_index(["budget_n", "seed"])["accuracy"]
+    the reference), at every budget each ran (pairs = 0 where the reference did not), on
+    `column` (the judge suite: judge_win_rate)."""
+    ref = results[results["strategy"] == reference].set_index(["budget_n", "seed"])[column]
     rows = []
     for strategy in strategies if strategies is not None else _strategies(results):
         if strategy == reference:
@@ -100,7 +102,7 @@ def paired_vs(results: pd.DataFrame, reference: str, strategies: list[str] | Non
         for budget_n, group in results[results["strategy"] == strategy].groupby("budget_n"):
             keys = [(budget_n, s) for s in group["seed"]]
             present = [k in ref.index for k in keys]
-            diffs = group["accuracy"].to_numpy()[present] - ref.loc[[k for k, p in zip(keys, present) if p]].to_numpy()
+            diffs = group[column].to_numpy()[present] - ref.loc[[k for k, p in zip(keys, present) if p]].to_numpy()
             diffs = diffs[~np.isnan(diffs)]  # a run without an accuracy is no pair
             m, lo, hi = mean_ci(diffs)
             rows.append({"strategy": strategy, "budget_n": int(budget_n), "diff": m, "ci_low": lo, "ci_high": hi,
@@ -368,6 +370,7 @@ def build_report(exp: Path) -> str:
         for _, r in paired.iterrows():
             lines.append(f"| {r['strategy']} | {labels.get(int(r['budget_n']), r['budget_n'])} | {_paired_cells(r)} |")
     lines += _variant_lines(results, labels)
+    lines += _judge_lines(results, strategies, budgets, labels)
     saving = saving_vs_random(results)
     lines += ["", "## Annotation saving", ""]
     if len(saving):
@@ -434,6 +437,38 @@ def _variant_lines(results: pd.DataFrame, labels: dict) -> list[str]:
                   "|---|---|---|---|---|"]
         for _, r in paired.iterrows():
             lines.append(f"| {labels.get(int(r['budget_n']), r['budget_n'])} | {_paired_cells(r)} |")
+    return lines
+
+
+def _judge_lines(results: pd.DataFrame, strategies: list[str], budgets: list, labels: dict) -> list[str]:
+    """The judge suite's section: its win rate per strategy x budget, and the paired
+    differences against random, in points."""
+    if "judge_win_rate" not in results.columns or results["judge_win_rate"].isna().all():
+        return []
+    summary = summary_table(results, "judge_win_rate")
+    lines = ["", "## Judge win rate", "",
+             "The judge suite's win rate against the reference answers (percent; mean over seeds and its 95% "
+             "t-interval). Its per-run details (judge, prompt config, order, position bias, length-controlled win "
+             "rate) are in each run's eval-judge/results.json.", "",
+             "| strategy | " + " | ".join(f"{labels[int(b)]} ({int(b)})" for b in budgets) + " |",
+             "|---" * (len(budgets) + 1) + "|"]
+    for strategy in strategies:
+        cells = []
+        for b in budgets:
+            row = summary[(summary["strategy"] == strategy) & (summary["budget_n"] == b)]
+            cells.append(_fmt(*row[["mean", "ci_low", "ci_high"]].iloc[0]) if len(row) else "not run")
+        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    for ref in ("full", "base"):
+        values = results.loc[results["strategy"] == ref, "judge_win_rate"]
+        if len(values):
+            lines.append(f"| {ref} | " + " | ".join([_fmt(*mean_ci(values))] * len(budgets)) + " |")
+    paired = paired_vs(results, "random", column="judge_win_rate")
+    if len(paired):
+        lines += ["", "Win rate minus random's at the same budget and seed (points):", "",
+                  "| strategy | budget | mean difference [95% CI] | wins / pairs | p (sign) | p (permutation) |",
+                  "|---|---|---|---|---|---|"]
+        for _, r in paired.iterrows():
+            lines.append(f"| {r['strategy']} | {labels.get(int(r['budget_n']), r['budget_n'])} | {_paired_cells(r)} |")
     return lines
 
 
