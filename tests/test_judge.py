@@ -10,9 +10,15 @@ AlpacaEval instructions, answered by SmolLM2 itself, and reruns it from the cach
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -58,6 +64,7 @@ class FakeJudge(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        time.sleep(self.state["delay"])
         with self.state["lock"]:
             self.state["requests"] += 1
             fail = self.state["fail"].pop(0) if self.state["fail"] else None
@@ -79,7 +86,7 @@ class FakeJudge(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_judge():
-    FakeJudge.state = {"lock": threading.Lock(), "requests": 0, "fail": []}
+    FakeJudge.state = {"lock": threading.Lock(), "requests": 0, "fail": [], "delay": 0.0}
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeJudge)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -167,6 +174,56 @@ def test_an_unreachable_or_wrong_judge_fails_fast_and_clearly(fake_judge, judge_
                  "--judge-data", str(ref), "--out", str(tmp_path / "c")]) == 1
     assert f"--judge-model gpt-9: {url} serves {FAKE}" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "c" / "results.json").exists()
+
+
+def test_a_killed_run_loses_only_the_requests_in_flight(fake_judge, judge_files, tmp_path):
+    url, state = fake_judge
+    ref, outs = judge_files
+    state["delay"] = 1.0
+    cache = tmp_path / "verdicts.sqlite"
+    cmd = [sys.executable, "-m", "taskdiv.cli", "evaluate", str(outs), "--suite", "judge", "--judge-url", url,
+           "--judge-model", FAKE, "--judge-data", str(ref), "--judge-cache", str(cache), "--judge-concurrency", "1",
+           "--out", str(tmp_path / "r"), "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(Path(judge.__file__).parents[1])}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with sqlite3.connect(cache, timeout=1) as conn:
+                    if conn.execute("SELECT count(*) FROM verdicts").fetchone()[0] >= 2:
+                        break
+            except sqlite3.Error:
+                pass
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    with sqlite3.connect(cache) as conn:
+        kept = conn.execute("SELECT count(*) FROM verdicts").fetchone()[0]
+    assert 2 <= kept < 6
+    state["delay"] = 0.0
+    assert run_judge(url, ref, outs, tmp_path / "r") == 0
+    res = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert res["verdicts"]["reused"] == kept and res["verdicts"]["asked"] == 6 - kept
+
+
+@pytest.mark.slow
+def test_an_experiment_with_the_judge_suite_reports_its_win_rate(fake_judge, judge_files, tmp_path, tiny_model_dir):
+    from test_experiments import write_config
+
+    url, _ = fake_judge
+    ref, _ = judge_files
+    judge_opts = {"judge_url": url, "judge_model": FAKE, "judge_data": str(ref),
+                  "judge_cache": str(tmp_path / "verdicts.sqlite"), "max_answer_tokens": 8}
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, suites=["heldout", "judge"], budgets=[4], seeds=[0],
+                       full=False, suite_options={"judge": judge_opts})
+    assert main(["experiment", str(cfg), "--out", str(tmp_path / "exp")]) == 0
+    results = pd.read_csv(tmp_path / "exp" / "results.csv")
+    assert results["judge_win_rate"].between(0, 100).all() and len(results) == 3
+    assert (tmp_path / "exp" / "runs" / "base" / "eval-judge" / "results.json").exists()
+    assert main(["report", str(tmp_path / "exp")]) == 0
+    assert "## Judge win rate" in (tmp_path / "exp" / "report.md").read_text()
 
 
 @pytest.mark.parametrize("argv, message", [
