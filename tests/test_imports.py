@@ -17,16 +17,18 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "taskdiv"
 LAYERS: list[set[str]] = [
     {"taskdiv", "errors"},                                      # the package's version; error types
     {"fileio", "packages", "progress", "config", "metrics", "allocation", "kcenter", "analysis",
-     "splits"},                                                 # plumbing; the split rule of every source
+     "splits", "vllm_server"},                                  # plumbing; the split rule of every source
     {"models", "registry", "benchmarks"},                       # embedded models; package index; MMLU, BBH, gauntlet
     {"generation"},                                             # the local scoring engine
-    {"distributed"},                                            # the Ray engine (scoring, embeddings)
+    {"distributed", "vllm_engine"},                             # the Ray and vLLM engines
     {"embeddings", "bigbench", "harness"},                      # prompt vectors, BIG-bench, lm-eval
     {"data"},                                                   # the pool
     {"strategies"},                                             # selection strategies over a pool
     {"annotate.answers"},                                       # what annotators return, the selection
     {"annotate.store", "annotate.jsonl", "annotate.label_studio", "annotate.argilla"},  # the store, the formats
     {"annotate"},                                               # the FORMATS registry
+    {"answers"},                                                # long-form answers (local or vLLM)
+    {"judge"},                                                  # an LLM judge's win rate (the judge suite)
     # the stages a user runs
     {"selection", "scoring", "training", "evaluation", "annotate.commands"},
     {"experiments"},                                            # every stage, end to end

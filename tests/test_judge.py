@@ -300,8 +300,8 @@ def test_length_controlled_v1_from_local_files_else_minimal(tmp_path):
     assert minimal["method"].startswith("length_controlled_minimal") and 0 < minimal["length_controlled_winrate"] < 100
     # alpaca_eval's two files, made up (their columns as the package reads them).
     gamed = pd.DataFrame({"model": "g", "index": np.tile(range(n), 2), "preference": rng.random(2 * n),
-                          "std_delta_len": rng.normal(size=2 * n), "instruction_difficulty": np.tile(rng.normal(size=n), 2),
-                          "not_gamed_baseline": False})
+                          "std_delta_len": rng.normal(size=2 * n),
+                          "instruction_difficulty": np.tile(rng.normal(size=n), 2), "not_gamed_baseline": False})
     gamed.to_csv(tmp_path / "df_gamed.csv", index=False)
     gamed.drop_duplicates("index")[["instruction_difficulty"]].to_csv(tmp_path / "instruction_difficulty.csv")
     v1 = judge.length_controlled(pairs, answers, alpaca=True, lc_data=str(tmp_path))

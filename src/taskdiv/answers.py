@@ -23,11 +23,11 @@ log = logging.getLogger(__name__)
 def generate(cfg, ref, tok, chat: bool, frame: pd.DataFrame, partial, key: str) -> tuple[dict[str, str], dict]:
     """({id: answer}, timings) for the rows of `frame` (id, instruction), resuming from `partial`."""
     from . import models
-    from .evaluation import _append, _read_partial, load_model
-    from .fileio import write_jsonl
+    from .fileio import append_partial, read_partial, write_jsonl
+    from .generation import load_model
     from .progress import bar
 
-    done = _read_partial(partial, key)
+    done = read_partial(partial, key)
     if done:
         log.info("resuming: %d of %d answer(s) already generated", len(done), len(frame))
     write_jsonl(partial, [{"key": key}, *done.values()])
@@ -42,6 +42,8 @@ def generate(cfg, ref, tok, chat: bool, frame: pd.DataFrame, partial, key: str) 
             context = models.context_length(model.config)
         else:
             model, tok = load_model(ref, models.dtype_name(cfg.dtype), tok)
+            if ref.adapter:
+                model = model.merge_and_unload()  # a run's LoRA adapter, merged for speed
             context = models.context_length(model)
         info["load_seconds"] = round(time.perf_counter() - start, 2)
         start = time.perf_counter()
@@ -57,7 +59,7 @@ def generate(cfg, ref, tok, chat: bool, frame: pd.DataFrame, partial, key: str) 
                     batch = [prompts[i] for i in ids]
                     texts = model.answers(batch, cfg.max_answer_tokens) if cfg.engine == "vllm" \
                         else _local(model, tok, batch, cfg.max_answer_tokens)
-                    _append(sink, [{"id": i, "output": t} for i, t in zip(ids, texts)], done, progress)
+                    append_partial(sink, [{"id": i, "output": t} for i, t in zip(ids, texts)], done, progress)
         finally:
             progress.close()
             if cfg.engine == "vllm":

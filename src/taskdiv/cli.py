@@ -121,8 +121,8 @@ def configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if verbose < 2:
-        for noisy in ("httpx", "httpx2", "openai", "urllib3", "datasets", "transformers", "sentence_transformers", "filelock",
-                      "accelerate", "argilla"):
+        for noisy in ("httpx", "httpx2", "openai", "urllib3", "datasets", "transformers", "sentence_transformers",
+                      "filelock", "accelerate", "argilla"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

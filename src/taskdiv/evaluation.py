@@ -45,8 +45,8 @@ import pandas as pd
 
 from .config import to_dict
 from .errors import DataError, TaskdivError
-from .fileio import (check_output_dir, dump_jsonl, dump_table, dumps_json, file_sha256, iter_jsonl, output_set,
-                     write_jsonl)
+from .fileio import (append_partial, check_output_dir, dump_jsonl, dump_table, dumps_json, file_sha256, iter_jsonl,
+                     output_set, read_partial, write_jsonl)
 from .models import EMBEDDED
 
 log = logging.getLogger(__name__)
@@ -287,7 +287,7 @@ def run_heldout(model, tok, frame: pd.DataFrame, chat: bool, cfg: EvalConfig, pa
     from . import models
     from .progress import bar
 
-    done = _read_partial(partial, key)
+    done = read_partial(partial, key)
     if done:
         log.info("resuming: %d of %d item(s) already evaluated", len(done), len(frame))
     # Rewritten (atomically) before appending: a line cut off by the interruption would
@@ -329,7 +329,7 @@ def run_heldout(model, tok, frame: pd.DataFrame, chat: bool, cfg: EvalConfig, pa
                 pred = row["choices"][int(np.argmax(s))]
                 recs.append({"id": row["id"], "task": row["task"], "kind": "mc", "prediction": pred,
                              "correct": pred in row["targets"], "scores": [round(float(x), 5) for x in s]})
-            _append(sink, recs, done, progress)
+            append_partial(sink, recs, done, progress)
         for start in range(0, len(gen), cfg.batch_size):
             batch = gen.iloc[start:start + cfg.batch_size]
             run = model.generate if hasattr(model, "conn") else lambda p, c: generate(model, tok, p, c)
@@ -337,39 +337,9 @@ def run_heldout(model, tok, frame: pd.DataFrame, chat: bool, cfg: EvalConfig, pa
             recs = [{"id": i, "task": t, "kind": "generative", "prediction": text,
                      "correct": normalise_answer(text) in {normalise_answer(x) for x in ts}}
                     for i, t, ts, text in zip(batch["id"], batch["task"], batch["targets"], texts)]
-            _append(sink, recs, done, progress)
+            append_partial(sink, recs, done, progress)
     progress.close()
     return pd.DataFrame([done[i] for i in frame["id"]])
-
-
-def _read_partial(partial: Path, key: str) -> dict[str, dict]:
-    """The records of a previous run with the same key, up to the first damaged line.
-
-    A header that cannot be read counts as another key: the file is started afresh.
-    """
-    if not partial.exists():
-        return {}
-    lines = partial.read_text(encoding="utf-8", errors="replace").splitlines()
-    records = []
-    for ln in lines:
-        try:
-            rec = json.loads(ln)
-        except json.JSONDecodeError:
-            break  # a line cut off by the interruption
-        if not isinstance(rec, dict):
-            break
-        records.append(rec)
-    if not records or records[0].get("key") != key:
-        return {}
-    return {rec["id"]: rec for rec in records[1:] if "id" in rec}
-
-
-def _append(sink, recs, done, progress) -> None:
-    sink.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
-    sink.flush()
-    for r in recs:
-        done[r["id"]] = r
-    progress.update(len(recs))
 
 
 # ----------------------------------------------------------------------------- statistics

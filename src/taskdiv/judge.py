@@ -193,8 +193,8 @@ class VerdictCache:
         out = {}
         for i in range(0, len(keys), 500):
             chunk = keys[i:i + 500]
-            rows = self.conn.execute(f"SELECT key, completion FROM verdicts WHERE key IN ({','.join('?' * len(chunk))})",
-                                     chunk).fetchall()
+            marks = ",".join("?" * len(chunk))
+            rows = self.conn.execute(f"SELECT key, completion FROM verdicts WHERE key IN ({marks})", chunk).fetchall()
             out.update({k: json.loads(c) for k, c in rows})
         return out
 
