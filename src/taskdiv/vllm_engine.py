@@ -41,6 +41,7 @@ import logging
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 
@@ -247,8 +248,33 @@ class VLLMScorer(Scorer):
                                f"the server must return token ids (vLLM: return_tokens_as_token_ids)")
         return tid
 
+    def stream(self, model: Connection, eos, batches: list[list[str]], encoded):
+        """Yield each batch's rows as its request returns, --concurrency requests in flight."""
+        pool = ThreadPoolExecutor(max_workers=max(1, min(self.cfg.concurrency, len(batches))),
+                                  thread_name_prefix="taskdiv-vllm")
+        try:
+            todo = iter(batches)
+            running = {pool.submit(self.generate, model, eos, shas, encoded)
+                       for shas in islice(todo, self.cfg.concurrency)}
+            while running:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    yield fut.result()
+                    nxt = next(todo, None)
+                    if nxt is not None:
+                        running.add(pool.submit(self.generate, model, eos, nxt, encoded))
+        finally:  # on an error or Ctrl-C: no new request; those in flight end with the server
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def generate_batches(self, model: Connection, eos, batches: list[list[str]], encoded) -> list:
+        """The rows of several batches (a Ray shard), sent at once."""
+        rows = {}
+        for batch_rows in self.stream(model, eos, batches, encoded):
+            rows.update({r[0]: r for r in batch_rows})
+        return [rows[sha] for shas in batches for sha in shas]
+
     def run(self, prompts: dict[str, str], desc: str) -> None:
-        """Generate for {sha: prompt}, --concurrency requests in flight, each stored as it returns."""
+        """Generate for {sha: prompt}, storing each request's rows as it returns."""
         if not prompts:
             return
         from . import progress
@@ -259,30 +285,14 @@ class VLLMScorer(Scorer):
         eos = self.eos_ids(model)
         order, encoded = self.plan(prompts)
         bs = self.cfg.batch_size
-        batches = [order[i:i + bs] for i in range(0, len(order), bs)]
         start = time.perf_counter()
-        pool = ThreadPoolExecutor(max_workers=min(self.cfg.concurrency, len(batches)),
-                                  thread_name_prefix="taskdiv-vllm")
         try:
             with progress.bar(total=len(order), desc=f"{desc} (vllm)", unit="prompt") as pbar:
-                todo = iter(batches)
-                running = set()
-                for shas in todo:  # fill the pipeline, then one new request per finished one
-                    running.add(pool.submit(self.generate, model, eos, shas, encoded))
-                    if len(running) >= self.cfg.concurrency:
-                        break
-                while running:
-                    done, running = wait(running, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        rows = fut.result()
-                        self.cache.add(rows)
-                        self.computed += len(rows)
-                        pbar.update(len(rows))
-                        nxt = next(todo, None)
-                        if nxt is not None:
-                            running.add(pool.submit(self.generate, model, eos, nxt, encoded))
+                for rows in self.stream(model, eos, [order[i:i + bs] for i in range(0, len(order), bs)], encoded):
+                    self.cache.add(rows)
+                    self.computed += len(rows)
+                    pbar.update(len(rows))
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
             self.seconds += time.perf_counter() - start
 
     def close(self) -> None:
