@@ -19,7 +19,10 @@ them.
 
 Engines: --engine local (this process) or --engine ray (Ray Data feeding scorer actors
 that run the local engine's `generation.Scorer.generate` on shards of the same batches; see
-`taskdiv.distributed` for its shard files and how they meet this cache).
+`taskdiv.distributed` for its shard files and how they meet this cache), or --engine vllm
+(the same prompts sent as token ids to a vLLM server, its own or --vllm-url; with
+--engine ray --runner vllm, one per actor; see `taskdiv.vllm_engine`). vLLM rows carry
+"engine": "vllm" in their settings, so they never mix with the local engine's.
 
 Sampling: --per-task N scores a seeded sample of N prompts per task (all of a smaller
 task). --target-ci W then scores more, round by round, in every task whose 95%
