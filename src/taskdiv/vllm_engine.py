@@ -38,6 +38,7 @@ cannot see the server's weights.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -189,6 +190,7 @@ class VLLMScorer(Scorer):
     def __init__(self, cfg, ref, tokenizer, chat: bool, max_prompt: int, cache, *, log_path=None):
         super().__init__(cfg, ref, tokenizer, chat, max_prompt, cache)
         self.log_path = log_path
+        self._tok_lock = threading.Lock()
         if not cfg.vllm_url:  # a missing vLLM is said before any work
             from .vllm_server import vllm_python
 
@@ -205,7 +207,7 @@ class VLLMScorer(Scorer):
     def eos_ids(self, model) -> set:
         return eos_ids(self.ref, self.tok)
 
-    def generate(self, model: Connection, eos, shas: list[str], encoded) -> list[tuple[str, Generation, str, int, bool]]:
+    def generate(self, model: Connection, eos, shas: list[str], encoded) -> list[tuple]:
         """One batch, one request: the rows `ScoreCache.add` stores."""
         ids = [encoded[s][0] for s in shas]
         limit = model.max_model_len
@@ -217,16 +219,16 @@ class VLLMScorer(Scorer):
                                    f"{limit - self.cfg.max_new_tokens} or less")
         reply = model.client.completions(model=model.name, prompt=ids, max_tokens=self.cfg.max_new_tokens,
                                          temperature=0.0, logprobs=0, stop_token_ids=sorted(eos), ignore_eos=False,
-                                         skip_special_tokens=False, return_tokens_as_token_ids=True,
-                                         include_stop_str_in_output=True)
+                                         skip_special_tokens=False, return_tokens_as_token_ids=True)
         choices = sorted(reply.get("choices", []), key=lambda c: c["index"])
         if len(choices) != len(ids):
             raise TaskdivError(f"{model.client.url}: {len(choices)} completion(s) for {len(ids)} prompt(s)")
         rows = []
         for sha, prompt, choice in zip(shas, ids, choices):
             gen = self.parse(choice, eos)
-            rows.append((sha, gen, self.tok.decode(gen.token_ids, skip_special_tokens=True), len(prompt),
-                         encoded[sha][1]))
+            with self._tok_lock:  # requests run in threads; one tokenizer
+                text = self.tok.decode(gen.token_ids, skip_special_tokens=True)
+            rows.append((sha, gen, text, len(prompt), encoded[sha][1]))
         return rows
 
     def parse(self, choice: dict, eos) -> Generation:
