@@ -98,8 +98,8 @@ test: install vllm
 test-integration: install label-studio
 	TASKDIV_LABEL_STUDIO=$(abspath $(LS_VENV))/bin/label-studio $(PY) -m pytest -q -m integration $(PYTEST_ARGS)
 
-bench: install
-	$(PY) bench/run.py
+bench: install vllm
+	TASKDIV_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(PY) bench/run.py
 
 experiment: install
 	$(TASKDIV) experiment configs/cpu-small.yaml --out results/cpu-small

