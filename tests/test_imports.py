@@ -20,7 +20,8 @@ LAYERS: list[set[str]] = [
      "splits", "vllm_server"},                                  # plumbing; the split rule of every source
     {"models", "registry", "benchmarks"},                       # embedded models; package index; MMLU, BBH, gauntlet
     {"generation"},                                             # the local scoring engine
-    {"distributed", "vllm_engine"},                             # the Ray and vLLM engines
+    {"vllm_engine"},                                            # the vLLM engine (scoring, evaluation)
+    {"distributed"},                                            # the Ray engine (its runner: local or vLLM)
     {"embeddings", "bigbench", "harness"},                      # prompt vectors, BIG-bench, lm-eval
     {"data"},                                                   # the pool
     {"strategies"},                                             # selection strategies over a pool

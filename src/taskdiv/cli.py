@@ -102,7 +102,8 @@ def run_env() -> None:
     print(f"python {platform.python_version()} ({sys.executable})")
     print(f"platform {platform.platform()}")
     for pkg in ("numpy", "pandas", "pyarrow", "torch", "transformers", "accelerate", "gguf", "peft", "trl",
-                "datasets", "lm_eval", "sentence-transformers", "scikit-learn", "argilla", "matplotlib"):
+                "datasets", "lm_eval", "sentence-transformers", "scikit-learn", "argilla", "matplotlib", "alpaca-eval",
+                "openai"):
         try:
             version = metadata.version(pkg)
         except metadata.PackageNotFoundError:
