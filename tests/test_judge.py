@@ -71,6 +71,8 @@ class FakeJudge(BaseHTTPRequestHandler):
         if fail:
             return self._send(fail, {"error": {"message": f"status {fail}"}}, {"retry-after-ms": "10"})
         prompt = body["messages"][-1]["content"]
+        if "TOOLONG" in prompt:
+            return self._send(400, {"error": {"message": "This model's maximum context length is 4096 tokens"}})
         first, second = [part.split('"""')[0] for part in prompt.split('"output": """')[1:3]]
         if "UNREADABLE" in prompt:
             top = [("The", -0.1), ("Both", -2.0)]
@@ -144,6 +146,19 @@ def test_win_rate_cache_and_unreadable_verdicts(fake_judge, judge_files, tmp_pat
     assert res2["verdicts"]["asked"] == 0 and res2["verdicts"]["reused"] == 6 and state["requests"] == 9
     assert res2["win_rate"] == res["win_rate"]
     assert "0 asked, 6 reused" in capsys.readouterr().out
+
+
+def test_a_prompt_the_server_refuses_is_counted_not_cached_and_asked_again(fake_judge, tmp_path):
+    url, state = fake_judge
+    ref = [{"dataset": "d", "instruction": f"Task {n}", "output": "reference"} for n in ("a", "TOOLONG")]
+    outs = [{"instruction": r["instruction"], "output": "a longer answer"} for r in ref]
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    (tmp_path / "outs.json").write_text(json.dumps(outs))
+    for attempt in (1, 2):
+        assert run_judge(url, tmp_path / "ref.json", tmp_path / "outs.json", tmp_path / "r") == 0
+        res = json.loads((tmp_path / "r" / "results.json").read_text())
+        assert res["verdicts"]["refused"] == 1 and res["verdicts"]["unparsed"] == 1 and res["win_rate"]["n"] == 1
+        assert res["verdicts"]["asked"] == (2 if attempt == 1 else 1)  # the refused one is asked again
 
 
 def test_both_orders_and_the_position_bias(fake_judge, judge_files, tmp_path):
@@ -348,3 +363,10 @@ def test_judge_suite_end_to_end_with_the_local_vllm_judge(vllm_server, tmp_path,
     assert res2["verdicts"]["asked"] == 0 and res2["verdicts"]["reused"] == 5
     assert res2["win_rate"] == res["win_rate"]
     assert "0 asked, 5 reused" in capsys.readouterr().out
+    # The answers from the vLLM server instead (greedy, float32: mostly the same text, so mostly cached verdicts).
+    assert main([*args, "--engine", "vllm", "--vllm-url", vllm_server.url, "--out", str(tmp_path / "r3")]) == 0
+    res3 = json.loads((tmp_path / "r3" / "results.json").read_text())
+    assert res3["config"]["engine"] == "vllm" and res3["verdicts"]["total"] == 5
+    same = sum(a["output"] == b["output"] for a, b in zip(
+        answers, map(json.loads, (tmp_path / "r3" / "answers.jsonl").read_text().splitlines())))
+    assert res3["verdicts"]["reused"] >= same

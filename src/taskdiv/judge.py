@@ -260,7 +260,7 @@ class Judge:
         self.cache = VerdictCache(cache or cache_dir("judge") / "verdicts.sqlite")
         self.owner = None
         self.client = None
-        self.asked = self.reused = 0
+        self.asked = self.reused = self.refused = 0
         self.seconds = 0.0
 
     # -- the server
@@ -336,6 +336,8 @@ class Judge:
         self.reused += len(set(keys)) - len(todo)
         start = time.perf_counter()
         if todo:
+            import openai
+
             from .progress import bar
 
             pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(todo)), thread_name_prefix="taskdiv-judge")
@@ -351,21 +353,22 @@ class Judge:
                         done, _ = wait(futures, return_when=FIRST_COMPLETED)
                         for fut in done:
                             k = futures.pop(fut)
-                            found[k] = fut.result()
-                            self.cache.put(k, self.model, self.annotator_name, found[k])
+                            try:
+                                found[k] = fut.result()
+                                self.cache.put(k, self.model, self.annotator_name, found[k])
+                            except openai.BadRequestError as e:  # this prompt only (e.g. beyond the context)
+                                found[k] = {"text": "", "logprobs": None, "error": str(e)[:300]}  # not cached
+                                self.refused += 1
                             self.asked += 1
                             pbar.update(1)
                             nxt = next(items, None)
                             if nxt is not None:
                                 futures[pool.submit(self._ask, nxt[1])] = nxt[0]
-            except Exception as e:
-                import openai
-
-                if isinstance(e, openai.OpenAIError):
-                    raise TaskdivError(f"the judge at {self.url} failed after {self.retries} retries: "
-                                       f"{str(e)[:300]} ({self.asked} verdict(s) of this run are cached; rerun "
-                                       f"to resume)") from None
-                raise
+            except openai.OpenAIError as e:
+                retried = isinstance(e, (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError))
+                raise TaskdivError(f"the judge at {self.url} failed{f' after {self.retries} retries' if retried else ''}"
+                                   f": {str(e)[:300]} ({self.asked} verdict(s) of this run are cached; rerun to "
+                                   f"resume)") from None
             finally:
                 pool.shutdown(wait=False, cancel_futures=True)
         self.seconds += time.perf_counter() - start
@@ -646,7 +649,8 @@ def summarise(verdicts: pd.DataFrame, frame: pd.DataFrame, alpaca: bool, cfg, ju
                "length_controlled": length_controlled(pairs, frame, alpaca, cfg.lc_data),
                "position_bias": position_bias(verdicts, judge.order),
                "verdicts": {"total": len(verdicts), "asked": judge.asked, "reused": judge.reused,
-                            "unparsed": unread, "instructions_without_verdict": int(pairs["preference"].isna().sum()),
+                            "unparsed": unread, "refused": judge.refused,
+                            "instructions_without_verdict": int(pairs["preference"].isna().sum()),
                             "seconds": round(judge.seconds, 2),
                             "seconds_per_verdict": round(judge.seconds / judge.asked, 3) if judge.asked else None},
                "judge": judge.describe(), "instructions": len(frame), "alpaca_eval_set": alpaca}
@@ -655,8 +659,9 @@ def summarise(verdicts: pd.DataFrame, frame: pd.DataFrame, alpaca: bool, cfg, ju
     results["macro"] = {"n_tasks": len(results["datasets"]), "n": wr["n"], "accuracy": wr["win_rate"] / 100,
                         "ci_low": wr["ci_low"] / 100, "ci_high": wr["ci_high"] / 100}
     if unread:
-        log.warning("%d of %d verdict(s) could not be parsed (%s): left out of the win rate, not counted as losses",
-                    unread, len(verdicts), judge.prompt_config["parser"])
+        log.warning("%d of %d verdict(s) could not be parsed (%s; %d of them refused by the server, e.g. a prompt "
+                    "beyond its context, not cached): left out of the win rate, not counted as losses",
+                    unread, len(verdicts), judge.prompt_config["parser"], judge.refused)
     return results
 
 
