@@ -1,4 +1,5 @@
 """`taskdiv experiment`: a tiny grid end to end, SIGKILL and resume, bad configs."""
+import io
 import json
 import os
 import shutil
@@ -343,3 +344,26 @@ def test_a_grid_experiment_reruns_over_the_config_it_wrote(tmp_path, tiny_model_
     assert f"{exp / 'results.csv'} lists 1 run(s) of this grid that have no finished run directory here " \
            f"(random-b4-s0)" in caplog.text
     assert list(pd.read_csv(exp / "results.csv")["run"]) == ["random-b4-s0"]
+
+
+@pytest.mark.parametrize("study", ["cpu-small", "cpu-skewed"])
+def test_a_committed_study_needs_no_pool(tmp_path, monkeypatch, capsys, study):
+    """The committed studies' pools are BIG-bench, which no index serves any more: a finished
+    grid is collated and reported from its run directories; an unfinished one says which runs
+    need the pool and that `report` needs none."""
+    root = Path(__file__).parents[1]
+    exp = tmp_path / study
+    shutil.copytree(root / "results" / study, exp)
+    monkeypatch.setenv("TASKDIV_BIGBENCH", str(tmp_path / "no-bigbench-here"))
+    before = (exp / "results.csv").read_text()
+    assert main(["experiment", str(root / "configs" / f"{study}.yaml"), "--out", str(exp)]) == 0
+    assert pd.read_csv(exp / "results.csv").equals(pd.read_csv(io.StringIO(before)))
+    assert main(["report", str(exp)]) == 0
+    assert (exp / "report.md").read_text() == (root / "results" / study / "report.md").read_text()
+    (exp / "runs" / "random-b214-s1" / "done" if study == "cpu-skewed" else
+     next((exp / "runs").glob("random-*-s1")) / "done").unlink()
+    capsys.readouterr()
+    assert main(["experiment", str(root / "configs" / f"{study}.yaml"), "--out", str(exp)]) == 1
+    err = capsys.readouterr().err
+    assert "no-bigbench-here" in err and "1 of the grid's" in err and "need the pool" in err
+    assert f"taskdiv report {exp}" in err

@@ -327,7 +327,12 @@ class Experiment:
             raise TaskdivError("experiment config: key 'suites' is empty")
         if "heldout" in cfg.suites and not cfg.test:
             raise TaskdivError("experiment config: key 'test' is required for the heldout suite")
-        self.pool = load_pool(cfg.pool, FieldMap(**self.fields))
+        try:
+            self.pool = load_pool(cfg.pool, FieldMap(**self.fields))
+        except TaskdivError as e:
+            self.runs = self._finished_without_pool(e)
+            self.pool, self.test = None, None
+            return self.runs
         check_responses(self.pool, cfg.pool, self.fields.get("response_field", "response"))
         self.runs = plan(cfg, len(self.pool))
         # Build every stage config once now, so that a bad key fails before any run.
@@ -356,6 +361,35 @@ class Experiment:
         for s in grid_strategies(cfg):
             self._select_config(Run("check", s, "1", 1, 0), Path("x"))
         return self.runs
+
+    def _finished_without_pool(self, error: TaskdivError) -> list[Run]:
+        """The grid's runs when the pool cannot be loaded (a source withdrawn, its files
+        elsewhere) but every run is finished: their results need no pool. Otherwise the
+        pool's error, saying which runs are left and that `taskdiv report` needs none."""
+        size = self._recorded_pool_size()
+        if size is None:
+            raise TaskdivError(f"{str(error).rstrip('.')}; {self.out} records no finished grid (scores/tasks.csv "
+                               f"or a full-data run) to collate without the pool") from error
+        runs = plan(self.cfg, size)
+        todo = self.unfinished(runs)
+        if todo:
+            shown = ", ".join(r.id for r in todo[:3]) + (" ..." if len(todo) > 3 else "")
+            raise TaskdivError(f"{str(error).rstrip('.')}; {len(todo)} of the grid's {len(runs)} run(s) are not "
+                               f"finished ({shown}) and need the pool. The {len(runs) - len(todo)} finished run(s) need none: "
+                               f"`taskdiv report {self.out}` rebuilds the report from them") from error
+        log.warning("the pool cannot be loaded (%s); every run of the grid is finished, so the results are "
+                    "collated from %s without it", error, self.out / "runs")
+        return runs
+
+    def _recorded_pool_size(self) -> int | None:
+        """The pool's size as the finished experiment recorded it: the scored task table's
+        `available` column, else the budget of a full-data run."""
+        tasks = self.out / "scores" / "tasks.csv"
+        if tasks.exists():
+            return int(pd.read_csv(tasks)["available"].sum())
+        for path in sorted((self.out / "runs").glob("full-s*/result.json")):
+            return int(json.loads(path.read_text(encoding="utf-8"))["budget_n"])
+        return None
 
     def check_previous_config(self) -> None:
         """A rerun into the same --out may only extend the grid: finished runs are skipped, so a
@@ -708,7 +742,8 @@ def run_experiment(cmd: ExperimentCommand) -> None:
             print(f"{r.id:40s} strategy={r.strategy:24s} budget={r.budget_n:6d} seed={r.seed}"
                   + ("" if r in todo else "  (done)"))
         est = estimate_seconds(cfg, todo, n_test)
-        print(f"{len(runs)} run(s), {len(runs) - len(todo)} already done; pool {len(exp.pool)} prompts, "
+        pool = f"{len(exp.pool)} prompts" if exp.pool is not None else "not loaded (every run is finished)"
+        print(f"{len(runs)} run(s), {len(runs) - len(todo)} already done; pool {pool}, "
               f"test {n_test} items; estimate for the {len(todo)} left at SmolLM2-135M rates on 2 cores: "
               f"{est / 60:.0f} min" + (" (plus scoring the pool)" if exp.must_score(todo) else ""))
         return
