@@ -219,9 +219,10 @@ def _read_task(name: str, coll: str, root: Path | None, data: str | None) -> pd.
     # subjects' dev and val rows, and the gauntlet holds BIG-bench items that BBH holds too.
     overlap = suite_overlap(frame, data)
     if len(overlap):
-        log.info("%s: %d item(s) left out, the mmlu/bbh suites score them (%s, ...)", name, len(overlap),
-                 overlap["suite_item"].iloc[0])
+        log.debug("%s: %d item(s) left out, the mmlu/bbh suites score them (%s, ...)", name, len(overlap),
+                  overlap["suite_item"].iloc[0])
         frame = frame[~frame.index.isin(overlap.index)]
+    frame.attrs["left_out"] = len(overlap)
     return frame
 
 
@@ -360,12 +361,17 @@ def load(names: list[str], options: SplitOptions | None = None, *, data: str | N
     """Pool rows of the given presets/collections/tasks for one split (see the module docstring)."""
     options = options or SplitOptions()
     frames = {}
+    left_out = 0
     for name in resolve(names, data, collection):
         frame = read_task(name, data)
+        left_out += frame.attrs.get("left_out", 0)
         if len(frame) == 0:
             log.warning("%s has no usable items; skipped", name)
             continue
         frames[name] = frame
+    if left_out:
+        log.info("%s: %d item(s) left out of %d task(s): the mmlu/bbh evaluation suites score them (-vv lists "
+                 "them by task)", where, left_out, len(frames))
     return split_tasks(frames, options, where=where)
 
 
