@@ -367,3 +367,57 @@ def test_a_committed_study_needs_no_pool(tmp_path, monkeypatch, capsys, study):
     err = capsys.readouterr().err
     assert "no-bigbench-here" in err and "1 of the grid's" in err and "need the pool" in err
     assert f"taskdiv report {exp}" in err
+
+
+@pytest.mark.slow
+def test_two_round_strategy_end_to_end(tmp_path, tiny_model_dir):
+    """Round 1 (task-diversity, half the budget) is annotated and trained on, the round-1
+    model re-scores a per-task sample of the rest, round 2 (weighted-task-diversity on those
+    confidences) excludes round 1's prompts, and the final model trains on both. A rerun
+    does nothing; a run killed after round 1's training resumes from there."""
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, strategies=["two-round"], budgets=[8], seeds=[0],
+                       full=False, two_round={"share": 0.5, "rescore_per_task": 3})
+    exp = tmp_path / "exp"
+    assert main(["experiment", str(cfg), "--out", str(exp)]) == 0
+    d = exp / "runs" / "two-round-b8-s0"
+    assert (d / "done").exists()
+    rows = [json.loads(x) for x in (d / "selection" / "selection.jsonl").read_text().splitlines()]
+    first = [r["id"] for r in rows if r["round"] == 1]
+    second = [r["id"] for r in rows if r["round"] == 2]
+    assert len(first) == 4 and len(second) == 4 and not set(first) & set(second)
+    assert [r["rank"] for r in rows] == list(range(1, 9))
+    round1 = [json.loads(x)["id"] for x in (d / "round1" / "selection" / "selection.jsonl").read_text().splitlines()]
+    assert round1 == first
+    # Round 1 is task-diversity: both tasks get two.
+    assert sorted(r["task"] for r in rows if r["round"] == 1) == ["bbh/navigate"] * 2 + ["bbh/snarks"] * 2
+    scores = pd.read_csv(d / "round1" / "scores" / "scores.csv")
+    assert len(scores) == 6 and not set(scores["id"]) & set(first)  # 3 per task, none of round 1's
+    cfg1 = yaml.safe_load((d / "round1" / "scores" / "config.yaml").read_text())
+    assert cfg1["model"] == str(d / "round1" / "train")  # the tuned model scored them
+    alloc = pd.read_csv(d / "selection" / "allocation.csv")
+    assert alloc["allocated"].sum() == 8 and (alloc["round1"] + alloc["round2"]).equals(alloc["allocated"])
+    assert json.loads((d / "result.json").read_text())["accuracy"] >= 0
+    assert not (d / "round1" / "train" / "adapter").exists()  # weights go after the run
+    done = (d / "done").stat().st_mtime_ns
+    assert main(["experiment", str(cfg), "--out", str(exp)]) == 0
+    assert (d / "done").stat().st_mtime_ns == done
+    # Killed after round 1's model: the rest resumes from the files each step left.
+    for p in [d / "done", d / "result.json", d / "data.jsonl", d / "selection" / "selection.jsonl",
+              d / "round2" / "selection.jsonl"]:
+        p.unlink()
+    shutil.rmtree(d / "train")
+    assert main(["experiment", str(cfg), "--out", str(exp)]) == 0
+    again = [json.loads(x) for x in (d / "selection" / "selection.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in again] == [r["id"] for r in rows]
+
+
+def test_two_round_options_are_checked_before_any_run(tmp_path, tiny_model_dir, capsys):
+    for bad, message in (({"share": 1.0}, "share=1.0 must be in"),
+                         ({"first": "uncertainty"}, "needs confidences"),
+                         ({"second": "nope"}, "is not a selection strategy"),
+                         ({"sharee": 0.3}, "unknown key")):
+        cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, strategies=["two-round"], budgets=[8], seeds=[0],
+                           two_round=bad)
+        assert main(["experiment", str(cfg), "--out", str(tmp_path / "exp"), "--dry-run"]) == 1
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "exp").exists()

@@ -29,6 +29,7 @@ LAYERS: list[set[str]] = [
     {"annotate"},                                               # the FORMATS registry
     # the stages a user runs
     {"selection", "scoring", "training", "evaluation", "annotate.commands"},
+    {"rounds"},                                                 # annotation in rounds: select, train, re-score
     {"experiments"},                                            # every stage, end to end
     {"report"},                                                 # reads an experiment
     {"cli"},                                                    # names every command

@@ -97,6 +97,9 @@ class ExperimentConfig:
     evaluate: dict = field(default_factory=dict, metadata={"help": "Options of `taskdiv evaluate` (every suite)."})
     suite_options: dict = field(default_factory=dict, metadata={
         "help": "Per-suite options over `evaluate`, e.g. {mmlu: {harness_tasks: [mmlu]}}."})
+    two_round: dict = field(default_factory=dict, metadata={
+        "help": "Options of the `two-round` strategy: share (0.5), first (task-diversity), second "
+                "(weighted-task-diversity), rescore_per_task (16); see taskdiv.rounds."})
     keep_weights: bool = field(default=False, metadata={
         "help": "Keep each run's trained weights (by default deleted once the run is evaluated)."})
     name: str = field(default="experiment", metadata={"help": "A name for reports."})
@@ -106,7 +109,9 @@ class ExperimentConfig:
 # full_seeds, base, keep_weights, name) only choose which runs there are or what is kept,
 # so a rerun may change them.
 RUN_DEFINING = ("pool", "test", "pool_fields", "model", "suites", "within", "min_per_task", "embedding_model",
-                "score", "train", "evaluate", "suite_options")
+                "score", "train", "evaluate", "suite_options", "two_round")
+# Strategies of experiments only: several stages per selection (taskdiv.rounds).
+ROUND_STRATEGIES = ("two-round",)
 
 
 @dataclass
@@ -213,9 +218,9 @@ def plan(cfg: ExperimentConfig, pool_size: int) -> list[Run]:
     for block in grid:
         key = block["key"]
         for s in block["strategies"]:
-            if s not in STRATEGIES or s == "full":
-                raise TaskdivError(f"experiment config: key '{key}strategies': "
-                                   f"{unknown_name('strategy', s, [k for k in STRATEGIES if k != 'full'])}")
+            if (s not in STRATEGIES and s not in ROUND_STRATEGIES) or s == "full":
+                known = [k for k in STRATEGIES if k != "full"] + list(ROUND_STRATEGIES)
+                raise TaskdivError(f"experiment config: key '{key}strategies': {unknown_name('strategy', s, known)}")
         if not block["seeds"]:
             raise TaskdivError(f"experiment config: key '{key}seeds' is empty")
         block["sized"] = []
@@ -359,8 +364,47 @@ class Experiment:
                     harness.prepare(eval_cfg, Path(tmp))
         check_task_limits(cfg.min_per_task)
         for s in grid_strategies(cfg):
-            self._select_config(Run("check", s, "1", 1, 0), Path("x"))
+            if s in ROUND_STRATEGIES:
+                self._two_round_options().check("experiment config: key 'two_round'")
+                for step in (self._two_round_options().first, self._two_round_options().second):
+                    self._select_config(Run("check", step, "1", 1, 0), Path("x"))
+                _stage_config(ScoreConfig, {**cfg.score, "per_task": 1}, "score",
+                              {"pool": "x", "model": cfg.model, "out": "x", **self.fields})
+            else:
+                self._select_config(Run("check", s, "1", 1, 0), Path("x"))
         return self.runs
+
+    def _two_round_options(self):
+        from .rounds import TwoRoundOptions
+
+        return _stage_config(TwoRoundOptions, self.cfg.two_round, "two_round", {})
+
+    def _select_two_rounds(self, run: Run, d: Path):
+        """The `two-round` strategy's selection (taskdiv.rounds), its stages run as the
+        experiment runs them: the oracle annotates, training and scoring take its options."""
+        from .rounds import Steps, select_two_rounds
+        from .scoring import ScoreConfig, score
+        from .selection import select, write_selection
+        from .training import TrainConfig, train
+
+        def do_select(strategy, budget, out, scores, exclude):
+            cfg = self._select_config(Run(run.id, strategy, str(budget), budget, run.seed), out)
+            cfg = dataclasses.replace(cfg, budget=str(budget), scores=str(scores) if scores else None,
+                                      exclude=str(exclude) if exclude else None)
+            rows, allocation = select(cfg, pool=self.pool)
+            write_selection(out, rows, allocation, cfg)
+
+        def do_train(data, out):
+            train(_stage_config(TrainConfig, self.cfg.train, "train",
+                                {"data": str(data), "model": self.cfg.model, "out": str(out), "seed": run.seed}))
+
+        def do_score(pool_file, model, out, per_task):
+            options = {k: v for k, v in self.cfg.score.items() if k not in ("per_task", "target_ci")}
+            score(_stage_config(ScoreConfig, {**options, "per_task": per_task, "seed": run.seed}, "score",
+                                {"pool": str(pool_file), "model": str(model), "out": str(out)}))
+
+        return select_two_rounds(self._two_round_options(), run.budget_n, self.pool, d,
+                                 Steps(select=do_select, annotate=self.oracle, train=do_train, score=do_score))
 
     def _finished_without_pool(self, error: TaskdivError) -> list[Run]:
         """The grid's runs when the pool cannot be loaded (a source withdrawn, its files
@@ -430,9 +474,12 @@ class Experiment:
         return {"within": self.cfg.within, "min_per_task": self.cfg.min_per_task} if is_task_strategy(strategy) else {}
 
     def _needs_scores(self, strategy: str) -> bool:
-        """Whether a run of `strategy` reads the experiment's confidences."""
+        """Whether a run of `strategy` reads the experiment's confidences (a two-round run
+        scores with its own round-1 model)."""
         from .strategies import get_strategy
 
+        if strategy in ROUND_STRATEGIES:
+            return False
         return "confidence" in get_strategy(strategy, **self._task_parameters(strategy)).needs
 
     def needs_scores(self) -> bool:
@@ -524,8 +571,13 @@ class Experiment:
             if not (sel_dir / "selection.jsonl").exists():
                 from .selection import select, write_selection
 
-                sel_cfg = self._select_config(run, sel_dir)
-                rows, allocation = select(sel_cfg, pool=self.pool)
+                if run.strategy in ROUND_STRATEGIES:
+                    rows, allocation = self._select_two_rounds(run, d)
+                    sel_cfg = {"strategy": run.strategy, "budget": run.budget_n, "seed": run.seed,
+                               "two_round": configmod.to_dict(self._two_round_options())}
+                else:
+                    sel_cfg = self._select_config(run, sel_dir)
+                    rows, allocation = select(sel_cfg, pool=self.pool)
                 write_selection(sel_dir, rows, allocation, sel_cfg)
             if not (sel_dir / "ids.txt").exists():
                 from .fileio import iter_jsonl
@@ -563,8 +615,9 @@ class Experiment:
         self.finish(run, record)
         if not self.cfg.keep_weights:
             # After `done`: a run killed before it still has the weights its evaluation needs.
-            for sub in ("adapter", "merged", "checkpoints"):
-                shutil.rmtree(d / "train" / sub, ignore_errors=True)
+            for train_dir in (d / "train", d / "round1" / "train"):
+                for sub in ("adapter", "merged", "checkpoints"):
+                    shutil.rmtree(train_dir / sub, ignore_errors=True)
         from .models import free_memory
 
         free_memory()
@@ -664,6 +717,17 @@ runs/*/train/*
 runs/*/eval*/items.jsonl
 runs/*/eval*/.items.partial.jsonl
 runs/*/eval*/harness/
+runs/*/round1/data.jsonl
+runs/*/round1/annotations.jsonl
+runs/*/round1/import-round-*.json
+runs/*/round1/rest.jsonl
+runs/*/round1/selection/selection.jsonl
+runs/*/round2/selection.jsonl
+runs/*/round1/train/*
+!runs/*/round1/train/train_metrics.json
+!runs/*/round1/train/config.yaml
+runs/*/round1/scores/cache.sqlite*
+runs/*/round1/scores/scores.parquet
 scores/cache.sqlite*
 scores/scores.parquet
 """

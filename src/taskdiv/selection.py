@@ -182,7 +182,7 @@ def write_selection(out: str | Path, rows: pd.DataFrame, allocation: pd.DataFram
         # The allocation table is formatted while Arrow writes the selection (100K tasks and
         # 500K prompts: each about 0.3 s).
         table = helper.submit(dump_table, alloc_tmp, allocation, ".csv")
-        dump_yaml(config_tmp, {"command": "select", **to_dict(cfg)})
+        dump_yaml(config_tmp, {"command": "select", **(cfg if isinstance(cfg, dict) else to_dict(cfg))})
         dump_jsonl(selection_tmp, rows)
         table.result()
 
