@@ -47,7 +47,7 @@ import pandas as pd
 from . import metrics as metrics_mod
 from .config import to_dict
 from .data import Pool, PoolOptions, load_pool
-from .distributed import RayOptions, display_uri
+from .distributed import RayOptions
 from .errors import TaskdivError
 from .fileio import dump_table, dump_yaml, output_set
 from .generation import Generation, Scorer
@@ -324,10 +324,7 @@ def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
         dump_table(csv_tmp, scores, ".csv")
         dump_table(parquet_tmp, scores, ".parquet")
         dump_table(tasks_tmp, table, ".csv")
-        written = to_dict(cfg)
-        if written.get("shards"):
-            written["shards"] = display_uri(written["shards"])
-        dump_yaml(config_tmp, {"command": "score", **written,
+        dump_yaml(config_tmp, {"command": "score", **to_dict(cfg),
                                "resolved": {**settings, "model_path": ref.path, "settings_key": cache.key}})
     scores.attrs.update(reused=len(reused), computed=scorer.computed, seconds=time.perf_counter() - started,
                         generation_seconds=scorer.seconds, available=len(frame),

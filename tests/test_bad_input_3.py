@@ -1,0 +1,154 @@
+"""Issue 27: hostile input, round 3. Secrets in addresses never reach output; an output
+never replaces an input; input that was accepted silently is refused naming file, line
+and field; CSV files for people are safe to open in a spreadsheet.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import write_jsonl
+from taskdiv import cli
+
+SECRET = "wJalr/XUtnFEMI/K7MDENG+bPxRfiCY"  # an AWS-shaped secret: it holds '/'
+
+
+def run(*args) -> int:
+    return cli.main([str(a) for a in args])
+
+
+def files_holding(root: Path, text: str, *, skip=()) -> list[Path]:
+    """Every file under `root` (but `skip`) whose bytes hold `text`, or any part of it between slashes."""
+    parts = [p.encode() for p in text.split("/") if len(p) >= 4]
+    return [p for p in root.rglob("*") if p.is_file() and p not in skip
+            and any(part in p.read_bytes() for part in parts)]
+
+
+def assert_no_secret(text: str) -> None:
+    for part in SECRET.split("/"):
+        assert part not in text, text
+
+
+# ----------------------------------------------------------------------------- 1. secrets
+
+
+@pytest.mark.parametrize("address, shown", [
+    ("s3://AKIA:" + SECRET + "@bucket/run/shards", "s3://AKIA:***@bucket/run/shards"),
+    ("s3://AKIA:s3cr3t@runs/x?endpoint_override=127.0.0.1:9&scheme=http", "s3://AKIA:***@runs/x?endpoint_override"),
+    ("admin:" + SECRET + "@127.0.0.1:6399", "admin:***@127.0.0.1:6399"),
+    ("admin:p@ss" + SECRET + "@head:6379", "admin:***@head:6379"),
+])
+def test_every_address_form_is_masked(address, shown):
+    from taskdiv.redact import display_uri, redact
+
+    assert display_uri(address).startswith(shown)
+    assert_no_secret(display_uri(address))
+    # Remembered: the secret is masked wherever it shows up later, in any text.
+    assert_no_secret(redact(f"pyarrow said: cannot parse {address!r}; secret {SECRET} again"))
+
+
+@pytest.mark.parametrize("text", ["/data/pool.jsonl", "hf:org/name?split=train", "bigbench:notes12",
+                                  "Q: {prompt} (mail me@example.org)", "s3://bucket/run@v1/shards", "127.0.0.1:6379"])
+def test_text_without_credentials_is_left_alone(text):
+    from taskdiv.redact import display_uri
+
+    assert display_uri(text) == text
+
+
+def test_a_secret_in_free_text_is_masked():
+    from taskdiv.redact import redact
+
+    assert redact("Invalid port in s3://KEY:Zq9" + SECRET + "@bucket/x") == "Invalid port in s3://KEY:***@bucket/x"
+
+
+@pytest.mark.parametrize("given", ["flag", "environment"])
+def test_a_ray_address_password_is_never_shown(small_pool, tiny_model_dir, tmp_path, capsys, monkeypatch, given):
+    """Before: 'score --engine ray --ray-address admin:Pa55word@127.0.0.1:6399' (or the
+    same $RAY_ADDRESS) echoed the password in its error."""
+    address = f"admin:{SECRET}@127.0.0.1:6399"
+    flags = ["--ray-address", address]
+    if given == "environment":
+        monkeypatch.setenv("RAY_ADDRESS", address)
+        flags = []
+    assert run("score", small_pool, "--model", tiny_model_dir, "--engine", "ray", *flags,
+               "--out", tmp_path / "s") == 1
+    captured = capsys.readouterr()
+    name = "--ray-address" if given == "flag" else "$RAY_ADDRESS"
+    assert f"taskdiv: error: {name} admin:***@127.0.0.1:6399: a Ray cluster's address is HOST:PORT, with no user " \
+           f"or password" in captured.err
+    assert_no_secret(captured.out + captured.err)
+    assert files_holding(tmp_path, SECRET) == []
+
+
+def test_an_s3_secret_holding_a_slash_is_refused_unshown(small_pool, tiny_model_dir, tmp_path, capsys):
+    """Before: a traceback from pyarrow that printed the URI whole."""
+    assert run("score", small_pool, "--model", tiny_model_dir, "--engine", "ray",
+               "--shards", f"s3://AKIA:{SECRET}@bucket/run/shards", "--out", tmp_path / "s") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "--shards s3://AKIA:***@bucket/run/shards: the secret holds a character" in err
+    assert "AWS_SECRET_ACCESS_KEY" in err
+    assert_no_secret(err)
+
+
+def test_a_config_file_with_credentials_is_refused(small_pool, tmp_path, capsys):
+    cfg = tmp_path / "score.yaml"
+    cfg.write_text(yaml.safe_dump({"engine": "ray", "shards": f"s3://AKIA:{SECRET}@bucket/x"}))
+    assert run("score", small_pool, "--config", cfg, "--out", tmp_path / "s") == 1
+    err = capsys.readouterr().err
+    assert f"{cfg}: key 'shards': s3://AKIA:***@bucket/x holds credentials" in err
+    assert_no_secret(err)
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_an_experiment_config_takes_credentials_from_the_environment(small_pool, tiny_model_dir, tmp_path, capsys,
+                                                                     caplog, dry_run):
+    """Before: the experiment wrote the plaintext secret into EXP/config.yaml, a file the
+    README says to commit. Every file under tmp_path but the config itself is grepped."""
+    cfg = tmp_path / "e.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "pool": str(small_pool), "test": str(small_pool), "model": str(tiny_model_dir),
+        "strategies": ["random"], "budgets": [2], "seeds": [0],
+        "score": {"engine": "ray", "shards": f"s3://AKIA:{SECRET}@bucket/run/shards"}}))
+    exp = tmp_path / "exp"
+    with caplog.at_level(logging.DEBUG):
+        assert run("experiment", cfg, "--out", exp, *(["--dry-run"] if dry_run else [])) == 1
+    captured = capsys.readouterr()
+    assert f"{cfg}: key 'score.shards': s3://AKIA:***@bucket/run/shards holds credentials, which a config file " \
+           f"must not" in captured.err
+    assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in captured.err
+    assert_no_secret(captured.out + captured.err + caplog.text)
+    assert files_holding(tmp_path, SECRET, skip={cfg}) == []
+    assert not exp.exists()
+
+
+def test_a_recorded_config_masks_the_password():
+    from taskdiv.config import to_dict
+    from taskdiv.scoring import ScoreConfig
+
+    written = to_dict(ScoreConfig(pool="p.jsonl", out="o", engine="ray", shards=f"s3://AKIA:{SECRET}@b/x"))
+    assert written["shards"] == "s3://AKIA:***@b/x"
+    assert written["pool"] == "p.jsonl"
+
+
+def test_log_lines_and_tracebacks_are_redacted(capsys):
+    """The CLI's log handler and excepthook mask every remembered secret: Ray's or pyarrow's
+    own messages may quote an address."""
+    from taskdiv.redact import display_uri
+
+    display_uri(f"s3://AKIA:{SECRET}@bucket/x")
+    cli.configure_logging(0, False)
+    logging.getLogger("some.library").warning("cannot reach s3://AKIA:%s@bucket/x", SECRET)
+    try:
+        raise ValueError(f"Invalid URI s3://AKIA:{SECRET}@bucket")
+    except ValueError as e:
+        logging.getLogger("some.library").exception("failed")
+        cli._redacted_traceback(type(e), e, e.__traceback__)
+    err = capsys.readouterr().err
+    assert "ValueError: Invalid URI s3://AKIA:***@bucket" in err
+    assert_no_secret(err)
