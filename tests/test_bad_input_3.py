@@ -152,3 +152,113 @@ def test_log_lines_and_tracebacks_are_redacted(capsys):
     err = capsys.readouterr().err
     assert "ValueError: Invalid URI s3://AKIA:***@bucket" in err
     assert_no_secret(err)
+
+
+# ----------------------------------------------------------------------------- 2. an output that is an input
+
+
+def _rows(n=8):
+    return [{"id": f"{t}{i}", "task": t, "prompt": f"Question {i} of {t}?", "response": f"answer {i}"}
+            for t in "ab" for i in range(n // 2)]
+
+
+@pytest.fixture
+def selected(tmp_path):
+    """A pool of 8, and a selection of all 8 in S/."""
+    pool = write_jsonl(tmp_path / "pool.jsonl", _rows())
+    assert run("select", pool, "--budget", 8, "--strategy", "random", "--out", tmp_path / "S", "-q") == 0
+    return pool, tmp_path / "S" / "selection.jsonl"
+
+
+def _refused(capsys, output, input_) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"taskdiv: error: {output}: this output would replace the input {input_}; choose another output" in err, err
+    return err
+
+
+def test_import_onto_its_own_selection_is_refused(selected, tmp_path, capsys):
+    """Before: the selection went from 8 rows to 1."""
+    _, sel = selected
+    answers = write_jsonl(tmp_path / "answers.jsonl", [{"id": "a0", "response": "yes"}])
+    before = sel.read_bytes()
+    assert run("annotate", "import", answers, "--format", "jsonl", "--selection", sel, "--out", sel) == 1
+    _refused(capsys, sel, sel)
+    assert sel.read_bytes() == before
+    assert not (sel.parent / "annotations.jsonl").exists()
+
+
+def test_import_of_the_store_itself_is_refused(selected, tmp_path, capsys):
+    _, sel = selected
+    store = write_jsonl(tmp_path / "annotations.jsonl", [{"id": "a0", "response": "yes"}])
+    assert run("annotate", "import", store, "--format", "jsonl", "--selection", sel,
+               "--out", tmp_path / "sft.jsonl") == 1
+    _refused(capsys, store, store)
+
+
+def test_select_into_the_directory_of_its_pool_is_refused(selected, tmp_path, capsys):
+    """Before: `select D/selection.jsonl --out D` replaced the pool by the 4 selected rows."""
+    _, sel = selected
+    before = sel.read_bytes()
+    assert run("select", sel, "--budget", 4, "--strategy", "random", "--out", sel.parent) == 1
+    _refused(capsys, sel, sel)
+    assert sel.read_bytes() == before
+
+
+def test_export_onto_its_own_selection_is_refused(selected, tmp_path, capsys):
+    """Before: `annotate export D/prompts.jsonl --format jsonl --out D` lost responses, rank and seed."""
+    _, sel = selected
+    prompts = sel.parent / "prompts.jsonl"
+    prompts.write_bytes(sel.read_bytes())
+    assert run("annotate", "export", prompts, "--format", "jsonl", "--out", sel.parent) == 1
+    _refused(capsys, prompts, prompts)
+    assert prompts.read_bytes() == sel.read_bytes()
+
+
+def test_a_hard_link_to_the_input_is_the_input(selected, tmp_path, capsys):
+    pool, _ = selected
+    link = tmp_path / "copy.jsonl"
+    os.link(pool, link)
+    before = pool.read_bytes()
+    assert run("pool", "export", pool, "--out", link) == 1
+    _refused(capsys, link, pool)
+    assert pool.read_bytes() == before
+
+
+def test_a_symbolic_link_to_the_scores_is_an_input(selected, tmp_path, capsys):
+    pool, _ = selected
+    out = tmp_path / "sel2"
+    out.mkdir()
+    (out / "allocation.csv").symlink_to(tmp_path / "scores.csv")
+    (tmp_path / "scores.csv").write_text("id,confidence\na0,0.5\n")
+    assert run("select", pool, "--budget", 2, "--strategy", "random", "--scores", tmp_path / "scores.csv",
+               "--out", out) == 1
+    _refused(capsys, out / "allocation.csv", tmp_path / "scores.csv")
+
+
+def test_an_argilla_export_replacing_the_directory_of_its_selection_is_refused(selected, capsys):
+    pytest.importorskip("argilla")
+    _, sel = selected
+    assert run("annotate", "export", sel, "--format", "argilla", "--out", sel.parent) == 1
+    err = capsys.readouterr().err
+    assert f"{sel.parent}: this output directory is replaced whole, and holds the input {sel}" in err
+
+
+def test_oracle_and_score_check_their_inputs_too(selected, tiny_model_dir, tmp_path, capsys):
+    pool, sel = selected
+    assert run("annotate", "oracle", sel, "--pool", pool, "--out", pool) == 1
+    _refused(capsys, pool, pool)
+    scores_dir = tmp_path / "sc"
+    scores_dir.mkdir()
+    pool_copy = scores_dir / "scores.csv"
+    pool_copy.write_text("id,task,prompt\na1,t,first\n")
+    assert run("score", pool_copy, "--model", tiny_model_dir, "--out", scores_dir) == 1
+    _refused(capsys, pool_copy, pool_copy)
+
+
+def test_outputs_beside_their_inputs_are_fine(selected, tmp_path):
+    """The usual layouts stay allowed: a selection's directory holds the export, the dataset and the store."""
+    _, sel = selected
+    assert run("annotate", "export", sel, "--format", "jsonl", "--out", sel.parent, "-q") == 0
+    assert run("annotate", "oracle", sel, "--pool", tmp_path / "pool.jsonl", "--out", sel.parent / "sft.jsonl",
+               "-q") == 0

@@ -116,15 +116,17 @@ def _probe(directory: Path, what: Path) -> None:
         raise TaskdivError(f"{what}: cannot write to {directory} ({e.strerror or e})") from None
 
 
-def check_output_dir(out, names=(), *, what=None) -> Path:
+def check_output_dir(out, names=(), *, what=None, inputs=(), whole: bool = False) -> Path:
     """Fail now, naming the path, if OUT cannot be (or hold) the output directory.
 
     Checks without creating anything: OUT is a directory or can be made one (no file in
     the way, the nearest existing parent is a writable directory), and none of the files
-    `names` inside it is a directory. Commands call it before their first real work.
-    `what`: the output to name in errors (default OUT)."""
+    `names` inside it is a directory, nor one of the command's `inputs` (`check_inputs_kept`;
+    `whole`: OUT is replaced whole, so no input may lie inside it). Commands call it before
+    their first real work. `what`: the output to name in errors (default OUT)."""
     out = Path(out)
     what = what or out
+    check_inputs_kept([out / name for name in names], inputs, trees=[out] if whole else [])
     if out.exists() or out.is_symlink():
         if not out.is_dir():
             raise TaskdivError(f"{what}: {'' if what == out else f'{out} '}exists and is not a directory; "
@@ -142,13 +144,41 @@ def check_output_dir(out, names=(), *, what=None) -> Path:
     return out
 
 
-def check_output_file(path) -> Path:
-    """As `check_output_dir`, for one output file: it is not a directory and its directory is writable."""
+def check_output_file(path, *, inputs=()) -> Path:
+    """As `check_output_dir`, for one output file: it is not a directory nor one of `inputs`, and its
+    directory is writable."""
     path = Path(path)
+    check_inputs_kept([path], inputs)
     if path.is_dir():
         raise TaskdivError(f"{path}: is a directory; give a file name")
     check_output_dir(path.parent, what=path)
     return path
+
+
+def check_inputs_kept(outputs, inputs, *, trees=()) -> None:
+    """Fail, naming both, when one of `outputs` (files a command writes) is one of its `inputs`, or
+    an input lies inside one of `trees` (directories it replaces whole): the command would
+    destroy what it reads (`select D/selection.jsonl --out D` replaced the pool by its
+    selection). The same file by resolved path, and by device and inode where both exist
+    (a hard link). `inputs` may hold None and specs that are no path (hf:NAME): skipped."""
+    given = [Path(i) for i in inputs if i and Path(i).exists()]
+    for out in map(Path, outputs):
+        for i in given:
+            if _same_file(out, i):
+                raise TaskdivError(f"{out}: this output would replace the input {i}; choose another output")
+    for tree in map(Path, trees):
+        root = tree.resolve()
+        for i in given:
+            if i.resolve() == root or root in i.resolve().parents:
+                raise TaskdivError(f"{tree}: this output directory is replaced whole, and holds the input {i}; "
+                                   f"choose another output")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # `a` does not exist yet: where it would be written
+        return a.resolve() == b.resolve()
 
 
 @contextlib.contextmanager

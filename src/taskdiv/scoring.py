@@ -49,7 +49,7 @@ from .config import to_dict
 from .data import Pool, PoolOptions, load_pool
 from .distributed import RayOptions
 from .errors import TaskdivError
-from .fileio import dump_table, dump_yaml, output_set
+from .fileio import check_inputs_kept, dump_table, dump_yaml, output_set
 from .generation import Generation, Scorer
 from .models import DEFAULT_MODEL, EMBEDDED
 
@@ -60,6 +60,8 @@ FORMAT_VERSION = 1
 # --target-ci: the fewest prompts a task gets per extra round (one round scores the
 # extra prompts of every task that still needs them, together, in batches).
 CI_MIN_STEP = 8
+# What OUT holds: none of them may be the pool (`score OUT/scores.csv --out OUT`).
+OUTPUTS = ("scores.csv", "scores.parquet", "tasks.csv", "config.yaml", "cache.sqlite")
 
 
 @dataclass
@@ -219,6 +221,7 @@ def _check(cfg: ScoreConfig) -> None:
     from .distributed import check_options
 
     check_options(cfg)
+    check_inputs_kept([Path(cfg.out) / name for name in OUTPUTS], [cfg.pool])
 
 
 def _open_out(out: Path) -> None:
@@ -319,8 +322,7 @@ def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
         if loaded is None and getattr(scorer, "model", None) is not None:  # ours: dropped, not kept
             scorer.model = None
             models.free_memory()
-    names = ("scores.csv", "scores.parquet", "tasks.csv", "config.yaml")
-    with output_set(*(out / name for name in names)) as (csv_tmp, parquet_tmp, tasks_tmp, config_tmp):
+    with output_set(*(out / name for name in OUTPUTS[:4])) as (csv_tmp, parquet_tmp, tasks_tmp, config_tmp):
         dump_table(csv_tmp, scores, ".csv")
         dump_table(parquet_tmp, scores, ".parquet")
         dump_table(tasks_tmp, table, ".csv")

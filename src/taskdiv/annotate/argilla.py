@@ -114,10 +114,11 @@ def records(rows: pd.DataFrame) -> list:
     return out
 
 
-def check_out(out: Path) -> None:
-    """`out` must be new, empty, or an Argilla dataset directory (which the export replaces); the
-    dataset is built beside it and renamed onto it, so its parent must be writable too."""
-    check_output_dir(out)
+def check_out(out: Path, inputs=()) -> None:
+    """`out` must be new, empty, or an Argilla dataset directory (which the export replaces, so no
+    input may lie inside it); the dataset is built beside it and renamed onto it, so its parent
+    must be writable too."""
+    check_output_dir(out, inputs=inputs, whole=True)
     check_output_dir(out.parent)
     if out.exists() and (not out.is_dir() or any(out.iterdir()) and not (out / ".argilla").is_dir()):
         raise TaskdivError(f"--out {out} exists and is not an Argilla dataset directory; choose an empty one")

@@ -14,8 +14,8 @@ from .answers import Answer, Item
 FILE = "prompts.jsonl"
 
 
-def check_out(out: Path) -> None:
-    check_output_dir(out, [FILE])
+def check_out(out: Path, inputs=()) -> None:
+    check_output_dir(out, [FILE], inputs=inputs)
 
 
 def write(out: Path, rows: pd.DataFrame, name: str | None = None) -> list[Path]:

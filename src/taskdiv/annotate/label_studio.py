@@ -168,8 +168,8 @@ def _annotator(completed_by) -> str | None:
     return None if completed_by is None else str(completed_by)
 
 
-def check_out(out: Path) -> None:
-    check_output_dir(out, EXPORT_FILES)
+def check_out(out: Path, inputs=()) -> None:
+    check_output_dir(out, EXPORT_FILES, inputs=inputs)
 
 
 def write(out_dir: Path, rows: pd.DataFrame, name: str | None = None) -> list[Path]:
