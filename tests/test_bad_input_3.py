@@ -262,3 +262,192 @@ def test_outputs_beside_their_inputs_are_fine(selected, tmp_path):
     assert run("annotate", "export", sel, "--format", "jsonl", "--out", sel.parent, "-q") == 0
     assert run("annotate", "oracle", sel, "--pool", tmp_path / "pool.jsonl", "--out", sel.parent / "sft.jsonl",
                "-q") == 0
+
+
+# ----------------------------------------------------------------------------- 3. accepted silently
+
+
+def _pool_csv(tmp_path, text: str) -> Path:
+    path = tmp_path / "pool.csv"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, message", [
+    # Before: loaded as {"id": "first", "prompt": "M", "task": "E"}.
+    ("id,task,prompt\na1,t,first,E,M\n", "line 2, row 1: 5 fields, the header has 3 (id, task, prompt)"),
+    ("id,task,prompt\na1,t,first\n\na2,t,second,E\n", "line 4, row 2: 4 fields, the header has 3"),
+    ("id,task,prompt\na1,t,\"first, quoted\",E\n", "line 2, row 1: 4 fields"),
+    # Before: the second column was kept as 'prompt.1' and never read.
+    ("id,task,prompt,prompt\na1,t,first,second\n", "line 1, field 'prompt': the header names column 'prompt' twice"),
+])
+def test_a_csv_row_wider_than_its_header_or_a_repeated_column_is_refused(tmp_path, capsys, text, message):
+    pool = _pool_csv(tmp_path, text)
+    assert run("pool", "info", pool) == 1
+    err = capsys.readouterr().err
+    assert f"taskdiv: error: {pool}, {message}" in err, err
+
+
+def test_a_scores_csv_with_two_confidence_columns_is_refused(selected, tmp_path, capsys):
+    pool, _ = selected
+    scores = tmp_path / "scores.csv"
+    scores.write_text("id,confidence,confidence\na0,0.1,0.9\n")
+    assert run("select", pool, "--budget", 2, "--strategy", "random", "--scores", scores, "--out", tmp_path / "o") == 1
+    assert f"{scores}, line 1, field 'confidence': the header names column 'confidence' twice" in capsys.readouterr().err
+
+
+def test_a_quoted_comma_and_a_short_row_still_load(tmp_path):
+    from taskdiv.data import load_pool
+
+    pool = load_pool(str(_pool_csv(tmp_path, "id,task,prompt,response\na1,t,\"first, quoted\",x\na2,t,second\n")),
+                     require_tasks=True)
+    assert pool.frame["prompt"].tolist() == ["first, quoted", "second"]
+
+
+@pytest.mark.parametrize("budget", ["101%", "21"])
+def test_a_budget_above_the_pool_is_refused_as_a_count_or_a_percentage(tmp_path, capsys, budget):
+    """Before: 101% selected the whole pool while 21 of 20 prompts was refused."""
+    pool = write_jsonl(tmp_path / "p.jsonl", [{"id": f"p{i}", "task": "ab"[i % 2], "prompt": f"q{i}?"}
+                                              for i in range(20)])
+    assert run("select", pool, "--budget", budget, "--strategy", "random", "--out", tmp_path / "o") == 1
+    err = capsys.readouterr().err
+    assert ("budget 101% is more than the whole pool; at most 100%" if budget == "101%"
+            else "budget 21 is larger than the pool: 20 prompt(s) can be chosen") in err
+    assert not (tmp_path / "o").exists()
+
+
+def _answers(tmp_path, rows) -> Path:
+    return write_jsonl(tmp_path / "answers.jsonl", rows)
+
+
+@pytest.mark.parametrize("value", ["not a date", 12345, ["2026-01-01"]])
+def test_an_answer_time_that_is_no_date_is_refused(selected, tmp_path, capsys, value):
+    """Before: it sorted as 'no time' and replaced a newer answer."""
+    _, sel = selected
+    answers = _answers(tmp_path, [{"id": "a0", "response": "new", "submitted_at": "2026-01-02T00:00:00Z"},
+                                  {"id": "a1", "response": "old", "submitted_at": value}])
+    assert run("annotate", "import", answers, "--format", "jsonl", "--selection", sel,
+               "--out", tmp_path / "sft.jsonl") == 1
+    err = capsys.readouterr().err
+    assert f"{answers}, line 2, field 'submitted_at': {value!r} is not a date and time" in err, err
+    assert not (tmp_path / "sft.jsonl").exists()
+
+
+@pytest.mark.parametrize("status", ["SKIPPED ", 7, "done"])
+def test_an_unknown_answer_status_is_refused(selected, tmp_path, capsys, status):
+    """Before: an unknown status was imported as an answer."""
+    _, sel = selected
+    answers = _answers(tmp_path, [{"id": "a0", "response": "x", "status": status}])
+    assert run("annotate", "import", answers, "--format", "jsonl", "--selection", sel,
+               "--out", tmp_path / "sft.jsonl") == 1
+    err = capsys.readouterr().err
+    assert f"{answers}, line 1, field 'status': status {status!r} is none of submitted, skipped, cancelled, " \
+           f"discarded" in err, err
+
+
+def test_label_studio_times_are_checked_too(selected, tmp_path, capsys):
+    _, sel = selected
+    first = json.loads(sel.read_text().splitlines()[0])
+    export = tmp_path / "ls.json"
+    export.write_text(json.dumps([{"id": 1, "data": {"id": first["id"], "prompt": first["prompt"]},
+                                   "annotations": [{"id": 5, "updated_at": "yesterday-ish",
+                                                    "result": [{"from_name": "response", "type": "textarea",
+                                                                "value": {"text": ["x"]}}]}]}]))
+    assert run("annotate", "import", export, "--format", "label-studio", "--selection", sel,
+               "--out", tmp_path / "sft.jsonl") == 1
+    assert f"{export}, row 1, field 'annotations[0].updated_at': 'yesterday-ish' is not a date and time" \
+           in capsys.readouterr().err
+
+
+def _finished_experiment(tmp_path) -> Path:
+    """An experiment directory as `taskdiv experiment` leaves it, without training: two runs."""
+    exp = tmp_path / "exp"
+    for run_id, strategy, acc in (("base", "base", 0.4), ("random-b4-s0", "random", 0.5)):
+        d = exp / "runs" / run_id
+        (d / "eval").mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps({"run": run_id, "strategy": strategy, "budget": "4",
+                                                   "budget_n": 4 if strategy != "base" else 0, "seed": 0,
+                                                   "suite": "heldout", "accuracy": acc, "ci_low": acc - 0.1,
+                                                   "ci_high": acc + 0.1, "n_test": 12, "heldout_accuracy": acc}))
+        (d / "eval" / "per_task.csv").write_text("task,n,accuracy\na,12,0.5\nmacro,12,0.5\n")
+        (d / "done").write_text("x\n")
+    return exp
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("accuracy", "high", "'high' is not a number"),
+    ("budget_n", [3], "[3] is not a number"),
+    ("accuracy", 7.5, "7.5 is not in [0, 1]"),
+    ("seed", -1, "-1 is not a whole number from 0"),
+])
+def test_a_tampered_result_json_is_refused(tmp_path, field, value, message):
+    """Before: copied into results.csv as it was."""
+    from taskdiv.errors import DataError
+    from taskdiv.experiments import ExperimentConfig, Experiment, Run
+
+    exp = _finished_experiment(tmp_path)
+    path = exp / "runs" / "random-b4-s0" / "result.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    e = Experiment(ExperimentConfig(pool="x"), exp)
+    e.runs = [Run("base", "base", "0", 0, 0), Run("random-b4-s0", "random", "4", 4, 0)]
+    with pytest.raises(DataError) as err:
+        e.collect()
+    assert str(err.value) == f"{path}, field '{field}': {message}"
+    assert not (exp / "results.csv").exists()
+
+
+RESULTS_HEADER = "run,strategy,budget,budget_n,seed,accuracy\n"
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("base,base,0,0,0,0.4\nrandom-b4-s0,random,4,4,0,7.5\n", ", row 2, field 'accuracy': 7.5 is not in [0, 1]"),
+    ("base,base,0,0,0,inf\n", ", row 1, field 'accuracy': inf is not a finite number"),
+    ("base,base,0,0,0,nan\n", ", row 1, field 'accuracy': nan is not a finite number"),
+    ("base,base,0,0,0,0.4\nrandom-b4-s0,random,4,-3,0,0.5\n", ", row 2, field 'budget_n': -3 is not a whole number"),
+    ("base,base,0,0,0,0.4\nrandom-b4-s0,random,4,4,0,high\n", ", row 2, field 'accuracy': 'high' is not a number"),
+    ("", ": no runs: the file holds its header only"),
+])
+def test_report_refuses_values_no_run_can_have(tmp_path, capsys, rows, message):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "results.csv").write_text(RESULTS_HEADER + rows)
+    assert run("report", exp) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"taskdiv: error: {exp / 'results.csv'}{message}" in err, err
+    assert not (exp / "report.md").exists()
+
+
+def test_report_on_an_empty_results_file(tmp_path, capsys):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "results.csv").write_text("")
+    assert run("report", exp) == 1
+    assert f"taskdiv: error: {exp / 'results.csv'}: the file is empty" in capsys.readouterr().err
+
+
+def test_the_studies_results_still_read():
+    from taskdiv.report import _read_results
+
+    for study in ("cpu-small", "cpu-skewed"):
+        assert len(_read_results(Path(__file__).resolve().parents[1] / "results" / study)) > 10
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("max_new_tokens", 0, "--max-new-tokens must be at least 1, got 0"),
+    ("batch_size", 0, "--batch-size must be at least 1, got 0"),
+    ("target_ci", 5, "--target-ci must be in (0, 1], got 5"),
+])
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_experiment_checks_score_options_before_writing_anything(small_pool, tiny_model_dir, tmp_path, capsys,
+                                                                 option, value, message, dry_run):
+    """Before: --dry-run passed them, and the real run refused them only after writing
+    EXP/config.yaml, which then blocked the fixed config."""
+    cfg = tmp_path / "e.yaml"
+    cfg.write_text(yaml.safe_dump({"pool": str(small_pool), "test": str(small_pool), "model": str(tiny_model_dir),
+                                   "strategies": ["weighted-task-diversity"], "budgets": [4], "seeds": [0],
+                                   "base": False, "full": False, "score": {option: value}}))
+    exp = tmp_path / "exp"
+    assert run("experiment", cfg, "--out", exp, *(["--dry-run"] if dry_run else [])) == 1
+    assert f"experiment config: key 'score': {message}" in capsys.readouterr().err
+    assert not exp.exists()

@@ -20,9 +20,11 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -461,15 +463,61 @@ def _json_problem(e: json.JSONDecodeError) -> str:
 
 
 def read_csv(path: Path, **kwargs) -> pd.DataFrame:
-    """`pd.read_csv` with errors that name the file (and the line, for bad UTF-8)."""
+    """`pd.read_csv` with errors that name the file (and the line, for bad UTF-8).
+
+    With a header row, a column named twice and a row wider than the header are errors naming
+    the line: pandas renamed the second column (`prompt.1`) and took a wider first row's
+    leading fields for an index, shifting every column of the file."""
     data = path.read_bytes()
     if not data.strip():
         raise DataError("the file is empty", file=path)
     check_utf8(path, data)
+    header = None
+    if kwargs.get("header", "infer") == "infer" and "names" not in kwargs:
+        header = _csv_header(path, data)
+        kwargs.setdefault("index_col", False)  # no index inferred from a wider first row
     try:
-        return pd.read_csv(io.BytesIO(data), **kwargs)
+        with warnings.catch_warnings():
+            # pandas' only word for a first row wider than the header (index_col=False drops its extra fields)
+            warnings.filterwarnings("error", "Length of header or names does not match", pd.errors.ParserWarning)
+            return pd.read_csv(io.BytesIO(data), **kwargs)
+    except pd.errors.ParserWarning:
+        raise _wide_row(path, data, header) from None
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
-        raise DataError(f"not a readable CSV ({e})", file=path) from None
+        m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(e))
+        if m and header is not None:
+            raise _wide_row(path, data, header) from None
+        raise DataError(f"not a readable CSV ({e})", file=path, line=int(m[2]) if m else None) from None
+
+
+def _csv_header(path: Path, data: bytes) -> list[str]:
+    """The header row's names; a name given twice is a DataError."""
+    import csv
+
+    with io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="") as text:
+        names = next((row for row in csv.reader(text) if row), [])  # pandas skips blank lines
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise DataError(f"the header names column {name!r} twice; rename or drop one", file=path, line=1,
+                            field=name)
+        seen.add(name)
+    return names
+
+
+def _wide_row(path: Path, data: bytes, header: list[str]) -> DataError:
+    """The error for the first row with more fields than the header (an unquoted comma in a value?)."""
+    import csv
+
+    with io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="") as text:
+        reader = csv.reader(text)
+        rows = (row for row in reader if row)
+        next(rows, None)
+        for row_no, fields in enumerate(rows, 1):
+            if len(fields) > len(header):
+                return DataError(f"{len(fields)} fields, the header has {len(header)} ({', '.join(header)}); "
+                                 f"quote a value that holds a comma", file=path, line=reader.line_num, row=row_no)
+    return DataError("a row has more fields than the header", file=path)
 
 
 def file_sha256(spec: str) -> str:

@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 
 from . import analysis
-from .errors import TaskdivError
-from .fileio import atomic_path, check_output_dir, output_set, write_table
+from .errors import DataError, TaskdivError
+from .fileio import atomic_path, check_output_dir, output_set, read_csv, write_table
 from .strategies import STRATEGIES, is_task_strategy
 
 log = logging.getLogger(__name__)
@@ -464,11 +464,29 @@ def _read_results(exp: Path) -> pd.DataFrame:
     path = exp / "results.csv"
     if not path.exists():
         raise TaskdivError(f"{path}: no such file (run `taskdiv experiment` first)")
-    results = pd.read_csv(path)
-    missing = {"run", "strategy", "budget", "budget_n", "seed", "accuracy"} - set(results.columns)
+    from .experiments import RESULT_NUMBERS, RESULT_REQUIRED, check_result
+
+    results = read_csv(path)
+    missing = set(RESULT_REQUIRED) - set(results.columns)
     if missing:
         raise TaskdivError(f"{path}: missing column(s) {sorted(missing)}")
+    if not len(results):
+        raise DataError("no runs: the file holds its header only", file=path)
+    for col in results.columns:  # a number column with text in it was read as text: its numbers as numbers
+        if (col in RESULT_NUMBERS or str(col).endswith("_accuracy")) \
+                and not pd.api.types.is_numeric_dtype(results[col]):
+            results[col] = results[col].map(_csv_number)
+    for i, record in enumerate(results.to_dict(orient="records")):
+        check_result(record, path, row=i + 1)
     return results
+
+
+def _csv_number(value):
+    """A CSV cell as a number where it reads as one (else as it is, for check_result to name)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
 
 
 def headline(exps) -> str:

@@ -210,7 +210,8 @@ def _next_sizes(table: pd.DataFrame, width: float) -> dict[str, int]:
 # ----------------------------------------------------------------------------- the run
 
 
-def _check(cfg: ScoreConfig) -> None:
+def check_options(cfg: ScoreConfig) -> None:
+    """Refuse bad options before any work (`experiment --dry-run` runs this too)."""
     for name in ("max_new_tokens", "batch_size", "per_task", "max_prompt_tokens"):
         value = getattr(cfg, name)
         if value is not None and value < 1:
@@ -218,9 +219,9 @@ def _check(cfg: ScoreConfig) -> None:
     if cfg.target_ci is not None and not 0 < cfg.target_ci <= 1:
         raise TaskdivError(f"--target-ci must be in (0, 1], got {cfg.target_ci}")
     metrics_mod.get(cfg.metric)
-    from .distributed import check_options
+    from . import distributed
 
-    check_options(cfg)
+    distributed.check_options(cfg)
     check_inputs_kept([Path(cfg.out) / name for name in OUTPUTS], [cfg.pool])
 
 
@@ -262,7 +263,7 @@ def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`score`, also returning the task table it wrote."""
     from . import models
 
-    _check(cfg)
+    check_options(cfg)
     pool = load_pool(cfg.pool, cfg.field_map())
     ref = models.resolve(cfg.model)
     tokenizer = loaded[1] if loaded is not None else models.load_tokenizer(ref)
