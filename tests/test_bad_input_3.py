@@ -451,3 +451,65 @@ def test_experiment_checks_score_options_before_writing_anything(small_pool, tin
     assert run("experiment", cfg, "--out", exp, *(["--dry-run"] if dry_run else [])) == 1
     assert f"experiment config: key 'score': {message}" in capsys.readouterr().err
     assert not exp.exists()
+
+
+# ----------------------------------------------------------------------------- 6. files for spreadsheets
+
+
+# (A carriage return inside a cell does not survive pandas' CSV round trip at all, escaped or not:
+# to_csv leaves it unquoted and read_csv ends the row there. Not a formula matter; left out.)
+TRICKY = ["=cmd|' /C calc'!A0", "=1+00", "+1", "-3", "@SUM(A1)", "\tx", "'=already", "''-3", "'plain",
+          "plain", "a=b", ""]
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_neutralised_and_read_back_exactly(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from taskdiv.fileio import dump_table, read_csv
+
+    frame = pd.DataFrame({"task": TRICKY, "n": np.arange(len(TRICKY)) - 5, "x": np.linspace(-1, 1, len(TRICKY))})
+    path = tmp_path / "t.csv"
+    dump_table(path, frame, ".csv")
+    raw = pd.read_csv(path, dtype={"task": str}, keep_default_na=False, na_values=[])  # a spreadsheet's view
+    for cell in raw["task"]:
+        assert not cell or cell[0] not in "=+-@\t\r", cell
+    assert raw["n"].tolist() == frame["n"].tolist()  # numbers stay numbers: -5 is no formula
+    back = read_csv(path, neutralised=True, dtype={"task": str}, keep_default_na=False)
+    assert back["task"].tolist() == TRICKY
+    np.testing.assert_array_equal(back["x"], frame["x"])
+
+
+def test_selection_and_scores_round_trip_with_formula_names(tmp_path):
+    """allocation.csv and scores.csv neutralised; select --scores reads the ids back exactly."""
+    import pandas as pd
+
+    from taskdiv.data import read_score_file
+    from taskdiv.fileio import dump_table
+
+    rows = [{"id": f"=1+0{i}", "task": TRICKY[i % 3], "prompt": f"Question {i}?"} for i in range(6)]
+    pool = write_jsonl(tmp_path / "pool.jsonl", rows)
+    scores = tmp_path / "scores.csv"
+    dump_table(scores, pd.DataFrame({"id": [r["id"] for r in rows], "task": [r["task"] for r in rows],
+                                     "confidence": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]}), ".csv")
+    assert "'=1+00" in scores.read_text()
+    assert read_score_file(scores).ids.tolist() == [r["id"] for r in rows]
+    assert run("select", pool, "--budget", 3, "--strategy", "weighted-task-diversity", "--scores", scores,
+               "--out", tmp_path / "sel", "-q") == 0
+    alloc = (tmp_path / "sel" / "allocation.csv").read_text()
+    assert "\n'=cmd|' /C calc'!A0," in alloc.replace('"', "") and "\n=" not in alloc.replace('"', "")
+    chosen = [json.loads(line)["confidence"]
+              for line in (tmp_path / "sel" / "selection.jsonl").read_text().splitlines()]
+    assert len(chosen) == 3 and all(c == c for c in chosen)  # every chosen id found its score
+
+
+def test_report_escapes_names_it_pastes_into_markdown(tmp_path, capsys):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "results.csv").write_text(RESULTS_HEADER + "base,base,0,0,0,0.4\nrandom-b4-s0,random,4,4,0,0.5\n"
+                                     "x-b4-s0,\"=cmd|' /C calc'!A0\",4,4,0,0.6\n"
+                                     "y-b4-s0,\"two\nlines`code`\",4,4,0,0.55\n")
+    run("report", exp)
+    report = (exp / "report.md").read_text()
+    assert "\\=cmd\\|' /C calc'!A0" in report and "=cmd|" not in report.replace("\\=cmd\\|", "")
+    assert "two lines\\`code\\`" in report and "two\nlines" not in report

@@ -53,7 +53,7 @@ import pandas as pd
 
 from . import config as configmod
 from .errors import DataError, TaskdivError, unknown_name
-from .fileio import check_output_dir, dump_table, output_set, write_json, write_text, write_yaml
+from .fileio import check_output_dir, dump_table, output_set, read_csv, write_json, write_text, write_yaml
 
 log = logging.getLogger(__name__)
 
@@ -592,18 +592,19 @@ class Experiment:
         # Every run's allocation gets the task confidences, also where its strategy did not use them
         # (random, task-diversity), so the report can set the allocations side by side.
         tasks_csv = self.out / "scores" / "tasks.csv"
-        task_conf = pd.read_csv(tasks_csv).set_index("task")["confidence"] if tasks_csv.exists() else None
+        task_conf = read_csv(tasks_csv, neutralised=True).set_index("task")["confidence"] if tasks_csv.exists() \
+            else None
         for r in runs:
             d = self.run_dir(r)
             if not (d / "done").exists():
                 continue
             results.append(read_result(d / "result.json"))
-            tasks = pd.read_csv(d / "eval" / "per_task.csv")
+            tasks = read_csv(d / "eval" / "per_task.csv", neutralised=True)
             tasks = tasks[tasks["task"] != "macro"]
             per_task.append(tasks.assign(run=r.id)[["run", "task", "n", "accuracy"]])
             alloc_path = d / "selection" / "allocation.csv"
             if alloc_path.exists():
-                alloc = pd.read_csv(alloc_path)
+                alloc = read_csv(alloc_path, neutralised=True)
                 if task_conf is not None:
                     alloc["confidence"] = alloc["confidence"].fillna(alloc["task"].map(task_conf))
                 allocations.append(alloc.assign(run=r.id, strategy=r.strategy, budget=r.budget,

@@ -356,11 +356,49 @@ def write_table(path, df: pd.DataFrame) -> None:
 
 
 def dump_table(path, df: pd.DataFrame, suffix: str | None = None) -> None:
-    """`df` as CSV, or Parquet when `suffix` (default: the path's own) is .parquet."""
+    """`df` as CSV, or Parquet when `suffix` (default: the path's own) is .parquet. A CSV is
+    for spreadsheets too: its text cells are neutralised (`neutralise`)."""
     if (suffix or Path(path).suffix) == ".parquet":
         df.to_parquet(path, index=False)
     else:
-        df.to_csv(path, index=False)
+        neutralise(df).to_csv(path, index=False)
+
+
+# A text cell a spreadsheet would run as a formula (CSV injection): one that starts with = + - @,
+# a tab or a carriage return, after any number of single quotes (so that the escape below
+# is undone exactly: see `neutralise`).
+_FORMULA = r"^'*[=+\-@\t\r]"
+
+
+def neutralise(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with each text cell a spreadsheet would run as a formula prefixed with a single
+    quote, as OWASP recommends for CSV files ('=1+2 shows as the text =1+2). Numbers stay
+    numbers (-3 is no formula). taskdiv's readers of its own CSVs take the quote off again
+    (`read_csv(..., neutralised=True)`): the escape and its reverse are exact for every text,
+    since only text matching ^'*[=+-@\\t\\r] gets one more quote and only text matching
+    ^'+[=+-@\\t\\r] loses one."""
+    out = None
+    for name in df.columns[[_is_text(df[c]) for c in df.columns]] if len(df.columns) else ():
+        values = df[name]
+        risky = values.str.match(_FORMULA, na=False).to_numpy(bool)
+        if risky.any():
+            out = df.copy() if out is None else out
+            out[name] = values.where(~risky, "'" + values.astype(object).where(risky, ""))
+    return df if out is None else out
+
+
+def unneutralise(df: pd.DataFrame) -> pd.DataFrame:
+    """The reverse of `neutralise`, on a CSV taskdiv wrote."""
+    for name in df.columns[[_is_text(df[c]) for c in df.columns]] if len(df.columns) else ():
+        values = df[name]
+        quoted = values.str.match(_FORMULA.replace("'*", "'+"), na=False).to_numpy(bool)
+        if quoted.any():
+            df[name] = values.where(~quoted, values.astype(object).where(quoted, "").str[1:])
+    return df
+
+
+def _is_text(values: pd.Series) -> bool:
+    return values.dtype == object or isinstance(values.dtype, pd.StringDtype)
 
 
 def _jsonable(obj):
@@ -462,8 +500,9 @@ def _json_problem(e: json.JSONDecodeError) -> str:
     return f"{e.msg} column {e.colno}" if e.msg.endswith(" at") else f"{e.msg} at column {e.colno}"
 
 
-def read_csv(path: Path, **kwargs) -> pd.DataFrame:
+def read_csv(path: Path, *, neutralised: bool = False, **kwargs) -> pd.DataFrame:
     """`pd.read_csv` with errors that name the file (and the line, for bad UTF-8).
+    `neutralised`: a CSV taskdiv wrote (`dump_table`); its formula escapes are undone.
 
     With a header row, a column named twice and a row wider than the header are errors naming
     the line: pandas renamed the second column (`prompt.1`) and took a wider first row's
@@ -480,7 +519,8 @@ def read_csv(path: Path, **kwargs) -> pd.DataFrame:
         with warnings.catch_warnings():
             # pandas' only word for a first row wider than the header (index_col=False drops its extra fields)
             warnings.filterwarnings("error", "Length of header or names does not match", pd.errors.ParserWarning)
-            return pd.read_csv(io.BytesIO(data), **kwargs)
+            frame = pd.read_csv(io.BytesIO(data), **kwargs)
+        return unneutralise(frame) if neutralised else frame
     except pd.errors.ParserWarning:
         raise _wide_row(path, data, header) from None
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
