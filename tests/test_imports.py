@@ -15,7 +15,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "taskdiv"
 
 LAYERS: list[set[str]] = [
-    {"taskdiv", "errors"},                                      # the package's version; error types
+    {"taskdiv", "errors", "redact"},                            # the package's version; error types; secrets masked
     {"fileio", "packages", "progress", "config", "metrics", "allocation", "kcenter", "analysis",
      "splits"},                                                 # plumbing; the split rule of every source
     {"models", "registry", "benchmarks"},                       # embedded models; package index; MMLU, BBH, gauntlet

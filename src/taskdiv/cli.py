@@ -25,6 +25,7 @@ import sys
 
 from . import __version__
 from .errors import TaskdivError
+from .redact import RedactingFilter, redact
 
 # Set before torch (and its OpenMP runtime) loads: spinning OpenMP threads stall each
 # other whenever the cores are shared with other work; measured 10-20x slower forward
@@ -120,6 +121,9 @@ def run_env() -> None:
 def configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # no password reaches a log line (taskdiv's, Ray's, pyarrow's)
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
     if verbose < 2:
         for noisy in ("httpx", "urllib3", "datasets", "transformers", "sentence_transformers", "filelock",
                       "accelerate", "argilla"):
@@ -133,9 +137,17 @@ def os_error_message(e: OSError) -> str:
     return f"{' -> '.join(paths)}: {reason}" if paths else reason
 
 
+def _redacted_traceback(kind, value, tb) -> None:
+    """sys.excepthook for a bug's traceback: printed as Python does, with any password masked."""
+    import traceback
+
+    sys.stderr.write(redact("".join(traceback.format_exception(kind, value, tb))))
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import config
 
+    sys.excepthook = _redacted_traceback
     parser = build_parser()
     args = parser.parse_args(argv)
     words = getattr(args, "_words", None)
@@ -160,12 +172,12 @@ def main(argv: list[str] | None = None) -> int:
         getattr(mod, func)(cfg)
         return 0
     except TaskdivError as e:
-        print(f"taskdiv: error: {e}", file=sys.stderr)
+        print(f"taskdiv: error: {redact(str(e))}", file=sys.stderr)
         return 1
     except OSError as e:
         # The operating system refused something (a read-only directory, a full disk, a file
         # where a directory should be): the user's environment, not a bug, so no traceback.
-        print(f"taskdiv: error: {os_error_message(e)}", file=sys.stderr)
+        print(f"taskdiv: error: {redact(os_error_message(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("taskdiv: interrupted", file=sys.stderr)

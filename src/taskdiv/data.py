@@ -881,7 +881,7 @@ def read_score_file(path) -> ScoreFile:
         names = pq.read_schema(path).names
         raw = pq.read_table(path, columns=[c for c in ("id", "confidence") if c in names] or None).to_pandas()
     elif path.suffix == ".csv":
-        raw = read_csv(path, dtype={"id": str})
+        raw = read_csv(path, dtype={"id": str}, neutralised=True)
     else:
         raise TaskdivError(f"{path}: scores must be .csv or .parquet")
     for col in ("id", "confidence"):

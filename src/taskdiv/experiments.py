@@ -53,7 +53,7 @@ import pandas as pd
 
 from . import config as configmod
 from .errors import DataError, TaskdivError, unknown_name
-from .fileio import check_output_dir, dump_table, output_set, write_json, write_text, write_yaml
+from .fileio import check_output_dir, dump_table, output_set, read_csv, write_json, write_text, write_yaml
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +314,7 @@ class Experiment:
         from .evaluation import SUITES, load_heldout
         from .evaluation import check_options as check_eval_options
         from .scoring import ScoreConfig
+        from .scoring import check_options as check_score_options
         from .training import TrainConfig
         from .training import check_options as check_train_options
 
@@ -344,6 +345,10 @@ class Experiment:
         self.score_cfg = _stage_config(ScoreConfig, cfg.score, "score",
                                        {"pool": cfg.pool, "model": cfg.model, "out": str(self.out / "scores"),
                                         **self.fields})
+        try:
+            check_score_options(self.score_cfg)
+        except TaskdivError as e:  # '--batch-size must be ...' is the key score.batch_size here
+            raise TaskdivError(f"experiment config: key 'score': {e}") from None
         check_train_options(_stage_config(TrainConfig, cfg.train, "train",
                                           {"data": "x", "model": cfg.model, "out": "x", "seed": 0}))
         unknown = sorted(set(cfg.suite_options) - set(cfg.suites))
@@ -674,18 +679,19 @@ class Experiment:
         # Every run's allocation gets the task confidences, also where its strategy did not use them
         # (random, task-diversity), so the report can set the allocations side by side.
         tasks_csv = self.out / "scores" / "tasks.csv"
-        task_conf = pd.read_csv(tasks_csv).set_index("task")["confidence"] if tasks_csv.exists() else None
+        task_conf = read_csv(tasks_csv, neutralised=True).set_index("task")["confidence"] if tasks_csv.exists() \
+            else None
         for r in runs:
             d = self.run_dir(r)
             if not (d / "done").exists():
                 continue
-            results.append(json.loads((d / "result.json").read_text()))
-            tasks = pd.read_csv(d / "eval" / "per_task.csv")
+            results.append(read_result(d / "result.json"))
+            tasks = read_csv(d / "eval" / "per_task.csv", neutralised=True)
             tasks = tasks[tasks["task"] != "macro"]
             per_task.append(tasks.assign(run=r.id)[["run", "task", "n", "accuracy"]])
             alloc_path = d / "selection" / "allocation.csv"
             if alloc_path.exists():
-                alloc = pd.read_csv(alloc_path)
+                alloc = read_csv(alloc_path, neutralised=True)
                 if task_conf is not None:
                     alloc["confidence"] = alloc["confidence"].fillna(alloc["task"].map(task_conf))
                 allocations.append(alloc.assign(run=r.id, strategy=r.strategy, budget=r.budget,
@@ -731,6 +737,50 @@ runs/*/round1/scores/scores.parquet
 scores/cache.sqlite*
 scores/scores.parquet
 """
+
+
+# What a run's result.json (and so a row of results.csv) holds, as `report` reads it: the keys
+# every row has, and the kind of each number (a share in [0, 1], a whole count, seconds).
+RESULT_REQUIRED = ("run", "strategy", "budget", "budget_n", "seed", "accuracy")
+RESULT_NUMBERS = {"accuracy": "share", "ci_low": "share", "ci_high": "share", "budget_n": "count", "seed": "count",
+                  "n_test": "count", "seconds": "time", "train_seconds": "time", "eval_seconds": "time"}
+
+
+def read_result(path: Path) -> dict:
+    """A finished run's result.json, checked (`check_result`): a tampered or damaged one is an
+    error naming the file and field, not a row of results.csv."""
+    from .fileio import read_json_document
+
+    record = read_json_document(path)
+    if not isinstance(record, dict):
+        raise DataError(f"expected a JSON object, got {type(record).__name__}", file=path)
+    return check_result(record, path)
+
+
+def check_result(record: dict, file, row: int | None = None) -> dict:
+    """`record` if each field a report reads holds what it should: accuracies (and their
+    intervals, and every SUITE_accuracy) finite numbers in [0, 1], budget_n, seed and n_test
+    whole numbers from 0, seconds from 0; else a DataError naming file, row and field."""
+    import math
+    import numbers
+
+    for key in RESULT_REQUIRED:
+        if key not in record or record[key] is None or record[key] == "":
+            raise DataError("missing", file=file, row=row, field=key)
+    for key, value in record.items():
+        kind = "share" if str(key).endswith("_accuracy") else RESULT_NUMBERS.get(key)
+        if kind is None or (key not in RESULT_REQUIRED and (value is None or value == "" or value != value)):
+            continue  # not a number field, or an optional one left empty (train_seconds of the base model)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise DataError(f"{value!r} is not a {'finite ' if isinstance(value, numbers.Real) else ''}number",
+                            file=file, row=row, field=str(key))
+        if kind == "share" and not 0 <= value <= 1:
+            raise DataError(f"{value!r} is not in [0, 1]", file=file, row=row, field=str(key))
+        if kind == "count" and (value < 0 or value != int(value)):
+            raise DataError(f"{value!r} is not a whole number from 0", file=file, row=row, field=str(key))
+        if kind == "time" and value < 0:
+            raise DataError(f"{value!r} seconds is negative", file=file, row=row, field=str(key))
+    return record
 
 
 def _short(commit: str) -> str:

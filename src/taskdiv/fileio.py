@@ -20,9 +20,11 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -116,15 +118,17 @@ def _probe(directory: Path, what: Path) -> None:
         raise TaskdivError(f"{what}: cannot write to {directory} ({e.strerror or e})") from None
 
 
-def check_output_dir(out, names=(), *, what=None) -> Path:
+def check_output_dir(out, names=(), *, what=None, inputs=(), whole: bool = False) -> Path:
     """Fail now, naming the path, if OUT cannot be (or hold) the output directory.
 
     Checks without creating anything: OUT is a directory or can be made one (no file in
     the way, the nearest existing parent is a writable directory), and none of the files
-    `names` inside it is a directory. Commands call it before their first real work.
-    `what`: the output to name in errors (default OUT)."""
+    `names` inside it is a directory, nor one of the command's `inputs` (`check_inputs_kept`;
+    `whole`: OUT is replaced whole, so no input may lie inside it). Commands call it before
+    their first real work. `what`: the output to name in errors (default OUT)."""
     out = Path(out)
     what = what or out
+    check_inputs_kept([out / name for name in names], inputs, trees=[out] if whole else [])
     if out.exists() or out.is_symlink():
         if not out.is_dir():
             raise TaskdivError(f"{what}: {'' if what == out else f'{out} '}exists and is not a directory; "
@@ -142,13 +146,41 @@ def check_output_dir(out, names=(), *, what=None) -> Path:
     return out
 
 
-def check_output_file(path) -> Path:
-    """As `check_output_dir`, for one output file: it is not a directory and its directory is writable."""
+def check_output_file(path, *, inputs=()) -> Path:
+    """As `check_output_dir`, for one output file: it is not a directory nor one of `inputs`, and its
+    directory is writable."""
     path = Path(path)
+    check_inputs_kept([path], inputs)
     if path.is_dir():
         raise TaskdivError(f"{path}: is a directory; give a file name")
     check_output_dir(path.parent, what=path)
     return path
+
+
+def check_inputs_kept(outputs, inputs, *, trees=()) -> None:
+    """Fail, naming both, when one of `outputs` (files a command writes) is one of its `inputs`, or
+    an input lies inside one of `trees` (directories it replaces whole): the command would
+    destroy what it reads (`select D/selection.jsonl --out D` replaced the pool by its
+    selection). The same file by resolved path, and by device and inode where both exist
+    (a hard link). `inputs` may hold None and specs that are no path (hf:NAME): skipped."""
+    given = [Path(i) for i in inputs if i and Path(i).exists()]
+    for out in map(Path, outputs):
+        for i in given:
+            if _same_file(out, i):
+                raise TaskdivError(f"{out}: this output would replace the input {i}; choose another output")
+    for tree in map(Path, trees):
+        root = tree.resolve()
+        for i in given:
+            if i.resolve() == root or root in i.resolve().parents:
+                raise TaskdivError(f"{tree}: this output directory is replaced whole, and holds the input {i}; "
+                                   f"choose another output")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # `a` does not exist yet: where it would be written
+        return a.resolve() == b.resolve()
 
 
 @contextlib.contextmanager
@@ -324,11 +356,49 @@ def write_table(path, df: pd.DataFrame) -> None:
 
 
 def dump_table(path, df: pd.DataFrame, suffix: str | None = None) -> None:
-    """`df` as CSV, or Parquet when `suffix` (default: the path's own) is .parquet."""
+    """`df` as CSV, or Parquet when `suffix` (default: the path's own) is .parquet. A CSV is
+    for spreadsheets too: its text cells are neutralised (`neutralise`)."""
     if (suffix or Path(path).suffix) == ".parquet":
         df.to_parquet(path, index=False)
     else:
-        df.to_csv(path, index=False)
+        neutralise(df).to_csv(path, index=False)
+
+
+# A text cell a spreadsheet would run as a formula (CSV injection): one that starts with = + - @,
+# a tab or a carriage return, after any number of single quotes (so that the escape below
+# is undone exactly: see `neutralise`).
+_FORMULA = r"^'*[=+\-@\t\r]"
+
+
+def neutralise(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with each text cell a spreadsheet would run as a formula prefixed with a single
+    quote, as OWASP recommends for CSV files ('=1+2 shows as the text =1+2). Numbers stay
+    numbers (-3 is no formula). taskdiv's readers of its own CSVs take the quote off again
+    (`read_csv(..., neutralised=True)`): the escape and its reverse are exact for every text,
+    since only text matching ^'*[=+-@\\t\\r] gets one more quote and only text matching
+    ^'+[=+-@\\t\\r] loses one."""
+    out = None
+    for name in df.columns[[_is_text(df[c]) for c in df.columns]] if len(df.columns) else ():
+        values = df[name]
+        risky = values.str.match(_FORMULA, na=False).to_numpy(bool)
+        if risky.any():
+            out = df.copy() if out is None else out
+            out[name] = values.where(~risky, "'" + values.astype(object).where(risky, ""))
+    return df if out is None else out
+
+
+def unneutralise(df: pd.DataFrame) -> pd.DataFrame:
+    """The reverse of `neutralise`, on a CSV taskdiv wrote."""
+    for name in df.columns[[_is_text(df[c]) for c in df.columns]] if len(df.columns) else ():
+        values = df[name]
+        quoted = values.str.match(_FORMULA.replace("'*", "'+"), na=False).to_numpy(bool)
+        if quoted.any():
+            df[name] = values.where(~quoted, values.astype(object).where(quoted, "").str[1:])
+    return df
+
+
+def _is_text(values: pd.Series) -> bool:
+    return values.dtype == object or isinstance(values.dtype, pd.StringDtype)
 
 
 def _jsonable(obj):
@@ -450,16 +520,64 @@ def _json_problem(e: json.JSONDecodeError) -> str:
     return f"{e.msg} column {e.colno}" if e.msg.endswith(" at") else f"{e.msg} at column {e.colno}"
 
 
-def read_csv(path: Path, **kwargs) -> pd.DataFrame:
-    """`pd.read_csv` with errors that name the file (and the line, for bad UTF-8)."""
+def read_csv(path: Path, *, neutralised: bool = False, **kwargs) -> pd.DataFrame:
+    """`pd.read_csv` with errors that name the file (and the line, for bad UTF-8).
+    `neutralised`: a CSV taskdiv wrote (`dump_table`); its formula escapes are undone.
+
+    With a header row, a column named twice and a row wider than the header are errors naming
+    the line: pandas renamed the second column (`prompt.1`) and took a wider first row's
+    leading fields for an index, shifting every column of the file."""
     data = path.read_bytes()
     if not data.strip():
         raise DataError("the file is empty", file=path)
     check_utf8(path, data)
+    header = None
+    if kwargs.get("header", "infer") == "infer" and "names" not in kwargs:
+        header = _csv_header(path, data)
+        kwargs.setdefault("index_col", False)  # no index inferred from a wider first row
     try:
-        return pd.read_csv(io.BytesIO(data), **kwargs)
+        with warnings.catch_warnings():
+            # pandas' only word for a first row wider than the header (index_col=False drops its extra fields)
+            warnings.filterwarnings("error", "Length of header or names does not match", pd.errors.ParserWarning)
+            frame = pd.read_csv(io.BytesIO(data), **kwargs)
+        return unneutralise(frame) if neutralised else frame
+    except pd.errors.ParserWarning:
+        raise _wide_row(path, data, header) from None
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
-        raise DataError(f"not a readable CSV ({e})", file=path) from None
+        m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(e))
+        if m and header is not None:
+            raise _wide_row(path, data, header) from None
+        raise DataError(f"not a readable CSV ({e})", file=path, line=int(m[2]) if m else None) from None
+
+
+def _csv_header(path: Path, data: bytes) -> list[str]:
+    """The header row's names; a name given twice is a DataError."""
+    import csv
+
+    with io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="") as text:
+        names = next((row for row in csv.reader(text) if row), [])  # pandas skips blank lines
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise DataError(f"the header names column {name!r} twice; rename or drop one", file=path, line=1,
+                            field=name)
+        seen.add(name)
+    return names
+
+
+def _wide_row(path: Path, data: bytes, header: list[str]) -> DataError:
+    """The error for the first row with more fields than the header (an unquoted comma in a value?)."""
+    import csv
+
+    with io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="") as text:
+        reader = csv.reader(text)
+        rows = (row for row in reader if row)
+        next(rows, None)
+        for row_no, fields in enumerate(rows, 1):
+            if len(fields) > len(header):
+                return DataError(f"{len(fields)} fields, the header has {len(header)} ({', '.join(header)}); "
+                                 f"quote a value that holds a comma", file=path, line=reader.line_num, row=row_no)
+    return DataError("a row has more fields than the header", file=path)
 
 
 def file_sha256(spec: str) -> str:

@@ -23,6 +23,7 @@ live in analysis.py.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from . import analysis
-from .errors import TaskdivError
-from .fileio import atomic_path, check_output_dir, output_set, write_table
+from .errors import DataError, TaskdivError
+from .fileio import atomic_path, check_output_dir, output_set, read_csv, write_table
 from .strategies import STRATEGIES, is_task_strategy
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ def task_kinds(exp: Path) -> pd.DataFrame | None:
     report then needs the pool's source once); None without a test pool."""
     path = exp / "task_kinds.csv"
     if path.exists():
-        return pd.read_csv(path)
+        return read_csv(path, neutralised=True)
     config = exp / "config.yaml"
     if not config.exists():
         return None
@@ -318,8 +319,10 @@ def build_report(exp: Path) -> str:
     exp = Path(exp)
     results = _read_results(exp)
     check_output_dir(exp)  # report.md and the plots go beside results.csv
-    per_task = pd.read_csv(exp / "per_task.csv") if (exp / "per_task.csv").exists() else pd.DataFrame()
-    allocations = pd.read_csv(exp / "allocations.csv") if (exp / "allocations.csv").exists() else pd.DataFrame()
+    per_task = read_csv(exp / "per_task.csv", neutralised=True) if (exp / "per_task.csv").exists() \
+        else pd.DataFrame()
+    allocations = read_csv(exp / "allocations.csv", neutralised=True) if (exp / "allocations.csv").exists() \
+        else pd.DataFrame()
     summary = summary_table(results)
     full = results[results["strategy"] == "full"]["accuracy"]
     base = results[results["strategy"] == "base"]["accuracy"]
@@ -464,11 +467,46 @@ def _read_results(exp: Path) -> pd.DataFrame:
     path = exp / "results.csv"
     if not path.exists():
         raise TaskdivError(f"{path}: no such file (run `taskdiv experiment` first)")
-    results = pd.read_csv(path)
-    missing = {"run", "strategy", "budget", "budget_n", "seed", "accuracy"} - set(results.columns)
+    from .experiments import RESULT_NUMBERS, RESULT_REQUIRED, check_result
+
+    results = read_csv(path, neutralised=True)
+    missing = set(RESULT_REQUIRED) - set(results.columns)
     if missing:
         raise TaskdivError(f"{path}: missing column(s) {sorted(missing)}")
+    if not len(results):
+        raise DataError("no runs: the file holds its header only", file=path)
+    for col in results.columns:  # a number column with text in it was read as text: its numbers as numbers
+        if (col in RESULT_NUMBERS or str(col).endswith("_accuracy")) \
+                and not pd.api.types.is_numeric_dtype(results[col]):
+            results[col] = results[col].map(_csv_number)
+    for i, record in enumerate(results.to_dict(orient="records")):
+        check_result(record, path, row=i + 1)
+    for col in ("run", "strategy", "budget", "same_as"):  # the text report.md pastes into its tables
+        if col in results.columns:
+            results[col] = results[col].map(md_text)
     return results
+
+
+_MD_SPECIAL = re.compile(r"([\\`*|\[\]<>])")
+
+
+def md_text(value):
+    """Text from results.csv as it may stand in a table cell of report.md: a '|' would end the
+    cell and a line break the row; backticks, brackets, '<' and '*' would format or link it;
+    a leading = + - @ # ! (a formula in a spreadsheet, a heading or a list in markdown) is
+    escaped too. Other values, and taskdiv's own names, are left as they are."""
+    if not isinstance(value, str):
+        return value
+    text = _MD_SPECIAL.sub(r"\\\1", " ".join(value.splitlines()))
+    return "\\" + text if text and text[0] in "=+-@#!" else text
+
+
+def _csv_number(value):
+    """A CSV cell as a number where it reads as one (else as it is, for check_result to name)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
 
 
 def headline(exps) -> str:

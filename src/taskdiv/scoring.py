@@ -47,9 +47,9 @@ import pandas as pd
 from . import metrics as metrics_mod
 from .config import to_dict
 from .data import Pool, PoolOptions, load_pool
-from .distributed import RayOptions, display_uri
+from .distributed import RayOptions
 from .errors import TaskdivError
-from .fileio import dump_table, dump_yaml, output_set
+from .fileio import check_inputs_kept, dump_table, dump_yaml, output_set
 from .generation import Generation, Scorer
 from .models import DEFAULT_MODEL, EMBEDDED
 
@@ -60,6 +60,8 @@ FORMAT_VERSION = 1
 # --target-ci: the fewest prompts a task gets per extra round (one round scores the
 # extra prompts of every task that still needs them, together, in batches).
 CI_MIN_STEP = 8
+# What OUT holds: none of them may be the pool (`score OUT/scores.csv --out OUT`).
+OUTPUTS = ("scores.csv", "scores.parquet", "tasks.csv", "config.yaml", "cache.sqlite")
 
 
 @dataclass
@@ -208,7 +210,8 @@ def _next_sizes(table: pd.DataFrame, width: float) -> dict[str, int]:
 # ----------------------------------------------------------------------------- the run
 
 
-def _check(cfg: ScoreConfig) -> None:
+def check_options(cfg: ScoreConfig) -> None:
+    """Refuse bad options before any work (`experiment --dry-run` runs this too)."""
     for name in ("max_new_tokens", "batch_size", "per_task", "max_prompt_tokens"):
         value = getattr(cfg, name)
         if value is not None and value < 1:
@@ -216,9 +219,10 @@ def _check(cfg: ScoreConfig) -> None:
     if cfg.target_ci is not None and not 0 < cfg.target_ci <= 1:
         raise TaskdivError(f"--target-ci must be in (0, 1], got {cfg.target_ci}")
     metrics_mod.get(cfg.metric)
-    from .distributed import check_options
+    from . import distributed
 
-    check_options(cfg)
+    distributed.check_options(cfg)
+    check_inputs_kept([Path(cfg.out) / name for name in OUTPUTS], [cfg.pool])
 
 
 def _open_out(out: Path) -> None:
@@ -259,7 +263,7 @@ def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`score`, also returning the task table it wrote."""
     from . import models
 
-    _check(cfg)
+    check_options(cfg)
     pool = load_pool(cfg.pool, cfg.field_map())
     ref = models.resolve(cfg.model)
     tokenizer = loaded[1] if loaded is not None else models.load_tokenizer(ref)
@@ -319,15 +323,11 @@ def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
         if loaded is None and getattr(scorer, "model", None) is not None:  # ours: dropped, not kept
             scorer.model = None
             models.free_memory()
-    names = ("scores.csv", "scores.parquet", "tasks.csv", "config.yaml")
-    with output_set(*(out / name for name in names)) as (csv_tmp, parquet_tmp, tasks_tmp, config_tmp):
+    with output_set(*(out / name for name in OUTPUTS[:4])) as (csv_tmp, parquet_tmp, tasks_tmp, config_tmp):
         dump_table(csv_tmp, scores, ".csv")
         dump_table(parquet_tmp, scores, ".parquet")
         dump_table(tasks_tmp, table, ".csv")
-        written = to_dict(cfg)
-        if written.get("shards"):
-            written["shards"] = display_uri(written["shards"])
-        dump_yaml(config_tmp, {"command": "score", **written,
+        dump_yaml(config_tmp, {"command": "score", **to_dict(cfg),
                                "resolved": {**settings, "model_path": ref.path, "settings_key": cache.key}})
     scores.attrs.update(reused=len(reused), computed=scorer.computed, seconds=time.perf_counter() - started,
                         generation_seconds=scorer.seconds, available=len(frame),

@@ -203,7 +203,7 @@ def format_allocation(allocation: pd.DataFrame, max_rows: int = 60) -> str:
 
 
 def run_select(cfg: SelectConfig) -> None:
-    check_output_dir(cfg.out, OUTPUTS)
+    check_output_dir(cfg.out, OUTPUTS, inputs=[cfg.pool, cfg.scores, cfg.exclude])
     rows, allocation = select(cfg)
     write_selection(cfg.out, rows, allocation, cfg)
     print(format_allocation(allocation))
@@ -239,7 +239,7 @@ def run_pool_info(cfg: PoolInfoConfig) -> None:
 
 def run_pool_export(cfg: PoolExportConfig) -> None:
     out = Path(cfg.out)
-    check_output_file(out)
+    check_output_file(out, inputs=[cfg.pool])
     pool = load_pool(cfg.pool, cfg.field_map(), require_tasks=False)
     if out.suffix == ".parquet":
         write_table(out, pool.frame)

@@ -167,11 +167,11 @@ def sft_rows(store: pd.DataFrame) -> pd.DataFrame:
     return latest.loc[first, SFT_COLUMNS[1:]].reset_index()[SFT_COLUMNS]
 
 
-def store_paths(out, store=None) -> tuple[Path, Path]:
+def store_paths(out, store=None, inputs=()) -> tuple[Path, Path]:
     """(SFT dataset, annotation store): the store defaults to annotations.jsonl beside the dataset.
 
-    Both must be writable (checked now, before any work); a store that is a symbolic link
-    is resolved, so that the store it points to gets the answers."""
+    Both must be writable and neither one of the command's `inputs` (checked now, before any
+    work); a store that is a symbolic link is resolved, so that the store it points to gets the answers."""
     out = Path(out)
     store = Path(store) if store else out.parent / STORE_NAME
     if out.suffix != ".jsonl":
@@ -180,8 +180,8 @@ def store_paths(out, store=None) -> tuple[Path, Path]:
         raise TaskdivError(f"--out {out} is the annotation store; write the SFT dataset to another file")
     if store.is_symlink():
         store = store.resolve()
-    check_output_file(out)
-    check_output_file(store)
+    check_output_file(out, inputs=inputs)
+    check_output_file(store, inputs=inputs)
     return out, store
 
 

@@ -1,0 +1,515 @@
+"""Issue 27: hostile input, round 3. Secrets in addresses never reach output; an output
+never replaces an input; input that was accepted silently is refused naming file, line
+and field; CSV files for people are safe to open in a spreadsheet.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import write_jsonl
+from taskdiv import cli
+
+SECRET = "wJalr/XUtnFEMI/K7MDENG+bPxRfiCY"  # an AWS-shaped secret: it holds '/'
+
+
+def run(*args) -> int:
+    return cli.main([str(a) for a in args])
+
+
+def files_holding(root: Path, text: str, *, skip=()) -> list[Path]:
+    """Every file under `root` (but `skip`) whose bytes hold `text`, or any part of it between slashes."""
+    parts = [p.encode() for p in text.split("/") if len(p) >= 4]
+    return [p for p in root.rglob("*") if p.is_file() and p not in skip
+            and any(part in p.read_bytes() for part in parts)]
+
+
+def assert_no_secret(text: str) -> None:
+    for part in SECRET.split("/"):
+        assert part not in text, text
+
+
+# ----------------------------------------------------------------------------- 1. secrets
+
+
+@pytest.mark.parametrize("address, shown", [
+    ("s3://AKIA:" + SECRET + "@bucket/run/shards", "s3://AKIA:***@bucket/run/shards"),
+    ("s3://AKIA:s3cr3t@runs/x?endpoint_override=127.0.0.1:9&scheme=http", "s3://AKIA:***@runs/x?endpoint_override"),
+    ("admin:" + SECRET + "@127.0.0.1:6399", "admin:***@127.0.0.1:6399"),
+    ("admin:p@ss" + SECRET + "@head:6379", "admin:***@head:6379"),
+])
+def test_every_address_form_is_masked(address, shown):
+    from taskdiv.redact import display_uri, redact
+
+    assert display_uri(address).startswith(shown)
+    assert_no_secret(display_uri(address))
+    # Remembered: the secret is masked wherever it shows up later, in any text.
+    assert_no_secret(redact(f"pyarrow said: cannot parse {address!r}; secret {SECRET} again"))
+
+
+@pytest.mark.parametrize("text", ["/data/pool.jsonl", "hf:org/name?split=train", "bigbench:notes12",
+                                  "Q: {prompt} (mail me@example.org)", "s3://bucket/run@v1/shards", "127.0.0.1:6379"])
+def test_text_without_credentials_is_left_alone(text):
+    from taskdiv.redact import display_uri
+
+    assert display_uri(text) == text
+
+
+def test_a_secret_in_free_text_is_masked():
+    from taskdiv.redact import redact
+
+    assert redact("Invalid port in s3://KEY:Zq9" + SECRET + "@bucket/x") == "Invalid port in s3://KEY:***@bucket/x"
+
+
+@pytest.mark.parametrize("given", ["flag", "environment"])
+def test_a_ray_address_password_is_never_shown(small_pool, tiny_model_dir, tmp_path, capsys, monkeypatch, given):
+    """Before: 'score --engine ray --ray-address admin:Pa55word@127.0.0.1:6399' (or the
+    same $RAY_ADDRESS) echoed the password in its error."""
+    address = f"admin:{SECRET}@127.0.0.1:6399"
+    flags = ["--ray-address", address]
+    if given == "environment":
+        monkeypatch.setenv("RAY_ADDRESS", address)
+        flags = []
+    assert run("score", small_pool, "--model", tiny_model_dir, "--engine", "ray", *flags,
+               "--out", tmp_path / "s") == 1
+    captured = capsys.readouterr()
+    name = "--ray-address" if given == "flag" else "$RAY_ADDRESS"
+    assert f"taskdiv: error: {name} admin:***@127.0.0.1:6399: a Ray cluster's address is HOST:PORT, with no user " \
+           f"or password" in captured.err
+    assert_no_secret(captured.out + captured.err)
+    assert files_holding(tmp_path, SECRET) == []
+
+
+def test_an_s3_secret_holding_a_slash_is_refused_unshown(small_pool, tiny_model_dir, tmp_path, capsys):
+    """Before: a traceback from pyarrow that printed the URI whole."""
+    assert run("score", small_pool, "--model", tiny_model_dir, "--engine", "ray",
+               "--shards", f"s3://AKIA:{SECRET}@bucket/run/shards", "--out", tmp_path / "s") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "--shards s3://AKIA:***@bucket/run/shards: the secret holds a character" in err
+    assert "AWS_SECRET_ACCESS_KEY" in err
+    assert_no_secret(err)
+
+
+def test_a_config_file_with_credentials_is_refused(small_pool, tmp_path, capsys):
+    cfg = tmp_path / "score.yaml"
+    cfg.write_text(yaml.safe_dump({"engine": "ray", "shards": f"s3://AKIA:{SECRET}@bucket/x"}))
+    assert run("score", small_pool, "--config", cfg, "--out", tmp_path / "s") == 1
+    err = capsys.readouterr().err
+    assert f"{cfg}: key 'shards': s3://AKIA:***@bucket/x holds credentials" in err
+    assert_no_secret(err)
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_an_experiment_config_takes_credentials_from_the_environment(small_pool, tiny_model_dir, tmp_path, capsys,
+                                                                     caplog, dry_run):
+    """Before: the experiment wrote the plaintext secret into EXP/config.yaml, a file the
+    README says to commit. Every file under tmp_path but the config itself is grepped."""
+    cfg = tmp_path / "e.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "pool": str(small_pool), "test": str(small_pool), "model": str(tiny_model_dir),
+        "strategies": ["random"], "budgets": [2], "seeds": [0],
+        "score": {"engine": "ray", "shards": f"s3://AKIA:{SECRET}@bucket/run/shards"}}))
+    exp = tmp_path / "exp"
+    with caplog.at_level(logging.DEBUG):
+        assert run("experiment", cfg, "--out", exp, *(["--dry-run"] if dry_run else [])) == 1
+    captured = capsys.readouterr()
+    assert f"{cfg}: key 'score.shards': s3://AKIA:***@bucket/run/shards holds credentials, which a config file " \
+           f"must not" in captured.err
+    assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in captured.err
+    assert_no_secret(captured.out + captured.err + caplog.text)
+    assert files_holding(tmp_path, SECRET, skip={cfg}) == []
+    assert not exp.exists()
+
+
+def test_a_recorded_config_masks_the_password():
+    from taskdiv.config import to_dict
+    from taskdiv.scoring import ScoreConfig
+
+    written = to_dict(ScoreConfig(pool="p.jsonl", out="o", engine="ray", shards=f"s3://AKIA:{SECRET}@b/x"))
+    assert written["shards"] == "s3://AKIA:***@b/x"
+    assert written["pool"] == "p.jsonl"
+
+
+def test_log_lines_and_tracebacks_are_redacted(capsys):
+    """The CLI's log handler and excepthook mask every remembered secret: Ray's or pyarrow's
+    own messages may quote an address."""
+    from taskdiv.redact import display_uri
+
+    display_uri(f"s3://AKIA:{SECRET}@bucket/x")
+    cli.configure_logging(0, False)
+    logging.getLogger("some.library").warning("cannot reach s3://AKIA:%s@bucket/x", SECRET)
+    try:
+        raise ValueError(f"Invalid URI s3://AKIA:{SECRET}@bucket")
+    except ValueError as e:
+        logging.getLogger("some.library").exception("failed")
+        cli._redacted_traceback(type(e), e, e.__traceback__)
+    err = capsys.readouterr().err
+    assert "ValueError: Invalid URI s3://AKIA:***@bucket" in err
+    assert_no_secret(err)
+
+
+# ----------------------------------------------------------------------------- 2. an output that is an input
+
+
+def _rows(n=8):
+    return [{"id": f"{t}{i}", "task": t, "prompt": f"Question {i} of {t}?", "response": f"answer {i}"}
+            for t in "ab" for i in range(n // 2)]
+
+
+@pytest.fixture
+def selected(tmp_path):
+    """A pool of 8, and a selection of all 8 in S/."""
+    pool = write_jsonl(tmp_path / "pool.jsonl", _rows())
+    assert run("select", pool, "--budget", 8, "--strategy", "random", "--out", tmp_path / "S", "-q") == 0
+    return pool, tmp_path / "S" / "selection.jsonl"
+
+
+def _refused(capsys, output, input_) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"taskdiv: error: {output}: this output would replace the input {input_}; choose another output" in err, err
+    return err
+
+
+def test_import_onto_its_own_selection_is_refused(selected, tmp_path, capsys):
+    """Before: the selection went from 8 rows to 1."""
+    _, sel = selected
+    answers = write_jsonl(tmp_path / "answers.jsonl", [{"id": "a0", "response": "yes"}])
+    before = sel.read_bytes()
+    assert run("annotate", "import", answers, "--format", "jsonl", "--selection", sel, "--out", sel) == 1
+    _refused(capsys, sel, sel)
+    assert sel.read_bytes() == before
+    assert not (sel.parent / "annotations.jsonl").exists()
+
+
+def test_import_of_the_store_itself_is_refused(selected, tmp_path, capsys):
+    _, sel = selected
+    store = write_jsonl(tmp_path / "annotations.jsonl", [{"id": "a0", "response": "yes"}])
+    assert run("annotate", "import", store, "--format", "jsonl", "--selection", sel,
+               "--out", tmp_path / "sft.jsonl") == 1
+    _refused(capsys, store, store)
+
+
+def test_select_into_the_directory_of_its_pool_is_refused(selected, tmp_path, capsys):
+    """Before: `select D/selection.jsonl --out D` replaced the pool by the 4 selected rows."""
+    _, sel = selected
+    before = sel.read_bytes()
+    assert run("select", sel, "--budget", 4, "--strategy", "random", "--out", sel.parent) == 1
+    _refused(capsys, sel, sel)
+    assert sel.read_bytes() == before
+
+
+def test_export_onto_its_own_selection_is_refused(selected, tmp_path, capsys):
+    """Before: `annotate export D/prompts.jsonl --format jsonl --out D` lost responses, rank and seed."""
+    _, sel = selected
+    prompts = sel.parent / "prompts.jsonl"
+    prompts.write_bytes(sel.read_bytes())
+    assert run("annotate", "export", prompts, "--format", "jsonl", "--out", sel.parent) == 1
+    _refused(capsys, prompts, prompts)
+    assert prompts.read_bytes() == sel.read_bytes()
+
+
+def test_a_hard_link_to_the_input_is_the_input(selected, tmp_path, capsys):
+    pool, _ = selected
+    link = tmp_path / "copy.jsonl"
+    os.link(pool, link)
+    before = pool.read_bytes()
+    assert run("pool", "export", pool, "--out", link) == 1
+    _refused(capsys, link, pool)
+    assert pool.read_bytes() == before
+
+
+def test_a_symbolic_link_to_the_scores_is_an_input(selected, tmp_path, capsys):
+    pool, _ = selected
+    out = tmp_path / "sel2"
+    out.mkdir()
+    (out / "allocation.csv").symlink_to(tmp_path / "scores.csv")
+    (tmp_path / "scores.csv").write_text("id,confidence\na0,0.5\n")
+    assert run("select", pool, "--budget", 2, "--strategy", "random", "--scores", tmp_path / "scores.csv",
+               "--out", out) == 1
+    _refused(capsys, out / "allocation.csv", tmp_path / "scores.csv")
+
+
+def test_an_argilla_export_replacing_the_directory_of_its_selection_is_refused(selected, capsys):
+    pytest.importorskip("argilla")
+    _, sel = selected
+    assert run("annotate", "export", sel, "--format", "argilla", "--out", sel.parent) == 1
+    err = capsys.readouterr().err
+    assert f"{sel.parent}: this output directory is replaced whole, and holds the input {sel}" in err
+
+
+def test_oracle_and_score_check_their_inputs_too(selected, tiny_model_dir, tmp_path, capsys):
+    pool, sel = selected
+    assert run("annotate", "oracle", sel, "--pool", pool, "--out", pool) == 1
+    _refused(capsys, pool, pool)
+    scores_dir = tmp_path / "sc"
+    scores_dir.mkdir()
+    pool_copy = scores_dir / "scores.csv"
+    pool_copy.write_text("id,task,prompt\na1,t,first\n")
+    assert run("score", pool_copy, "--model", tiny_model_dir, "--out", scores_dir) == 1
+    _refused(capsys, pool_copy, pool_copy)
+
+
+def test_outputs_beside_their_inputs_are_fine(selected, tmp_path):
+    """The usual layouts stay allowed: a selection's directory holds the export, the dataset and the store."""
+    _, sel = selected
+    assert run("annotate", "export", sel, "--format", "jsonl", "--out", sel.parent, "-q") == 0
+    assert run("annotate", "oracle", sel, "--pool", tmp_path / "pool.jsonl", "--out", sel.parent / "sft.jsonl",
+               "-q") == 0
+
+
+# ----------------------------------------------------------------------------- 3. accepted silently
+
+
+def _pool_csv(tmp_path, text: str) -> Path:
+    path = tmp_path / "pool.csv"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, message", [
+    # Before: loaded as {"id": "first", "prompt": "M", "task": "E"}.
+    ("id,task,prompt\na1,t,first,E,M\n", "line 2, row 1: 5 fields, the header has 3 (id, task, prompt)"),
+    ("id,task,prompt\na1,t,first\n\na2,t,second,E\n", "line 4, row 2: 4 fields, the header has 3"),
+    ("id,task,prompt\na1,t,\"first, quoted\",E\n", "line 2, row 1: 4 fields"),
+    # Before: the second column was kept as 'prompt.1' and never read.
+    ("id,task,prompt,prompt\na1,t,first,second\n", "line 1, field 'prompt': the header names column 'prompt' twice"),
+])
+def test_a_csv_row_wider_than_its_header_or_a_repeated_column_is_refused(tmp_path, capsys, text, message):
+    pool = _pool_csv(tmp_path, text)
+    assert run("pool", "info", pool) == 1
+    err = capsys.readouterr().err
+    assert f"taskdiv: error: {pool}, {message}" in err, err
+
+
+def test_a_scores_csv_with_two_confidence_columns_is_refused(selected, tmp_path, capsys):
+    pool, _ = selected
+    scores = tmp_path / "scores.csv"
+    scores.write_text("id,confidence,confidence\na0,0.1,0.9\n")
+    assert run("select", pool, "--budget", 2, "--strategy", "random", "--scores", scores, "--out", tmp_path / "o") == 1
+    assert f"{scores}, line 1, field 'confidence': the header names column 'confidence' twice" in capsys.readouterr().err
+
+
+def test_a_quoted_comma_and_a_short_row_still_load(tmp_path):
+    from taskdiv.data import load_pool
+
+    pool = load_pool(str(_pool_csv(tmp_path, "id,task,prompt,response\na1,t,\"first, quoted\",x\na2,t,second\n")),
+                     require_tasks=True)
+    assert pool.frame["prompt"].tolist() == ["first, quoted", "second"]
+
+
+@pytest.mark.parametrize("budget", ["101%", "21"])
+def test_a_budget_above_the_pool_is_refused_as_a_count_or_a_percentage(tmp_path, capsys, budget):
+    """Before: 101% selected the whole pool while 21 of 20 prompts was refused."""
+    pool = write_jsonl(tmp_path / "p.jsonl", [{"id": f"p{i}", "task": "ab"[i % 2], "prompt": f"q{i}?"}
+                                              for i in range(20)])
+    assert run("select", pool, "--budget", budget, "--strategy", "random", "--out", tmp_path / "o") == 1
+    err = capsys.readouterr().err
+    assert ("budget 101% is more than the whole pool; at most 100%" if budget == "101%"
+            else "budget 21 is larger than the pool: 20 prompt(s) can be chosen") in err
+    assert not (tmp_path / "o").exists()
+
+
+def _answers(tmp_path, rows) -> Path:
+    return write_jsonl(tmp_path / "answers.jsonl", rows)
+
+
+@pytest.mark.parametrize("value", ["not a date", 12345, ["2026-01-01"]])
+def test_an_answer_time_that_is_no_date_is_refused(selected, tmp_path, capsys, value):
+    """Before: it sorted as 'no time' and replaced a newer answer."""
+    _, sel = selected
+    answers = _answers(tmp_path, [{"id": "a0", "response": "new", "submitted_at": "2026-01-02T00:00:00Z"},
+                                  {"id": "a1", "response": "old", "submitted_at": value}])
+    assert run("annotate", "import", answers, "--format", "jsonl", "--selection", sel,
+               "--out", tmp_path / "sft.jsonl") == 1
+    err = capsys.readouterr().err
+    assert f"{answers}, line 2, field 'submitted_at': {value!r} is not a date and time" in err, err
+    assert not (tmp_path / "sft.jsonl").exists()
+
+
+@pytest.mark.parametrize("status", ["SKIPPED ", 7, "done"])
+def test_an_unknown_answer_status_is_refused(selected, tmp_path, capsys, status):
+    """Before: an unknown status was imported as an answer."""
+    _, sel = selected
+    answers = _answers(tmp_path, [{"id": "a0", "response": "x", "status": status}])
+    assert run("annotate", "import", answers, "--format", "jsonl", "--selection", sel,
+               "--out", tmp_path / "sft.jsonl") == 1
+    err = capsys.readouterr().err
+    assert f"{answers}, line 1, field 'status': status {status!r} is none of submitted, skipped, cancelled, " \
+           f"discarded" in err, err
+
+
+def test_label_studio_times_are_checked_too(selected, tmp_path, capsys):
+    _, sel = selected
+    first = json.loads(sel.read_text().splitlines()[0])
+    export = tmp_path / "ls.json"
+    export.write_text(json.dumps([{"id": 1, "data": {"id": first["id"], "prompt": first["prompt"]},
+                                   "annotations": [{"id": 5, "updated_at": "yesterday-ish",
+                                                    "result": [{"from_name": "response", "type": "textarea",
+                                                                "value": {"text": ["x"]}}]}]}]))
+    assert run("annotate", "import", export, "--format", "label-studio", "--selection", sel,
+               "--out", tmp_path / "sft.jsonl") == 1
+    assert f"{export}, row 1, field 'annotations[0].updated_at': 'yesterday-ish' is not a date and time" \
+           in capsys.readouterr().err
+
+
+def _finished_experiment(tmp_path) -> Path:
+    """An experiment directory as `taskdiv experiment` leaves it, without training: two runs."""
+    exp = tmp_path / "exp"
+    for run_id, strategy, acc in (("base", "base", 0.4), ("random-b4-s0", "random", 0.5)):
+        d = exp / "runs" / run_id
+        (d / "eval").mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps({"run": run_id, "strategy": strategy, "budget": "4",
+                                                   "budget_n": 4 if strategy != "base" else 0, "seed": 0,
+                                                   "suite": "heldout", "accuracy": acc, "ci_low": acc - 0.1,
+                                                   "ci_high": acc + 0.1, "n_test": 12, "heldout_accuracy": acc}))
+        (d / "eval" / "per_task.csv").write_text("task,n,accuracy\na,12,0.5\nmacro,12,0.5\n")
+        (d / "done").write_text("x\n")
+    return exp
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("accuracy", "high", "'high' is not a number"),
+    ("budget_n", [3], "[3] is not a number"),
+    ("accuracy", 7.5, "7.5 is not in [0, 1]"),
+    ("seed", -1, "-1 is not a whole number from 0"),
+])
+def test_a_tampered_result_json_is_refused(tmp_path, field, value, message):
+    """Before: copied into results.csv as it was."""
+    from taskdiv.errors import DataError
+    from taskdiv.experiments import ExperimentConfig, Experiment, Run
+
+    exp = _finished_experiment(tmp_path)
+    path = exp / "runs" / "random-b4-s0" / "result.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    e = Experiment(ExperimentConfig(pool="x"), exp)
+    e.runs = [Run("base", "base", "0", 0, 0), Run("random-b4-s0", "random", "4", 4, 0)]
+    with pytest.raises(DataError) as err:
+        e.collect()
+    assert str(err.value) == f"{path}, field '{field}': {message}"
+    assert not (exp / "results.csv").exists()
+
+
+RESULTS_HEADER = "run,strategy,budget,budget_n,seed,accuracy\n"
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("base,base,0,0,0,0.4\nrandom-b4-s0,random,4,4,0,7.5\n", ", row 2, field 'accuracy': 7.5 is not in [0, 1]"),
+    ("base,base,0,0,0,inf\n", ", row 1, field 'accuracy': inf is not a finite number"),
+    ("base,base,0,0,0,nan\n", ", row 1, field 'accuracy': nan is not a finite number"),
+    ("base,base,0,0,0,0.4\nrandom-b4-s0,random,4,-3,0,0.5\n", ", row 2, field 'budget_n': -3 is not a whole number"),
+    ("base,base,0,0,0,0.4\nrandom-b4-s0,random,4,4,0,high\n", ", row 2, field 'accuracy': 'high' is not a number"),
+    ("", ": no runs: the file holds its header only"),
+])
+def test_report_refuses_values_no_run_can_have(tmp_path, capsys, rows, message):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "results.csv").write_text(RESULTS_HEADER + rows)
+    assert run("report", exp) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"taskdiv: error: {exp / 'results.csv'}{message}" in err, err
+    assert not (exp / "report.md").exists()
+
+
+def test_report_on_an_empty_results_file(tmp_path, capsys):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "results.csv").write_text("")
+    assert run("report", exp) == 1
+    assert f"taskdiv: error: {exp / 'results.csv'}: the file is empty" in capsys.readouterr().err
+
+
+def test_the_studies_results_still_read():
+    from taskdiv.report import _read_results
+
+    for study in ("cpu-small", "cpu-skewed"):
+        assert len(_read_results(Path(__file__).resolve().parents[1] / "results" / study)) > 10
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("max_new_tokens", 0, "--max-new-tokens must be at least 1, got 0"),
+    ("batch_size", 0, "--batch-size must be at least 1, got 0"),
+    ("target_ci", 5, "--target-ci must be in (0, 1], got 5"),
+])
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_experiment_checks_score_options_before_writing_anything(small_pool, tiny_model_dir, tmp_path, capsys,
+                                                                 option, value, message, dry_run):
+    """Before: --dry-run passed them, and the real run refused them only after writing
+    EXP/config.yaml, which then blocked the fixed config."""
+    cfg = tmp_path / "e.yaml"
+    cfg.write_text(yaml.safe_dump({"pool": str(small_pool), "test": str(small_pool), "model": str(tiny_model_dir),
+                                   "strategies": ["weighted-task-diversity"], "budgets": [4], "seeds": [0],
+                                   "base": False, "full": False, "score": {option: value}}))
+    exp = tmp_path / "exp"
+    assert run("experiment", cfg, "--out", exp, *(["--dry-run"] if dry_run else [])) == 1
+    assert f"experiment config: key 'score': {message}" in capsys.readouterr().err
+    assert not exp.exists()
+
+
+# ----------------------------------------------------------------------------- 6. files for spreadsheets
+
+
+# (A carriage return inside a cell does not survive pandas' CSV round trip at all, escaped or not:
+# to_csv leaves it unquoted and read_csv ends the row there. Not a formula matter; left out.)
+TRICKY = ["=cmd|' /C calc'!A0", "=1+00", "+1", "-3", "@SUM(A1)", "\tx", "'=already", "''-3", "'plain",
+          "plain", "a=b", ""]
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_neutralised_and_read_back_exactly(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from taskdiv.fileio import dump_table, read_csv
+
+    frame = pd.DataFrame({"task": TRICKY, "n": np.arange(len(TRICKY)) - 5, "x": np.linspace(-1, 1, len(TRICKY))})
+    path = tmp_path / "t.csv"
+    dump_table(path, frame, ".csv")
+    raw = pd.read_csv(path, dtype={"task": str}, keep_default_na=False, na_values=[])  # a spreadsheet's view
+    for cell in raw["task"]:
+        assert not cell or cell[0] not in "=+-@\t\r", cell
+    assert raw["n"].tolist() == frame["n"].tolist()  # numbers stay numbers: -5 is no formula
+    back = read_csv(path, neutralised=True, dtype={"task": str}, keep_default_na=False)
+    assert back["task"].tolist() == TRICKY
+    np.testing.assert_array_equal(back["x"], frame["x"])
+
+
+def test_selection_and_scores_round_trip_with_formula_names(tmp_path):
+    """allocation.csv and scores.csv neutralised; select --scores reads the ids back exactly."""
+    import pandas as pd
+
+    from taskdiv.data import read_score_file
+    from taskdiv.fileio import dump_table
+
+    rows = [{"id": f"=1+0{i}", "task": TRICKY[i % 3], "prompt": f"Question {i}?"} for i in range(6)]
+    pool = write_jsonl(tmp_path / "pool.jsonl", rows)
+    scores = tmp_path / "scores.csv"
+    dump_table(scores, pd.DataFrame({"id": [r["id"] for r in rows], "task": [r["task"] for r in rows],
+                                     "confidence": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]}), ".csv")
+    assert "'=1+00" in scores.read_text()
+    assert read_score_file(scores).ids.tolist() == [r["id"] for r in rows]
+    assert run("select", pool, "--budget", 3, "--strategy", "weighted-task-diversity", "--scores", scores,
+               "--out", tmp_path / "sel", "-q") == 0
+    alloc = (tmp_path / "sel" / "allocation.csv").read_text()
+    assert "\n'=cmd|' /C calc'!A0," in alloc.replace('"', "") and "\n=" not in alloc.replace('"', "")
+    chosen = [json.loads(line)["confidence"]
+              for line in (tmp_path / "sel" / "selection.jsonl").read_text().splitlines()]
+    assert len(chosen) == 3 and all(c == c for c in chosen)  # every chosen id found its score
+
+
+def test_report_escapes_names_it_pastes_into_markdown(tmp_path, capsys):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "results.csv").write_text(RESULTS_HEADER + "base,base,0,0,0,0.4\nrandom-b4-s0,random,4,4,0,0.5\n"
+                                     "x-b4-s0,\"=cmd|' /C calc'!A0\",4,4,0,0.6\n"
+                                     "y-b4-s0,\"two\nlines`code`\",4,4,0,0.55\n")
+    run("report", exp)
+    report = (exp / "report.md").read_text()
+    assert "\\=cmd\\|' /C calc'!A0" in report and "=cmd|" not in report.replace("\\=cmd\\|", "")
+    assert "two lines\\`code\\`" in report and "two\nlines" not in report
