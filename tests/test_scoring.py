@@ -399,3 +399,18 @@ def test_per_task_samples_do_not_depend_on_the_order_of_the_rows():
     assert samples(frame) == samples(shuffled)
     assert samples(frame) != {t: list(frame["id"].to_numpy()[o])
                               for t, o in _sample_orders(Pool(frame), seed=8).items()}
+
+
+def test_exclude_scores_only_the_rest(small_pool, tiny_model_dir, tmp_path):
+    """`--exclude` (an earlier round's selection): those prompts are neither sampled nor
+    counted; naming the whole pool is an error."""
+    sel = write_jsonl(tmp_path / "sel.jsonl", [{"id": f"c{i}"} for i in range(7)] + [{"id": "a0"}])
+    out = tmp_path / "s"
+    assert cli.main(["score", str(small_pool), "--model", str(tiny_model_dir), "--max-new-tokens", "2",
+                     "--exclude", str(sel), "--out", str(out), "--no-progress"]) == 0
+    scores = pd.read_csv(out / "scores.csv")
+    assert len(scores) == 16 - 8 and not set(scores["id"]) & ({f"c{i}" for i in range(7)} | {"a0"})
+    assert pd.read_csv(out / "tasks.csv").set_index("task")["available"].to_dict() == {"a": 1, "b": 5, "c": 2}
+    every = write_jsonl(tmp_path / "all.jsonl", [{"id": i} for i in pd.read_json(small_pool, lines=True)["id"]])
+    assert cli.main(["score", str(small_pool), "--model", str(tiny_model_dir), "--exclude", str(every),
+                     "--out", str(tmp_path / "none")]) == 1

@@ -40,9 +40,10 @@ log = logging.getLogger(__name__)
 REFERENCE = ("full", "base")
 # taskdiv's variants beyond the paper, and the paper's strategy each one is meant to beat:
 # the report compares them directly (same budget and seed).
-VARIANTS = {"sharp-weighted-task-diversity": "weighted-task-diversity"}
+VARIANTS = {"sharp-weighted-task-diversity": "weighted-task-diversity", "two-round": "task-diversity",
+            "kind-diversity": "task-diversity"}
 ORDER = ["random", "proportional", "task-diversity", "weighted-task-diversity", "sharp-weighted-task-diversity",
-         "k-center", "uncertainty"]
+         "two-round", "kind-diversity", "k-center", "uncertainty"]
 
 
 @dataclass
@@ -409,6 +410,9 @@ def build_report(exp: Path) -> str:
         for _, r in _by_budget_then_strategy(by_kind, strategies).iterrows():
             lines.append(f"| {r['strategy']} | {int(r['budget_n'])} | "
                          + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
+    gains = analysis.task_gains(per_task, results, allocations) if len(per_task) else pd.DataFrame()
+    mechanism, scatter = _mechanism_lines(exp, gains, kinds)
+    lines += mechanism
     lines += ["", "## Plots", "", "![accuracy against budget](accuracy_vs_budget.png)", ""]
     figures = {"accuracy_vs_budget.png": plot_accuracy(results, summary)}
     if (fig := plot_allocation(allocations)) is not None:
@@ -417,9 +421,85 @@ def build_report(exp: Path) -> str:
     if (fig := plot_task_gains(per_task, results)) is not None:
         figures["task_gains.png"] = fig
         lines += ["![per-task gains over the base model](task_gains.png)", ""]
+    if scatter is not None:
+        figures["confidence_gain.png"] = scatter
+        lines += ["![task confidence against gain](confidence_gain.png)", ""]
     text = "\n".join(lines) + "\n"
     _write_report(exp, text, figures)
     return text
+
+
+def _tuned_confidence(exp: Path, gains: pd.DataFrame) -> pd.DataFrame:
+    """Two-round runs: each task's confidence under the run's round-1 model (the tuned one
+    round 2 was allocated by) beside its gain in that run, for the tasks that got examples."""
+    rows = []
+    for run in gains.loc[gains["strategy"] == "two-round", "run"].unique():
+        path = exp / "runs" / run / "round1" / "scores" / "tasks.csv"
+        if path.exists():
+            tuned = read_csv(path, neutralised=True).set_index("task")["confidence"]
+            got = gains[(gains["run"] == run) & (gains["allocated"] > 0)]
+            rows.append(got.assign(confidence=got["task"].map(tuned)))
+    return pd.concat(rows, ignore_index=True).dropna(subset=["confidence"]) if rows else pd.DataFrame()
+
+
+def _mechanism_lines(exp: Path, gains: pd.DataFrame, kinds) -> tuple[list[str], object]:
+    """Does low confidence predict gain (weighted-task-diversity's premise), and does a task's
+    own example matter within its kind (the method's mechanism)? Lines and the scatter plot."""
+    lines, fig = [], None
+    tasks_csv = exp / "scores" / "tasks.csv"
+    if len(gains) and tasks_csv.exists():
+        confidence = read_csv(tasks_csv, neutralised=True).set_index("task")["confidence"]
+        table = analysis.confidence_gain(gains, confidence)
+        r = analysis.rank_correlation(table["confidence"], table["gain"])
+        if r["n"]:
+            verdict = ("low confidence goes with higher gain" if r["ci_high"] < 0 else
+                       "low confidence goes with lower gain" if r["ci_low"] > 0 else
+                       "no rank correlation can be told from zero: on this model a task's confidence does not "
+                       "predict what annotating it gains")
+            lines += ["", "## Does low confidence predict gain?", "",
+                      "Weighted-task-diversity's premise: tasks the base model is unsure of gain more from "
+                      "annotation. Per task: the base model's confidence C_t (scores/tasks.csv) against its mean "
+                      "gain over the base model in the runs where it got at least one example.", "",
+                      f"Spearman's rho over {r['n']} tasks: **{r['rho']:+.3f}** [{r['ci_low']:+.3f}, "
+                      f"{r['ci_high']:+.3f}] (95% bootstrap over tasks; p = {r['p']:.3f}): {verdict}."]
+            tuned = _tuned_confidence(exp, gains)
+            if len(tuned):
+                t = analysis.rank_correlation(tuned["confidence"], tuned["gain"])
+                lines += ["", f"The tuned model's confidence (two-round runs: the round-1 model's C_t, which round 2 "
+                              f"was allocated by) against the run's per-task gain, {t['n']} task-runs: rho "
+                              f"**{t['rho']:+.3f}** [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}] (p = {t['p']:.3f})."]
+            fig = plot_confidence_gain(table, r)
+    if len(gains) and kinds is not None and len(kinds):
+        within = analysis.examples_vs_none(gains, kinds)
+        if len(within):
+            lines += ["", "## Does a task's own example matter?", "",
+                      "Within each kind of task, in random's runs (where tasks with and without examples sit side by "
+                      "side): the mean gain over the base model of the tasks that got examples minus that of the "
+                      "tasks that got none, per run; its mean over runs, 95% t-interval, runs where it is positive, "
+                      "and exact p-values. Near zero means what is learnt carries over within a kind, and per-task "
+                      "coverage is not what the model needs.", "",
+                      "| budget | kind | tasks with / without examples | gain difference [95% CI] | positive / runs "
+                      "| p (sign) | p (permutation) |", "|---|---|---|---|---|---|---|"]
+            for _, w in within.iterrows():
+                lines.append(f"| {int(w['budget_n'])} | {w['kind']} | {w['tasks_with']:.0f} / {w['tasks_without']:.0f}"
+                             f" | {_paired_cells(w)} |")
+    return lines, fig
+
+
+def plot_confidence_gain(table: pd.DataFrame, r: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.scatter(table["confidence"], table["gain"], s=14, alpha=0.7)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("base model's task confidence C_t")
+    ax.set_ylabel("gain over the base model (runs where the task got examples)")
+    ax.set_title(f"Spearman rho {r['rho']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}], {r['n']} tasks")
+    fig.tight_layout()
+    return fig
 
 
 def _variant_lines(results: pd.DataFrame, labels: dict) -> list[str]:

@@ -46,7 +46,7 @@ import pandas as pd
 
 from . import metrics as metrics_mod
 from .config import to_dict
-from .data import Pool, PoolOptions, load_pool
+from .data import Pool, PoolOptions, load_pool, read_ids
 from .distributed import RayOptions
 from .errors import TaskdivError
 from .fileio import check_inputs_kept, dump_table, dump_yaml, output_set
@@ -84,6 +84,10 @@ class ScoreConfig(PoolOptions, RayOptions):
     metric: str = field(default="mean_prob", metadata={
         "choices": list(metrics_mod.METRICS),
         "help": "The metric written as `confidence` (mean_entropy is written as exp(-mean_entropy))."})
+    exclude: str | None = field(default=None, metadata={
+        "help": "Ids not to score (a file of ids, a selection.jsonl, an annotation store): e.g. the prompts an "
+                "earlier round annotated, when a model trained on them scores the rest (tasks.csv counts the "
+                "rest)."})
     per_task: int | None = field(default=None, metadata={
         "help": "Score a seeded random sample of this many prompts per task (all of a smaller task)."})
     target_ci: float | None = field(default=None, metadata={
@@ -265,6 +269,14 @@ def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     check_options(cfg)
     pool = load_pool(cfg.pool, cfg.field_map())
+    if cfg.exclude:
+        excluded = set(map(str, read_ids(cfg.exclude)))
+        keep = ~pool.frame["id"].astype(str).isin(excluded)
+        log.info("--exclude %s: scoring the %d of %d prompts it does not name", cfg.exclude, int(keep.sum()),
+                 len(pool))
+        if not keep.any():
+            raise TaskdivError(f"--exclude {cfg.exclude} names every prompt of the pool: nothing to score")
+        pool = Pool(pool.frame[keep.to_numpy()].reset_index(drop=True), pool.source)
     ref = models.resolve(cfg.model)
     tokenizer = loaded[1] if loaded is not None else models.load_tokenizer(ref)
     chat = models.choose_chat(ref, tokenizer, cfg.chat_template)
