@@ -23,7 +23,7 @@ LABEL_STUDIO ?= label-studio==1.23.2
 PYTEST_ARGS ?=
 DEMO_OUT ?= runs/demo
 
-.PHONY: install label-studio demo test test-integration bench experiment experiment-skewed experiment-many report clean FORCE
+.PHONY: install label-studio demo test docs test-integration bench experiment experiment-skewed experiment-many report clean FORCE
 
 # What the install depends on besides pyproject.toml: the settings above. The stamp file
 # is rewritten only when they change, so that changing one reinstalls and nothing else does.
@@ -67,8 +67,12 @@ demo: install
 	$(TASKDIV) select bench:demo --budget 1000 --strategy weighted-task-diversity \
 		--scores $(DEMO_OUT)/scores/scores.csv --seed 0 --out $(DEMO_OUT)/selection
 
-test: install
+test: install docs
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The docs site, built strictly: a broken link, anchor or missing page fails the build.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 test-integration: install label-studio
 	TASKDIV_LABEL_STUDIO=$(abspath $(LS_VENV))/bin/label-studio $(PY) -m pytest -q -m integration $(PYTEST_ARGS)
@@ -93,4 +97,4 @@ experiment-many: install
 	$(TASKDIV) report results/cpu-many
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache build

@@ -99,3 +99,17 @@ def test_the_check_sees_lazy_and_type_checking_imports(tmp_path):
     # The parser itself: imports inside functions and TYPE_CHECKING blocks count.
     probe = SRC / "strategies.py"
     assert {"allocation", "data", "errors", "kcenter"} <= imports_of(probe)
+
+
+def test_the_module_map_in_the_docs_is_the_layering():
+    """docs/development.md's module map lists every module in the layer this test puts it in."""
+    import re
+
+    text = (SRC.parents[1] / "docs" / "development.md").read_text(encoding="utf-8")
+    table = text.split("**Module map**", 1)[1]
+    documented = {}
+    for layer, modules in re.findall(r"^\| (\d+) \| ([^|]+) \|", table, flags=re.M):
+        for name in re.findall(r"`([\w.]+)`", modules):
+            documented[name] = int(layer)
+    expected = {m: i for i, layer in enumerate(LAYERS) for m in layer if m != "taskdiv"}
+    assert documented == expected

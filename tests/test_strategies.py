@@ -64,8 +64,17 @@ def test_strategy_contract(name, params, drawn):
     try:
         result = strategy.select(pool, budget, inputs)
     except TaskdivError as e:
-        # The only legitimate refusal: a floor/ceiling that the budget cannot satisfy.
-        assert "floor" in str(e) or "exceeds" in str(e), e
+        # The only legitimate refusal: a floor or ceiling that the budget cannot satisfy. The
+        # arithmetic says whether that is so, so a strategy that refused everything would fail.
+        assert isinstance(strategy, TaskAllocation) and ("floor" in str(e) or "exceeds" in str(e)), e
+        _, codes = pool.task_codes()
+        sizes_t = np.bincount(codes)
+        taken = np.bincount(codes[inputs.excluded], minlength=len(sizes_t))
+        hi = sizes_t if strategy.max_per_task is None else np.minimum(sizes_t, strategy.max_per_task)
+        hi = np.maximum(hi, taken)
+        lo = np.minimum(np.maximum(strategy._floor(budget, sizes_t, taken), taken), hi)
+        total = budget + taken.sum()
+        assert lo.sum() > total or total > hi.sum(), (e, lo.sum(), total, hi.sum())
         return
     ids = list(result.ids)
     assert len(ids) == budget

@@ -1,7 +1,8 @@
 """The `taskdiv` command.
 
     taskdiv pool info POOL                  prompts, tasks and per-task counts
-    taskdiv pool export POOL --out F        write a pool (e.g. a BIG-bench one) to a file
+    taskdiv pool export POOL --out F        write a pool (e.g. a benchmark preset) to a file
+    taskdiv pool split POOL --out DIR       a pool part and a held-out part per task
     taskdiv select POOL --budget B ...      choose prompts to annotate
     taskdiv annotate export|import|oracle   the annotation round-trip
     taskdiv score POOL --out DIR            the model's confidence per prompt and per task
@@ -38,6 +39,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                        "Print the number of prompts and tasks and the per-task counts of a pool."),
     ("pool", "export"): ("taskdiv.selection", "PoolExportConfig", "run_pool_export",
                          "Write a pool (any source) to a .jsonl or .parquet file."),
+    ("pool", "split"): ("taskdiv.selection", "PoolSplitConfig", "run_pool_split",
+                        "Split a pool into a part to select from and a held-out part per task (for evaluate)."),
     ("score",): ("taskdiv.scoring", "ScoreConfig", "run_score",
                  "Score the base model's confidence on each prompt (and per task), cached and resumable."),
     ("select",): ("taskdiv.selection", "SelectConfig", "run_select",

@@ -248,3 +248,48 @@ def run_pool_export(cfg: PoolExportConfig) -> None:
     else:
         raise TaskdivError(f"{out}: export to .jsonl or .parquet")
     print(f"wrote {len(pool)} prompt(s) to {out}")
+
+
+@dataclass
+class PoolSplitConfig(PoolOptions):
+    test_per_task: float = field(default=0.2, metadata={
+        "help": "Held-out items per task: a whole count (10) or a fraction (0.2); never more than half a task."})
+    seed: int = field(default=0, metadata={"help": "Seed of the split."})
+    out: str | None = field(default=None, metadata={
+        "required": True, "help": "Output directory: pool.jsonl (to select from) and test.jsonl (for "
+                                  "`evaluate --heldout`)."})
+
+
+def split_pool(pool: Pool, test_per_task: float = 0.2, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(pool part, held-out part) of a pool by the rule every built-in source uses
+    (`taskdiv.splits`: keyed on the prompt and the response; a copy of a held-out item in
+    another task is in neither part). The held-out rows get `targets` = [response] where
+    they have a response and no targets, so that `evaluate --heldout` can score them."""
+    from .splits import SplitOptions, split_key, split_tasks
+
+    frame = pool.frame
+    responses = frame["response"].fillna("").astype(str) if "response" in frame else pd.Series("", index=frame.index)
+    keyed = frame.assign(_key=[split_key(p, r) for p, r in zip(frame["prompt"], responses)])
+    tasks = {t: g for t, g in keyed.groupby("task", sort=True)}
+    part = {split: set(split_tasks(tasks, SplitOptions(split=split, test=test_per_task, seed=seed),
+                                   where=pool.source)["id"]) for split in ("pool", "test")}
+    kept = frame[frame["id"].isin(part["pool"]).to_numpy()].reset_index(drop=True)
+    test = frame[frame["id"].isin(part["test"]).to_numpy()].reset_index(drop=True)
+    if "response" in test:
+        if "targets" not in test:
+            test["targets"] = None
+        fill = test["targets"].isna() & test["response"].notna()
+        test.loc[fill, "targets"] = pd.Series([[r] for r in test.loc[fill, "response"]], index=test.index[fill],
+                                              dtype=object)
+    return kept, test
+
+
+def run_pool_split(cfg: PoolSplitConfig) -> None:
+    out = check_output_dir(cfg.out, ("pool.jsonl", "test.jsonl"), inputs=[cfg.pool])
+    pool = load_pool(cfg.pool, cfg.field_map())
+    kept, test = split_pool(pool, cfg.test_per_task, cfg.seed)
+    with output_set(out / "pool.jsonl", out / "test.jsonl") as (pool_tmp, test_tmp):
+        dump_jsonl(pool_tmp, kept)
+        dump_jsonl(test_tmp, test)
+    print(f"wrote {len(kept)} prompt(s) to {out / 'pool.jsonl'} and {len(test)} held-out item(s) of "
+          f"{test['task'].nunique() if len(test) else 0} task(s) to {out / 'test.jsonl'}")
