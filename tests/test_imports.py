@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
     {"annotate.store", "annotate.jsonl", "annotate.label_studio", "annotate.argilla"},  # the store, the formats
     {"annotate"},                                               # the FORMATS registry
     # the stages a user runs
-    {"selection", "scoring", "training", "evaluation", "annotate.commands"},
+    {"selection", "scoring", "training", "evaluation", "annotate.commands", "caches"},
     {"rounds"},                                                 # annotation in rounds: select, train, re-score
     {"experiments"},                                            # every stage, end to end
     {"report"},                                                 # reads an experiment

@@ -10,10 +10,11 @@
     taskdiv evaluate RUN --suite S --out D  held-out accuracy, MMLU, BBH
     taskdiv experiment CONFIG.yaml --out EXP strategies x budgets x seeds, end to end
     taskdiv report EXP                      tables and plots of an experiment
+    taskdiv cache info|clear                what the cache holds; free it
     taskdiv env                             versions, for bug reports
 
-Every command takes --config FILE.yaml (flags override it), and -v/-q and
---no-progress. Stage modules are imported only when their command runs, so that
+Every command takes --config FILE.yaml (flags override it), -v/-q, --no-progress and
+--data-dir, before or after the command's name. Stage modules are imported only when their command runs, so that
 `--help` is instant and selection never imports torch.
 """
 from __future__ import annotations
@@ -57,11 +58,16 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                     "Evaluate a model or run: held-out accuracy per task, MMLU, BBH (lm-evaluation-harness)."),
     ("experiment",): ("taskdiv.experiments", "ExperimentCommand", "run_experiment",
                       "Compare strategies across budgets and seeds: select, annotate, train, evaluate."),
+    ("cache", "info"): ("taskdiv.caches", "CacheInfoConfig", "run_cache_info",
+                        "Show what taskdiv keeps in its cache ($TASKDIV_CACHE) and how large it is."),
+    ("cache", "clear"): ("taskdiv.caches", "CacheClearConfig", "run_cache_clear",
+                         "Free the cache: scores, embeddings, models, bigbench-1.0.0, or all."),
     ("report",): ("taskdiv.report", "ReportConfig", "run_report",
                   "Write report.md and plots (accuracy vs budget, allocation, per-task gains) for an experiment."),
 }
 
-GROUP_HELP = {"pool": "Inspect and export prompt pools.",
+GROUP_HELP = {"pool": "Inspect, export and split prompt pools.",
+              "cache": "Show and free taskdiv's cache (shared scores, embeddings, converted models).",
               "annotate": "Send selected prompts to annotators (Label Studio, Argilla) and import their answers."}
 
 
@@ -73,12 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Label-efficient SFT: choose which prompts to annotate by task diversity and "
                     "model confidence (WeightedTaskDiversity, arXiv 2507.21482).")
     parser.add_argument("--version", action="version", version=f"taskdiv {__version__}")
+    # The shared flags work before the command (`taskdiv -q score ...`) and after it: the
+    # command's copies default to SUPPRESS, so that one given before it stands.
+    add_shared_flags(parser, defaults=True)
+    parser.add_argument("--config", metavar="FILE.yaml", default=None,
+                        help="YAML file with the command's options as keys; command-line flags override it.")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="count", default=0, help="More log output (-vv: debug).")
-    common.add_argument("-q", "--quiet", action="store_true", help="Only warnings and errors.")
-    common.add_argument("--no-progress", action="store_true", help="Turn progress bars off.")
-    common.add_argument("--data-dir", metavar="DIR", help="Where the local benchmark collections are (mmlu/, bbh/, "
-                        "gauntlet/, alpaca_eval/): sets TASKDIV_DATA; default ../shared/data beside the repository.")
+    add_shared_flags(common, defaults=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
     for words, (module, cls_name, _, help_text) in COMMANDS.items():
@@ -96,6 +103,35 @@ def build_parser() -> argparse.ArgumentParser:
                          parents=[common])
     env.set_defaults(_words=("env",))
     return parser
+
+
+def add_shared_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    def default(value):
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("-v", "--verbose", action="count", default=default(0), help="More log output (-vv: debug).")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default(False),
+                        help="Only warnings and errors.")
+    parser.add_argument("--no-progress", action="store_true", default=default(False),
+                        help="Turn every progress bar off, the libraries' (transformers, datasets, "
+                             "sentence-transformers) included.")
+    parser.add_argument("--data-dir", metavar="DIR", default=default(None),
+                        help="Where the local benchmark collections are (mmlu/, bbh/, gauntlet/, alpaca_eval/): "
+                             "sets TASKDIV_DATA; default ../shared/data beside the repository.")
+
+
+def quiet_progress() -> None:
+    """No progress bar anywhere: taskdiv's (TASKDIV_NO_PROGRESS), tqdm's in every library
+    (TQDM_DISABLE, read by tqdm >= 4.66 as the default of `disable`), the hub client's, and
+    transformers' and datasets' own switches where they are loaded."""
+    os.environ["TASKDIV_NO_PROGRESS"] = "1"
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    for module, name in (("transformers.utils.logging", "disable_progress_bar"),
+                         ("datasets.utils.logging", "disable_progress_bar")):
+        if module in sys.modules:
+            getattr(sys.modules[module], name)()
 
 
 def run_env() -> None:
@@ -162,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(args.verbose, args.quiet)
     if args.no_progress:
-        os.environ["TASKDIV_NO_PROGRESS"] = "1"
+        quiet_progress()
     if args.data_dir:
         os.environ["TASKDIV_DATA"] = os.path.abspath(args.data_dir)
     try:

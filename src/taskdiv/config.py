@@ -57,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         else:
             flags = ["--" + f.name.replace("_", "-")] + list(f.metadata.get("aliases", ()))
             parser.add_argument(*flags, dest=f.name, **kw)
-    parser.add_argument("--config", metavar="FILE.yaml", default=None,
+    # SUPPRESS: absent after the command, a --config given before it (`taskdiv --config F score`) stands.
+    parser.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS,
                         help="YAML file with these options as keys; command-line flags override it.")
 
 

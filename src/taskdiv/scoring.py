@@ -12,10 +12,14 @@ longer than --max-prompt-tokens (the BOS token is kept), sorted by length and ru
 left-padded batches with a KV cache; rows that reach EOS leave the batch.
 
 Cache and resume: results go to OUT/cache.sqlite, keyed by (settings, prompt sha256),
-where `settings` hashes the model fingerprint, dtype, max-new-tokens, chat template
-and prompt-length limit. Each batch is one transaction, so a killed run loses at most
-the batch in flight; a rerun reuses every stored row, and other settings never see
-them.
+where `settings` hashes the model's identity (a content hash of its weights and adapter,
+`models.fingerprint`), dtype, max-new-tokens, chat template and prompt-length limit.
+Each batch is one transaction, so a killed run loses at most the batch in flight; a
+rerun reuses every stored row, and other settings never see them. Finished rounds are
+also copied into the shared cache, $TASKDIV_CACHE/scores/cache.sqlite, which every
+--out (and the Python API) reads first: scoring the same prompts with the same model and
+settings into a new --out generates nothing (`taskdiv cache info|clear`;
+TASKDIV_SHARED_SCORES=0 turns it off).
 
 Engines: --engine local (this process) or --engine ray (Ray Data feeding scorer actors
 that run the local engine's `generation.Scorer.generate` on shards of the same batches; see
@@ -155,8 +159,43 @@ class ScoreCache:
         cols = ["prompt_sha", *metrics_mod.METRICS, "generated", "tokens", "prompt_tokens", "truncated"]
         return pd.DataFrame.from_records(records, columns=cols).set_index("prompt_sha")
 
+    def copy_from(self, other: "ScoreCache", shas) -> int:
+        """Copy `other`'s rows of these prompt shas (same settings) into this cache, in one
+        transaction; returns how many were new here."""
+        shas = list(shas)
+        rows = []
+        for start in range(0, len(shas), 500):  # SQLite's limit on bound parameters
+            chunk = shas[start:start + 500]
+            rows += other.conn.execute(
+                f"SELECT * FROM scores WHERE settings = ? AND prompt_sha IN ({','.join('?' * len(chunk))})",
+                (other.key, *chunk)).fetchall()
+        if not rows:
+            return 0
+        with self.conn:
+            self.conn.execute("INSERT OR IGNORE INTO settings VALUES (?, ?)", (self.key, self.settings_json))
+            before = self.conn.total_changes
+            self.conn.executemany("INSERT OR IGNORE INTO scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                  [(self.key, *row[1:]) for row in rows])
+            return self.conn.total_changes - before
+
     def close(self) -> None:
         self.conn.close()
+
+
+def shared_cache(settings: dict) -> "ScoreCache | None":
+    """The score cache every --out shares, in $TASKDIV_CACHE/scores (`taskdiv cache info`);
+    None when TASKDIV_SHARED_SCORES=0 or it cannot be opened (a run then keeps its own)."""
+    import os
+
+    from .fileio import cache_dir
+
+    if os.environ.get("TASKDIV_SHARED_SCORES", "1") == "0":
+        return None
+    try:
+        return ScoreCache(cache_dir("scores") / "cache.sqlite", settings)
+    except (TaskdivError, OSError, sqlite3.Error) as e:
+        log.warning("the shared score cache cannot be used (%s); scoring with this run's own cache only", e)
+        return None
 
 
 def prompt_sha(prompt: str) -> str:
@@ -295,6 +334,7 @@ def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     settings = {"model": models.fingerprint(ref), "dtype": dtype, "max_new_tokens": cfg.max_new_tokens,
                 "chat": chat, "max_prompt_tokens": max_prompt, "format": FORMAT_VERSION}
     cache = ScoreCache(out / "cache.sqlite", settings)
+    shared = shared_cache(settings)
     if cfg.engine == "ray":
         from .distributed import RayScorer
 
@@ -307,6 +347,8 @@ def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
         frame = pool.frame
         shas = np.array([prompt_sha(p) for p in frame["prompt"]], dtype=object)
         stored = cache.stored()
+        shared_stored = shared.stored() if shared is not None else set()
+        from_shared = 0
         orders = _sample_orders(pool, cfg.seed)
         sizes = {t: len(o) if cfg.per_task is None else min(cfg.per_task, len(o)) for t, o in orders.items()}
         chosen = np.zeros(len(frame), dtype=bool)
@@ -317,11 +359,19 @@ def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
             new = new[~chosen[new]]
             chosen[new] = True
             todo = {shas[i]: frame["prompt"].iat[i] for i in new}
+            if shared is not None:  # what another --out (or a notebook) scored with these settings
+                pulled = [s for s in todo if s not in stored and s in shared_stored]
+                if pulled:
+                    from_shared += cache.copy_from(shared, pulled)
+                    stored |= set(pulled)
             reused |= {s for s in todo if s in stored}
             todo = {s: p for s, p in todo.items() if s not in stored}
             round_no += 1
             scorer.run(todo, "scoring" if round_no == 1 else f"scoring (round {round_no})")
             stored |= set(todo)
+            if shared is not None and todo:
+                shared.copy_from(cache, list(todo))
+                shared_stored |= set(todo)
             scores = _scores_table(frame, shas, chosen, cache, cfg.metric)
             table = task_table(scores, pool)
             sizes = {} if cfg.target_ci is None else _next_sizes(table, cfg.target_ci)
@@ -332,6 +382,8 @@ def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
                      len(sizes), sum(k - scored[t] for t, k in sizes.items()))
     finally:
         cache.close()
+        if shared is not None:
+            shared.close()
         if loaded is None and getattr(scorer, "model", None) is not None:  # ours: dropped, not kept
             scorer.model = None
             models.free_memory()
@@ -341,11 +393,11 @@ def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
         dump_table(tasks_tmp, table, ".csv")
         dump_yaml(config_tmp, {"command": "score", **to_dict(cfg),
                                "resolved": {**settings, "model_path": ref.path, "settings_key": cache.key}})
-    scores.attrs.update(reused=len(reused), computed=scorer.computed, seconds=time.perf_counter() - started,
+    scores.attrs.update(reused=len(reused), from_shared=from_shared, computed=scorer.computed, seconds=time.perf_counter() - started,
                         generation_seconds=scorer.seconds, available=len(frame),
                         engine=dict(getattr(scorer, "stats", {}), engine=cfg.engine))
-    log.info("scored %d of %d prompts: %d reused from the cache, %d generated", len(scores), len(frame),
-             len(reused), scorer.computed)
+    log.info("scored %d of %d prompts: %d reused from the cache (%d of them from the shared cache), %d generated",
+             len(scores), len(frame), len(reused), from_shared, scorer.computed)
     return scores, table
 
 
@@ -377,8 +429,10 @@ def run_score(cfg: ScoreConfig) -> None:
     a = scores.attrs
     print(format_tasks(table))
     rate = f" ({a['computed'] / a['generation_seconds']:.2f} prompts/s)" if a["computed"] else ""
+    shared = f" ({a['from_shared']} from the shared cache, scored before into another --out)" \
+        if a.get("from_shared") else ""
     print(f"scored {len(scores)} of {a['available']} prompt(s) in {len(table)} task(s): {a['reused']} reused from "
-          f"the cache, {a['computed']} generated in {a['generation_seconds']:.1f} s{rate}; "
+          f"the cache{shared}, {a['computed']} generated in {a['generation_seconds']:.1f} s{rate}; "
           f"{int(scores['truncated'].sum())} truncated from the left")
     label = metrics_mod.get(cfg.metric).confidence_label
     print(f"confidence = {cfg.metric}" + (f" as {label}" if label else "")
