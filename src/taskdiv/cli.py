@@ -25,7 +25,7 @@ import logging
 import os
 import sys
 
-from . import __version__
+from ._version import __version__
 from .errors import TaskdivError
 from .redact import RedactingFilter, redact
 

@@ -269,6 +269,17 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
     return "path", spec, {}
 
 
+def pool_from_frame(raw: pd.DataFrame, fields: FieldMap | None = None, *, source: str = "DataFrame",
+                    require_tasks: bool = True) -> Pool:
+    """A validated pool from rows already in memory (a DataFrame, a list of dicts, a
+    `datasets.Dataset`): the checks `load_pool` runs on a file, errors naming the row."""
+    if len(raw) == 0:
+        raise DataError("the pool is empty: no rows", file=source)
+    frame, ranks, codes = _normalise(raw.reset_index(drop=True), fields or FieldMap(), source=source, where="row",
+                                     require_tasks=require_tasks)
+    return Pool(frame, source, id_rank=ranks, codes=codes)
+
+
 def load_pool(spec: str, fields: FieldMap | None = None, *, require_tasks: bool = True) -> Pool:
     """Load and validate a pool from a file, a hub dataset or BIG-bench."""
     fields = fields or FieldMap()
@@ -887,7 +898,16 @@ def read_score_file(path) -> ScoreFile:
     for col in ("id", "confidence"):
         if col not in raw.columns:
             raise DataError(f"no {col!r} column (columns: {list(raw.columns)})", file=path)
-    ids = raw["id"].astype(str)
+    return score_table(raw, path)
+
+
+def score_table(raw: pd.DataFrame, path) -> ScoreFile:
+    """The ids and confidences of a table of scores (a file's, or a DataFrame handed to the
+    Python API), each confidence checked to lie in [0, 1]; `path` names it in errors."""
+    for col in ("id", "confidence"):
+        if col not in raw.columns:
+            raise DataError(f"no {col!r} column (columns: {list(raw.columns)})", file=path)
+    ids = raw["id"].astype(str).reset_index(drop=True)
     conf = pd.to_numeric(raw["confidence"], errors="coerce").to_numpy(dtype=float)
     bad = ~np.isfinite(conf) | (conf < 0) | (conf > 1)
     if bad.any():
@@ -896,7 +916,7 @@ def read_score_file(path) -> ScoreFile:
         value = value.item() if isinstance(value, np.generic) else value  # nan, not np.float64(nan)
         raise DataError(f"confidence {value!r} is not a number in [0, 1] "
                         f"({int(bad.sum())} such row(s))", file=path, row=i + 1, field="confidence")
-    return ScoreFile(path, ids, conf)
+    return ScoreFile(Path(str(path)), ids, conf)
 
 
 def align_scores(scores: ScoreFile, pool: Pool) -> np.ndarray:

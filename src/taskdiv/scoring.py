@@ -302,12 +302,13 @@ def score(cfg: ScoreConfig, *, loaded=None) -> pd.DataFrame:
     return _score(cfg, loaded)[0]
 
 
-def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """`score`, also returning the task table it wrote."""
+def _score(cfg: ScoreConfig, loaded=None, pool: Pool | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`score`, also returning the task table it wrote. `pool`: cfg.pool loaded already
+    (the Python API's pool in memory)."""
     from . import models
 
     check_options(cfg)
-    pool = load_pool(cfg.pool, cfg.field_map())
+    pool = pool if pool is not None else load_pool(cfg.pool, cfg.field_map())
     if cfg.exclude:
         excluded = set(map(str, read_ids(cfg.exclude)))
         keep = ~pool.frame["id"].astype(str).isin(excluded)

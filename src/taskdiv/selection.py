@@ -84,7 +84,7 @@ def prepare_inputs(pool: Pool, strategy, cfg: SelectConfig, *, embeddings=None, 
     """Confidence, embeddings and exclusion mask aligned with the pool's rows.
     `scores`: cfg.scores as read_score_file read it already."""
     inputs = Inputs()
-    if cfg.scores:
+    if cfg.scores or scores is not None:
         inputs.confidence = read_scores(cfg.scores, pool, scores)
         log.info("scores: %d of %d prompts scored", int(np.isfinite(inputs.confidence).sum()), len(pool))
     if "embeddings" in strategy.needs:
@@ -108,24 +108,25 @@ def _embed(pool: Pool, model: str, engine: str = "local") -> np.ndarray:
     return embed(pool.frame["prompt"].tolist(), model, engine=engine)
 
 
-def select(cfg: SelectConfig, pool: Pool | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def select(cfg: SelectConfig, pool: Pool | None = None, scores=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run a selection; returns (selection rows, allocation table) without writing.
 
     `pool`: the pool cfg.pool names, if the caller has loaded it already (an experiment
-    selects from one pool many times); it is not modified.
+    selects from one pool many times); it is not modified. `scores`: cfg.scores already
+    read (`data.score_table`; the Python API's DataFrame of scores).
     """
     auto, k = parse_tasks_option(cfg.tasks)
     strategy = get_strategy(cfg.strategy, seed=cfg.seed, **task_parameters(cfg))
     check_task_limits(cfg.min_per_task, cfg.max_per_task)
-    strategy.check_needs({"confidence"} if cfg.scores else set(), among={"confidence"})  # before loading anything
-    scores = None
+    strategy.check_needs({"confidence"} if cfg.scores or scores is not None else set(),
+                         among={"confidence"})  # before loading anything
     if pool is None:
         # The scores file is read (and its values checked) in a second thread while the pool
         # loads: Arrow's readers let go of the GIL. A bad pool is still reported first.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskdiv-scores") as helper:
             reading = helper.submit(read_score_file, cfg.scores) if cfg.scores else None
             pool = load_pool(cfg.pool, cfg.field_map(), require_tasks=not auto)
-            scores = reading.result() if reading else None
+            scores = reading.result() if reading else scores
     embeddings = None
     if auto:
         from .embeddings import cluster_tasks

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import yaml
 
-from . import __version__
+from ._version import __version__
 from .config import to_dict
 from .errors import DataError, TaskdivError
 from .fileio import atomic_dir, check_output_dir, file_sha256, write_json, write_text, write_yaml
