@@ -152,12 +152,12 @@ def test_full_seeds_outside_the_grid_seeds_run_after_the_grid(tmp_path, tiny_mod
 def test_shipped_configs_parse(path):
     from taskdiv.data import parse_spec
     from taskdiv.evaluation import SUITES
-    from taskdiv.experiments import grid_strategies, load_config, plan
+    from taskdiv.experiments import ROUND_STRATEGIES, grid_strategies, load_config, plan
     from taskdiv.strategies import STRATEGIES
 
     cfg = load_config(path)
     strategies = grid_strategies(cfg)
-    assert set(strategies) <= set(STRATEGIES) and set(cfg.suites) <= set(SUITES)
+    assert set(strategies) <= set(STRATEGIES) | set(ROUND_STRATEGIES) and set(cfg.suites) <= set(SUITES)
     assert parse_spec(cfg.pool)[0] != "path"
     assert {"random", "task-diversity", "weighted-task-diversity"} <= set(strategies)
     assert plan(cfg, 100_000)  # the grid itself is valid (budgets, seeds, no repeated run)
