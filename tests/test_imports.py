@@ -18,8 +18,10 @@ LAYERS: list[set[str]] = [
     {"_version", "errors", "redact"},                           # the package's version; error types; secrets masked
     {"fileio", "packages", "progress", "config", "metrics", "allocation", "kcenter", "analysis",
      "splits"},                                                 # plumbing; the split rule of every source
-    {"models", "registry", "benchmarks"},                       # embedded models; package index; MMLU, BBH, gauntlet
+    {"models", "registry", "benchmarks", "vllm_server"},        # embedded models; package index; MMLU, BBH,
+                                                                # gauntlet; a vLLM server and its client
     {"generation"},                                             # the local scoring engine
+    {"vllm_engine"},                                            # the vLLM runner behind the same interface
     {"distributed"},                                            # the Ray engine (scoring, embeddings)
     {"embeddings", "bigbench", "harness"},                      # prompt vectors, BIG-bench, lm-eval
     {"data"},                                                   # the pool

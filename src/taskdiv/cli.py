@@ -148,6 +148,9 @@ def run_env() -> None:
         except metadata.PackageNotFoundError:
             version = "not installed"
         print(f"{pkg} {version}")
+    from .vllm_server import vllm_version
+
+    print(f"vllm {vllm_version()}")
     try:
         import torch
 

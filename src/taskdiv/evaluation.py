@@ -91,6 +91,15 @@ class EvalConfig:
         "help": "Use the chat template (default: as the run was trained / yes for instruct models)."})
     seed: int = field(default=0, metadata={"help": "Seed of the bootstrap."})
     n_boot: int = field(default=2000, metadata={"help": "Bootstrap resamples for the 95% intervals."})
+    engine: str = field(default="local", metadata={
+        "choices": ["local", "vllm"], "help": "heldout: transformers in this process (local), or a vLLM server "
+                                              "(its own, or --vllm-url; see taskdiv.vllm_engine)."})
+    vllm_url: str | None = field(default=None, metadata={
+        "help": "--engine vllm: an OpenAI-compatible server serving the model, instead of starting one."})
+    vllm_model: str | None = field(default=None, metadata={
+        "help": "--vllm-url: the served model name (default: the server's only model)."})
+    vllm_python: str | None = field(default=None, metadata={
+        "help": "--engine vllm: the Python of a venv with vLLM (default: $TASKDIV_VLLM_PYTHON, else .venv-vllm)."})
 
 
 # ----------------------------------------------------------------------------- model
@@ -270,7 +279,7 @@ def run_heldout(model, tok, frame: pd.DataFrame, chat: bool, cfg: EvalConfig, pa
              for i, p, cs in zip(todo["id"][is_mc], todo["prompt"][is_mc], todo["choices"][is_mc])}
     # A prompt longer than the model's context, with room for its answer, is cut from the left
     # (as `taskdiv score` does): the end of a prompt holds the question.
-    context, cut = models.context_length(model), 0
+    context, cut = models.context_length(model), 0  # a model, or a VLLMEvaluator: both carry .config
     for i in prompts:
         room = context - (max(len(c) for c in conts[i]) if i in conts else caps[i])
         prompts[i], was_cut = models.truncate_left(prompts[i], max(1, room), tok.bos_token_id)
@@ -285,8 +294,11 @@ def run_heldout(model, tok, frame: pd.DataFrame, chat: bool, cfg: EvalConfig, pa
     with open(partial, "a", encoding="utf-8") as sink:
         for start in range(0, len(mc), cfg.batch_size):
             batch = mc.iloc[start:start + cfg.batch_size]
-            scores = choice_scores(model, [prompts[i] for i in batch["id"]], [conts[i] for i in batch["id"]],
-                                   tok.pad_token_id)
+            if hasattr(model, "conn"):  # --engine vllm
+                scores = model.choice_scores([prompts[i] for i in batch["id"]], [conts[i] for i in batch["id"]])
+            else:
+                scores = choice_scores(model, [prompts[i] for i in batch["id"]], [conts[i] for i in batch["id"]],
+                                       tok.pad_token_id)
             recs = []
             for (_, row), s in zip(batch.iterrows(), scores):
                 pred = row["choices"][int(np.argmax(s))]
@@ -295,7 +307,8 @@ def run_heldout(model, tok, frame: pd.DataFrame, chat: bool, cfg: EvalConfig, pa
             _append(sink, recs, done, progress)
         for start in range(0, len(gen), cfg.batch_size):
             batch = gen.iloc[start:start + cfg.batch_size]
-            texts = generate(model, tok, [prompts[i] for i in batch["id"]], [caps[i] for i in batch["id"]])
+            run = model.generate if hasattr(model, "conn") else lambda p, c: generate(model, tok, p, c)
+            texts = run([prompts[i] for i in batch["id"]], [caps[i] for i in batch["id"]])
             recs = [{"id": i, "task": t, "kind": "generative", "prediction": text,
                      "correct": normalise_answer(text) in {normalise_answer(x) for x in ts}}
                     for i, t, ts, text in zip(batch["id"], batch["task"], batch["targets"], texts)]
@@ -377,9 +390,13 @@ def format_table(table: pd.DataFrame, macro: dict, max_rows: int = 80) -> str:
 
 def _config_key(cfg: EvalConfig, fingerprint: str, chat: bool, dtype: str) -> dict:
     """Everything that changes the answers: options, weights, and the held-out file's content."""
-    keep = to_dict(cfg, exclude=("out", "batch_size"))
+    keep = to_dict(cfg, exclude=("out", "batch_size", *VLLM_OPTIONS))
     data = file_sha256(cfg.heldout) if cfg.suite == "heldout" else None
     key = {**keep, "fingerprint": fingerprint, "chat": chat, "dtype_resolved": dtype, "heldout_sha256": data}
+    if cfg.engine != "local":  # only then: the keys of earlier results stay as they were
+        from .vllm_engine import engine_key
+
+        key["engine"] = engine_key(cfg)
     if cfg.suite in ("mmlu", "bbh") and not cfg.harness_tasks:  # the local files, wherever they were found
         from .harness import default_data_dir
 
@@ -398,6 +415,12 @@ def check_options(cfg: EvalConfig) -> None:
     if (cfg.limit is not None and cfg.limit < 1) or cfg.batch_size < 1 or cfg.n_boot < 1 or cfg.max_new_tokens < 1 \
             or (cfg.max_gen_toks is not None and cfg.max_gen_toks < 1):
         raise TaskdivError("--limit, --batch-size, --n-boot, --max-new-tokens and --max-gen-toks must be positive")
+    if cfg.engine == "vllm" and cfg.suite != "heldout":
+        raise TaskdivError(f"--engine vllm evaluates the heldout suite; --suite {cfg.suite} runs through "
+                           f"lm-evaluation-harness with --engine local")
+    given = [f"--{n.replace('_', '-')}" for n in VLLM_OPTIONS[1:] if getattr(cfg, n)]
+    if cfg.engine != "vllm" and given:
+        raise TaskdivError(f"{', '.join(given)} apply to --engine vllm only")
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -436,7 +459,12 @@ def evaluate(cfg: EvalConfig) -> dict:
         prepared = harness.prepare(cfg, out)  # validates and converts the local files
 
     start = time.perf_counter()
-    model, tok = load_model(ref, dtype, tok)
+    if cfg.engine == "vllm":
+        from .vllm_engine import VLLMEvaluator
+
+        model = VLLMEvaluator(cfg, ref, tok, log_path=out / "vllm-server.log")
+    else:
+        model, tok = load_model(ref, dtype, tok)
     loaded = time.perf_counter()
     try:
         if cfg.suite == "heldout":
@@ -448,11 +476,15 @@ def evaluate(cfg: EvalConfig) -> dict:
             items, raw = harness.run(model, tok, prepared, cfg, chat,
                                      json.dumps(item_key, sort_keys=True, default=str))
     finally:
+        if hasattr(model, "conn"):  # --engine vllm: its own server
+            model.close()
         del model
         models.free_memory()
     return _write_results(cfg, out, items, key, chat, dtype, loaded - start, time.perf_counter() - loaded, raw)
 
 
+# The engine's options: in the config key only as its "engine" entry, and only under --engine vllm.
+VLLM_OPTIONS = ("engine", "vllm_url", "vllm_model", "vllm_python")
 # Options that change only the summary's intervals, not any answer.
 SUMMARY_OPTIONS = ("seed", "n_boot")
 

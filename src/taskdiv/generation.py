@@ -126,6 +126,14 @@ class Scorer:
         eos.discard(None)
         return eos
 
+    def load(self):
+        """The runner's model (here a transformers model; the vLLM runner's is a server connection)."""
+        return load_model(self.ref, self.cfg.dtype, self.tok)[0]
+
+    def generate_batches(self, model, eos, batches: list[list[str]], encoded) -> list:
+        """The rows of several batches, in order (the vLLM runner sends them at once)."""
+        return [row for shas in batches for row in self.generate(model, eos, shas, encoded)]
+
     def generate(self, model, eos, shas: list[str], encoded) -> list[tuple[str, Generation, str, int, bool]]:
         """One batch: the rows `ScoreCache.add` stores (sha, generation, text, prompt tokens, truncated)."""
         gens = generate_greedy(model, [encoded[s][0] for s in shas], max_new_tokens=self.cfg.max_new_tokens,
@@ -140,7 +148,7 @@ class Scorer:
         from . import progress
 
         if self.model is None:
-            self.model, _ = load_model(self.ref, self.cfg.dtype, self.tok)
+            self.model = self.load()
         model = self.model
         eos = self.eos_ids(model)
         order, encoded = self.plan(prompts)

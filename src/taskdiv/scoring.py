@@ -23,7 +23,10 @@ TASKDIV_SHARED_SCORES=0 turns it off).
 
 Engines: --engine local (this process) or --engine ray (Ray Data feeding scorer actors
 that run the local engine's `generation.Scorer.generate` on shards of the same batches; see
-`taskdiv.distributed` for its shard files and how they meet this cache).
+`taskdiv.distributed` for its shard files and how they meet this cache), or --engine vllm
+(the same prompts sent as token ids to a vLLM server, its own or --vllm-url; with
+--engine ray --runner vllm, one per actor; see `taskdiv.vllm_engine`). vLLM rows carry
+"engine": "vllm" in their settings, so they never mix with the local engine's.
 
 Sampling: --per-task N scores a seeded sample of N prompts per task (all of a smaller
 task). --target-ci W then scores more, round by round, in every task whose 95%
@@ -49,6 +52,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics as metrics_mod
+from . import vllm_engine
 from .config import to_dict
 from .data import Pool, PoolOptions, load_pool, read_ids
 from .distributed import RayOptions
@@ -69,7 +73,7 @@ OUTPUTS = ("scores.csv", "scores.parquet", "tasks.csv", "config.yaml", "cache.sq
 
 
 @dataclass
-class ScoreConfig(PoolOptions, RayOptions):
+class ScoreConfig(PoolOptions, RayOptions, vllm_engine.VLLMOptions):
     model: str = field(default=DEFAULT_MODEL, metadata={
         "help": f"Model: an embedded name ({', '.join(EMBEDDED)}), a local model directory, "
                 "a .gguf file or a hub id."})
@@ -265,6 +269,7 @@ def check_options(cfg: ScoreConfig) -> None:
     from . import distributed
 
     distributed.check_options(cfg)
+    vllm_engine.check_options(cfg)
     check_inputs_kept([Path(cfg.out) / name for name in OUTPUTS], [cfg.pool])
 
 
@@ -334,9 +339,13 @@ def _score(cfg: ScoreConfig, loaded=None, pool: Pool | None = None) -> tuple[pd.
     dtype = models.dtype_name(cfg.dtype)
     settings = {"model": models.fingerprint(ref), "dtype": dtype, "max_new_tokens": cfg.max_new_tokens,
                 "chat": chat, "max_prompt_tokens": max_prompt, "format": FORMAT_VERSION}
+    if vllm_engine.uses_vllm(cfg):  # another engine, other numbers: rows of its own (the local key is unchanged)
+        settings["engine"] = vllm_engine.engine_key(cfg)
     cache = ScoreCache(out / "cache.sqlite", settings)
     shared = shared_cache(settings)
-    if cfg.engine == "ray":
+    if cfg.engine == "vllm":
+        scorer = vllm_engine.VLLMScorer(cfg, ref, tokenizer, chat, max_prompt, cache, log_path=out / "vllm-server.log")
+    elif cfg.engine == "ray":
         from .distributed import RayScorer
 
         scorer = RayScorer(cfg, ref, tokenizer, chat, max_prompt, cache)
@@ -385,6 +394,8 @@ def _score(cfg: ScoreConfig, loaded=None, pool: Pool | None = None) -> tuple[pd.
         cache.close()
         if shared is not None:
             shared.close()
+        if hasattr(scorer, "close"):  # the vLLM engine's own server
+            scorer.close()
         if loaded is None and getattr(scorer, "model", None) is not None:  # ours: dropped, not kept
             scorer.model = None
             models.free_memory()
