@@ -281,11 +281,7 @@ class VLLMScorer(Scorer):
             return
         from . import progress
 
-        if self.model is None:
-            self.model = self.load()
-        model = self.model
-        eos = self.eos_ids(model)
-        order, encoded = self.plan(prompts)
+        model, eos, order, encoded = self.prepare(prompts)
         bs = self.cfg.batch_size
         start = time.perf_counter()
         try:
