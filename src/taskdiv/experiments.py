@@ -370,8 +370,9 @@ class Experiment:
         check_task_limits(cfg.min_per_task)
         for s in grid_strategies(cfg):
             if s in ROUND_STRATEGIES:
-                self._two_round_options().check("experiment config: key 'two_round'")
-                for step in (self._two_round_options().first, self._two_round_options().second):
+                rounds = self._two_round_options()
+                rounds.check("experiment config: key 'two_round'")
+                for step in (rounds.first, rounds.second):
                     self._select_config(Run("check", step, "1", 1, 0), Path("x"))
                 _stage_config(ScoreConfig, {**cfg.score, "per_task": 1}, "score",
                               {"pool": "x", "model": cfg.model, "out": "x", **self.fields})
@@ -403,10 +404,11 @@ class Experiment:
             train(_stage_config(TrainConfig, self.cfg.train, "train",
                                 {"data": str(data), "model": self.cfg.model, "out": str(out), "seed": run.seed}))
 
-        def do_score(pool_file, model, out, per_task):
+        def do_score(model, out, per_task, exclude):
             options = {k: v for k, v in self.cfg.score.items() if k not in ("per_task", "target_ci")}
             score(_stage_config(ScoreConfig, {**options, "per_task": per_task, "seed": run.seed}, "score",
-                                {"pool": str(pool_file), "model": str(model), "out": str(out)}))
+                                {"pool": self.cfg.pool, **self.fields, "model": str(model), "out": str(out),
+                                 "exclude": str(exclude)}))
 
         return select_two_rounds(self._two_round_options(), run.budget_n, self.pool, d,
                                  Steps(select=do_select, annotate=self.oracle, train=do_train, score=do_score))
@@ -726,7 +728,6 @@ runs/*/eval*/harness/
 runs/*/round1/data.jsonl
 runs/*/round1/annotations.jsonl
 runs/*/round1/import-round-*.json
-runs/*/round1/rest.jsonl
 runs/*/round1/selection/selection.jsonl
 runs/*/round2/selection.jsonl
 runs/*/round1/train/*

@@ -67,14 +67,14 @@ class Steps:
     select: Callable    # (strategy, budget, out, scores|None, exclude|None) -> None; writes out/selection.jsonl
     annotate: Callable  # (selection.jsonl, data.jsonl) -> None
     train: Callable     # (data.jsonl, run dir) -> None
-    score: Callable     # (pool file, model, out, per_task) -> None; writes out/scores.csv
+    score: Callable     # (model, out, per_task, exclude) -> None; scores the pool but `exclude`'s ids
 
 
 def select_two_rounds(options: TwoRoundOptions, budget: int, pool, out: Path, steps: Steps) -> tuple[pd.DataFrame,
                                                                                                      pd.DataFrame]:
     """Both rounds' selection rows (round 1's first, ranks running on, a `round` column) and
     the allocation (per task: both rounds' counts; confidence and weight: round 2's)."""
-    from .fileio import iter_jsonl, write_jsonl
+    from .fileio import iter_jsonl
 
     options.check()
     n1, n2 = options.split(budget)
@@ -87,15 +87,10 @@ def select_two_rounds(options: TwoRoundOptions, budget: int, pool, out: Path, st
         steps.annotate(sel1 / "selection.jsonl", r1 / "data.jsonl")
     if not (r1 / "train" / "done").exists():
         steps.train(r1 / "data.jsonl", r1 / "train")
-    taken = {str(row["id"]) for _, row in iter_jsonl(sel1 / "selection.jsonl")}
-    rest = r1 / "rest.jsonl"
-    if not rest.exists():
-        frame = pool.frame[~pool.frame["id"].astype(str).isin(taken)]
-        write_jsonl(rest, frame[[c for c in ("id", "task", "prompt", "response") if c in frame]].to_dict("records"))
     if not (r1 / "scores" / "scores.csv").exists():
         log.info("re-scoring up to %d prompts per task of the %d round 1 left with the round-1 model",
-                 options.rescore_per_task, len(pool) - len(taken))
-        steps.score(rest, r1 / "train", r1 / "scores", options.rescore_per_task)
+                 options.rescore_per_task, len(pool) - n1)
+        steps.score(r1 / "train", r1 / "scores", options.rescore_per_task, sel1 / "selection.jsonl")
     if not (r2 / "selection.jsonl").exists():
         log.info("round 2: %d prompts with %s on the tuned model's confidences", n2, options.second)
         steps.select(options.second, n2, r2, r1 / "scores" / "scores.csv", sel1 / "selection.jsonl")

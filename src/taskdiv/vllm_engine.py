@@ -76,7 +76,7 @@ class VLLMOptions:
 
 def check_options(cfg) -> None:
     """The vLLM options against the engine (before any work)."""
-    vllm = cfg.engine == "vllm" or (cfg.engine == "ray" and cfg.runner == "vllm")
+    vllm = uses_vllm(cfg)
     if cfg.runner not in RUNNERS:
         from .errors import unknown_name
 
