@@ -52,7 +52,7 @@ DEFAULT_LR = {"lora": 3e-4, "full": 2e-5}
 # Options whose change makes an existing run directory a different run.
 RUN_IDENTITY = ("model", "data_sha256", "method", "epochs", "lr", "batch_size", "grad_accum", "max_length",
                 "lora_r", "lora_alpha", "lora_dropout", "target_modules", "seed", "dtype", "chat",
-                "warmup", "scheduler", "weight_decay", "activation_checkpointing")
+                "warmup", "scheduler", "weight_decay", "activation_checkpointing", "group_by_length")
 
 
 @dataclass
@@ -94,6 +94,10 @@ class TrainConfig:
     activation_checkpointing: bool = field(default=False, metadata={
         "help": "Recompute activations in the backward pass: less memory, about 20-30% slower "
                 "(for large models on a GPU)."})
+    group_by_length: bool = field(default=False, metadata={
+        "help": "Batch examples of similar length together (transformers' LengthGroupedSampler): far less "
+                "padding when lengths vary, as in a many-task pool (2.5x fewer tokens on bench:many), "
+                "but batches are no longer a uniform random draw."})
     save_steps: int = field(default=20, metadata={
         "help": "Checkpoint every N optimizer steps (an interrupted run resumes from the last one)."})
 
@@ -358,7 +362,9 @@ def train(cfg: TrainConfig) -> Path:
         seed=cfg.seed, data_seed=cfg.seed, bf16=bf16, max_length=cfg.max_length, completion_only_loss=True,
         logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1,
         report_to="none", disable_tqdm=True, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
-        activation_checkpointing=cfg.activation_checkpointing, remove_unused_columns=True)
+        activation_checkpointing=cfg.activation_checkpointing, remove_unused_columns=True,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        include_num_input_tokens_seen="all")  # the tokens computed, padding included
     trainer = None
     try:
         with _quiet(datasets):
@@ -376,6 +382,8 @@ def train(cfg: TrainConfig) -> Path:
             "examples": examples, "tokens_per_epoch": tokens, "epochs": cfg.epochs, "steps": trainer.state.max_steps,
             "resumed_from_step": resume_step, "train_runtime": seconds,
             "tokens_per_second": tokens * done_epochs / seconds if seconds else None,
+            # tokens computed (padding included) over real ones, for the whole run (the state resumes)
+            "padding_ratio": trainer.state.num_input_tokens_seen / (tokens * cfg.epochs) if tokens else None,
             "seconds_per_example_epoch": seconds / (examples * done_epochs) if done_epochs else None,
             "final_loss": result.training_loss})
         _save(trainer.model, tokenizer, run, merge=cfg.merge or cfg.method == "full", lora=cfg.method == "lora")
