@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -451,6 +452,196 @@ def test_experiment_checks_score_options_before_writing_anything(small_pool, tin
     assert run("experiment", cfg, "--out", exp, *(["--dry-run"] if dry_run else [])) == 1
     assert f"experiment config: key 'score': {message}" in capsys.readouterr().err
     assert not exp.exists()
+
+
+# ----------------------------------------------------------------------------- 4. parser errors reach the user
+# Each case by name; tests/test_fuzz.py draws every reader's input at random.
+
+
+def isolated(*args, timeout: float = 120) -> tuple[int, str]:
+    """`taskdiv ARGS` in a child process with 2 GB of address space: the cases that crashed the
+    process (a segfault) or read until the kernel killed it (/dev/zero, an alias bomb)."""
+    import resource
+    import sys
+
+    def bounded():
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    done = subprocess.run([sys.executable, "-m", "taskdiv.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=bounded)
+    return done.returncode, done.stderr
+
+
+def _one_line_error(capsys, *args) -> str:
+    assert run(*args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("taskdiv: error: "), err
+    return err.strip()
+
+
+POOL_ROW = '{"id": "a1", "prompt": "Question?", "task": "t"}'
+
+
+@pytest.mark.parametrize("name, text, where", [
+    ("pool.jsonl", '{"id": "a1", "prompt": "\\ud800", "task": "t"}\n', "line 1, field 'prompt'"),
+    ("pool.jsonl", POOL_ROW + '\n{"id": "\\ud800", "prompt": "Q?", "task": "t"}\n', "line 2, field 'id'"),
+    ("pool.json", '[{"id": "\\udfff", "prompt": "Q?", "task": "t"}]', "line 1, field '[0].id'"),
+])
+def test_a_lone_surrogate_is_refused_naming_line_and_field(tmp_path, capsys, name, text, where):
+    """Before: a UnicodeEncodeError traceback when the pool was written, or ranked."""
+    pool = tmp_path / name
+    pool.write_text(text)
+    err = _one_line_error(capsys, "select", pool, "--budget", 1, "--strategy", "random", "--out", tmp_path / "s")
+    assert err.startswith(f"taskdiv: error: {pool}, {where}: holds a lone surrogate"), err
+
+
+def test_a_surrogate_pair_is_a_character(tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"id": "a1", "prompt": "Q \\ud83d\\ude00?", "task": "t"}\n')
+    assert run("select", pool, "--budget", 1, "--strategy", "random", "--out", tmp_path / "s", "-q") == 0
+    assert "Q \U0001F600?" in (tmp_path / "s" / "selection.jsonl").read_text(encoding="utf-8")
+
+
+def _deep(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("name, text, line", [
+    ("pool.jsonl", POOL_ROW + '\n{"id": "a2", "prompt": "Q?", "task": "t", "unused": ' + _deep(1000) + "}\n", 2),
+    ("pool.json", '[\n{"id": "a2", "prompt": "Q?", "task": "t",\n"unused": ' + _deep(1000) + "}]", 3),
+])
+def test_json_nested_past_the_bound_is_refused(tmp_path, capsys, name, text, line):
+    """Before: a RecursionError traceback, for a field no stage reads."""
+    pool = tmp_path / name
+    pool.write_text(text)
+    err = _one_line_error(capsys, "pool", "info", pool)
+    assert err == f"taskdiv: error: {pool}, line {line}: values nested deeper than 100 levels"
+
+
+def test_json_nested_20000_deep_is_refused_not_a_crash(tmp_path):
+    """Before: a segfault in pyarrow's JSON reader, with no message at all."""
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(POOL_ROW + '\n{"id": "a2", "prompt": "Q?", "task": "t", "unused": ' + _deep(20000) + "}\n")
+    code, err = isolated("pool", "info", pool)
+    assert (code, err.strip()) == (1, f"taskdiv: error: {pool}, line 2: values nested deeper than 100 levels")
+
+
+def test_a_jsonl_line_that_is_null_is_refused_not_a_crash(tmp_path):
+    """Found by the fuzz test: pyarrow 26's JSON reader segfaults on a first line `null`."""
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("null\n" + POOL_ROW + "\n")
+    code, err = isolated("pool", "info", pool)
+    assert (code, err.strip()) == (1, f"taskdiv: error: {pool}, line 1: expected a JSON object, got null")
+
+
+def test_a_truncated_parquet_pool_or_scores_file_is_refused(tmp_path, capsys):
+    """Before: pyarrow's ArrowInvalid traceback."""
+    import pandas as pd
+
+    whole = tmp_path / "whole.parquet"
+    pd.DataFrame({"id": ["a1", "a2"], "prompt": ["Q?", "R?"], "task": ["t", "t"]}).to_parquet(whole)
+    for cut in (len(whole.read_bytes()) // 2, len(whole.read_bytes()) - 9):
+        pool = tmp_path / f"pool-{cut}.parquet"
+        pool.write_bytes(whole.read_bytes()[:cut])
+        err = _one_line_error(capsys, "pool", "info", pool)
+        assert err.startswith(f"taskdiv: error: {pool}: not a readable Parquet file ("), err
+    scores = tmp_path / "scores.parquet"
+    scores.write_bytes(whole.read_bytes()[:100])
+    err = _one_line_error(capsys, "select", whole, "--budget", 1, "--scores", scores, "--out", tmp_path / "s")
+    assert err.startswith(f"taskdiv: error: {scores}: not a readable Parquet file ("), err
+
+
+BOMB = "\n".join(["a: &a [x, x, x, x, x, x, x, x, x]"]
+                 + [f"{k}: &{k} [{', '.join([f'*{p}'] * 9)}]" for p, k in zip("abcdefg", "bcdefgh")]
+                 + ["budget: [*h, *h, *h, *h, *h, *h, *h, *h, *h]"])
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    """Before: 387 million values from 400 bytes; the process hung at 6 GB."""
+    cfg = tmp_path / "bomb.yaml"
+    cfg.write_text(BOMB)
+    pool = write_jsonl(tmp_path / "pool.jsonl", _rows())
+    code, err = isolated("select", pool, "--out", tmp_path / "s", "--config", cfg, timeout=60)
+    assert (code, err.strip()) == (1, f"taskdiv: error: {cfg}, line 6: expands to more than 100,000 values "
+                                      f"(its aliases counted as copies); write the values out")
+
+
+def test_a_few_yaml_aliases_still_work(tmp_path):
+    from taskdiv import config
+    from taskdiv.selection import SelectConfig
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("seed: &s 3\nbudget: *s\n")
+    built = config.build(SelectConfig, {"pool": "p", "out": "o"}, cfg)
+    assert (built.seed, built.budget) == (3, "3")
+
+
+@pytest.mark.parametrize("content, message", [
+    ("budget: " + _deep(3000), ", line 1: invalid YAML (values nested deeper than 100 levels)"),
+    ("budget: 2\nstrategy: caf\xe9\n".encode("latin-1"), ", line 2: not UTF-8 (byte 23: b'\\xe9')"),
+    ("seed: &s [*s]\n", ", line 1: an alias names a value that holds it"),
+    ("budget: 2026-13-45\n", ": invalid YAML (month must be in 1..12)"),
+    ('strategy: "\\ud800"\n', ", field 'strategy': holds a lone surrogate"),
+])
+def test_yaml_a_parser_chokes_on_is_refused(tmp_path, capsys, content, message):
+    """Before: RecursionError, UnicodeDecodeError and ValueError tracebacks."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_bytes(content if isinstance(content, bytes) else content.encode())
+    pool = write_jsonl(tmp_path / "pool.jsonl", _rows())
+    err = _one_line_error(capsys, "select", pool, "--out", tmp_path / "s", "--config", cfg)
+    assert err.startswith(f"taskdiv: error: {cfg}{message}"), err
+
+
+def test_special_files_are_refused_before_reading(tmp_path):
+    """Before: --config /dev/zero read until the kernel killed it; a FIFO as --exclude waited
+    forever; /dev/zero as a pool was 'empty'."""
+    pool = write_jsonl(tmp_path / "pool.jsonl", _rows())
+    fifo = tmp_path / "ids.txt"
+    os.mkfifo(fifo)
+    for args, path in ((["--config", "/dev/zero"], "/dev/zero"), (["--exclude", fifo], fifo)):
+        code, err = isolated("select", pool, "--budget", 2, "--strategy", "random", "--out", tmp_path / "s", *args,
+                             timeout=60)
+        assert (code, err.strip()) == (1, f"taskdiv: error: {path}: not a regular file (a device, a pipe or a "
+                                          f"socket); give a file")
+
+
+def test_a_special_file_as_pool_or_export_is_refused(tmp_path, capsys):
+    fifo = tmp_path / "export.json"
+    os.mkfifo(fifo)
+    assert _one_line_error(capsys, "pool", "info", "/dev/zero") == \
+        "taskdiv: error: /dev/zero: not a regular file (a device, a pipe or a socket); give a file"
+    pool = write_jsonl(tmp_path / "pool.jsonl", _rows())
+    assert run("select", pool, "--budget", 2, "--strategy", "random", "--out", tmp_path / "s", "-q") == 0
+    err = _one_line_error(capsys, "annotate", "import", fifo, "--format", "label-studio", "--selection",
+                          tmp_path / "s" / "selection.jsonl", "--out", tmp_path / "sft.jsonl")
+    assert err == f"taskdiv: error: {fifo}: not a regular file (a device, a pipe or a socket); give a file"
+
+
+def test_a_config_too_large_for_a_config_is_refused(tmp_path, capsys):
+    """A YAML config is a few KB; PyYAML reads about 1 MB a second. Before: read, however large."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("budget: 2\n" + "# padding\n" * 120_000)
+    pool = write_jsonl(tmp_path / "pool.jsonl", _rows())
+    err = _one_line_error(capsys, "select", pool, "--out", tmp_path / "s", "--config", cfg)
+    assert err == f"taskdiv: error: {cfg}: 1,200,010 bytes is too large for a YAML file (at most 1,048,576)"
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("per_task.csv", "run,task,n,accuracy\nbase,a,12,high\n",
+     ", row 1, field 'accuracy': 'high' is not a number in [0, 1]"),
+    ("per_task.csv", "run,task,n\nbase,a,12\n", ": missing column(s) accuracy (it has run, task, n)"),
+    ("allocations.csv", "run,strategy,budget,budget_n,seed,task,allocated,confidence\nr,random,4,4,0,a,-1,0.5\n",
+     ", row 1, field 'allocated': -1 is not a whole number from 0"),
+    ("task_kinds.csv", "task,kind\na,yes/no\na,generative\n", ", row 2, field 'task': 'a' is named twice"),
+])
+def test_report_refuses_damaged_tables_beside_results(tmp_path, capsys, name, text, message):
+    """Before: TypeError or KeyError tracebacks from pandas, for a table report reads beside results.csv."""
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "results.csv").write_text(RESULTS_HEADER + "base,base,0,0,0,0.4\nrandom-b4-s0,random,4,4,0,0.5\n")
+    (exp / "per_task.csv").write_text("run,task,n,accuracy\nbase,a,12,0.4\nrandom-b4-s0,a,12,0.5\n")
+    (exp / name).write_text(text)
+    assert _one_line_error(capsys, "report", exp) == f"taskdiv: error: {exp / name}{message}"
 
 
 # ----------------------------------------------------------------------------- 6. files for spreadsheets
