@@ -644,6 +644,204 @@ def test_report_refuses_damaged_tables_beside_results(tmp_path, capsys, name, te
     assert _one_line_error(capsys, "report", exp) == f"taskdiv: error: {exp / name}{message}"
 
 
+# ----------------------------------------------------------------------------- 5. full disk and killed runs
+
+# Runs taskdiv's commands, in one process, with their outputs on a full disk: DISK, a small tmpfs
+# filled up before each command. Prints, as JSON, each command's exit code, what it said, and
+# what it left on DISK.
+DISK_DRIVER = r"""
+import contextlib, io, json, shutil, sys
+from pathlib import Path
+from taskdiv import cli
+
+disk, cases = Path(sys.argv[1]), json.loads(sys.argv[2])
+results = {}
+for name, args, copied in cases:
+    for source in copied:  # an input that lies on the full disk (report writes beside results.csv)
+        shutil.copytree(source, disk / Path(source).name)
+    with open(disk / "filler", "ab", buffering=0) as f:
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(bytes(4096))
+    before = set(disk.rglob("*"))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(args)
+    results[name] = {"code": code, "err": err.getvalue(),
+                     "left": sorted(str(p.relative_to(disk)) for p in set(disk.rglob("*")) - before)}
+    for p in disk.iterdir():
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+print(json.dumps(results))
+"""
+
+
+def on_full_disk(disk: Path, script: str, *args, size: str = "256k") -> subprocess.CompletedProcess:
+    """`python -c SCRIPT DISK ARGS` in a mount namespace of its own with a tmpfs of `size` on DISK
+    (the test is skipped where mount namespaces are not allowed)."""
+    import shutil
+    import sys
+
+    disk.mkdir(exist_ok=True)
+    if not shutil.which("unshare") or subprocess.run(["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs "$0"', disk],
+                                                     capture_output=True).returncode:
+        pytest.skip("needs a disk of its own: a tmpfs in a mount namespace (unshare -m, as root)")
+    return subprocess.run(["unshare", "-m", "sh", "-c", f'mount -t tmpfs -o size={size} tmpfs "$0" && exec "$@"',
+                           disk, sys.executable, "-c", script, disk, *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "TASKDIV_NO_PROGRESS": "1"}, timeout=900)
+
+
+# (name, command with DISK for the full disk, inputs copied onto it, the path the error names)
+FULL_DISK = [
+    ("select", ["select", "POOL", "--budget", "4", "--strategy", "random", "--out", "DISK/new/sel"], [], "new/sel"),
+    ("pool export", ["pool", "export", "POOL", "--out", "DISK/new/pool.jsonl"], [], "new/pool.jsonl"),
+    ("pool export parquet", ["pool", "export", "POOL", "--out", "DISK/new/pool.parquet"], [], "new/pool.parquet"),
+    ("annotate export jsonl", ["annotate", "export", "SEL", "--format", "jsonl", "--out", "DISK/new/x"], [],
+     "new/x/prompts.jsonl"),
+    ("annotate export label-studio", ["annotate", "export", "SEL", "--format", "label-studio", "--out", "DISK/new/x"],
+     [], "new/x"),
+    ("annotate export argilla", ["annotate", "export", "SEL", "--format", "argilla", "--out", "DISK/new/x"], [],
+     "new/x"),
+    ("annotate import", ["annotate", "import", "ANSWERS", "--format", "jsonl", "--selection", "SEL",
+                         "--out", "DISK/new/sft.jsonl"], [], "new"),
+    ("annotate oracle", ["annotate", "oracle", "SEL", "--pool", "POOL", "--out", "DISK/new/sft.jsonl"], [], "new"),
+    ("report", ["report", "DISK/exp"], ["EXP"], "exp"),
+]
+
+
+@pytest.fixture(scope="module")
+def full_disk(tmp_path_factory):
+    base = tmp_path_factory.mktemp("full-disk")
+    pool = write_jsonl(base / "pool.jsonl", _rows(40))
+    assert run("select", pool, "--budget", 8, "--strategy", "random", "--out", base / "S", "-q") == 0
+    sel = base / "S" / "selection.jsonl"
+    answers = write_jsonl(base / "answers.jsonl", [{"id": r["id"], "response": "yes"} for r in map(
+        json.loads, sel.read_text().splitlines())])
+    exp = base / "exp"
+    exp.mkdir()
+    (exp / "results.csv").write_text(RESULTS_HEADER + "base,base,0,0,0,0.4\nrandom-b4-s0,random,4,4,0,0.5\n")
+    names = {"POOL": pool, "SEL": sel, "ANSWERS": answers, "EXP": exp}
+    disk = base / "disk"
+    cases = [[name, [str(names.get(a, a)).replace("DISK", str(disk)) for a in args], [str(names[c]) for c in copied]]
+             for name, args, copied, _ in FULL_DISK]
+    done = on_full_disk(disk, DISK_DRIVER, json.dumps(cases))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return disk, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name, named", [(name, named) for name, _, _, named in FULL_DISK])
+def test_a_full_disk_is_named_and_leaves_nothing_behind(full_disk, name, named):
+    """Before: 'taskdiv: error: No space left on device' without the path (pyarrow's words for a
+    Parquet file), and select, pool export and annotate export left their empty output folders."""
+    disk, results = full_disk
+    result = results[name]
+    assert "Traceback" not in result["err"]
+    assert (result["code"], result["err"].strip()) == (1, f"taskdiv: error: {disk / named}: No space left on device")
+    assert result["left"] == [], "nothing left behind: no empty folder, no temporary"
+
+
+TRAIN_ON_FULL_DISK = r"""
+import contextlib, io, json, sys
+from pathlib import Path
+from taskdiv import cli
+
+disk, data, model = map(Path, sys.argv[1:4])
+err = io.StringIO()
+with contextlib.redirect_stderr(err):
+    code = cli.main(["train", str(data), "--model", str(model), "--out", str(disk / "run"), "--epochs", "2",
+                     "--batch-size", "2", "--save-steps", "2", "-q"])
+print(json.dumps({"code": code, "err": err.getvalue(), "checkpoints": sorted(
+    [p.name for p in (disk / "run" / "checkpoints").glob("checkpoint-*")])}))
+"""
+
+
+def test_train_on_a_full_disk_says_so_in_one_line_and_keeps_no_partial_checkpoint(tiny_model_dir, tmp_path):
+    """Before: a SafetensorError traceback, and checkpoint-2/ holding only a README. The disk (128 KB)
+    holds the run's config and log but not the first checkpoint's adapter."""
+    data = write_jsonl(tmp_path / "sft.jsonl", _rows(8))
+    done = on_full_disk(tmp_path / "disk", TRAIN_ON_FULL_DISK, data, tiny_model_dir, size="128k")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "Traceback" not in result["err"] and "SafetensorError" not in result["err"]
+    assert result["err"].strip().splitlines()[-1] == \
+        f"taskdiv: error: {tmp_path / 'disk' / 'run' / 'checkpoints'}: No space left on device"
+    assert result["code"] == 1 and result["checkpoints"] == []
+
+
+def _checkpoint(d: Path, step: int, **broken) -> Path:
+    """A checkpoint as the Trainer writes one for a LoRA run; `broken`: file -> bytes it holds instead."""
+    import torch
+    from safetensors.torch import save_file
+
+    d.mkdir(parents=True)
+    (d / "README.md").write_text("model card\n")
+    (d / "adapter_config.json").write_text("{}")
+    save_file({"w": torch.zeros(4, 4)}, d / "adapter_model.safetensors")
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"):
+        torch.save({"x": 1}, d / name)
+    (d / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    for name, content in broken.items():
+        if content is None:
+            (d / name).unlink()
+        else:
+            (d / name).write_bytes(content)
+    return d
+
+
+@pytest.mark.parametrize("broken", [
+    {"adapter_model.safetensors": None, "optimizer.pt": None, "scheduler.pt": None, "rng_state.pth": None,
+     "training_args.bin": None, "trainer_state.json": None, "adapter_config.json": None},  # a README only
+    {"trainer_state.json": b""},  # its write failed
+    {"adapter_model.safetensors": None},
+    {"adapter_model.safetensors": b"\x10\x00\x00\x00\x00\x00\x00\x00{}"},  # cut short
+    {"optimizer.pt": b"PK\x03\x04"},
+])
+def test_resume_never_picks_an_incomplete_checkpoint(tmp_path, broken):
+    """Resuming picks the newest checkpoint holding whole what resuming reads; an incomplete one is
+    removed. Before: any checkpoint-N with a trainer_state.json, even an empty one, or one whose
+    weights were cut short, was resumed from (and failed, or trained on a broken state)."""
+    from taskdiv.training import last_checkpoint
+
+    ckpts = tmp_path / "checkpoints"
+    good = _checkpoint(ckpts / "checkpoint-2", 2)
+    if "adapter_model.safetensors" in broken and broken["adapter_model.safetensors"]:
+        whole = (good / "adapter_model.safetensors").read_bytes()
+        broken["adapter_model.safetensors"] = whole[:len(whole) - 7]
+    bad = _checkpoint(ckpts / "checkpoint-4", 4, **broken)
+    assert last_checkpoint(ckpts) == str(good)
+    assert not bad.exists()
+
+
+def test_a_killed_import_leaves_temporaries_the_next_one_clears(tmp_path):
+    """SIGKILL while the store's new version is being written (after its temporary is written, before
+    the rename). Before: .annotations.jsonl.*.tmp (86 MB in the issue) and the others stayed for good."""
+    import signal
+    import sys
+
+    pool = write_jsonl(tmp_path / "pool.jsonl", _rows(40))
+    assert run("select", pool, "--budget", 10, "--strategy", "random", "--out", tmp_path / "S", "-q") == 0
+    sel = tmp_path / "S" / "selection.jsonl"
+    answers = write_jsonl(tmp_path / "answers.jsonl", [{"id": r["id"], "response": "yes"} for r in map(
+        json.loads, sel.read_text().splitlines())])
+    out = tmp_path / "A" / "sft.jsonl"
+    killed = ("import os, signal, sys\n"
+              "from taskdiv import cli\n"
+              "from taskdiv.annotate import store\n"
+              "write = store.dump_jsonl\n"
+              "def write_then_die(path, records):\n"
+              "    write(path, records)\n"
+              "    if '.sft.jsonl.' in str(path):  # every temporary of the set written: the last one\n"
+              "        os.kill(os.getpid(), signal.SIGKILL)\n"
+              "store.dump_jsonl = write_then_die\n"
+              "cli.main(sys.argv[1:])\n")
+    done = subprocess.run([sys.executable, "-c", killed, "annotate", "import", answers, "--format", "jsonl",
+                           "--selection", sel, "--out", out], capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    left = sorted(p.name for p in out.parent.iterdir())
+    assert [n for n in left if n.endswith(".tmp")] and not out.exists(), left
+    assert run("annotate", "import", answers, "--format", "jsonl", "--selection", sel, "--out", out) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["annotations.jsonl", "import-round-1.json", "sft.jsonl"]
+
+
 # ----------------------------------------------------------------------------- 6. files for spreadsheets
 
 
