@@ -37,8 +37,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, TaskdivError
-from .fileio import (check_depth, check_input, check_utf8, deep_lines, iter_jsonl, read_csv, read_json_document,
-                     valid_utf8)
+from .fileio import (MAX_DEPTH, check_depth, check_input, check_utf8, deep_lines, iter_jsonl, read_csv,
+                     read_json_document, valid_utf8)
 
 log = logging.getLogger(__name__)
 
@@ -424,14 +424,17 @@ def _read_jsonl_arrow(path: Path):
             piece = whole.slice(start, end - start)
             if not valid_utf8(piece):  # pyarrow lets invalid UTF-8 through
                 check_utf8(path)  # names the line
-            for line, begin, stop in deep_lines(piece, breaks + 1):  # deep nesting crashes Arrow's parser
-                check_depth(path, piece.slice(begin, stop - begin).to_pybytes(), line=line)
-            if not _lines_are_objects(piece):  # the Python reader names the line
-                return None
-            breaks += _count_newlines(piece)
+            newlines, plain, bracketed = _scan_lines(piece)
+            if bracketed:  # a line may nest deep enough to crash Arrow's parser: look at each such line
+                for line, begin, stop in deep_lines(piece, breaks + 1):
+                    check_depth(path, piece.slice(begin, stop - begin).to_pybytes(), line=line)
+            if not plain and not _lines_are_objects(piece):
+                return None  # a line `null` crashes Arrow's parser; the Python reader names the line
+            breaks += newlines
             try:
                 table = _parse_json_piece(piece)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, UnicodeDecodeError):
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, UnicodeDecodeError,
+                    _TooDeep):
                 return None
             if table.num_rows:
                 tables.append(table)
@@ -469,6 +472,8 @@ def _parse_json_piece(piece):
 
     options = pj.ReadOptions(block_size=1 << 24)
     table = pj.read_json(pa.BufferReader(piece), read_options=options)
+    if 1 + max((_type_depth(f.type) for f in table.schema), default=0) > MAX_DEPTH:
+        raise _TooDeep  # before pandas' conversion (which crashes on deep types) and _no_timestamps' recursion
     schema = pa.schema([f.with_type(_no_timestamps(f.type)) for f in table.schema])
     if schema.equals(table.schema):
         return table
@@ -489,6 +494,78 @@ def _no_timestamps(kind):
     return kind
 
 
+class _TooDeep(Exception):
+    """A piece whose values nest deeper than MAX_DEPTH: read again by the Python reader, which names the line."""
+
+
+def _type_depth(kind) -> int:
+    """How deep an Arrow type nests (structs and lists), as the JSON it was read from nests;
+    counted without recursion (the type may be thousands of levels deep)."""
+    import pyarrow as pa
+
+    deepest, stack = 0, [(kind, 0)]
+    while stack:
+        kind, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if pa.types.is_struct(kind):
+            stack += [(kind.field(i).type, depth + 1) for i in range(kind.num_fields)]
+        elif pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+            stack.append((kind.value_type, depth + 1))
+    return deepest
+
+
+# A line with this many '[' and '{' may nest deep enough to crash pyarrow's JSON parser (26: at
+# about 17,000 levels); below it, the parsed table's type tells the depth (`_type_depth`).
+CRASH_BRACKETS = 2000
+
+
+def _scan_lines(buffer) -> tuple[int, bool, bool]:
+    """(line breaks in a JSON-lines buffer, whether each line starts with '{' right away, whether a
+    line may hold CRASH_BRACKETS '[' or '{').
+
+    One pass of numpy in blocks of 1 MB that stay in the CPU's cache. A line that starts
+    otherwise (blank, indented, or no object) sends the buffer to `_lines_are_objects`. The
+    third answer is a bound from the brackets in each 16 KB: a line within two neighbouring
+    stretches holds at most theirs, and a longer line at most those of the stretches without a
+    line break it crosses and of the two at its ends. Usual data has a few hundred brackets in
+    16 KB, so the exact look at each line (`fileio.deep_lines`) is rarely needed."""
+    data = np.frombuffer(buffer, dtype=np.uint8)
+    block, stretch = 1 << 20, 1 << 14
+    newlines, plain, opens, breaks = 0, not len(data) or data[0] == 0x7B, [], []
+    for s in range(0, len(data), block):
+        chunk = data[s:s + block]
+        is_break = chunk == 10
+        newlines += int(np.count_nonzero(is_break))
+        after = data[s + 1:s + 1 + len(chunk)]  # the byte after each one
+        plain = plain and not (is_break[:len(after)] & (after != 0x7B)).any()
+        is_open = ((chunk | 0x20) == 0x7B).view(np.uint8)  # '[' is 0x5B, '{' 0x7B
+        full = len(chunk) // stretch * stretch
+        for part in (slice(0, full), slice(full, len(chunk))):  # the whole stretches, and what is left
+            width = min(stretch, part.stop - part.start)
+            if width:
+                opens.append(is_open[part].reshape(-1, width).sum(axis=1, dtype=np.uint16))  # 16 KB: fits
+                breaks.append(is_break[part].reshape(-1, width).any(axis=1))
+    if not opens:
+        return 0, plain, False
+    opens, breaks = np.concatenate(opens).astype(np.int64), np.concatenate(breaks)
+    pairs = opens[:-1] + opens[1:] if len(opens) > 1 else opens
+    if pairs.max() < CRASH_BRACKETS and breaks.all():
+        return newlines, plain, False
+    # Stretches without a line break: a line crossing them holds at most them and their two neighbours.
+    run = np.cumsum(np.concatenate([[0], opens]))
+    bound, i = int(pairs.max()), 0
+    while i < len(opens):
+        if breaks[i]:
+            i += 1
+            continue
+        j = i
+        while j < len(opens) and not breaks[j]:
+            j += 1
+        bound = max(bound, int(run[min(j + 1, len(opens))] - run[max(i - 1, 0)]))
+        i = j
+    return newlines, plain, bound >= CRASH_BRACKETS
+
+
 def _lines_are_objects(buffer) -> bool:
     """Whether each non-blank line starts with '{'. Arrow's JSON reader crashes the process on a
     first line `null` (pyarrow 26: a segfault) and reads a later one as a row of nulls. Numpy looks
@@ -507,14 +584,6 @@ def _lines_are_objects(buffer) -> bool:
             if i < len(data) and data[i] not in (0x0A, 0x7B):
                 return False
     return True
-
-
-def _count_newlines(buffer) -> int:
-    """b"\n" bytes in a buffer, by numpy in blocks of 1 MB that stay in the CPU's cache
-    (3x faster than bytes.count)."""
-    data = np.frombuffer(buffer, dtype=np.uint8)
-    block = 1 << 20
-    return sum(int(np.count_nonzero(data[s:s + block] == 10)) for s in range(0, len(data), block))
 
 
 def arrow_to_pandas(table) -> pd.DataFrame:
