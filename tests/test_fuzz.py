@@ -2,7 +2,7 @@
 
 One Hypothesis test per reader: pools in each format (JSONL, JSON, CSV, Parquet, a
 save_to_disk directory), `--scores`, `--exclude`, `--config` YAML, experiment YAML, the
-annotation exports (Label Studio, Argilla, JSONL) and the annotation store, a run's
+annotation exports (Label Studio, Argilla, JSONL), the selection they answer, the annotation store, a run's
 result.json, and the CSV files `report` reads. Each draws both bytes (random, and valid
 files cut short, with bytes changed, inserted or repeated) and structures (records whose
 fields hold any JSON value, the troublemakers of the issue among them: a lone surrogate,
@@ -60,9 +60,15 @@ def summary(request):
     import taskdiv.experiments  # noqa: F401
     import taskdiv.report  # noqa: F401
     import taskdiv.selection  # noqa: F401
+    from taskdiv import redact
 
     start = time.perf_counter()
+    secrets = set(redact._SECRETS)
     yield
+    # Config options that hold user:secret@ are remembered and masked in every later message: the
+    # drawn ones would mask words in the other test files' messages.
+    redact._SECRETS.clear()
+    redact._SECRETS.update(secrets)
     total = sum(n for n, _, _ in RUN.values())
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
@@ -507,7 +513,7 @@ def option_values(cls) -> st.SearchStrategy:
 
     hints = typing.get_type_hints(cls)
     kinds = {int: st.integers(0, 5), float: st.floats(0, 2), bool: st.booleans(), dict: st.just({}),
-             str: st.one_of(PLAIN, st.sampled_from(["10%", "random", "task-diversity", "s3://KEY:SECRET@b/x"]))}
+             str: st.one_of(PLAIN, st.sampled_from(["10%", "random", "task-diversity", "s3://KEY:fuzz-Zq8@b/x"]))}
     options = {}
     for f in dataclasses.fields(cls):
         base, is_list = _base_type(hints[f.name])
@@ -550,7 +556,7 @@ def test_experiment_yaml(scratch, small_pool, data):
     changes = st.dictionaries(st.sampled_from(list(good) + ["grid", "full", "base", "within", "pool_fields",
                                                             "suite_options", "full_seeds", "x"]),
                               st.one_of(values(), wild), max_size=2)
-    content = data.draw(st.one_of(mutated([yaml_text(good).encode(), BOMB]),
+    content = data.draw(st.one_of(mutated([yaml_text(good).encode(), BOMB]), perturbed(st.just(good)).map(yaml_text),
                                   st.tuples(perturbed(st.just(good)), changes).map(lambda t: yaml_text({**t[0], **t[1]}))))
     path = write(scratch / "experiment.yaml", content)
     out = scratch / "exp"
@@ -559,6 +565,27 @@ def test_experiment_yaml(scratch, small_pool, data):
 
 
 # ----------------------------------------------------------------------------- annotation exports
+
+
+def selection_row(i: int):
+    return st.fixed_dictionaries({"id": st.just(f"r{i}"), "task": st.sampled_from(["t", "u"]), "prompt": PLAIN},
+                                 optional={"confidence": st.one_of(st.floats(0, 1), st.none()), "rank": st.just(i)})
+
+
+@FUZZ
+@given(st.one_of(mutated([b'{"id":"a1","task":"t","prompt":"Q one?","confidence":0.5,"rank":1}\n']),
+                 perturbed(rows_of(selection_row)).map(lambda rows: "".join(dumps(r) + "\n" for r in rows))))
+def test_selection(scratch, content):
+    """The selection.jsonl that annotate export, import and oracle read."""
+    from taskdiv.annotate.answers import read_selection
+
+    def read():
+        rows = read_selection(write(scratch / "selection.jsonl", content))
+        assert all(is_text(v) for c in ("id", "task", "prompt") for v in rows[c])
+        assert "confidence" not in rows.columns or rows["confidence"].dtype.kind == "f"
+        return rows
+
+    bounded("selection", read)
 
 
 def check_items(items) -> None:

@@ -454,7 +454,7 @@ def neutralise(df: pd.DataFrame) -> pd.DataFrame:
     out = None
     for name in df.columns[[_is_text(df[c]) for c in df.columns]] if len(df.columns) else ():
         values = df[name]
-        risky = values.str.match(_FORMULA, na=False).to_numpy(bool)
+        risky = _matches(values, _FORMULA)
         if risky.any():
             out = df.copy() if out is None else out
             out[name] = values.where(~risky, "'" + values.astype(object).where(risky, ""))
@@ -465,7 +465,7 @@ def unneutralise(df: pd.DataFrame) -> pd.DataFrame:
     """The reverse of `neutralise`, on a CSV taskdiv wrote."""
     for name in df.columns[[_is_text(df[c]) for c in df.columns]] if len(df.columns) else ():
         values = df[name]
-        quoted = values.str.match(_FORMULA.replace("'*", "'+"), na=False).to_numpy(bool)
+        quoted = _matches(values, _FORMULA.replace("'*", "'+"))
         if quoted.any():
             df[name] = values.where(~quoted, values.astype(object).where(quoted, "").str[1:])
     return df
@@ -473,6 +473,18 @@ def unneutralise(df: pd.DataFrame) -> pd.DataFrame:
 
 def _is_text(values: pd.Series) -> bool:
     return values.dtype == object or isinstance(values.dtype, pd.StringDtype)
+
+
+def _matches(values: pd.Series, pattern: str) -> np.ndarray:
+    """Which cells are text matching `pattern`: by pandas' string methods, or cell by cell in a
+    column that mixes text with other values (a CSV column of 'x' and 'false' is read as both)."""
+    import numpy as np
+
+    if isinstance(values.dtype, pd.StringDtype) or pd.api.types.infer_dtype(values, skipna=True) in ("string",
+                                                                                                     "empty"):
+        return values.str.match(pattern, na=False).to_numpy(bool)
+    found = re.compile(pattern)
+    return np.array([isinstance(v, str) and found.match(v) is not None for v in values], dtype=bool)
 
 
 def _jsonable(obj):

@@ -55,6 +55,15 @@ def read_store(path: Path) -> pd.DataFrame:
         missing = [c for c in SFT_COLUMNS + ["round"] if c not in rec]
         if missing:
             raise DataError(f"not an annotation store row (missing {missing})", file=path, line=lineno)
+        for field in SFT_COLUMNS:  # what an import wrote: text (an edit by hand may have left other values)
+            if not isinstance(rec[field], str) or not rec[field].strip():
+                raise DataError(f"{rec[field]!r} is no text", file=path, line=lineno, field=field)
+        if isinstance(rec["round"], bool) or not isinstance(rec["round"], int) or rec["round"] < 1:
+            raise DataError(f"{rec['round']!r} is not a round (a whole number from 1)", file=path, line=lineno,
+                            field="round")
+        if rec.get("submitted_at") is not None and not isinstance(rec["submitted_at"], str):
+            raise DataError(f"{rec['submitted_at']!r} is not a date and time", file=path, line=lineno,
+                            field="submitted_at")
         rows.append(rec)
     return pd.DataFrame(rows, columns=columns)
 
