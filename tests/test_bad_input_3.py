@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -642,6 +643,47 @@ def test_report_refuses_damaged_tables_beside_results(tmp_path, capsys, name, te
     (exp / "per_task.csv").write_text("run,task,n,accuracy\nbase,a,12,0.4\nrandom-b4-s0,a,12,0.5\n")
     (exp / name).write_text(text)
     assert _one_line_error(capsys, "report", exp) == f"taskdiv: error: {exp / name}{message}"
+
+
+# Found by the fuzz test (tests/test_fuzz.py) beyond the issue's cases.
+
+
+@pytest.mark.parametrize("row, where", [
+    ({"id": "a1", "task": "t", "prompt": "Q?", "response": ["A."], "round": 1}, "field 'response': ['A.'] is no text"),
+    ({"id": "a1", "task": "t", "prompt": "Q?", "response": "A.", "round": True}, "field 'round': True is not a round"),
+    ({"id": "a1", "task": "t", "prompt": "Q?", "response": "A.", "round": 1, "submitted_at": 5},
+     "field 'submitted_at': 5 is not a date and time"),
+])
+def test_an_annotation_store_row_of_the_wrong_kind_is_refused(tmp_path, row, where):
+    """Before: imported into the next round as it was (a list as the answer), or a TypeError."""
+    from taskdiv.annotate.store import read_store
+    from taskdiv.errors import DataError
+
+    store = write_jsonl(tmp_path / "annotations.jsonl", [row])
+    with pytest.raises(DataError, match=f"line 1, {re.escape(where)}"):
+        read_store(store)
+
+
+def test_a_csv_column_of_text_and_other_values_reads_back(tmp_path):
+    """Before: pandas' AttributeError ('.str accessor with string values, not boolean') from the
+    formula escape's reverse, for a column pandas reads as an empty cell and false."""
+    from taskdiv.fileio import read_csv
+
+    path = tmp_path / "t.csv"
+    path.write_text('x,y\n"",\'=1\nfalse,b\n')
+    frame = read_csv(path, neutralised=True)
+    assert frame["x"].tolist()[1] is False and frame["y"].tolist() == ["=1", "b"]
+
+
+def test_report_with_no_run_in_common_between_its_tables(tmp_path, capsys):
+    """Before: a TypeError from pandas (an empty gain kept the task names' text type)."""
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "results.csv").write_text(RESULTS_HEADER + "base,base,0,0,0,0.4\nrandom-b4-s0,random,4,4,0,0.5\n")
+    (exp / "per_task.csv").write_text("run,task,n,accuracy\nbase,a,12,0.4\nrandom-b4-s0,a,12,0.5\n")
+    (exp / "allocations.csv").write_text("run,strategy,budget,budget_n,seed,task,allocated,confidence\n"
+                                         "other,random,4,4,0,a,4,0.5\n")
+    assert run("report", exp) == 0
 
 
 # ----------------------------------------------------------------------------- 5. full disk and killed runs
