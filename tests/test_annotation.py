@@ -330,7 +330,7 @@ def test_bad_store_is_named_by_line(selection, tmp_path, capsys):
     assert f"{store}, line 2: not UTF-8" in capsys.readouterr().err
     store.write_text(store.read_text(encoding="latin-1").splitlines()[0] + "\n[1]\n")
     assert _import(tmp_path, selection, answers, "jsonl") == 1
-    assert f"{store}, line 2: expected a JSON object, got list" in capsys.readouterr().err
+    assert f"{store}, line 2: expected a JSON object, got a list" in capsys.readouterr().err
 
 
 def test_line_separator_inside_an_answer_survives_the_store(selection, tmp_path):

@@ -16,7 +16,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "taskdiv"
 
 LAYERS: list[set[str]] = [
     {"_version", "errors", "redact"},                           # the package's version; error types; secrets masked
-    {"fileio", "packages", "progress", "config", "metrics", "allocation", "kcenter", "analysis",
+    {"fileio"},                                                 # reading and writing files (config reads YAML)
+    {"packages", "progress", "config", "metrics", "allocation", "kcenter", "analysis",
      "splits"},                                                 # plumbing; the split rule of every source
     {"models", "registry", "benchmarks", "vllm_server"},        # embedded models; package index; MMLU, BBH,
                                                                 # gauntlet; a vLLM server and its client

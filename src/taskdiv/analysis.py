@@ -147,7 +147,7 @@ def task_gains(per_task: pd.DataFrame, results: pd.DataFrame, allocations: pd.Da
         return pd.DataFrame(columns=["run", "strategy", "budget_n", "seed", "task", "allocated", "gain"])
     rows = per_task.merge(allocations[["run", "strategy", "budget_n", "seed", "task", "allocated"]],
                           on=["run", "task"])
-    rows["gain"] = rows["accuracy"] - rows["task"].map(base)
+    rows["gain"] = rows["accuracy"] - rows["task"].map(base).astype(float)  # no rows: map keeps the tasks' text type
     return rows[["run", "strategy", "budget_n", "seed", "task", "allocated", "gain"]].dropna(subset=["gain"])
 
 

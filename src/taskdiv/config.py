@@ -12,8 +12,6 @@ import types
 import typing
 from pathlib import Path
 
-import yaml
-
 from .errors import TaskdivError
 from .redact import display_uri, remember_in, shown, split_userinfo
 
@@ -112,13 +110,12 @@ def check_seed(value, name: str = "seed", source=None) -> None:
 
 
 def load_yaml(path, cls) -> dict:
+    from .fileio import read_yaml
+
     path = Path(path)
     if not path.exists():
         raise TaskdivError(f"{path}: no such config file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise TaskdivError(f"{path}: invalid YAML ({e})") from None
+    data = read_yaml(path) or {}  # bounded: a special file, an alias bomb, deep nesting are refused
     if not isinstance(data, dict):
         raise TaskdivError(f"{path}: expected a mapping of option names to values")
     _refuse_credentials(data, path)

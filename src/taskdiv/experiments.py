@@ -752,7 +752,7 @@ def read_result(path: Path) -> dict:
     error naming the file and field, not a row of results.csv."""
     from .fileio import read_json_document
 
-    record = read_json_document(path)
+    record = read_json_document(path, kind="result file")
     if not isinstance(record, dict):
         raise DataError(f"expected a JSON object, got {type(record).__name__}", file=path)
     return check_result(record, path)

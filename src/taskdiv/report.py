@@ -181,7 +181,7 @@ def task_kinds(exp: Path) -> pd.DataFrame | None:
     report then needs the pool's source once); None without a test pool."""
     path = exp / "task_kinds.csv"
     if path.exists():
-        return read_csv(path, neutralised=True)
+        return read_table(path, TASK_KINDS, unique="task")
     config = exp / "config.yaml"
     if not config.exists():
         return None
@@ -320,9 +320,8 @@ def build_report(exp: Path) -> str:
     exp = Path(exp)
     results = _read_results(exp)
     check_output_dir(exp)  # report.md and the plots go beside results.csv
-    per_task = read_csv(exp / "per_task.csv", neutralised=True) if (exp / "per_task.csv").exists() \
-        else pd.DataFrame()
-    allocations = read_csv(exp / "allocations.csv", neutralised=True) if (exp / "allocations.csv").exists() \
+    per_task = read_table(exp / "per_task.csv", PER_TASK) if (exp / "per_task.csv").exists() else pd.DataFrame()
+    allocations = read_table(exp / "allocations.csv", ALLOCATIONS) if (exp / "allocations.csv").exists() \
         else pd.DataFrame()
     summary = summary_table(results)
     full = results[results["strategy"] == "full"]["accuracy"]
@@ -436,7 +435,7 @@ def _tuned_confidence(exp: Path, gains: pd.DataFrame) -> pd.DataFrame:
     for run in gains.loc[gains["strategy"] == "two-round", "run"].unique():
         path = exp / "runs" / run / "round1" / "scores" / "tasks.csv"
         if path.exists():
-            tuned = read_csv(path, neutralised=True).set_index("task")["confidence"]
+            tuned = read_table(path, TASK_CONFIDENCE, unique="task").set_index("task")["confidence"]
             got = gains[(gains["run"] == run) & (gains["allocated"] > 0)]
             rows.append(got.assign(confidence=got["task"].map(tuned)))
     return pd.concat(rows, ignore_index=True).dropna(subset=["confidence"]) if rows else pd.DataFrame()
@@ -448,7 +447,7 @@ def _mechanism_lines(exp: Path, gains: pd.DataFrame, kinds) -> tuple[list[str], 
     lines, fig = [], None
     tasks_csv = exp / "scores" / "tasks.csv"
     if len(gains) and tasks_csv.exists():
-        confidence = read_csv(tasks_csv, neutralised=True).set_index("task")["confidence"]
+        confidence = read_table(tasks_csv, TASK_CONFIDENCE, unique="task").set_index("task")["confidence"]
         table = analysis.confidence_gain(gains, confidence)
         r = analysis.rank_correlation(table["confidence"], table["gain"])
         if r["n"]:
@@ -538,6 +537,49 @@ def _write_report(exp: Path, text: str, figures: dict) -> None:
     finally:
         for fig in figures.values():
             plt.close(fig)
+
+
+# The columns report reads from each of an experiment's tables, and what each holds: text (a
+# name; numbers are read as their text), a count (a whole number from 0), a share (in [0, 1])
+# or a share that may be left empty (a task without a confidence).
+PER_TASK = {"run": "text", "task": "text", "n": "count", "accuracy": "share"}
+ALLOCATIONS = {"run": "text", "strategy": "text", "budget": "text", "budget_n": "count", "seed": "count",
+               "task": "text", "allocated": "count", "confidence": "share or empty"}
+TASK_CONFIDENCE = {"task": "text", "confidence": "share or empty"}
+TASK_KINDS = {"task": "text", "kind": "text"}
+
+
+def read_table(path: Path, columns: dict[str, str], *, unique: str | None = None) -> pd.DataFrame:
+    """One of an experiment's CSV tables, checked: the `columns` there, each holding what it should
+    (see PER_TASK), and `unique` naming each row once; else a DataError naming file, row and field.
+    A table with its header only is an empty one."""
+    frame = read_csv(path, neutralised=True, dtype={c: str for c, kind in columns.items() if kind == "text"},
+                     keep_default_na=False, na_values=[""])
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"missing column(s) {', '.join(missing)} (it has {', '.join(map(str, frame.columns))})",
+                        file=path)
+    for name, kind in columns.items():
+        values = frame[name]
+        if kind == "text":
+            bad = values.isna().to_numpy() | (values.fillna("").str.strip() == "").to_numpy()
+            what = "a name"
+        else:
+            numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+            with np.errstate(invalid="ignore"):
+                ok = np.isfinite(numbers) & (numbers >= 0) & (numbers <= 1 if kind.startswith("share")
+                                                              else numbers == np.floor(numbers))
+            bad = ~ok & ~(values.isna().to_numpy() & kind.endswith("or empty"))
+            what = "a whole number from 0" if kind == "count" else "a number in [0, 1]"
+            frame[name] = numbers
+        if bad.any():
+            i = int(np.argmax(bad))
+            value = values.iloc[i].item() if isinstance(values.iloc[i], np.generic) else values.iloc[i]
+            raise DataError(f"{value!r} is not {what}", file=path, row=i + 1, field=name)
+    if unique is not None and frame[unique].duplicated().any():
+        i = int(np.argmax(frame[unique].duplicated().to_numpy()))
+        raise DataError(f"{frame[unique].iloc[i]!r} is named twice", file=path, row=i + 1, field=unique)
+    return frame
 
 
 def _read_results(exp: Path) -> pd.DataFrame:

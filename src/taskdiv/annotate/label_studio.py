@@ -21,7 +21,7 @@ from xml.sax.saxutils import quoteattr
 import pandas as pd
 
 from ..errors import DataError, TaskdivError
-from ..fileio import check_output_dir, output_set, read_json_document
+from ..fileio import check_input, check_output_dir, output_set, read_json_document
 from .answers import Answer, Item, submission_time
 
 # Names of the control and object tags in the labeling configuration; the reader
@@ -85,6 +85,7 @@ def read(path: Path) -> list[Item]:
     """
     if path.is_dir():
         raise TaskdivError(f"{path} is a directory; --format label-studio reads the JSON export file")
+    check_input(path, kind="JSON document")  # before the first read: /dev/zero, a pipe
     with open(path, "rb") as f:
         head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
     if head and head[:1] not in (b"[", b"{"):  # Label Studio's CSV or TSV export, or another file
