@@ -31,7 +31,7 @@ VLLM_SETTINGS := $(PYTHON) | $(TORCH) | $(TORCH_INDEX) | $(VLLM)
 PYTEST_ARGS ?=
 DEMO_OUT ?= runs/demo
 
-.PHONY: install vllm label-studio demo test test-integration bench experiment experiment-skewed experiment-many report clean FORCE
+.PHONY: install vllm label-studio demo test docs test-integration bench experiment experiment-skewed experiment-many report clean FORCE
 
 # What the install depends on besides pyproject.toml: the settings above. The stamp file
 # is rewritten only when they change, so that changing one reinstalls and nothing else does.
@@ -92,8 +92,12 @@ demo: install
 		--scores $(DEMO_OUT)/scores/scores.csv --seed 0 --out $(DEMO_OUT)/selection
 
 # The vLLM tests find .venv-vllm through TASKDIV_VLLM_PYTHON.
-test: install vllm
+test: install vllm docs
 	TASKDIV_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The docs site, built strictly: a broken link, anchor or missing page fails the build.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 test-integration: install label-studio
 	TASKDIV_LABEL_STUDIO=$(abspath $(LS_VENV))/bin/label-studio $(PY) -m pytest -q -m integration $(PYTEST_ARGS)
@@ -118,4 +122,4 @@ experiment-many: install
 	$(TASKDIV) report results/cpu-many
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache build

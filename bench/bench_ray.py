@@ -2,7 +2,7 @@
 
     python bench/bench_ray.py [--n 256] [--model smollm2-135m-instruct] [--max-new-tokens 16]
 
-On the same N BIG-bench prompts (a seeded sample of the demo preset), float32, batch 16:
+On the same N benchmark prompts (a seeded sample of the bench:demo slice), float32, batch 16:
 1. `--engine local` (model loaded beforehand; generation time only).
 2. Hugging Face `generate`, batched the same way (the local engine's batches: same
    prompts, same left padding), `output_logits=True`, mean_prob from the raw logits:
@@ -34,7 +34,7 @@ from taskdiv import data, generation, models, scoring  # noqa: E402
 from taskdiv.config import build  # noqa: E402
 from taskdiv.fileio import write_jsonl  # noqa: E402
 
-POOL = "bigbench:demo?max_pool=50"
+POOL = "bench:demo?max_pool=50"
 
 
 def hf_generate_batched(model, tok, batches, eos, max_new_tokens):

@@ -2,7 +2,7 @@
 
     python bench/bench_scoring.py [--part throughput|sampling|all] [--model NAME] [--n 64]
 
-1. Throughput: the same 64 BIG-bench prompts (a seeded sample of the demo preset),
+1. Throughput: the same 64 benchmark prompts (a seeded sample of the bench:demo slice),
    scored by taskdiv's scorer (batched, sorted by length, KV cache, default dtype) and
    by a naive loop (one prompt at a time, `model.generate(output_logits=True)`,
    float32), 32 new tokens. Prints prompts/s of each and the ratio (target >= 3x);
@@ -12,9 +12,9 @@
    prompts are taken in length-sorted chunks of one batch and every chunk is run by
    all three, one after the other: each sees the same load.
 2. Sampling: the weighted-task-diversity allocation from `--per-task 16` against the
-   one from scoring every prompt. Scoring all 92k prompts of the demo pool is far too
+   one from scoring every prompt. Scoring all 26k prompts of the demo pool is far too
    slow here, so "every prompt" is the demo pool capped at 100 prompts per task
-   (`bigbench:demo?max_pool=100`, 30 tasks), with 8 new tokens per prompt (as in
+   (`bench:demo?max_pool=100`, 30 tasks), with 8 new tokens per prompt (as in
    ../shared/EXPERIMENT-NOTES.md) to keep the run short. The full run continues in
    the per-task run's cache, so its time is the sum of both (the same prompts, each
    generated once). Prints the fraction scored, the time ratio and the total
@@ -44,8 +44,8 @@ from taskdiv.config import build  # noqa: E402
 from taskdiv.fileio import write_jsonl  # noqa: E402
 from taskdiv.selection import SelectConfig, select  # noqa: E402
 
-THROUGHPUT_POOL = "bigbench:demo?max_pool=50"
-SAMPLING_POOL = "bigbench:demo?max_pool=100"
+THROUGHPUT_POOL = "bench:demo?max_pool=50"
+SAMPLING_POOL = "bench:demo?max_pool=100"
 SAMPLING_TOKENS = 8
 
 

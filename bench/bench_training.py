@@ -6,7 +6,7 @@
 Each measurement runs in its own subprocess so that its peak memory (VmHWM) is its
 own; bf16 and float32 runs alternate so that load from other work on the machine hits
 both alike. Training: LoRA (the defaults of `taskdiv train`) on the pool part of the
-notes12 BIG-bench tasks, one epoch; tokens/s counts prompt + response tokens. Evaluation:
+twelve BBH tasks (bench_training.TASKS), one epoch; tokens/s counts prompt + response tokens. Evaluation:
 `taskdiv evaluate --suite heldout` on their test part (multiple choice, prefix-shared
 scoring), items/s. Prints the ratios bf16/float32 measured side by side.
 """
@@ -23,6 +23,11 @@ import tempfile
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TASKDIV_NO_PROGRESS", "1")
 MODELS = ("smollm2-135m-instruct", "gemma-3-270m")
+
+
+# Twelve BBH tasks with multiple-choice answers, as the notes' twelve BIG-bench tasks were.
+TASKS = ("sports_understanding,navigate,hyperbaton,formal_fallacies,causal_judgement,web_of_lies,snarks,"
+         "movie_recommendation,date_understanding,ruin_names,disambiguation_qa,temporal_sequences")
 
 
 def one(kind: str, model: str, dtype: str, data: str) -> dict:
@@ -68,12 +73,12 @@ def measure(kind, model, dtype, data) -> dict:
 
 
 def write_data(tmp: str, n_train: int, n_eval: int) -> dict[str, str]:
-    """The pool part (training) and test part (evaluation) of notes12 as JSONL files."""
+    """The pool part (training) and test part (evaluation) of twelve BBH tasks as JSONL files."""
     from taskdiv.data import load_pool
     from taskdiv.fileio import write_jsonl
 
-    train = load_pool(f"bigbench:notes12?max_pool={max(1, n_train // 12)}").frame
-    test = load_pool("bigbench:notes12?split=test").frame.groupby("task").head(max(1, n_eval // 12))
+    train = load_pool(f"bbh:{TASKS}?max_pool={max(1, n_train // 12)}").frame
+    test = load_pool(f"bbh:{TASKS}?split=test").frame.groupby("task").head(max(1, n_eval // 12))
     write_jsonl(f"{tmp}/train.jsonl", train[["id", "task", "prompt", "response"]].to_dict("records"))
     write_jsonl(f"{tmp}/test.jsonl", test.to_dict("records"))
     return {"train": f"{tmp}/train.jsonl", "eval": f"{tmp}/test.jsonl"}

@@ -18,6 +18,10 @@ BBH_DIR = SHARED / "data" / "bbh"
 GAUNTLET_DIR = SHARED / "data" / "gauntlet"
 
 os.environ.setdefault("TASKDIV_NO_PROGRESS", "1")
+# Tests count what each run generates: the score cache shared between --out directories
+# (which the tiny model's fixed weights would share across tests) is on only where a test
+# turns it on.
+os.environ.setdefault("TASKDIV_SHARED_SCORES", "0")
 # The machine is shared: with OpenMP's default spin-waiting, torch's threads stall each
 # other when cores are oversubscribed (measured 10-20x slower forward passes).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -70,3 +70,41 @@ def test_task_kinds_and_accuracy_by_kind():
     results = pd.DataFrame({"run": ["r0", "r1"], "strategy": "random", "budget_n": 10, "seed": [0, 1]})
     table = analysis.accuracy_by_kind(per_task, results, analysis.task_kinds(test)).iloc[0]
     assert table["yes/no (1)"] == pytest.approx(0.6) and table["generative (1)"] == pytest.approx(0.2)
+
+
+def test_rank_correlation_and_its_interval():
+    from taskdiv.analysis import rank_correlation
+
+    x = np.arange(30, dtype=float)
+    up = rank_correlation(x, x ** 2)
+    assert up["rho"] == pytest.approx(1.0) and up["ci_low"] == pytest.approx(1.0) and up["n"] == 30
+    down = rank_correlation(x, -x + np.random.default_rng(0).normal(0, 3, 30))
+    assert down["rho"] < -0.8 and down["ci_high"] < 0 and down["p"] < 0.001
+    noise = rank_correlation(x, np.random.default_rng(1).normal(size=30))
+    assert noise["ci_low"] < noise["rho"] < noise["ci_high"] and noise["ci_low"] < 0 < noise["ci_high"]
+    assert np.isnan(rank_correlation([1, 2], [3, 4])["rho"])  # too few pairs
+
+
+def test_task_gains_confidence_gain_and_examples_vs_none():
+    from taskdiv.analysis import confidence_gain, examples_vs_none, task_gains
+
+    results = pd.DataFrame({"run": ["base", "r0", "r1"], "strategy": ["base", "random", "random"],
+                            "budget_n": [0, 2, 2], "seed": [0, 0, 1]})
+    tasks = ["a", "b", "c", "d"]
+    per_task = pd.DataFrame({"run": ["base"] * 4 + ["r0"] * 4 + ["r1"] * 4, "task": tasks * 3,
+                             "accuracy": [0.1, 0.2, 0.3, 0.4, 0.5, 0.2, 0.6, 0.4, 0.1, 0.6, 0.3, 0.5]})
+    allocations = pd.DataFrame({"run": ["r0"] * 4 + ["r1"] * 4, "strategy": "random", "budget_n": 2,
+                                "seed": [0] * 4 + [1] * 4, "task": tasks * 2, "allocated": [1, 0, 1, 0, 0, 1, 0, 1]})
+    gains = task_gains(per_task, results, allocations)
+    assert gains.set_index(["run", "task"])["gain"].round(3).to_dict() == {
+        ("r0", "a"): 0.4, ("r0", "b"): 0.0, ("r0", "c"): 0.3, ("r0", "d"): 0.0,
+        ("r1", "a"): 0.0, ("r1", "b"): 0.4, ("r1", "c"): 0.0, ("r1", "d"): 0.1}
+    table = confidence_gain(gains, pd.Series({"a": 0.9, "b": 0.5, "c": 0.7, "e": 0.1}))
+    assert table.set_index("task")[["gain", "confidence"]].round(3).to_dict("index") == {
+        "a": {"gain": 0.4, "confidence": 0.9}, "b": {"gain": 0.4, "confidence": 0.5},
+        "c": {"gain": 0.3, "confidence": 0.7}}  # d has no confidence
+    kinds = pd.DataFrame({"task": tasks, "kind": ["generative"] * 4})
+    within = examples_vs_none(gains, kinds).iloc[0]
+    # r0: (0.4 + 0.3) / 2 - 0 = 0.35; r1: (0.4 + 0.1) / 2 - 0 = 0.25
+    assert within["diff"] == pytest.approx(0.30) and within["pairs"] == 2 and within["wins"] == 2
+    assert within["tasks_with"] == 2 and within["tasks_without"] == 2

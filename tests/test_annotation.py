@@ -330,7 +330,7 @@ def test_bad_store_is_named_by_line(selection, tmp_path, capsys):
     assert f"{store}, line 2: not UTF-8" in capsys.readouterr().err
     store.write_text(store.read_text(encoding="latin-1").splitlines()[0] + "\n[1]\n")
     assert _import(tmp_path, selection, answers, "jsonl") == 1
-    assert f"{store}, line 2: expected a JSON object, got list" in capsys.readouterr().err
+    assert f"{store}, line 2: expected a JSON object, got a list" in capsys.readouterr().err
 
 
 def test_line_separator_inside_an_answer_survives_the_store(selection, tmp_path):
@@ -574,7 +574,6 @@ def test_two_imports_into_one_store_at_once_both_land(selection, tmp_path):
     """The import holds a lock from reading the store to writing it: a second import that
     holds it (here this test, in the middle of its own read-modify-write) is waited for."""
     import threading
-    import time
 
     from taskdiv.fileio import locked
 
@@ -583,13 +582,19 @@ def test_two_imports_into_one_store_at_once_both_land(selection, tmp_path):
                    "jsonl") == 0
     store_file = tmp_path / "ann" / "annotations.jsonl"
     other = {**_jsonl(store_file)[0], "id": ids[1], "response": "from the other import", "round": 2}
+    finished = threading.Event()
+
+    def second_import():
+        _import(tmp_path, selection, _answers(tmp_path / "b.jsonl", [{"id": ids[2], "response": "z"}]), "jsonl")
+        finished.set()
+
     with locked(tmp_path / "ann", "a concurrent import"):
-        worker = threading.Thread(target=_import, args=(
-            tmp_path, selection, _answers(tmp_path / "b.jsonl", [{"id": ids[2], "response": "z"}]), "jsonl"))
+        worker = threading.Thread(target=second_import)
         worker.start()
-        time.sleep(1.0)
-        assert worker.is_alive(), "the import did not wait for the lock"
+        # An import that did not wait would finish (and set the event) while the lock is held.
+        assert not finished.wait(2.0), "the import did not wait for the lock"
         store_file.write_text(store_file.read_text() + json.dumps(other) + "\n")  # the other import's write
+    assert finished.wait(60), "the import never finished after the lock was released"
     worker.join(30)
     assert [r["id"] for r in _jsonl(store_file)] == [ids[0], ids[1], ids[2]]
     assert [r["round"] for r in _jsonl(store_file)] == [1, 2, 3]

@@ -352,13 +352,34 @@ def test_a_response_that_is_not_text_names_its_line(tmp_path, value, kind):
 
 
 def test_newline_count_across_blocks():
-    from taskdiv.data import _count_newlines
+    from taskdiv.data import _scan_lines
 
     rng = np.random.default_rng(0)
     data = rng.choice(np.frombuffer(b"ab\n", np.uint8), size=(3 << 20) + 17).tobytes()  # 3 blocks and a bit
     data = b"\n" + data[1:(1 << 20) - 1] + b"\n\n" + data[(1 << 20) + 1:-1] + b"\n"  # at both ends of a block
-    assert _count_newlines(data) == data.count(b"\n")
-    assert _count_newlines(b"") == 0 and _count_newlines(b"x") == 0
+    assert _scan_lines(data)[0] == data.count(b"\n")
+    assert _scan_lines(b"")[0] == 0 and _scan_lines(b"x")[0] == 0
+
+
+@pytest.mark.parametrize("layout, bracketed", [
+    ("short lines", False), ("a line of 3000 brackets", True), ("a 1 MB line of brackets spread thin", True),
+    ("a few brackets a line", False)])
+def test_the_bracket_bound_finds_every_line_that_could_nest_too_deep(layout, bracketed):
+    """_scan_lines' cheap bound (brackets per 16 KB) never misses a line with CRASH_BRACKETS of
+    them, wherever the line starts and however long it is."""
+    from taskdiv.data import CRASH_BRACKETS, _scan_lines
+
+    line = b'{"id": "a", "x": 1}\n'
+    if layout == "short lines":
+        data = line * 100_000
+    elif layout == "a line of 3000 brackets":
+        data = line * 1000 + b'{"x": ' + b"[" * 3000 + b"]" * 3000 + b"}\n" + line * 1000
+    elif layout == "a 1 MB line of brackets spread thin":  # crosses stretches without a line break
+        data = line * 1000 + b'{"x": "' + (b"[" + b"." * 400) * CRASH_BRACKETS + b'"}\n' + line
+    else:
+        data = b'{"id": "a1", "prompt": "What is [x]?", "choices": ["a", "b"], "task": "t"}\n' * 50_000
+    scanned = _scan_lines(data)
+    assert scanned == (data.count(b"\n"), True, bracketed)
 
 
 def test_jsonl_read_in_pieces_equals_one_read(tmp_path, monkeypatch):

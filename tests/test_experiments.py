@@ -1,4 +1,5 @@
 """`taskdiv experiment`: a tiny grid end to end, SIGKILL and resume, bad configs."""
+import io
 import json
 import os
 import shutil
@@ -151,12 +152,12 @@ def test_full_seeds_outside_the_grid_seeds_run_after_the_grid(tmp_path, tiny_mod
 def test_shipped_configs_parse(path):
     from taskdiv.data import parse_spec
     from taskdiv.evaluation import SUITES
-    from taskdiv.experiments import grid_strategies, load_config, plan
+    from taskdiv.experiments import ROUND_STRATEGIES, grid_strategies, load_config, plan
     from taskdiv.strategies import STRATEGIES
 
     cfg = load_config(path)
     strategies = grid_strategies(cfg)
-    assert set(strategies) <= set(STRATEGIES) and set(cfg.suites) <= set(SUITES)
+    assert set(strategies) <= set(STRATEGIES) | set(ROUND_STRATEGIES) and set(cfg.suites) <= set(SUITES)
     assert parse_spec(cfg.pool)[0] != "path"
     assert {"random", "task-diversity", "weighted-task-diversity"} <= set(strategies)
     assert plan(cfg, 100_000)  # the grid itself is valid (budgets, seeds, no repeated run)
@@ -343,3 +344,80 @@ def test_a_grid_experiment_reruns_over_the_config_it_wrote(tmp_path, tiny_model_
     assert f"{exp / 'results.csv'} lists 1 run(s) of this grid that have no finished run directory here " \
            f"(random-b4-s0)" in caplog.text
     assert list(pd.read_csv(exp / "results.csv")["run"]) == ["random-b4-s0"]
+
+
+@pytest.mark.parametrize("study", ["cpu-small", "cpu-skewed"])
+def test_a_committed_study_needs_no_pool(tmp_path, monkeypatch, capsys, study):
+    """The committed studies' pools are BIG-bench, which no index serves any more: a finished
+    grid is collated and reported from its run directories; an unfinished one says which runs
+    need the pool and that `report` needs none."""
+    root = Path(__file__).parents[1]
+    exp = tmp_path / study
+    shutil.copytree(root / "results" / study, exp)
+    monkeypatch.setenv("TASKDIV_BIGBENCH", str(tmp_path / "no-bigbench-here"))
+    before = (exp / "results.csv").read_text()
+    assert main(["experiment", str(root / "configs" / f"{study}.yaml"), "--out", str(exp)]) == 0
+    assert pd.read_csv(exp / "results.csv").equals(pd.read_csv(io.StringIO(before)))
+    assert main(["report", str(exp)]) == 0
+    assert (exp / "report.md").read_text() == (root / "results" / study / "report.md").read_text()
+    (exp / "runs" / "random-b214-s1" / "done" if study == "cpu-skewed" else
+     next((exp / "runs").glob("random-*-s1")) / "done").unlink()
+    capsys.readouterr()
+    assert main(["experiment", str(root / "configs" / f"{study}.yaml"), "--out", str(exp)]) == 1
+    err = capsys.readouterr().err
+    assert "no-bigbench-here" in err and "1 of the grid's" in err and "need the pool" in err
+    assert f"taskdiv report {exp}" in err
+
+
+@pytest.mark.slow
+def test_two_round_strategy_end_to_end(tmp_path, tiny_model_dir):
+    """Round 1 (task-diversity, half the budget) is annotated and trained on, the round-1
+    model re-scores a per-task sample of the rest, round 2 (weighted-task-diversity on those
+    confidences) excludes round 1's prompts, and the final model trains on both. A rerun
+    does nothing; a run killed after round 1's training resumes from there."""
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, strategies=["two-round"], budgets=[8], seeds=[0],
+                       full=False, two_round={"share": 0.5, "rescore_per_task": 3})
+    exp = tmp_path / "exp"
+    assert main(["experiment", str(cfg), "--out", str(exp)]) == 0
+    d = exp / "runs" / "two-round-b8-s0"
+    assert (d / "done").exists()
+    rows = [json.loads(x) for x in (d / "selection" / "selection.jsonl").read_text().splitlines()]
+    first = [r["id"] for r in rows if r["round"] == 1]
+    second = [r["id"] for r in rows if r["round"] == 2]
+    assert len(first) == 4 and len(second) == 4 and not set(first) & set(second)
+    assert [r["rank"] for r in rows] == list(range(1, 9))
+    round1 = [json.loads(x)["id"] for x in (d / "round1" / "selection" / "selection.jsonl").read_text().splitlines()]
+    assert round1 == first
+    # Round 1 is task-diversity: both tasks get two.
+    assert sorted(r["task"] for r in rows if r["round"] == 1) == ["bbh/navigate"] * 2 + ["bbh/snarks"] * 2
+    scores = pd.read_csv(d / "round1" / "scores" / "scores.csv")
+    assert len(scores) == 6 and not set(scores["id"]) & set(first)  # 3 per task, none of round 1's
+    cfg1 = yaml.safe_load((d / "round1" / "scores" / "config.yaml").read_text())
+    assert cfg1["model"] == str(d / "round1" / "train")  # the tuned model scored them
+    alloc = pd.read_csv(d / "selection" / "allocation.csv")
+    assert alloc["allocated"].sum() == 8 and (alloc["round1"] + alloc["round2"]).equals(alloc["allocated"])
+    assert json.loads((d / "result.json").read_text())["accuracy"] >= 0
+    assert not (d / "round1" / "train" / "adapter").exists()  # weights go after the run
+    done = (d / "done").stat().st_mtime_ns
+    assert main(["experiment", str(cfg), "--out", str(exp)]) == 0
+    assert (d / "done").stat().st_mtime_ns == done
+    # Killed after round 1's model: the rest resumes from the files each step left.
+    for p in [d / "done", d / "result.json", d / "data.jsonl", d / "selection" / "selection.jsonl",
+              d / "round2" / "selection.jsonl"]:
+        p.unlink()
+    shutil.rmtree(d / "train")
+    assert main(["experiment", str(cfg), "--out", str(exp)]) == 0
+    again = [json.loads(x) for x in (d / "selection" / "selection.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in again] == [r["id"] for r in rows]
+
+
+def test_two_round_options_are_checked_before_any_run(tmp_path, tiny_model_dir, capsys):
+    for bad, message in (({"share": 1.0}, "share=1.0 must be in"),
+                         ({"first": "uncertainty"}, "needs confidences"),
+                         ({"second": "nope"}, "is not a selection strategy"),
+                         ({"sharee": 0.3}, "unknown key")):
+        cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, strategies=["two-round"], budgets=[8], seeds=[0],
+                           two_round=bad)
+        assert main(["experiment", str(cfg), "--out", str(tmp_path / "exp"), "--dry-run"]) == 1
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "exp").exists()

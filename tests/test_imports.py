@@ -15,13 +15,15 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "taskdiv"
 
 LAYERS: list[set[str]] = [
-    {"taskdiv", "errors"},                                      # the package's version; error types
-    {"fileio", "packages", "progress", "config", "metrics", "allocation", "kcenter", "analysis",
-     "splits", "vllm_server"},                                  # plumbing; the split rule of every source
-    {"models", "registry", "benchmarks"},                       # embedded models; package index; MMLU, BBH, gauntlet
+    {"_version", "errors", "redact"},                           # the package's version; error types; secrets masked
+    {"fileio"},                                                 # reading and writing files (config reads YAML)
+    {"packages", "progress", "config", "metrics", "allocation", "kcenter", "analysis",
+     "splits"},                                                 # plumbing; the split rule of every source
+    {"models", "registry", "benchmarks", "vllm_server"},        # embedded models; package index; MMLU, BBH,
+                                                                # gauntlet; a vLLM server and its client
     {"generation"},                                             # the local scoring engine
-    {"vllm_engine"},                                            # the vLLM engine (scoring, evaluation)
-    {"distributed"},                                            # the Ray engine (its runner: local or vLLM)
+    {"vllm_engine"},                                            # the vLLM runner behind the same interface
+    {"distributed"},                                            # the Ray engine (scoring, embeddings)
     {"embeddings", "bigbench", "harness"},                      # prompt vectors, BIG-bench, lm-eval
     {"data"},                                                   # the pool
     {"strategies"},                                             # selection strategies over a pool
@@ -31,10 +33,12 @@ LAYERS: list[set[str]] = [
     {"answers"},                                                # long-form answers (local or vLLM)
     {"judge"},                                                  # an LLM judge's win rate (the judge suite)
     # the stages a user runs
-    {"selection", "scoring", "training", "evaluation", "annotate.commands"},
+    {"selection", "scoring", "training", "evaluation", "annotate.commands", "caches"},
+    {"rounds"},                                                 # annotation in rounds: select, train, re-score
     {"experiments"},                                            # every stage, end to end
     {"report"},                                                 # reads an experiment
-    {"cli"},                                                    # names every command
+    {"api"},                                                    # the Python API: load_pool, score, select, allocate
+    {"cli", "taskdiv"},                                         # names every command; `import taskdiv` (the API)
 ]
 
 
@@ -101,3 +105,17 @@ def test_the_check_sees_lazy_and_type_checking_imports(tmp_path):
     # The parser itself: imports inside functions and TYPE_CHECKING blocks count.
     probe = SRC / "strategies.py"
     assert {"allocation", "data", "errors", "kcenter"} <= imports_of(probe)
+
+
+def test_the_module_map_in_the_docs_is_the_layering():
+    """docs/development.md's module map lists every module in the layer this test puts it in."""
+    import re
+
+    text = (SRC.parents[1] / "docs" / "development.md").read_text(encoding="utf-8")
+    table = text.split("**Module map**", 1)[1]
+    documented = {}
+    for layer, modules in re.findall(r"^\| (\d+) \| ([^|]+) \|", table, flags=re.M):
+        for name in re.findall(r"`([\w.]+)`", modules):
+            documented[name] = int(layer)
+    expected = {m: i for i, layer in enumerate(LAYERS) for m in layer}
+    assert documented == expected

@@ -191,6 +191,23 @@ def test_an_unreachable_or_wrong_judge_fails_fast_and_clearly(fake_judge, judge_
     assert not (tmp_path / "a").exists() and not (tmp_path / "c" / "results.json").exists()
 
 
+def test_an_output_that_would_replace_an_input_is_refused(fake_judge, tmp_path, capsys):
+    """answers.jsonl / verdicts.jsonl in --out may not be the model outputs, the reference or the cache."""
+    url, state = fake_judge
+    ref = [{"dataset": "d", "instruction": "Task a", "output": "reference"}]
+    (tmp_path / "answers.jsonl").write_text(json.dumps({"instruction": "Task a", "output": "mine"}) + "\n")
+    (tmp_path / "verdicts.jsonl").write_text(json.dumps(ref[0]) + "\n")
+    for outs, data in ((tmp_path / "answers.jsonl", None), (None, tmp_path / "verdicts.jsonl")):
+        before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+        args = ["evaluate", str(outs or tmp_path / "answers.jsonl"), "--suite", "judge", "--judge-url", url,
+                "--judge-model", FAKE, "--out", str(tmp_path), "--no-progress",
+                "--judge-data", str(data or tmp_path / "verdicts.jsonl")]
+        assert main(args) == 1
+        assert "would replace the input" in capsys.readouterr().err
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert state["requests"] == 0
+
+
 def test_a_killed_run_loses_only_the_requests_in_flight(fake_judge, judge_files, tmp_path):
     url, state = fake_judge
     ref, outs = judge_files
@@ -370,3 +387,26 @@ def test_judge_suite_end_to_end_with_the_local_vllm_judge(vllm_server, tmp_path,
     same = sum(a["output"] == b["output"] for a, b in zip(
         answers, map(json.loads, (tmp_path / "r3" / "answers.jsonl").read_text().splitlines())))
     assert res3["verdicts"]["reused"] >= same
+
+
+def test_the_default_verdict_cache_is_a_part_of_taskdiv_cache(fake_judge, judge_files, tmp_path, capsys,
+                                                               monkeypatch):
+    """Without --judge-cache verdicts go to $TASKDIV_CACHE/judge, which `cache info` lists and
+    `cache clear judge` removes (the next run asks the judge again)."""
+    from taskdiv.fileio import cache_dir
+
+    monkeypatch.setenv("TASKDIV_CACHE", str(tmp_path / "cache"))
+    url, state = fake_judge
+    ref, outs = judge_files
+    args = ["evaluate", str(outs), "--suite", "judge", "--judge-url", url, "--judge-model", FAKE,
+            "--judge-data", str(ref), "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert (cache_dir() / "judge" / "verdicts.sqlite").is_file()
+    capsys.readouterr()
+    assert main(["cache", "info"]) == 0
+    assert "judge/" in capsys.readouterr().out
+    assert main(["cache", "clear", "judge"]) == 0
+    assert not (cache_dir() / "judge").exists()
+    asked = state["requests"]
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    assert state["requests"] == 2 * asked

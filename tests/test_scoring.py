@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -399,3 +400,73 @@ def test_per_task_samples_do_not_depend_on_the_order_of_the_rows():
     assert samples(frame) == samples(shuffled)
     assert samples(frame) != {t: list(frame["id"].to_numpy()[o])
                               for t, o in _sample_orders(Pool(frame), seed=8).items()}
+
+
+def test_exclude_scores_only_the_rest(small_pool, tiny_model_dir, tmp_path):
+    """`--exclude` (an earlier round's selection): those prompts are neither sampled nor
+    counted; naming the whole pool is an error."""
+    sel = write_jsonl(tmp_path / "sel.jsonl", [{"id": f"c{i}"} for i in range(7)] + [{"id": "a0"}])
+    out = tmp_path / "s"
+    assert cli.main(["score", str(small_pool), "--model", str(tiny_model_dir), "--max-new-tokens", "2",
+                     "--exclude", str(sel), "--out", str(out), "--no-progress"]) == 0
+    scores = pd.read_csv(out / "scores.csv")
+    assert len(scores) == 16 - 8 and not set(scores["id"]) & ({f"c{i}" for i in range(7)} | {"a0"})
+    assert pd.read_csv(out / "tasks.csv").set_index("task")["available"].to_dict() == {"a": 1, "b": 5, "c": 2}
+    every = write_jsonl(tmp_path / "all.jsonl", [{"id": i} for i in pd.read_json(small_pool, lines=True)["id"]])
+    assert cli.main(["score", str(small_pool), "--model", str(tiny_model_dir), "--exclude", str(every),
+                     "--out", str(tmp_path / "none")]) == 1
+
+
+def test_the_shared_cache_outlives_its_folder(small_pool, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """Scoring the same pool with the same model into a second --out generates nothing: the
+    scores come from $TASKDIV_CACHE/scores, and the output says how many."""
+    monkeypatch.setenv("TASKDIV_SHARED_SCORES", "1")
+    monkeypatch.setenv("TASKDIV_CACHE", str(tmp_path / "cache"))
+    args = ["score", str(small_pool), "--model", str(tiny_model_dir), "--max-new-tokens", "3", "--no-progress"]
+    first = scoring.score(make_cfg(small_pool, tmp_path / "one", tiny_model_dir, max_new_tokens=3))
+    assert first.attrs["computed"] == 16 and first.attrs["from_shared"] == 0
+    capsys.readouterr()
+    assert cli.main([*args, "--out", str(tmp_path / "two")]) == 0
+    assert "16 reused from the cache (16 from the shared cache" in capsys.readouterr().out
+    again = pd.read_csv(tmp_path / "two" / "scores.csv")
+    assert again.equals(pd.read_csv(tmp_path / "one" / "scores.csv"))
+    # Other settings do not see them; the per-out cache of the second run holds them too.
+    other = scoring.score(make_cfg(small_pool, tmp_path / "three", tiny_model_dir, max_new_tokens=2))
+    assert other.attrs["computed"] == 16
+    shutil.rmtree(tmp_path / "cache")
+    assert scoring.score(make_cfg(small_pool, tmp_path / "two", tiny_model_dir, max_new_tokens=3)).attrs[
+        "computed"] == 0
+
+
+def test_cache_info_and_clear(small_pool, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TASKDIV_SHARED_SCORES", "1")
+    monkeypatch.setenv("TASKDIV_CACHE", str(tmp_path / "cache"))
+    scoring.score(make_cfg(small_pool, tmp_path / "one", tiny_model_dir, max_new_tokens=2))
+    capsys.readouterr()
+    assert cli.main(["cache", "info"]) == 0
+    out = capsys.readouterr().out
+    assert f"cache: {tmp_path / 'cache'}" in out and "scores/" in out and "scores: 16 prompt(s) for model" in out
+    assert cli.main(["cache", "clear", "scores"]) == 0
+    assert "removed" in capsys.readouterr().out and not (tmp_path / "cache" / "scores").exists()
+    assert cli.main(["cache", "clear", "scores"]) == 0  # nothing left: nothing to do
+    with pytest.raises(SystemExit):
+        cli.main(["cache", "clear", "everything"])
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_shared_flags_before_or_after_the_command_and_no_progress_silences_every_bar(small_pool, tiny_model_dir,
+                                                                                      tmp_path, where):
+    """-q, --no-progress and --config work on either side of the command; --no-progress turns
+    off transformers' own bars too (its "Loading weights" bar), not only taskdiv's."""
+    config = tmp_path / "c.yaml"
+    config.write_text("max_new_tokens: 2\nper_task: 1\n")
+    shared = ["-q", "--no-progress", "--config", str(config)]
+    command = ["score", str(small_pool), "--model", str(tiny_model_dir), "--out", str(tmp_path / "s")]
+    argv = shared + command if where == "before" else command + shared
+    env = {k: v for k, v in os.environ.items() if k not in ("TASKDIV_NO_PROGRESS", "TQDM_DISABLE")}
+    run = subprocess.run([sys.executable, "-m", "taskdiv.cli", *argv], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "\r" not in run.stderr and "it/s" not in run.stderr and "INFO" not in run.stderr
+    assert yaml.safe_load((tmp_path / "s" / "config.yaml").read_text())["per_task"] == 1
+    assert len(pd.read_csv(tmp_path / "s" / "scores.csv")) == 3

@@ -216,3 +216,35 @@ def test_outputs_have_normal_permissions(small_pool, tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (out / "selection.jsonl").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_pool_split_uses_the_sources_rule_and_feeds_evaluate(tmp_path):
+    """`taskdiv pool split` on a user's file gives the held-out part the built-in sources give
+    for the same items (one rule), is disjoint and deterministic, and its test.jsonl loads
+    as an evaluation pool (targets from the responses)."""
+    import json
+
+    from taskdiv.data import load_pool
+    from taskdiv.evaluation import load_heldout
+
+    spec = "bbh:navigate,word_sorting?split=all"
+    src = tmp_path / "pool.jsonl"
+    assert main(["pool", "export", spec, "--out", str(src)]) == 0
+    rows = [json.loads(x) for x in src.read_text().splitlines()]
+    for r in rows:  # a user's file: no choices or targets
+        r.pop("choices", None)
+        r.pop("targets", None)
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["pool", "split", str(src), "--test-per-task", "0.2", "--seed", "0", "--out", str(tmp_path / "s")]) == 0
+    kept = load_pool(str(tmp_path / "s" / "pool.jsonl")).frame
+    test = load_heldout(str(tmp_path / "s" / "test.jsonl"), None)
+    assert set(test["id"]) == set(load_pool("bbh:navigate,word_sorting?split=test").frame["id"])
+    assert not set(kept["id"]) & set(test["id"]) and len(kept) + len(test) == len(rows)
+    assert (test["targets"].map(len) == 1).all() and test.groupby("task").size().eq(40).all()
+    first = (tmp_path / "s" / "test.jsonl").read_bytes()
+    assert main(["pool", "split", str(src), "--test-per-task", "10", "--out", str(tmp_path / "t")]) == 0
+    assert load_heldout(str(tmp_path / "t" / "test.jsonl"), None).groupby("task").size().eq(10).all()
+    assert main(["pool", "split", str(src), "--test-per-task", "0.2", "--out", str(tmp_path / "s")]) == 0
+    assert (tmp_path / "s" / "test.jsonl").read_bytes() == first
+    assert main(["pool", "split", str(src), "--test-per-task", "-1", "--out", str(tmp_path / "u")]) == 1
+    assert not (tmp_path / "u").exists()

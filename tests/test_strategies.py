@@ -64,8 +64,17 @@ def test_strategy_contract(name, params, drawn):
     try:
         result = strategy.select(pool, budget, inputs)
     except TaskdivError as e:
-        # The only legitimate refusal: a floor/ceiling that the budget cannot satisfy.
-        assert "floor" in str(e) or "exceeds" in str(e), e
+        # The only legitimate refusal: a floor or ceiling that the budget cannot satisfy. The
+        # arithmetic says whether that is so, so a strategy that refused everything would fail.
+        assert isinstance(strategy, TaskAllocation) and ("floor" in str(e) or "exceeds" in str(e)), e
+        _, codes = pool.task_codes()
+        sizes_t = np.bincount(codes)
+        taken = np.bincount(codes[inputs.excluded], minlength=len(sizes_t))
+        hi = sizes_t if strategy.max_per_task is None else np.minimum(sizes_t, strategy.max_per_task)
+        hi = np.maximum(hi, taken)
+        lo = np.minimum(np.maximum(strategy._floor(budget, sizes_t, taken), taken), hi)
+        total = budget + taken.sum()
+        assert lo.sum() > total or total > hi.sum(), (e, lo.sum(), total, hi.sum())
         return
     ids = list(result.ids)
     assert len(ids) == budget
@@ -92,7 +101,7 @@ def test_other_seed_other_selection(name, params):
     a = list(strategy.select(pool, budget, inputs).ids)
     b = list(get_strategy(name, seed=2, **params).select(pool, budget, inputs).ids)
     random_inside = (name in ("random", "task-diversity", "weighted-task-diversity", "proportional",
-                              "sharp-weighted-task-diversity", "k-center")
+                              "sharp-weighted-task-diversity", "kind-diversity", "k-center")
                      and params.get("within") != "lowest-confidence")
     if random_inside:
         assert a != b
@@ -211,7 +220,7 @@ def test_what_each_strategy_needs():
     needs = {name: get_strategy(name).needs for name in STRATEGIES}
     assert needs == {"random": set(), "full": set(), "proportional": set(), "task-diversity": set(),
                      "weighted-task-diversity": {"confidence"}, "sharp-weighted-task-diversity": {"confidence"},
-                     "uncertainty": {"confidence"}, "k-center": {"embeddings"}}
+                     "kind-diversity": set(), "uncertainty": {"confidence"}, "k-center": {"embeddings"}}
     assert get_strategy("proportional", within="k-center").needs == {"embeddings"}
     assert get_strategy("weighted-task-diversity", within="k-center").needs == {"confidence", "embeddings"}
     with pytest.raises(TaskdivError, match="needs prompt confidences: pass --scores"):
@@ -276,3 +285,42 @@ def test_smallest_equals_stable_argsort(seed, n):
     keys = rng.integers(0, 20, size=n).astype(float)  # many ties: the stable order must hold
     k = int(rng.integers(1, n + 1))
     assert np.array_equal(_smallest(keys, k), np.argsort(keys, kind="stable")[:k])
+
+
+def test_kind_diversity_spreads_across_kinds_first_then_tasks():
+    """Ten generative tasks, one yes/no task and one multiple-choice task: task-diversity
+    gives each of the twelve tasks 3 of 36; kind-diversity gives each kind 12 first (the
+    yes/no and multiple-choice tasks 12 each, the generative ones 1 or 2)."""
+    rows = []
+    for t in range(12):
+        choices = None if t < 10 else (["yes", "no"] if t == 10 else ["a", "b", "c", "d"])
+        rows += [{"id": f"t{t:02d}-{i}", "prompt": f"p {t} {i}", "task": f"t{t:02d}", "choices": choices}
+                 for i in range(40)]
+    pool = Pool(pd.DataFrame(rows), "test")
+    even = get_strategy("task-diversity", seed=0).select(pool, 36).allocation.set_index("task")["allocated"]
+    assert even.eq(3).all()
+    kinds = get_strategy("kind-diversity", seed=0).select(pool, 36).allocation.set_index("task")["allocated"]
+    assert kinds["t10"] == 12 and kinds["t11"] == 12
+    assert kinds[[f"t{t:02d}" for t in range(10)]].sum() == 12 and kinds[[f"t{t:02d}" for t in range(10)]].between(1, 2).all()
+    # A kind with too few prompts passes its share on; round 2 counts what round 1 took.
+    small = Pool(pd.DataFrame(rows[:400] + rows[400:403] + rows[440:480]), "test")
+    alloc = get_strategy("kind-diversity", seed=0).select(small, 36).allocation.set_index("task")["allocated"]
+    assert alloc["t10"] == 3 and alloc.sum() == 36
+    excluded = np.zeros(len(pool), bool)
+    excluded[400:410] = True  # ten yes/no prompts already annotated
+    alloc = get_strategy("kind-diversity", seed=0).select(pool, 26, Inputs(excluded=excluded)).allocation
+    assert alloc.set_index("task").loc["t10", "allocated"] == 2  # 12 in all for the kind
+
+
+def test_weighted_task_diversity_needs_no_confidence_for_an_exhausted_task():
+    pool, inputs = make_pool([3, 20, 40])
+    excluded = np.zeros(len(pool), bool)
+    excluded[:3] = True  # task t0 annotated in full in an earlier round, and never scored again
+    conf = inputs.confidence.copy()
+    conf[:3] = np.nan
+    alloc = get_strategy("weighted-task-diversity", seed=0).select(
+        pool, 10, Inputs(confidence=conf, excluded=excluded)).allocation.set_index("task")
+    assert alloc.loc["t0", "allocated"] == 0 and alloc["allocated"].sum() == 10
+    conf[3:23] = np.nan  # a task with prompts left and no confidence is still an error
+    with pytest.raises(TaskdivError, match="1 task\\(s\\) have no scored prompt: t1"):
+        get_strategy("weighted-task-diversity", seed=0).select(pool, 10, Inputs(confidence=conf, excluded=excluded))

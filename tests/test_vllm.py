@@ -318,8 +318,11 @@ def test_server_helper_time_out_and_early_exit_are_clear(fake_python, tmp_path, 
 def test_no_server_outlives_its_owner(fake_python, tmp_path, how):
     """The owner killed (SIGKILL: the watchdog stops the group) or interrupted (Ctrl-C: the
     `with` block stops it, and the owner exits)."""
+    # SIGINT's default handler is set in the owner itself: a process started from a shell's
+    # background job (as CI may run make) inherits SIGINT ignored, and Ctrl-C would not reach it.
     script = textwrap.dedent(f"""
-        import time
+        import signal, time
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from taskdiv.vllm_server import VLLMServer
         with VLLMServer({str(tmp_path / 'm')!r}, python={str(fake_python)!r}) as server:
             print(server.proc.pid, flush=True)

@@ -1,2 +1,26 @@
-"""taskdiv."""
-__version__ = "0.1.0"
+"""taskdiv: label-efficient SFT: choose which prompts to annotate by task diversity and model confidence.
+
+    import taskdiv
+    pool = taskdiv.load_pool("prompts.jsonl")            # or a DataFrame, a datasets.Dataset, a list of dicts
+    scores, tasks = taskdiv.score(pool, model="gemma-3-270m", per_task=16)
+    selection, allocation = taskdiv.select(pool, 1000, scores=scores)
+    taskdiv.allocate([2, 6, 10], 9)                       # the allocation alone
+
+The names are imported on first use, so `import taskdiv` stays light (no torch).
+See `taskdiv.api` and the docs' API page.
+"""
+from ._version import __version__
+
+__all__ = ["load_pool", "score", "select", "allocate", "Pool", "TaskdivError", "__version__"]
+
+
+def __getattr__(name):
+    if name in __all__:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'taskdiv' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -39,6 +39,8 @@ def parse_budget(text: str | int, pool_size: int) -> int:
     if percent:
         if not value > 0:
             raise TaskdivError(f"budget {raw} must be above 0%")
+        if value > 100:  # as a count above the pool's size is refused
+            raise TaskdivError(f"budget {raw} is more than the whole pool; at most 100%")
         return max(1, int(round(value / 100 * pool_size)))
     if value != int(value):
         raise TaskdivError(f"budget {raw} must be a whole number of prompts (or a percentage)")

@@ -1,17 +1,19 @@
 """The statistics behind `taskdiv report`: paired tests, the annotation saving, coverage.
 
 Pure numpy/scipy on the experiment's tables (no torch):
-    paired_tests(diffs)              mean, 95% t-interval, exact sign and permutation p-values
+    difference_stats(diffs)          mean, 95% t-interval, exact sign and permutation p-values
     random_budget_to_match(...)      the random budget whose accuracy a strategy's matches,
                                      with a seed-bootstrap interval (the paper's headline:
                                      "the same accuracy with X% fewer annotations")
     coverage(allocations)            tasks left with no / fewer than 5 training examples
+    task_gains, confidence_gain,     each task's gain over the base model, against its confidence
+    rank_correlation                 (Spearman's rho with a bootstrap interval)
+    examples_vs_none(...)            within a kind: do tasks that got examples gain more?
     accuracy_by_kind(...)            macro accuracy over the tasks of each kind
     task_kinds(test_pool)            yes/no (two choices), multiple choice, generative
 """
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -34,20 +36,21 @@ def sign_test(diffs) -> float:
 
 
 def permutation_test(diffs, *, n_resamples: int = 20000, seed: int = 0) -> float:
-    """Two-sided paired permutation test: the share of sign flips of the differences whose
-    mean is at least as far from zero as the observed one (exact for up to 16 pairs)."""
+    """Two-sided paired permutation (sign-flip) test of a zero mean difference: exact for up
+    to 16 pairs (every one of the 2^n sign assignments), Monte Carlo above (`scipy.stats.
+    permutation_test`, permutation_type='samples' flips each pair's sign)."""
+    from scipy import stats
+
     d = np.asarray(diffs, dtype=float)
     d = d[~np.isnan(d)]
     if len(d) == 0:
         return float("nan")
-    observed = abs(d.mean())
-    if len(d) <= EXACT_PERMUTATION_MAX:
-        signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(d))))
-    else:
-        signs = np.random.default_rng(seed).choice((1.0, -1.0), size=(n_resamples, len(d)))
-    means = np.abs((signs * d).mean(axis=1))
-    # A small tolerance: flips that give the same mean up to rounding count as "as extreme".
-    return float((means >= observed - 1e-12).mean())
+    if len(d) == 1:  # both signs give the same |mean|: every assignment is as extreme
+        return 1.0
+    result = stats.permutation_test((d,), np.mean, permutation_type="samples", alternative="two-sided",
+                                    n_resamples=2 ** len(d) if len(d) <= EXACT_PERMUTATION_MAX else n_resamples,
+                                    rng=np.random.default_rng(seed))
+    return float(result.pvalue)
 
 
 def random_budget_to_match(target_acc, random_acc: dict[int, np.ndarray]) -> float:
@@ -133,3 +136,82 @@ def accuracy_by_kind(per_task: pd.DataFrame, results: pd.DataFrame, kinds: pd.Da
     table = table[[k for k in KINDS if k in table.columns]]
     table.columns = [f"{k} ({int(n_tasks.get(k, 0))})" for k in table.columns]
     return table.reset_index()
+
+
+def task_gains(per_task: pd.DataFrame, results: pd.DataFrame, allocations: pd.DataFrame) -> pd.DataFrame:
+    """run, strategy, budget_n, seed, task, allocated, gain: each trained run's per-task
+    accuracy minus the base model's on that task (runs without an allocation are left out)."""
+    base_runs = results.loc[results["strategy"] == "base", "run"]
+    base = per_task[per_task["run"].isin(base_runs)].groupby("task")["accuracy"].mean()
+    if not len(base) or not len(allocations):
+        return pd.DataFrame(columns=["run", "strategy", "budget_n", "seed", "task", "allocated", "gain"])
+    rows = per_task.merge(allocations[["run", "strategy", "budget_n", "seed", "task", "allocated"]],
+                          on=["run", "task"])
+    rows["gain"] = rows["accuracy"] - rows["task"].map(base).astype(float)  # no rows: map keeps the tasks' text type
+    return rows[["run", "strategy", "budget_n", "seed", "task", "allocated", "gain"]].dropna(subset=["gain"])
+
+
+def rank_correlation(x, y, *, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Spearman's rho of x and y with a 95% percentile interval from resampling the pairs, and
+    its two-sided p-value (scipy); n: the number of pairs."""
+    from scipy import stats
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    n = len(x)
+    if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return {"rho": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, "n": n}
+    result = stats.spearmanr(x, y)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_boot):
+        i = rng.integers(0, n, n)
+        if np.ptp(x[i]) > 0 and np.ptp(y[i]) > 0:
+            draws.append(stats.spearmanr(x[i], y[i]).statistic)
+    low, high = np.percentile(draws, [2.5, 97.5]) if draws else (math.nan, math.nan)
+    return {"rho": float(result.statistic), "ci_low": float(low), "ci_high": float(high),
+            "p": float(result.pvalue), "n": n}
+
+
+def confidence_gain(gains: pd.DataFrame, confidence: pd.Series) -> pd.DataFrame:
+    """Per task: its confidence C_t and its mean gain over the base model in the runs where it
+    got at least one example (the premise of weighted-task-diversity: low C_t, high gain)."""
+    got = gains[gains["allocated"] > 0]
+    table = got.groupby("task").agg(gain=("gain", "mean"), runs=("run", "nunique")).reset_index()
+    table["confidence"] = table["task"].map(confidence)
+    return table.dropna(subset=["confidence"])
+
+
+def examples_vs_none(gains: pd.DataFrame, kinds: pd.DataFrame, strategy: str = "random") -> pd.DataFrame:
+    """Within each kind of task, in `strategy`'s runs: the mean gain of the tasks that got
+    examples minus that of the tasks that got none, per run, then its mean over runs with a
+    95% t-interval (budget by budget). Tests the method's mechanism directly: does a task's
+    own example matter, or does what is learnt carry over within a kind?"""
+    rows = gains[gains["strategy"] == strategy].merge(kinds, on="task")
+    out = []
+    for (budget, kind), group in rows.groupby(["budget_n", "kind"]):
+        diffs, with_n, without_n = [], [], []
+        for _, run in group.groupby("run"):
+            got, none = run.loc[run["allocated"] > 0, "gain"], run.loc[run["allocated"] == 0, "gain"]
+            if len(got) and len(none):
+                diffs.append(got.mean() - none.mean())
+                with_n.append(len(got))
+                without_n.append(len(none))
+        if diffs:
+            out.append({"budget_n": int(budget), "kind": kind, **difference_stats(np.array(diffs)),
+                        "tasks_with": float(np.mean(with_n)), "tasks_without": float(np.mean(without_n))})
+    return pd.DataFrame(out)
+
+
+def difference_stats(diffs) -> dict:
+    """Mean of paired differences, its 95% t-interval, the runs where it is positive, and the
+    exact sign and permutation tests' two-sided p-values."""
+    from scipy import stats
+
+    d = np.asarray(diffs, dtype=float)
+    d = d[~np.isnan(d)]
+    m = float(d.mean()) if len(d) else math.nan
+    half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else math.nan
+    return {"diff": m, "ci_low": m - half, "ci_high": m + half, "wins": int((d > 0).sum()), "pairs": len(d),
+            "p_sign": sign_test(d), "p_perm": permutation_test(d)}

@@ -219,9 +219,10 @@ def _read_task(name: str, coll: str, root: Path | None, data: str | None) -> pd.
     # subjects' dev and val rows, and the gauntlet holds BIG-bench items that BBH holds too.
     overlap = suite_overlap(frame, data)
     if len(overlap):
-        log.info("%s: %d item(s) left out, the mmlu/bbh suites score them (%s, ...)", name, len(overlap),
-                 overlap["suite_item"].iloc[0])
+        log.debug("%s: %d item(s) left out, the mmlu/bbh suites score them (%s, ...)", name, len(overlap),
+                  overlap["suite_item"].iloc[0])
         frame = frame[~frame.index.isin(overlap.index)]
+    frame.attrs["left_out"] = len(overlap)
     return frame
 
 
@@ -229,6 +230,44 @@ def _row(task: str, n, prompt: str, response: str, targets: list[str], choices: 
     prompt = prompt.rstrip(" ")
     return {"id": f"{task}:{n}", "prompt": prompt, "task": task, "response": response, "choices": choices,
             "targets": targets, "_key": split_key(prompt, response)}
+
+
+def read_mmlu_csv(path: Path) -> pd.DataFrame:
+    """An MMLU CSV (question, A, B, C, D, answer letter; no header), every row checked:
+    columns question, choices (the four options), answer (the letter). The `mmlu` suite
+    (`taskdiv.harness`) and the `mmlu:` source read through it."""
+    raw = read_csv(path, header=None, dtype=str, keep_default_na=False)
+    if raw.shape[1] != 6:
+        raise DataError(f"expected 6 columns (question, A, B, C, D, answer), found {raw.shape[1]}", file=path,
+                        row=1)
+    answers = raw[5].str.strip()
+    bad = ~answers.isin(list(LETTERS))
+    if bad.any():
+        i = int(bad.to_numpy().argmax())
+        raise DataError(f"answer must be one of A, B, C, D, not {raw.iloc[i, 5]!r}", file=path, row=i + 1,
+                        field="answer")
+    return pd.DataFrame({"question": raw[0], "choices": raw[[1, 2, 3, 4]].values.tolist(), "answer": answers})
+
+
+def read_bbh_examples(path: Path) -> list[dict]:
+    """A BBH TASK.json's examples ({input, target}, both strings), every one checked. The `bbh`
+    suite (`taskdiv.harness`) and the `bbh:` source read through it."""
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"not valid JSON ({e})", file=path) from None
+    examples = spec.get("examples") if isinstance(spec, dict) else None
+    if not isinstance(examples, list):
+        raise DataError('expected {"examples": [{"input": ..., "target": ...}, ...]}', file=path)
+    _check_bbh_examples(examples, path)
+    return [{"input": e["input"], "target": e["target"]} for e in examples]
+
+
+def _check_bbh_examples(examples: list, where) -> None:
+    for i, ex in enumerate(examples, 1):
+        for key in ("input", "target"):
+            if not isinstance(ex, dict) or not isinstance(ex.get(key), str):
+                raise DataError(f"missing string field {key!r}", file=where, row=i, field=key)
 
 
 def mmlu_prompt(question: str, options: list[str]) -> str:
@@ -253,16 +292,9 @@ def _read_mmlu(task: str, how: str, *args) -> list[dict]:
         path = root / split / f"{subject}_{split}.csv"
         if not path.exists():
             continue
-        raw = read_csv(path, header=None, dtype=str, keep_default_na=False)
-        if raw.shape[1] != 6:
-            raise DataError(f"expected 6 columns (question, A, B, C, D, answer), found {raw.shape[1]}", file=path,
-                            row=1)
-        for i, r in enumerate(raw.itertuples(index=False)):
-            letter = str(r[5]).strip()
-            if letter not in LETTERS:
-                raise DataError(f"answer must be one of A, B, C, D, not {r[5]!r}", file=path, row=i + 1,
-                                field="answer")
-            rows.append(_row(task, f"{split}-{i:05d}", mmlu_prompt(r[0], list(r[1:5])), letter, [letter],
+        frame = read_mmlu_csv(path)
+        for i, (question, options, letter) in enumerate(zip(frame["question"], frame["choices"], frame["answer"])):
+            rows.append(_row(task, f"{split}-{i:05d}", mmlu_prompt(question, list(options)), letter, [letter],
                              list(LETTERS)))
     return rows
 
@@ -272,20 +304,9 @@ def _read_bbh(task: str, how: str, arg) -> list[dict]:
         from .packages import require
 
         examples = [dict(r) for r in require("datasets", "hf").load_dataset(HUB["bbh"], arg, split="test")]
-        where = HUB["bbh"]
+        _check_bbh_examples(examples, HUB["bbh"])
     else:
-        try:
-            spec = json.loads(arg.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"not valid JSON ({e})", file=arg) from None
-        examples = spec.get("examples") if isinstance(spec, dict) else None
-        if not isinstance(examples, list):
-            raise DataError('expected {"examples": [{"input": ..., "target": ...}, ...]}', file=arg)
-        where = arg
-    for i, ex in enumerate(examples, 1):
-        for key in ("input", "target"):
-            if not isinstance(ex, dict) or not isinstance(ex.get(key), str):
-                raise DataError(f"missing string field {key!r}", file=where, row=i, field=key)
+        examples = read_bbh_examples(arg)
     answers = {ex["target"] for ex in examples}
     binary = next((sorted(b) for b in BINARY if answers <= b), None)
     rows = []
@@ -360,12 +381,17 @@ def load(names: list[str], options: SplitOptions | None = None, *, data: str | N
     """Pool rows of the given presets/collections/tasks for one split (see the module docstring)."""
     options = options or SplitOptions()
     frames = {}
+    left_out = 0
     for name in resolve(names, data, collection):
         frame = read_task(name, data)
+        left_out += frame.attrs.get("left_out", 0)
         if len(frame) == 0:
             log.warning("%s has no usable items; skipped", name)
             continue
         frames[name] = frame
+    if left_out:
+        log.info("%s: %d item(s) left out of %d task(s): the mmlu/bbh evaluation suites score them (-vv lists "
+                 "them by task)", where, left_out, len(frames))
     return split_tasks(frames, options, where=where)
 
 
@@ -417,8 +443,7 @@ def _suite_fingerprints(data: str | None) -> dict[str, str]:
     bbh = _optional_dir("bbh", data)
     if bbh is not None:
         for task, how in catalogue("bbh", bbh).items():
-            examples = json.loads(how[1].read_text(encoding="utf-8"))["examples"]
-            for i, ex in enumerate(bbh_suite_examples(examples)):
+            for i, ex in enumerate(bbh_suite_examples(read_bbh_examples(how[1]))):
                 add(ex["input"], f"BBH suite {task} item {i}")
     return {fp: label for fp, label in seen.items() if fp not in shared}
 

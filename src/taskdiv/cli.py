@@ -1,7 +1,8 @@
 """The `taskdiv` command.
 
     taskdiv pool info POOL                  prompts, tasks and per-task counts
-    taskdiv pool export POOL --out F        write a pool (e.g. a BIG-bench one) to a file
+    taskdiv pool export POOL --out F        write a pool (e.g. a benchmark preset) to a file
+    taskdiv pool split POOL --out DIR       a pool part and a held-out part per task
     taskdiv select POOL --budget B ...      choose prompts to annotate
     taskdiv annotate export|import|oracle   the annotation round-trip
     taskdiv score POOL --out DIR            the model's confidence per prompt and per task
@@ -9,10 +10,11 @@
     taskdiv evaluate RUN --suite S --out D  held-out accuracy, MMLU, BBH
     taskdiv experiment CONFIG.yaml --out EXP strategies x budgets x seeds, end to end
     taskdiv report EXP                      tables and plots of an experiment
+    taskdiv cache info|clear                what the cache holds; free it
     taskdiv env                             versions, for bug reports
 
-Every command takes --config FILE.yaml (flags override it), and -v/-q and
---no-progress. Stage modules are imported only when their command runs, so that
+Every command takes --config FILE.yaml (flags override it), -v/-q, --no-progress and
+--data-dir, before or after the command's name. Stage modules are imported only when their command runs, so that
 `--help` is instant and selection never imports torch.
 """
 from __future__ import annotations
@@ -23,8 +25,9 @@ import logging
 import os
 import sys
 
-from . import __version__
+from ._version import __version__
 from .errors import TaskdivError
+from .redact import RedactingFilter, redact
 
 # Set before torch (and its OpenMP runtime) loads: spinning OpenMP threads stall each
 # other whenever the cores are shared with other work; measured 10-20x slower forward
@@ -37,6 +40,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                        "Print the number of prompts and tasks and the per-task counts of a pool."),
     ("pool", "export"): ("taskdiv.selection", "PoolExportConfig", "run_pool_export",
                          "Write a pool (any source) to a .jsonl or .parquet file."),
+    ("pool", "split"): ("taskdiv.selection", "PoolSplitConfig", "run_pool_split",
+                        "Split a pool into a part to select from and a held-out part per task (for evaluate)."),
     ("score",): ("taskdiv.scoring", "ScoreConfig", "run_score",
                  "Score the base model's confidence on each prompt (and per task), cached and resumable."),
     ("select",): ("taskdiv.selection", "SelectConfig", "run_select",
@@ -53,11 +58,16 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                     "Evaluate a model or run: held-out accuracy per task, MMLU, BBH (lm-evaluation-harness)."),
     ("experiment",): ("taskdiv.experiments", "ExperimentCommand", "run_experiment",
                       "Compare strategies across budgets and seeds: select, annotate, train, evaluate."),
+    ("cache", "info"): ("taskdiv.caches", "CacheInfoConfig", "run_cache_info",
+                        "Show what taskdiv keeps in its cache ($TASKDIV_CACHE) and how large it is."),
+    ("cache", "clear"): ("taskdiv.caches", "CacheClearConfig", "run_cache_clear",
+                         "Free the cache: scores, embeddings, models, bigbench-1.0.0, or all."),
     ("report",): ("taskdiv.report", "ReportConfig", "run_report",
                   "Write report.md and plots (accuracy vs budget, allocation, per-task gains) for an experiment."),
 }
 
-GROUP_HELP = {"pool": "Inspect and export prompt pools.",
+GROUP_HELP = {"pool": "Inspect, export and split prompt pools.",
+              "cache": "Show and free taskdiv's cache (shared scores, embeddings, converted models).",
               "annotate": "Send selected prompts to annotators (Label Studio, Argilla) and import their answers."}
 
 
@@ -69,12 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Label-efficient SFT: choose which prompts to annotate by task diversity and "
                     "model confidence (WeightedTaskDiversity, arXiv 2507.21482).")
     parser.add_argument("--version", action="version", version=f"taskdiv {__version__}")
+    # The shared flags work before the command (`taskdiv -q score ...`) and after it: the
+    # command's copies default to SUPPRESS, so that one given before it stands.
+    add_shared_flags(parser, defaults=True)
+    parser.add_argument("--config", metavar="FILE.yaml", default=None,
+                        help="YAML file with the command's options as keys; command-line flags override it.")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="count", default=0, help="More log output (-vv: debug).")
-    common.add_argument("-q", "--quiet", action="store_true", help="Only warnings and errors.")
-    common.add_argument("--no-progress", action="store_true", help="Turn progress bars off.")
-    common.add_argument("--data-dir", metavar="DIR", help="Where the local benchmark collections are (mmlu/, bbh/, "
-                        "gauntlet/, alpaca_eval/): sets TASKDIV_DATA; default ../shared/data beside the repository.")
+    add_shared_flags(common, defaults=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
     for words, (module, cls_name, _, help_text) in COMMANDS.items():
@@ -92,6 +103,35 @@ def build_parser() -> argparse.ArgumentParser:
                          parents=[common])
     env.set_defaults(_words=("env",))
     return parser
+
+
+def add_shared_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    def default(value):
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("-v", "--verbose", action="count", default=default(0), help="More log output (-vv: debug).")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default(False),
+                        help="Only warnings and errors.")
+    parser.add_argument("--no-progress", action="store_true", default=default(False),
+                        help="Turn every progress bar off, the libraries' (transformers, datasets, "
+                             "sentence-transformers) included.")
+    parser.add_argument("--data-dir", metavar="DIR", default=default(None),
+                        help="Where the local benchmark collections are (mmlu/, bbh/, gauntlet/, alpaca_eval/): "
+                             "sets TASKDIV_DATA; default ../shared/data beside the repository.")
+
+
+def quiet_progress() -> None:
+    """No progress bar anywhere: taskdiv's (TASKDIV_NO_PROGRESS), tqdm's in every library
+    (TQDM_DISABLE, read by tqdm >= 4.66 as the default of `disable`), the hub client's, and
+    transformers' and datasets' own switches where they are loaded."""
+    os.environ["TASKDIV_NO_PROGRESS"] = "1"
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    for module, name in (("transformers.utils.logging", "disable_progress_bar"),
+                         ("datasets.utils.logging", "disable_progress_bar")):
+        if module in sys.modules:
+            getattr(sys.modules[module], name)()
 
 
 def run_env() -> None:
@@ -124,6 +164,9 @@ def run_env() -> None:
 def configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # no password reaches a log line (taskdiv's, Ray's, pyarrow's)
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
     if verbose < 2:
         for noisy in ("httpx", "httpx2", "openai", "urllib3", "datasets", "transformers", "sentence_transformers",
                       "filelock", "accelerate", "argilla"):
@@ -137,9 +180,17 @@ def os_error_message(e: OSError) -> str:
     return f"{' -> '.join(paths)}: {reason}" if paths else reason
 
 
+def _redacted_traceback(kind, value, tb) -> None:
+    """sys.excepthook for a bug's traceback: printed as Python does, with any password masked."""
+    import traceback
+
+    sys.stderr.write(redact("".join(traceback.format_exception(kind, value, tb))))
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import config
 
+    sys.excepthook = _redacted_traceback
     parser = build_parser()
     args = parser.parse_args(argv)
     words = getattr(args, "_words", None)
@@ -151,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(args.verbose, args.quiet)
     if args.no_progress:
-        os.environ["TASKDIV_NO_PROGRESS"] = "1"
+        quiet_progress()
     if args.data_dir:
         os.environ["TASKDIV_DATA"] = os.path.abspath(args.data_dir)
     try:
@@ -164,12 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         getattr(mod, func)(cfg)
         return 0
     except TaskdivError as e:
-        print(f"taskdiv: error: {e}", file=sys.stderr)
+        print(f"taskdiv: error: {redact(str(e))}", file=sys.stderr)
         return 1
     except OSError as e:
         # The operating system refused something (a read-only directory, a full disk, a file
         # where a directory should be): the user's environment, not a bug, so no traceback.
-        print(f"taskdiv: error: {os_error_message(e)}", file=sys.stderr)
+        print(f"taskdiv: error: {redact(os_error_message(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("taskdiv: interrupted", file=sys.stderr)

@@ -12,9 +12,8 @@ import types
 import typing
 from pathlib import Path
 
-import yaml
-
 from .errors import TaskdivError
+from .redact import display_uri, remember_in, shown, split_userinfo
 
 # Every option that holds a seed, in every stage: one rule for all of them (numpy takes any
 # non-negative integer, torch and transformers.set_seed only those below 2**32).
@@ -56,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         else:
             flags = ["--" + f.name.replace("_", "-")] + list(f.metadata.get("aliases", ()))
             parser.add_argument(*flags, dest=f.name, **kw)
-    parser.add_argument("--config", metavar="FILE.yaml", default=None,
+    # SUPPRESS: absent after the command, a --config given before it (`taskdiv --config F score`) stands.
+    parser.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS,
                         help="YAML file with these options as keys; command-line flags override it.")
 
 
@@ -81,6 +81,7 @@ def build(cls, namespace: argparse.Namespace | dict | None = None, config_file: 
     given = vars(namespace) if isinstance(namespace, argparse.Namespace) else dict(namespace or {})
     names = {f.name for f in dataclasses.fields(cls)}
     values.update({k: v for k, v in given.items() if k in names})
+    remember_in(values)  # a password in an option (--shards s3://KEY:SECRET@...) is masked wherever it shows
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in values:
@@ -109,15 +110,15 @@ def check_seed(value, name: str = "seed", source=None) -> None:
 
 
 def load_yaml(path, cls) -> dict:
+    from .fileio import read_yaml
+
     path = Path(path)
     if not path.exists():
         raise TaskdivError(f"{path}: no such config file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise TaskdivError(f"{path}: invalid YAML ({e})") from None
+    data = read_yaml(path) or {}  # bounded: a special file, an alias bomb, deep nesting are refused
     if not isinstance(data, dict):
         raise TaskdivError(f"{path}: expected a mapping of option names to values")
+    _refuse_credentials(data, path)
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -128,6 +129,18 @@ def load_yaml(path, cls) -> dict:
                  for k in unknown]
         raise TaskdivError(f"{path}: unknown key(s) {', '.join(hints)}")
     return data
+
+
+def _refuse_credentials(value, path, key: str = "") -> None:
+    """A config file holds no password (s3://KEY:SECRET@..., user:password@host): it is meant to be
+    committed, and an experiment copies it into EXP/config.yaml. Credentials come from the environment."""
+    if isinstance(value, str) and split_userinfo(value):
+        raise TaskdivError(f"{path}: key {key!r}: {display_uri(value)} holds credentials, which a config file "
+                           f"must not (it is meant to be committed); leave them out of the address and set them "
+                           f"in the environment (for s3://: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        _refuse_credentials(v, path, f"{key}[{k}]" if isinstance(value, list) else f"{key}.{k}" if key else str(k))
 
 
 def _optional(tp) -> bool:
@@ -169,5 +182,6 @@ def _scalar(value, base):
 
 
 def to_dict(cfg, *, exclude=()) -> dict:
-    """The config's fields as a plain dict (what run directories record), without `exclude`."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in exclude}
+    """The config's fields as a plain dict (what run directories record), without `exclude`;
+    a password in an address is masked (`redact.display_uri`)."""
+    return {k: shown(v) for k, v in dataclasses.asdict(cfg).items() if k not in exclude}

@@ -37,7 +37,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, TaskdivError
-from .fileio import check_utf8, iter_jsonl, read_csv, read_json_document, valid_utf8
+from .fileio import (MAX_DEPTH, check_depth, check_input, check_utf8, deep_lines, iter_jsonl, read_csv,
+                     read_json_document, valid_utf8)
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +270,17 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
     return "path", spec, {}
 
 
+def pool_from_frame(raw: pd.DataFrame, fields: FieldMap | None = None, *, source: str = "DataFrame",
+                    require_tasks: bool = True) -> Pool:
+    """A validated pool from rows already in memory (a DataFrame, a list of dicts, a
+    `datasets.Dataset`): the checks `load_pool` runs on a file, errors naming the row."""
+    if len(raw) == 0:
+        raise DataError("the pool is empty: no rows", file=source)
+    frame, ranks, codes = _normalise(raw.reset_index(drop=True), fields or FieldMap(), source=source, where="row",
+                                     require_tasks=require_tasks)
+    return Pool(frame, source, id_rank=ranks, codes=codes)
+
+
 def load_pool(spec: str, fields: FieldMap | None = None, *, require_tasks: bool = True) -> Pool:
     """Load and validate a pool from a file, a hub dataset or BIG-bench."""
     fields = fields or FieldMap()
@@ -298,7 +310,11 @@ def read_raw(path: Path) -> tuple[pd.DataFrame, str]:
     Returns the frame and how its rows are named in errors ('line' for JSONL, where
     the frame carries a `__line__` column with the physical line numbers).
     """
-    if not path.exists():
+    try:
+        found = path.exists()
+    except OSError as e:  # a name too long for the file system, a loop of links
+        raise TaskdivError(f"{path}: {e.strerror or e}") from None
+    if not found:
         raise TaskdivError(
             f"{path}: no such file or directory (a hub dataset is written hf:NAME, "
             f"a benchmark preset bench:many or bench:demo)")
@@ -308,15 +324,8 @@ def read_raw(path: Path) -> tuple[pd.DataFrame, str]:
         except ImportError as e:
             raise TaskdivError(f"{path} is a directory; reading a saved dataset needs "
                                f"`pip install taskdiv[hf]`") from e
-        try:
-            ds = datasets.load_from_disk(str(path))
-        except FileNotFoundError as e:
-            raise TaskdivError(f"{path}: not a dataset saved with save_to_disk ({e})") from e
-        if isinstance(ds, datasets.DatasetDict):
-            raise TaskdivError(f"{path} holds several splits ({', '.join(ds)}); "
-                               f"point at one of them, e.g. {path / next(iter(ds))}")
-        return arrow_to_pandas(ds.with_format("arrow")[:]), "row"
-    if path.stat().st_size == 0:
+        return _read_saved(path, datasets), "row"
+    if check_input(path).st_size == 0:
         raise DataError("the file is empty", file=path)
     suffix = "".join(path.suffixes[-1:]).lower()
     if suffix == ".jsonl":
@@ -326,11 +335,52 @@ def read_raw(path: Path) -> tuple[pd.DataFrame, str]:
     if suffix == ".csv":
         return read_csv(path, dtype=str, keep_default_na=False, na_values=[]), "row"
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return arrow_to_pandas(pq.read_table(path)), "row"
+        return arrow_to_pandas(read_parquet(path)), "row"
     raise TaskdivError(f"{path}: unknown pool format {suffix!r} (use .jsonl, .json, .csv, .parquet, "
                        f"a save_to_disk directory, hf:NAME or bigbench:TASKS)")
+
+
+def read_parquet(path: Path, columns=None):
+    """A Parquet file as an Arrow table (`columns`: only those), checked in full; a damaged or
+    truncated file is a DataError naming it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path, columns=columns)
+        table.validate(full=True)  # every offset in bounds, every text UTF-8: pandas trusts both
+    except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError) as e:  # ArrowInvalid is a ValueError
+        raise DataError(f"not a readable Parquet file ({_first_line(e)})", file=path) from None
+    return table
+
+
+def _read_saved(path: Path, datasets) -> pd.DataFrame:
+    """A dataset written by `save_to_disk`, checked as `read_parquet` checks a file. Its Arrow files
+    are memory-mapped as they are, so a damaged one could crash pandas' conversion: Arrow's full
+    validation runs first."""
+    import pyarrow as pa
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            raise TaskdivError(f"{path} holds several splits ({', '.join(ds)}); "
+                               f"point at one of them, e.g. {path / next(iter(ds))}")
+        table = ds.with_format("arrow")[:]
+        table.validate(full=True)
+        return arrow_to_pandas(table)
+    except FileNotFoundError as e:
+        raise TaskdivError(f"{path}: not a dataset saved with save_to_disk ({e})") from None
+    # What `datasets` and Arrow raise for damaged files (a JSON file that is not, a truncated Arrow
+    # file, a state.json naming files that are not there or holding the wrong types).
+    except (pa.ArrowException, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError,
+            UnicodeDecodeError) as e:
+        raise DataError(f"not a readable dataset saved with save_to_disk ({type(e).__name__}: {_first_line(e)})",
+                        file=path) from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
@@ -374,10 +424,17 @@ def _read_jsonl_arrow(path: Path):
             piece = whole.slice(start, end - start)
             if not valid_utf8(piece):  # pyarrow lets invalid UTF-8 through
                 check_utf8(path)  # names the line
-            breaks += _count_newlines(piece)
+            newlines, plain, bracketed = _scan_lines(piece)
+            if bracketed:  # a line may nest deep enough to crash Arrow's parser: look at each such line
+                for line, begin, stop in deep_lines(piece, breaks + 1):
+                    check_depth(path, piece.slice(begin, stop - begin).to_pybytes(), line=line)
+            if not plain and not _lines_are_objects(piece):
+                return None  # a line `null` crashes Arrow's parser; the Python reader names the line
+            breaks += newlines
             try:
                 table = _parse_json_piece(piece)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, UnicodeDecodeError):
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, UnicodeDecodeError,
+                    _TooDeep):
                 return None
             if table.num_rows:
                 tables.append(table)
@@ -415,6 +472,8 @@ def _parse_json_piece(piece):
 
     options = pj.ReadOptions(block_size=1 << 24)
     table = pj.read_json(pa.BufferReader(piece), read_options=options)
+    if 1 + max((_type_depth(f.type) for f in table.schema), default=0) > MAX_DEPTH:
+        raise _TooDeep  # before pandas' conversion (which crashes on deep types) and _no_timestamps' recursion
     schema = pa.schema([f.with_type(_no_timestamps(f.type)) for f in table.schema])
     if schema.equals(table.schema):
         return table
@@ -435,12 +494,96 @@ def _no_timestamps(kind):
     return kind
 
 
-def _count_newlines(buffer) -> int:
-    """b"\n" bytes in a buffer, by numpy in blocks of 1 MB that stay in the CPU's cache
-    (3x faster than bytes.count)."""
+class _TooDeep(Exception):
+    """A piece whose values nest deeper than MAX_DEPTH: read again by the Python reader, which names the line."""
+
+
+def _type_depth(kind) -> int:
+    """How deep an Arrow type nests (structs and lists), as the JSON it was read from nests;
+    counted without recursion (the type may be thousands of levels deep)."""
+    import pyarrow as pa
+
+    deepest, stack = 0, [(kind, 0)]
+    while stack:
+        kind, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if pa.types.is_struct(kind):
+            stack += [(kind.field(i).type, depth + 1) for i in range(kind.num_fields)]
+        elif pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+            stack.append((kind.value_type, depth + 1))
+    return deepest
+
+
+# A line with this many '[' and '{' may nest deep enough to crash pyarrow's JSON parser (26: at
+# about 17,000 levels); below it, the parsed table's type tells the depth (`_type_depth`).
+CRASH_BRACKETS = 2000
+
+
+def _scan_lines(buffer) -> tuple[int, bool, bool]:
+    """(line breaks in a JSON-lines buffer, whether each line starts with '{' right away, whether a
+    line may hold CRASH_BRACKETS '[' or '{').
+
+    One pass of numpy in blocks of 1 MB that stay in the CPU's cache. A line that starts
+    otherwise (blank, indented, or no object) sends the buffer to `_lines_are_objects`. The
+    third answer is a bound from the brackets in each 16 KB: a line within two neighbouring
+    stretches holds at most theirs, and a longer line at most those of the stretches without a
+    line break it crosses and of the two at its ends. Usual data has a few hundred brackets in
+    16 KB, so the exact look at each line (`fileio.deep_lines`) is rarely needed."""
+    data = np.frombuffer(buffer, dtype=np.uint8)
+    block, stretch = 1 << 20, 1 << 14
+    newlines, plain, opens, breaks = 0, not len(data) or data[0] == 0x7B, [], []
+    for s in range(0, len(data), block):
+        chunk = data[s:s + block]
+        is_break = chunk == 10
+        newlines += int(np.count_nonzero(is_break))
+        after = data[s + 1:s + 1 + len(chunk)]  # the byte after each one
+        plain = plain and not (is_break[:len(after)] & (after != 0x7B)).any()
+        is_open = ((chunk | 0x20) == 0x7B).view(np.uint8)  # '[' is 0x5B, '{' 0x7B
+        full = len(chunk) // stretch * stretch
+        for part in (slice(0, full), slice(full, len(chunk))):  # the whole stretches, and what is left
+            width = min(stretch, part.stop - part.start)
+            if width:
+                opens.append(is_open[part].reshape(-1, width).sum(axis=1, dtype=np.uint16))  # 16 KB: fits
+                breaks.append(is_break[part].reshape(-1, width).any(axis=1))
+    if not opens:
+        return 0, plain, False
+    opens, breaks = np.concatenate(opens).astype(np.int64), np.concatenate(breaks)
+    pairs = opens[:-1] + opens[1:] if len(opens) > 1 else opens
+    if pairs.max() < CRASH_BRACKETS and breaks.all():
+        return newlines, plain, False
+    # Stretches without a line break: a line crossing them holds at most them and their two neighbours.
+    run = np.cumsum(np.concatenate([[0], opens]))
+    bound, i = int(pairs.max()), 0
+    while i < len(opens):
+        if breaks[i]:
+            i += 1
+            continue
+        j = i
+        while j < len(opens) and not breaks[j]:
+            j += 1
+        bound = max(bound, int(run[min(j + 1, len(opens))] - run[max(i - 1, 0)]))
+        i = j
+    return newlines, plain, bound >= CRASH_BRACKETS
+
+
+def _lines_are_objects(buffer) -> bool:
+    """Whether each non-blank line starts with '{'. Arrow's JSON reader crashes the process on a
+    first line `null` (pyarrow 26: a segfault) and reads a later one as a row of nulls. Numpy looks
+    at the byte after each line break, in blocks of 1 MB; the few lines that start otherwise (blank,
+    indented) are looked at one by one. A byte-order mark sends the file to the Python reader too."""
     data = np.frombuffer(buffer, dtype=np.uint8)
     block = 1 << 20
-    return sum(int(np.count_nonzero(data[s:s + block] == 10)) for s in range(0, len(data), block))
+    for s in range(0, len(data), block):
+        starts = np.flatnonzero(data[s:s + block] == 10) + s + 1
+        if s == 0:
+            starts = np.concatenate([[0], starts])
+        starts = starts[starts < len(data)]
+        for i in starts[data[starts] != 0x7B]:
+            while i < len(data) and data[i] in (0x20, 0x09, 0x0D):  # JSON's blanks
+                i += 1
+            if i < len(data) and data[i] not in (0x0A, 0x7B):
+                return False
+    return True
 
 
 def arrow_to_pandas(table) -> pd.DataFrame:
@@ -545,8 +688,10 @@ def _normalise(raw: pd.DataFrame, fields: FieldMap, *, source: str, where: str,
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskdiv-ids") as helper:
         ranking = None
-        if fields.id_field in raw.columns and not raw[fields.id_field].isna().any():
-            ranking = helper.submit(id_ranks, raw[fields.id_field].astype(str))
+        ids = raw[fields.id_field] if fields.id_field in raw.columns else None
+        if ids is not None and not ids.isna().any() \
+                and pd.api.types.infer_dtype(ids, skipna=True) in ("string", "empty", *_NUMBER_KINDS):
+            ranking = helper.submit(id_ranks, ids.astype(str))  # other values are refused by _normalise_rows
         return _normalise_rows(raw, fields, source, where, require_tasks, ranking)
 
 
@@ -626,6 +771,7 @@ def _normalise_rows(raw, fields, source, where, require_tasks, ranking):
 
     if fields.id_field in cols:
         ids = raw[fields.id_field]
+        _check_types(ids, fields.id_field, err, what="id", numbers=True)  # a list or bytes is no id
         missing = ids.isna().to_numpy()
         if not missing.any():  # an empty CSV cell, or "", is no id either
             missing = _blank(ids.astype(str))
@@ -634,7 +780,8 @@ def _normalise_rows(raw, fields, source, where, require_tasks, ranking):
         out["id"] = ids.astype(str)
         if codes is None and "task" in out.columns:
             codes = task_codes(out["task"])  # while the ids are ranked
-        ranks = ranking.result()  # started by _normalise for every id column without a missing id
+        # Started by _normalise for every column of text or numbers without a missing id.
+        ranks = ranking.result() if ranking is not None else id_ranks(out["id"])
         _check_unique(out["id"], ranks, lambda message, i: err(message, i, fields.id_field), loc, lines)
     else:
         out["id"], ranks = _generate_ids(out.get("task"), out["prompt"], source), None
@@ -841,12 +988,26 @@ def read_ids(path) -> list[str]:
     if not path.exists():
         raise TaskdivError(f"{path}: no such file")
     if path.suffix.lower() in (".jsonl", ".json", ".csv", ".parquet"):
-        raw, _ = read_raw(path)
+        raw, where = read_raw(path)
         if "id" not in raw.columns:
             raise DataError("no 'id' column", file=path)
-        return raw["id"].astype(str).tolist()
+        lines = raw["__line__"].to_numpy() if "__line__" in raw.columns else np.arange(1, len(raw) + 1)
+        return id_texts(raw["id"], lambda message, i, field: DataError(
+            message, file=path, field=field, **{"line" if where == "line" else "row": int(lines[i])})).tolist()
     check_utf8(path)
     return [s.strip() for s in path.read_text(encoding="utf-8-sig").splitlines() if s.strip()]
+
+
+def id_texts(ids: pd.Series, err) -> pd.Series:
+    """A column of ids (of an --exclude or scores file) as text; a missing or blank id, or one that is
+    no text or number (a list, bytes, a boolean), is the error `err(message, row position, field)`."""
+    _check_types(ids, "id", err, what="id", numbers=True)
+    missing = ids.isna().to_numpy()
+    if not missing.any():
+        missing = _blank(ids.astype(str))
+    if missing.any():
+        raise err("missing id", int(np.argmax(missing)), "id")
+    return ids.astype(str)
 
 
 def read_scores(path, pool: Pool, scores: "ScoreFile | None" = None) -> np.ndarray:
@@ -875,19 +1036,38 @@ def read_score_file(path) -> ScoreFile:
     if not path.exists():
         raise TaskdivError(f"{path}: no such scores file")
     if path.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
+        check_input(path)
         # Only the two columns used: a scores.parquet from `taskdiv score` also holds the generated text.
-        names = pq.read_schema(path).names
-        raw = pq.read_table(path, columns=[c for c in ("id", "confidence") if c in names] or None).to_pandas()
+        try:
+            names = pq.read_schema(path).names
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise DataError(f"not a readable Parquet file ({_first_line(e)})", file=path) from None
+        raw = read_parquet(path, columns=[c for c in ("id", "confidence") if c in names] or None).to_pandas()
     elif path.suffix == ".csv":
-        raw = read_csv(path, dtype={"id": str})
+        raw = read_csv(path, dtype={"id": str}, neutralised=True)
     else:
         raise TaskdivError(f"{path}: scores must be .csv or .parquet")
     for col in ("id", "confidence"):
         if col not in raw.columns:
             raise DataError(f"no {col!r} column (columns: {list(raw.columns)})", file=path)
-    ids = raw["id"].astype(str)
+    return score_table(raw, path)
+
+
+def score_table(raw: pd.DataFrame, path) -> ScoreFile:
+    """The ids and confidences of a table of scores (a file's, or a DataFrame handed to the
+    Python API), each confidence checked to lie in [0, 1]; `path` names it in errors."""
+    for col in ("id", "confidence"):
+        if col not in raw.columns:
+            raise DataError(f"no {col!r} column (columns: {list(raw.columns)})", file=path)
+
+    def err(message, i, field):
+        return DataError(message, file=path, row=i + 1, field=field)
+
+    _check_types(raw["confidence"], "confidence", err, what="confidence", numbers=True)  # a list, bytes, a boolean
+    ids = id_texts(raw["id"], err).reset_index(drop=True)
     conf = pd.to_numeric(raw["confidence"], errors="coerce").to_numpy(dtype=float)
     bad = ~np.isfinite(conf) | (conf < 0) | (conf > 1)
     if bad.any():
@@ -896,7 +1076,7 @@ def read_score_file(path) -> ScoreFile:
         value = value.item() if isinstance(value, np.generic) else value  # nan, not np.float64(nan)
         raise DataError(f"confidence {value!r} is not a number in [0, 1] "
                         f"({int(bad.sum())} such row(s))", file=path, row=i + 1, field="confidence")
-    return ScoreFile(path, ids, conf)
+    return ScoreFile(Path(str(path)), ids, conf)
 
 
 def align_scores(scores: ScoreFile, pool: Pool) -> np.ndarray:

@@ -58,6 +58,7 @@ import numpy as np
 
 from .errors import TaskdivError
 from .packages import require
+from .redact import display_uri, redact, split_userinfo
 
 log = logging.getLogger(__name__)
 
@@ -115,29 +116,65 @@ def check_options(cfg) -> None:
                            f"(got {cfg.gpus_per_worker}, {cfg.cpus_per_worker})")
     if cfg.batches_per_shard < 1:
         raise TaskdivError(f"--batches-per-shard must be at least 1, got {cfg.batches_per_shard}")
+    display_uri(os.environ.get("RAY_ADDRESS") or "")  # its secret, if any, is masked wherever it shows up
+    address, given = (cfg.ray_address, "--ray-address") if cfg.ray_address else (os.environ.get("RAY_ADDRESS"),
+                                                                                 "$RAY_ADDRESS")
+    check_address(address, given)
+    if cfg.shards:
+        check_shards_uri(cfg.shards)
+
+
+def check_address(address: str | None, given: str) -> None:
+    """A Ray address carries no credentials (it would show them in Ray's own messages)."""
+    if address and split_userinfo(address):
+        raise TaskdivError(f"{given} {display_uri(address)}: a Ray cluster's address is HOST:PORT, with no user "
+                           f"or password; leave the credentials out")
+
+
+def check_shards_uri(uri: str) -> None:
+    """A --shards URI with credentials must read as written: a secret holding '/' (AWS secrets
+    often do), '?' or '#' ends the URI's host part there, and the rest of it would be taken
+    for the bucket and the path (and shown in pyarrow's errors)."""
+    from urllib.parse import urlsplit
+
+    parts = split_userinfo(uri)
+    if parts is None or "://" not in uri:
+        return
+    try:
+        password = urlsplit(uri).password
+    except ValueError:
+        password = None
+    if password != parts[2]:
+        raise TaskdivError(f"--shards {display_uri(uri)}: the secret holds a character that ends the address's "
+                           f"host part ('/', '?' or '#'); percent-encode it ('/' as %2F), or better, leave the "
+                           f"credentials out of the address and set them in the environment (for s3://: "
+                           f"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
 
 
 # ----------------------------------------------------------------------------- the cluster
 
 
-def _probe(address: str) -> None:
-    """Fail fast (seconds, not Ray's minute of retries) when nothing listens at `address`."""
+def _probe(address: str, given: str = "--ray-address") -> None:
+    """Fail fast (seconds, not Ray's minute of retries) when nothing listens at `address`.
+    `given`: where the address came from, for messages (--ray-address or $RAY_ADDRESS)."""
     if address in ("auto", "local"):
         return
+    check_address(address, given)
+    shown = display_uri(address)
     if address.startswith("ray://"):
         # Ray Data needs a driver inside the cluster: over Ray Client its executor fails at
         # once ("'Worker' object has no attribute 'core_worker'", Ray 2.60).
-        raise TaskdivError(f"--ray-address {address}: Ray Client (ray://) cannot run Ray Data, which the Ray engine "
+        raise TaskdivError(f"{given} {shown}: Ray Client (ray://) cannot run Ray Data, which the Ray engine "
                            f"uses; run taskdiv on a machine of the cluster with --ray-address HEAD:6379 (the port "
                            f"`ray start --head` printed), or submit it as a Ray job (`ray job submit --address "
                            f"http://HEAD:8265 -- taskdiv score ...`)")
     host, _, port = address.rstrip("/").rpartition(":")
     if not host or not port.isdigit() or "://" in host:
-        raise TaskdivError(f"--ray-address {address!r}: expected HOST:PORT or auto")
+        raise TaskdivError(f"{given} {shown!r}: expected HOST:PORT or auto")
     try:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as e:
-        raise TaskdivError(f"--ray-address {address}: no Ray cluster answers at {host}:{port} "
+        raise TaskdivError(f"{given} {shown}: no Ray cluster answers at {host}:{port} "
                            f"({e.strerror or e}); start one with `ray start --head`, or leave --ray-address "
                            f"and RAY_ADDRESS unset for a local cluster") from None
 
@@ -148,16 +185,18 @@ def connect(address: str | None, *, num_cpus: int | None = None):
     ray = require("ray", "ray")
     if ray.is_initialized():
         return ray
+    given = "--ray-address" if address else "$RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs = dict(include_dashboard=False, configure_logging=False, log_to_driver=False)
     started = time.perf_counter()
     if address:
-        _probe(address)
+        _probe(address, given)
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise TaskdivError(f"--ray-address {address}: cannot join the Ray cluster ({e})") from None
-        log.info("joined the Ray cluster at %s in %.1f s", address, time.perf_counter() - started)
+            raise TaskdivError(f"{given} {display_uri(address)}: cannot join the Ray cluster ({redact(str(e))})") \
+                from None
+        log.info("joined the Ray cluster at %s in %.1f s", display_uri(address), time.perf_counter() - started)
     else:
         # address="local": a new cluster, also where `ray start` left one running on this
         # machine (ray.init() would join that one, and refuse num_cpus); --ray-address auto joins it.
@@ -229,18 +268,6 @@ def shard_filesystem(uri: str):
     filesystem, path = fs.FileSystem.from_uri(uri)
     filesystem.create_dir(path, recursive=True)
     return filesystem, path
-
-
-def display_uri(uri: str) -> str:
-    """`uri` without the secret of credentials written into it (s3://KEY:SECRET@bucket/...),
-    for logs, errors and config.yaml."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)  # a local path has no netloc, hence no password
-    if parts.password is None:
-        return uri
-    # The host as written (hostname would lower its case), as registry.strip_auth keeps it.
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"))
 
 
 def shard_name(settings_key: str, shas: list[str]) -> str:
@@ -427,8 +454,11 @@ class RayScorer:
         self.uri = cfg.shards or str(Path(cfg.out) / "shards")
         if "://" not in self.uri:  # the driver's path on every node: an actor's working directory is another
             self.uri = os.path.abspath(self.uri)
-        self.fs, self.base = shard_filesystem(self.uri)
         self.shown = display_uri(self.uri)  # the uri in messages
+        try:
+            self.fs, self.base = shard_filesystem(self.uri)
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError; its text may quote the uri
+            raise TaskdivError(f"--shards {self.shown}: cannot open the shard storage ({redact(str(e))})") from None
         with cache.conn:
             cache.conn.execute(INGESTED)
         self._ray = None

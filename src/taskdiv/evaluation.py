@@ -438,7 +438,7 @@ def evaluate(cfg: EvalConfig) -> dict:
 
         return judge.run(cfg)
     out = Path(cfg.out)
-    check_output_dir(out, OUTPUTS)
+    check_output_dir(out, OUTPUTS, inputs=[cfg.heldout if cfg.suite == "heldout" else None])
     ref = models.resolve(cfg.model)
     dtype = models.dtype_name(cfg.dtype)
     tok = models.load_tokenizer(ref)

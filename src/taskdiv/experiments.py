@@ -53,7 +53,7 @@ import pandas as pd
 
 from . import config as configmod
 from .errors import DataError, TaskdivError, unknown_name
-from .fileio import check_output_dir, dump_table, output_set, write_json, write_text, write_yaml
+from .fileio import check_output_dir, dump_table, output_set, read_csv, write_json, write_text, write_yaml
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,9 @@ class ExperimentConfig:
     evaluate: dict = field(default_factory=dict, metadata={"help": "Options of `taskdiv evaluate` (every suite)."})
     suite_options: dict = field(default_factory=dict, metadata={
         "help": "Per-suite options over `evaluate`, e.g. {mmlu: {harness_tasks: [mmlu]}}."})
+    two_round: dict = field(default_factory=dict, metadata={
+        "help": "Options of the `two-round` strategy: share (0.5), first (task-diversity), second "
+                "(weighted-task-diversity), rescore_per_task (16); see taskdiv.rounds."})
     keep_weights: bool = field(default=False, metadata={
         "help": "Keep each run's trained weights (by default deleted once the run is evaluated)."})
     name: str = field(default="experiment", metadata={"help": "A name for reports."})
@@ -107,7 +110,9 @@ class ExperimentConfig:
 # full_seeds, base, keep_weights, name) only choose which runs there are or what is kept,
 # so a rerun may change them.
 RUN_DEFINING = ("pool", "test", "pool_fields", "model", "suites", "within", "min_per_task", "embedding_model",
-                "score", "train", "evaluate", "suite_options")
+                "score", "train", "evaluate", "suite_options", "two_round")
+# Strategies of experiments only: several stages per selection (taskdiv.rounds).
+ROUND_STRATEGIES = ("two-round",)
 
 
 @dataclass
@@ -214,9 +219,9 @@ def plan(cfg: ExperimentConfig, pool_size: int) -> list[Run]:
     for block in grid:
         key = block["key"]
         for s in block["strategies"]:
-            if s not in STRATEGIES or s == "full":
-                raise TaskdivError(f"experiment config: key '{key}strategies': "
-                                   f"{unknown_name('strategy', s, [k for k in STRATEGIES if k != 'full'])}")
+            if (s not in STRATEGIES and s not in ROUND_STRATEGIES) or s == "full":
+                known = [k for k in STRATEGIES if k != "full"] + list(ROUND_STRATEGIES)
+                raise TaskdivError(f"experiment config: key '{key}strategies': {unknown_name('strategy', s, known)}")
         if not block["seeds"]:
             raise TaskdivError(f"experiment config: key '{key}seeds' is empty")
         block["sized"] = []
@@ -310,6 +315,7 @@ class Experiment:
         from .evaluation import SUITES, load_heldout
         from .evaluation import check_options as check_eval_options
         from .scoring import ScoreConfig
+        from .scoring import check_options as check_score_options
         from .training import TrainConfig
         from .training import check_options as check_train_options
 
@@ -328,13 +334,22 @@ class Experiment:
             raise TaskdivError("experiment config: key 'suites' is empty")
         if "heldout" in cfg.suites and not cfg.test:
             raise TaskdivError("experiment config: key 'test' is required for the heldout suite")
-        self.pool = load_pool(cfg.pool, FieldMap(**self.fields))
+        try:
+            self.pool = load_pool(cfg.pool, FieldMap(**self.fields))
+        except TaskdivError as e:
+            self.runs = self._finished_without_pool(e)
+            self.pool, self.test = None, None
+            return self.runs
         check_responses(self.pool, cfg.pool, self.fields.get("response_field", "response"))
         self.runs = plan(cfg, len(self.pool))
         # Build every stage config once now, so that a bad key fails before any run.
         self.score_cfg = _stage_config(ScoreConfig, cfg.score, "score",
                                        {"pool": cfg.pool, "model": cfg.model, "out": str(self.out / "scores"),
                                         **self.fields})
+        try:
+            check_score_options(self.score_cfg)
+        except TaskdivError as e:  # '--batch-size must be ...' is the key score.batch_size here
+            raise TaskdivError(f"experiment config: key 'score': {e}") from None
         check_train_options(_stage_config(TrainConfig, cfg.train, "train",
                                           {"data": "x", "model": cfg.model, "out": "x", "seed": 0}))
         unknown = sorted(set(cfg.suite_options) - set(cfg.suites))
@@ -361,8 +376,78 @@ class Experiment:
                     harness.prepare(eval_cfg, Path(tmp))
         check_task_limits(cfg.min_per_task)
         for s in grid_strategies(cfg):
-            self._select_config(Run("check", s, "1", 1, 0), Path("x"))
+            if s in ROUND_STRATEGIES:
+                rounds = self._two_round_options()
+                rounds.check("experiment config: key 'two_round'")
+                for step in (rounds.first, rounds.second):
+                    self._select_config(Run("check", step, "1", 1, 0), Path("x"))
+                _stage_config(ScoreConfig, {**cfg.score, "per_task": 1}, "score",
+                              {"pool": "x", "model": cfg.model, "out": "x", **self.fields})
+            else:
+                self._select_config(Run("check", s, "1", 1, 0), Path("x"))
         return self.runs
+
+    def _two_round_options(self):
+        from .rounds import TwoRoundOptions
+
+        return _stage_config(TwoRoundOptions, self.cfg.two_round, "two_round", {})
+
+    def _select_two_rounds(self, run: Run, d: Path):
+        """The `two-round` strategy's selection (taskdiv.rounds), its stages run as the
+        experiment runs them: the oracle annotates, training and scoring take its options."""
+        from .rounds import Steps, select_two_rounds
+        from .scoring import ScoreConfig, score
+        from .selection import select, write_selection
+        from .training import TrainConfig, train
+
+        def do_select(strategy, budget, out, scores, exclude):
+            cfg = self._select_config(Run(run.id, strategy, str(budget), budget, run.seed), out)
+            cfg = dataclasses.replace(cfg, budget=str(budget), scores=str(scores) if scores else None,
+                                      exclude=str(exclude) if exclude else None)
+            rows, allocation = select(cfg, pool=self.pool)
+            write_selection(out, rows, allocation, cfg)
+
+        def do_train(data, out):
+            train(_stage_config(TrainConfig, self.cfg.train, "train",
+                                {"data": str(data), "model": self.cfg.model, "out": str(out), "seed": run.seed}))
+
+        def do_score(model, out, per_task, exclude):
+            options = {k: v for k, v in self.cfg.score.items() if k not in ("per_task", "target_ci")}
+            score(_stage_config(ScoreConfig, {**options, "per_task": per_task, "seed": run.seed}, "score",
+                                {"pool": self.cfg.pool, **self.fields, "model": str(model), "out": str(out),
+                                 "exclude": str(exclude)}))
+
+        return select_two_rounds(self._two_round_options(), run.budget_n, self.pool, d,
+                                 Steps(select=do_select, annotate=self.oracle, train=do_train, score=do_score))
+
+    def _finished_without_pool(self, error: TaskdivError) -> list[Run]:
+        """The grid's runs when the pool cannot be loaded (a source withdrawn, its files
+        elsewhere) but every run is finished: their results need no pool. Otherwise the
+        pool's error, saying which runs are left and that `taskdiv report` needs none."""
+        size = self._recorded_pool_size()
+        if size is None:
+            raise TaskdivError(f"{str(error).rstrip('.')}; {self.out} records no finished grid (scores/tasks.csv "
+                               f"or a full-data run) to collate without the pool") from error
+        runs = plan(self.cfg, size)
+        todo = self.unfinished(runs)
+        if todo:
+            shown = ", ".join(r.id for r in todo[:3]) + (" ..." if len(todo) > 3 else "")
+            raise TaskdivError(f"{str(error).rstrip('.')}; {len(todo)} of the grid's {len(runs)} run(s) are not "
+                               f"finished ({shown}) and need the pool. The {len(runs) - len(todo)} finished run(s) need none: "
+                               f"`taskdiv report {self.out}` rebuilds the report from them") from error
+        log.warning("the pool cannot be loaded (%s); every run of the grid is finished, so the results are "
+                    "collated from %s without it", error, self.out / "runs")
+        return runs
+
+    def _recorded_pool_size(self) -> int | None:
+        """The pool's size as the finished experiment recorded it: the scored task table's
+        `available` column, else the budget of a full-data run."""
+        tasks = self.out / "scores" / "tasks.csv"
+        if tasks.exists():
+            return int(pd.read_csv(tasks)["available"].sum())
+        for path in sorted((self.out / "runs").glob("full-s*/result.json")):
+            return int(json.loads(path.read_text(encoding="utf-8"))["budget_n"])
+        return None
 
     def check_previous_config(self) -> None:
         """A rerun into the same --out may only extend the grid: finished runs are skipped, so a
@@ -403,9 +488,12 @@ class Experiment:
         return {"within": self.cfg.within, "min_per_task": self.cfg.min_per_task} if is_task_strategy(strategy) else {}
 
     def _needs_scores(self, strategy: str) -> bool:
-        """Whether a run of `strategy` reads the experiment's confidences."""
+        """Whether a run of `strategy` reads the experiment's confidences (a two-round run
+        scores with its own round-1 model)."""
         from .strategies import get_strategy
 
+        if strategy in ROUND_STRATEGIES:
+            return False
         return "confidence" in get_strategy(strategy, **self._task_parameters(strategy)).needs
 
     def needs_scores(self) -> bool:
@@ -497,8 +585,13 @@ class Experiment:
             if not (sel_dir / "selection.jsonl").exists():
                 from .selection import select, write_selection
 
-                sel_cfg = self._select_config(run, sel_dir)
-                rows, allocation = select(sel_cfg, pool=self.pool)
+                if run.strategy in ROUND_STRATEGIES:
+                    rows, allocation = self._select_two_rounds(run, d)
+                    sel_cfg = {"strategy": run.strategy, "budget": run.budget_n, "seed": run.seed,
+                               "two_round": configmod.to_dict(self._two_round_options())}
+                else:
+                    sel_cfg = self._select_config(run, sel_dir)
+                    rows, allocation = select(sel_cfg, pool=self.pool)
                 write_selection(sel_dir, rows, allocation, sel_cfg)
             if not (sel_dir / "ids.txt").exists():
                 from .fileio import iter_jsonl
@@ -541,8 +634,9 @@ class Experiment:
         self.finish(run, record)
         if not self.cfg.keep_weights:
             # After `done`: a run killed before it still has the weights its evaluation needs.
-            for sub in ("adapter", "merged", "checkpoints"):
-                shutil.rmtree(d / "train" / sub, ignore_errors=True)
+            for train_dir in (d / "train", d / "round1" / "train"):
+                for sub in ("adapter", "merged", "checkpoints"):
+                    shutil.rmtree(train_dir / sub, ignore_errors=True)
         from .models import free_memory
 
         free_memory()
@@ -599,18 +693,19 @@ class Experiment:
         # Every run's allocation gets the task confidences, also where its strategy did not use them
         # (random, task-diversity), so the report can set the allocations side by side.
         tasks_csv = self.out / "scores" / "tasks.csv"
-        task_conf = pd.read_csv(tasks_csv).set_index("task")["confidence"] if tasks_csv.exists() else None
+        task_conf = read_csv(tasks_csv, neutralised=True).set_index("task")["confidence"] if tasks_csv.exists() \
+            else None
         for r in runs:
             d = self.run_dir(r)
             if not (d / "done").exists():
                 continue
-            results.append(json.loads((d / "result.json").read_text()))
-            tasks = pd.read_csv(d / "eval" / "per_task.csv")
+            results.append(read_result(d / "result.json"))
+            tasks = read_csv(d / "eval" / "per_task.csv", neutralised=True)
             tasks = tasks[tasks["task"] != "macro"]
             per_task.append(tasks.assign(run=r.id)[["run", "task", "n", "accuracy"]])
             alloc_path = d / "selection" / "allocation.csv"
             if alloc_path.exists():
-                alloc = pd.read_csv(alloc_path)
+                alloc = read_csv(alloc_path, neutralised=True)
                 if task_conf is not None:
                     alloc["confidence"] = alloc["confidence"].fillna(alloc["task"].map(task_conf))
                 allocations.append(alloc.assign(run=r.id, strategy=r.strategy, budget=r.budget,
@@ -642,9 +737,63 @@ runs/*/train/*
 runs/*/eval*/items.jsonl
 runs/*/eval*/.items.partial.jsonl
 runs/*/eval*/harness/
+runs/*/round1/data.jsonl
+runs/*/round1/annotations.jsonl
+runs/*/round1/import-round-*.json
+runs/*/round1/selection/selection.jsonl
+runs/*/round2/selection.jsonl
+runs/*/round1/train/*
+!runs/*/round1/train/train_metrics.json
+!runs/*/round1/train/config.yaml
+runs/*/round1/scores/cache.sqlite*
+runs/*/round1/scores/scores.parquet
 scores/cache.sqlite*
 scores/scores.parquet
 """
+
+
+# What a run's result.json (and so a row of results.csv) holds, as `report` reads it: the keys
+# every row has, and the kind of each number (a share in [0, 1], a whole count, seconds).
+RESULT_REQUIRED = ("run", "strategy", "budget", "budget_n", "seed", "accuracy")
+RESULT_NUMBERS = {"accuracy": "share", "ci_low": "share", "ci_high": "share", "budget_n": "count", "seed": "count",
+                  "n_test": "count", "seconds": "time", "train_seconds": "time", "eval_seconds": "time"}
+
+
+def read_result(path: Path) -> dict:
+    """A finished run's result.json, checked (`check_result`): a tampered or damaged one is an
+    error naming the file and field, not a row of results.csv."""
+    from .fileio import read_json_document
+
+    record = read_json_document(path, kind="result file")
+    if not isinstance(record, dict):
+        raise DataError(f"expected a JSON object, got {type(record).__name__}", file=path)
+    return check_result(record, path)
+
+
+def check_result(record: dict, file, row: int | None = None) -> dict:
+    """`record` if each field a report reads holds what it should: accuracies (and their
+    intervals, and every SUITE_accuracy) finite numbers in [0, 1], budget_n, seed and n_test
+    whole numbers from 0, seconds from 0; else a DataError naming file, row and field."""
+    import math
+    import numbers
+
+    for key in RESULT_REQUIRED:
+        if key not in record or record[key] is None or record[key] == "":
+            raise DataError("missing", file=file, row=row, field=key)
+    for key, value in record.items():
+        kind = "share" if str(key).endswith("_accuracy") else RESULT_NUMBERS.get(key)
+        if kind is None or (key not in RESULT_REQUIRED and (value is None or value == "" or value != value)):
+            continue  # not a number field, or an optional one left empty (train_seconds of the base model)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise DataError(f"{value!r} is not a {'finite ' if isinstance(value, numbers.Real) else ''}number",
+                            file=file, row=row, field=str(key))
+        if kind == "share" and not 0 <= value <= 1:
+            raise DataError(f"{value!r} is not in [0, 1]", file=file, row=row, field=str(key))
+        if kind == "count" and (value < 0 or value != int(value)):
+            raise DataError(f"{value!r} is not a whole number from 0", file=file, row=row, field=str(key))
+        if kind == "time" and value < 0:
+            raise DataError(f"{value!r} seconds is negative", file=file, row=row, field=str(key))
+    return record
 
 
 def _short(commit: str) -> str:
@@ -720,7 +869,8 @@ def run_experiment(cmd: ExperimentCommand) -> None:
             print(f"{r.id:40s} strategy={r.strategy:24s} budget={r.budget_n:6d} seed={r.seed}"
                   + ("" if r in todo else "  (done)"))
         est = estimate_seconds(cfg, todo, n_test)
-        print(f"{len(runs)} run(s), {len(runs) - len(todo)} already done; pool {len(exp.pool)} prompts, "
+        pool = f"{len(exp.pool)} prompts" if exp.pool is not None else "not loaded (every run is finished)"
+        print(f"{len(runs)} run(s), {len(runs) - len(todo)} already done; pool {pool}, "
               f"test {n_test} items; estimate for the {len(todo)} left at SmolLM2-135M rates on 2 cores: "
               f"{est / 60:.0f} min" + (" (plus scoring the pool)" if exp.must_score(todo) else ""))
         return

@@ -141,17 +141,21 @@ class Scorer:
         return [(s, g, self.tok.decode(g.token_ids, skip_special_tokens=True), len(encoded[s][0]), encoded[s][1])
                 for s, g in zip(shas, gens)]
 
+    def prepare(self, prompts: dict[str, str]):
+        """What a run needs before its first batch: (model, EOS ids, order, encoded prompts);
+        the model is loaded on first use and kept. Every runner starts here."""
+        if self.model is None:
+            self.model = self.load()
+        order, encoded = self.plan(prompts)
+        return self.model, self.eos_ids(self.model), order, encoded
+
     def run(self, prompts: dict[str, str], desc: str) -> None:
         """Generate for {sha: prompt} (all missing from the cache), storing batch by batch."""
         if not prompts:
             return
         from . import progress
 
-        if self.model is None:
-            self.model = self.load()
-        model = self.model
-        eos = self.eos_ids(model)
-        order, encoded = self.plan(prompts)
+        model, eos, order, encoded = self.prepare(prompts)
         start = time.perf_counter()
         with progress.bar(total=len(order), desc=desc, unit="prompt") as pbar:
             for i in range(0, len(order), self.cfg.batch_size):

@@ -23,7 +23,6 @@ taken after "the answer is") and zero-shot (variant `zeroshot`, the harness's
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -31,12 +30,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from .benchmarks import LETTERS, bbh_suite_examples, read_bbh_examples, read_mmlu_csv
 from .errors import DataError, TaskdivError, unknown_name
-from .fileio import data_root, read_csv, write_jsonl, write_yaml
+from .fileio import data_root, write_jsonl, write_yaml
 
 log = logging.getLogger(__name__)
 
-LETTERS = "ABCD"
 # The per-sample score that counts as "correct", by the filter the harness applied.
 PRIMARY_FILTERS = ("get-answer", "flexible-extract", "none", "strict-match")
 PRIMARY_METRICS = ("acc", "exact_match")
@@ -95,18 +94,9 @@ def read_mmlu(root: Path, subjects: list[str] | None) -> dict[str, dict[str, pd.
 
 
 def _read_mmlu_csv(path: Path, subject: str) -> pd.DataFrame:
-    raw = read_csv(path, header=None, dtype=str, keep_default_na=False)
-    if raw.shape[1] != 6:
-        raise DataError(f"expected 6 columns (question, A, B, C, D, answer), found {raw.shape[1]}",
-                        file=path, row=1)
-    answers = raw[5].str.strip()
-    bad = ~answers.isin(list(LETTERS))
-    if bad.any():
-        i = int(bad.to_numpy().argmax())
-        raise DataError(f"answer must be one of A, B, C, D, not {raw.iloc[i, 5]!r}", file=path, row=i + 1,
-                        field="answer")
-    return pd.DataFrame({"question": raw[0], "subject": subject, "choices": raw[[1, 2, 3, 4]].values.tolist(),
-                         "answer": answers.map(LETTERS.index)})
+    frame = read_mmlu_csv(path)
+    return pd.DataFrame({"question": frame["question"], "subject": subject, "choices": frame["choices"],
+                         "answer": frame["answer"].map(LETTERS.index)})
 
 
 def prepare_mmlu(root: Path, subjects: list[str] | None, out: Path) -> Prepared:
@@ -145,18 +135,10 @@ def read_bbh(root: Path, tasks: list[str] | None, cot: bool) -> dict[str, dict]:
     found = _only(found, tasks, "BBH task")
     out = {}
     for task, path in found.items():
-        try:
-            spec = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"not valid JSON ({e})", file=path) from None
-        examples = spec.get("examples") if isinstance(spec, dict) else None
-        if not isinstance(examples, list) or not examples:
+        examples = read_bbh_examples(path)
+        if not examples:  # a suite needs items; an empty task is no pool part either, but no error there
             raise DataError("expected {\"examples\": [{\"input\": ..., \"target\": ...}, ...]}", file=path)
-        for i, ex in enumerate(examples, 1):
-            for key in ("input", "target"):
-                if not isinstance(ex, dict) or not isinstance(ex.get(key), str):
-                    raise DataError(f"missing string field {key!r}", file=path, row=i, field=key)
-        entry = {"examples": [{"input": e["input"], "target": e["target"]} for e in examples]}
+        entry = {"examples": examples}
         if cot:
             entry.update(parse_cot_prompt(root / "cot-prompts" / f"{task}.txt"))
         out[task] = entry
@@ -186,8 +168,6 @@ def parse_cot_prompt(path: Path) -> dict:
 def prepare_bbh(root: Path, tasks: list[str] | None, variant: str, out: Path, items: str = "heldout") -> Prepared:
     """`items`: heldout, the suite's fifth of each task that no pool of taskdiv's holds
     (`benchmarks.bbh_suite_examples`), or all, the published benchmark."""
-    from .benchmarks import bbh_suite_examples
-
     variants = ["cot", "zeroshot"] if variant == "both" else [variant]
     data = read_bbh(root, tasks, cot="cot" in variants)
     if items == "heldout":

@@ -573,7 +573,7 @@ def run(cfg) -> dict:
     from .fileio import check_output_dir, dump_jsonl, dump_table, dumps_json, file_sha256, output_set
 
     out = Path(cfg.out)
-    check_output_dir(out, OUTPUTS)
+    check_output_dir(out, OUTPUTS, inputs=[cfg.judge_data, cfg.model, cfg.judge_cache])  # outputs of a model given
     frame, alpaca = load_reference(cfg.judge_data, cfg.limit)
     judge = Judge(cfg.judge_url, cfg.judge_model, config=cfg.judge_config, order=cfg.judge_order,
                   concurrency=cfg.judge_concurrency, timeout=cfg.judge_timeout, retries=cfg.judge_retries,

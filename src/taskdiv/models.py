@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import TaskdivError, unknown_name
-from .fileio import atomic_dir, cache_dir, locked, remove_stale
+from .fileio import atomic_dir, cache_dir, locked, read_yaml, remove_stale
 from .packages import ensure_model_package, require
 
 log = logging.getLogger(__name__)
@@ -117,10 +117,8 @@ def resolve(name: str) -> ModelRef:
         run_cfg = path / "config.yaml"
         if run_cfg.exists() and (adapter_cfg.exists() or (path / "merged" / "config.json").exists()):
             # a `taskdiv train` run directory: its base model, formatted the way it was trained
-            import yaml
-
-            run = yaml.safe_load(run_cfg.read_text(encoding="utf-8")) or {}
-            if "model" not in run:
+            run = read_yaml(run_cfg) or {}
+            if not isinstance(run, dict) or "model" not in run:
                 raise TaskdivError(f"{run_cfg}: no 'model' key; not a taskdiv train run")
             ref = resolve(run["model"])
             chat = bool(run.get("chat", ref.chat))

@@ -24,7 +24,6 @@ import http.client
 import json
 import logging
 import os
-import re
 import ssl
 import subprocess
 import sys
@@ -122,7 +121,9 @@ def _option(name: str) -> str:
 
 
 def _normalize(project: str) -> str:
-    return re.sub(r"[-_.]+", "-", project).lower()  # PEP 503
+    from packaging.utils import canonicalize_name  # PEP 503, as pip itself spells index pages
+
+    return canonicalize_name(project)
 
 
 class _Links(HTMLParser):

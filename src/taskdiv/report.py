@@ -23,6 +23,7 @@ live in analysis.py.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from . import analysis
-from .errors import TaskdivError
-from .fileio import atomic_path, check_output_dir, output_set, write_table
+from .errors import DataError, TaskdivError
+from .fileio import atomic_path, check_output_dir, output_set, read_csv, write_table
 from .strategies import STRATEGIES, is_task_strategy
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,10 @@ log = logging.getLogger(__name__)
 REFERENCE = ("full", "base")
 # taskdiv's variants beyond the paper, and the paper's strategy each one is meant to beat:
 # the report compares them directly (same budget and seed).
-VARIANTS = {"sharp-weighted-task-diversity": "weighted-task-diversity"}
+VARIANTS = {"sharp-weighted-task-diversity": "weighted-task-diversity", "two-round": "task-diversity",
+            "kind-diversity": "task-diversity"}
 ORDER = ["random", "proportional", "task-diversity", "weighted-task-diversity", "sharp-weighted-task-diversity",
-         "k-center", "uncertainty"]
+         "two-round", "kind-diversity", "k-center", "uncertainty"]
 
 
 @dataclass
@@ -181,7 +183,7 @@ def task_kinds(exp: Path) -> pd.DataFrame | None:
     report then needs the pool's source once); None without a test pool."""
     path = exp / "task_kinds.csv"
     if path.exists():
-        return pd.read_csv(path)
+        return read_table(path, TASK_KINDS, unique="task")
     config = exp / "config.yaml"
     if not config.exists():
         return None
@@ -320,8 +322,9 @@ def build_report(exp: Path) -> str:
     exp = Path(exp)
     results = _read_results(exp)
     check_output_dir(exp)  # report.md and the plots go beside results.csv
-    per_task = pd.read_csv(exp / "per_task.csv") if (exp / "per_task.csv").exists() else pd.DataFrame()
-    allocations = pd.read_csv(exp / "allocations.csv") if (exp / "allocations.csv").exists() else pd.DataFrame()
+    per_task = read_table(exp / "per_task.csv", PER_TASK) if (exp / "per_task.csv").exists() else pd.DataFrame()
+    allocations = read_table(exp / "allocations.csv", ALLOCATIONS) if (exp / "allocations.csv").exists() \
+        else pd.DataFrame()
     summary = summary_table(results)
     full = results[results["strategy"] == "full"]["accuracy"]
     base = results[results["strategy"] == "base"]["accuracy"]
@@ -409,6 +412,9 @@ def build_report(exp: Path) -> str:
         for _, r in _by_budget_then_strategy(by_kind, strategies).iterrows():
             lines.append(f"| {r['strategy']} | {int(r['budget_n'])} | "
                          + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
+    gains = analysis.task_gains(per_task, results, allocations) if len(per_task) else pd.DataFrame()
+    mechanism, scatter = _mechanism_lines(exp, gains, kinds)
+    lines += mechanism
     lines += ["", "## Plots", "", "![accuracy against budget](accuracy_vs_budget.png)", ""]
     figures = {"accuracy_vs_budget.png": plot_accuracy(results, summary)}
     if (fig := plot_allocation(allocations)) is not None:
@@ -417,9 +423,85 @@ def build_report(exp: Path) -> str:
     if (fig := plot_task_gains(per_task, results)) is not None:
         figures["task_gains.png"] = fig
         lines += ["![per-task gains over the base model](task_gains.png)", ""]
+    if scatter is not None:
+        figures["confidence_gain.png"] = scatter
+        lines += ["![task confidence against gain](confidence_gain.png)", ""]
     text = "\n".join(lines) + "\n"
     _write_report(exp, text, figures)
     return text
+
+
+def _tuned_confidence(exp: Path, gains: pd.DataFrame) -> pd.DataFrame:
+    """Two-round runs: each task's confidence under the run's round-1 model (the tuned one
+    round 2 was allocated by) beside its gain in that run, for the tasks that got examples."""
+    rows = []
+    for run in gains.loc[gains["strategy"] == "two-round", "run"].unique():
+        path = exp / "runs" / run / "round1" / "scores" / "tasks.csv"
+        if path.exists():
+            tuned = read_table(path, TASK_CONFIDENCE, unique="task").set_index("task")["confidence"]
+            got = gains[(gains["run"] == run) & (gains["allocated"] > 0)]
+            rows.append(got.assign(confidence=got["task"].map(tuned)))
+    return pd.concat(rows, ignore_index=True).dropna(subset=["confidence"]) if rows else pd.DataFrame()
+
+
+def _mechanism_lines(exp: Path, gains: pd.DataFrame, kinds) -> tuple[list[str], object]:
+    """Does low confidence predict gain (weighted-task-diversity's premise), and does a task's
+    own example matter within its kind (the method's mechanism)? Lines and the scatter plot."""
+    lines, fig = [], None
+    tasks_csv = exp / "scores" / "tasks.csv"
+    if len(gains) and tasks_csv.exists():
+        confidence = read_table(tasks_csv, TASK_CONFIDENCE, unique="task").set_index("task")["confidence"]
+        table = analysis.confidence_gain(gains, confidence)
+        r = analysis.rank_correlation(table["confidence"], table["gain"])
+        if r["n"]:
+            verdict = ("low confidence goes with higher gain" if r["ci_high"] < 0 else
+                       "low confidence goes with lower gain" if r["ci_low"] > 0 else
+                       "no rank correlation can be told from zero: on this model a task's confidence does not "
+                       "predict what annotating it gains")
+            lines += ["", "## Does low confidence predict gain?", "",
+                      "Weighted-task-diversity's premise: tasks the base model is unsure of gain more from "
+                      "annotation. Per task: the base model's confidence C_t (scores/tasks.csv) against its mean "
+                      "gain over the base model in the runs where it got at least one example.", "",
+                      f"Spearman's rho over {r['n']} tasks: **{r['rho']:+.3f}** [{r['ci_low']:+.3f}, "
+                      f"{r['ci_high']:+.3f}] (95% bootstrap over tasks; p = {r['p']:.3f}): {verdict}."]
+            tuned = _tuned_confidence(exp, gains)
+            if len(tuned):
+                t = analysis.rank_correlation(tuned["confidence"], tuned["gain"])
+                lines += ["", f"The tuned model's confidence (two-round runs: the round-1 model's C_t, which round 2 "
+                              f"was allocated by) against the run's per-task gain, {t['n']} task-runs: rho "
+                              f"**{t['rho']:+.3f}** [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}] (p = {t['p']:.3f})."]
+            fig = plot_confidence_gain(table, r)
+    if len(gains) and kinds is not None and len(kinds):
+        within = analysis.examples_vs_none(gains, kinds)
+        if len(within):
+            lines += ["", "## Does a task's own example matter?", "",
+                      "Within each kind of task, in random's runs (where tasks with and without examples sit side by "
+                      "side): the mean gain over the base model of the tasks that got examples minus that of the "
+                      "tasks that got none, per run; its mean over runs, 95% t-interval, runs where it is positive, "
+                      "and exact p-values. Near zero means what is learnt carries over within a kind, and per-task "
+                      "coverage is not what the model needs.", "",
+                      "| budget | kind | tasks with / without examples | gain difference [95% CI] | positive / runs "
+                      "| p (sign) | p (permutation) |", "|---|---|---|---|---|---|---|"]
+            for _, w in within.iterrows():
+                lines.append(f"| {int(w['budget_n'])} | {w['kind']} | {w['tasks_with']:.0f} / {w['tasks_without']:.0f}"
+                             f" | {_paired_cells(w)} |")
+    return lines, fig
+
+
+def plot_confidence_gain(table: pd.DataFrame, r: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.scatter(table["confidence"], table["gain"], s=14, alpha=0.7)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("base model's task confidence C_t")
+    ax.set_ylabel("gain over the base model (runs where the task got examples)")
+    ax.set_title(f"Spearman rho {r['rho']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}], {r['n']} tasks")
+    fig.tight_layout()
+    return fig
 
 
 def _variant_lines(results: pd.DataFrame, labels: dict) -> list[str]:
@@ -492,6 +574,49 @@ def _write_report(exp: Path, text: str, figures: dict) -> None:
             plt.close(fig)
 
 
+# The columns report reads from each of an experiment's tables, and what each holds: text (a
+# name; numbers are read as their text), a count (a whole number from 0), a share (in [0, 1])
+# or a share that may be left empty (a task without a confidence).
+PER_TASK = {"run": "text", "task": "text", "n": "count", "accuracy": "share"}
+ALLOCATIONS = {"run": "text", "strategy": "text", "budget": "text", "budget_n": "count", "seed": "count",
+               "task": "text", "allocated": "count", "confidence": "share or empty"}
+TASK_CONFIDENCE = {"task": "text", "confidence": "share or empty"}
+TASK_KINDS = {"task": "text", "kind": "text"}
+
+
+def read_table(path: Path, columns: dict[str, str], *, unique: str | None = None) -> pd.DataFrame:
+    """One of an experiment's CSV tables, checked: the `columns` there, each holding what it should
+    (see PER_TASK), and `unique` naming each row once; else a DataError naming file, row and field.
+    A table with its header only is an empty one."""
+    frame = read_csv(path, neutralised=True, dtype={c: str for c, kind in columns.items() if kind == "text"},
+                     keep_default_na=False, na_values=[""])
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"missing column(s) {', '.join(missing)} (it has {', '.join(map(str, frame.columns))})",
+                        file=path)
+    for name, kind in columns.items():
+        values = frame[name]
+        if kind == "text":
+            bad = values.isna().to_numpy() | (values.fillna("").str.strip() == "").to_numpy()
+            what = "a name"
+        else:
+            numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+            with np.errstate(invalid="ignore"):
+                ok = np.isfinite(numbers) & (numbers >= 0) & (numbers <= 1 if kind.startswith("share")
+                                                              else numbers == np.floor(numbers))
+            bad = ~ok & ~(values.isna().to_numpy() & kind.endswith("or empty"))
+            what = "a whole number from 0" if kind == "count" else "a number in [0, 1]"
+            frame[name] = numbers
+        if bad.any():
+            i = int(np.argmax(bad))
+            value = values.iloc[i].item() if isinstance(values.iloc[i], np.generic) else values.iloc[i]
+            raise DataError(f"{value!r} is not {what}", file=path, row=i + 1, field=name)
+    if unique is not None and frame[unique].duplicated().any():
+        i = int(np.argmax(frame[unique].duplicated().to_numpy()))
+        raise DataError(f"{frame[unique].iloc[i]!r} is named twice", file=path, row=i + 1, field=unique)
+    return frame
+
+
 def _read_results(exp: Path) -> pd.DataFrame:
     exp = Path(exp)
     if exp.exists() and not exp.is_dir():
@@ -499,11 +624,46 @@ def _read_results(exp: Path) -> pd.DataFrame:
     path = exp / "results.csv"
     if not path.exists():
         raise TaskdivError(f"{path}: no such file (run `taskdiv experiment` first)")
-    results = pd.read_csv(path)
-    missing = {"run", "strategy", "budget", "budget_n", "seed", "accuracy"} - set(results.columns)
+    from .experiments import RESULT_NUMBERS, RESULT_REQUIRED, check_result
+
+    results = read_csv(path, neutralised=True)
+    missing = set(RESULT_REQUIRED) - set(results.columns)
     if missing:
         raise TaskdivError(f"{path}: missing column(s) {sorted(missing)}")
+    if not len(results):
+        raise DataError("no runs: the file holds its header only", file=path)
+    for col in results.columns:  # a number column with text in it was read as text: its numbers as numbers
+        if (col in RESULT_NUMBERS or str(col).endswith("_accuracy")) \
+                and not pd.api.types.is_numeric_dtype(results[col]):
+            results[col] = results[col].map(_csv_number)
+    for i, record in enumerate(results.to_dict(orient="records")):
+        check_result(record, path, row=i + 1)
+    for col in ("run", "strategy", "budget", "same_as"):  # the text report.md pastes into its tables
+        if col in results.columns:
+            results[col] = results[col].map(md_text)
     return results
+
+
+_MD_SPECIAL = re.compile(r"([\\`*|\[\]<>])")
+
+
+def md_text(value):
+    """Text from results.csv as it may stand in a table cell of report.md: a '|' would end the
+    cell and a line break the row; backticks, brackets, '<' and '*' would format or link it;
+    a leading = + - @ # ! (a formula in a spreadsheet, a heading or a list in markdown) is
+    escaped too. Other values, and taskdiv's own names, are left as they are."""
+    if not isinstance(value, str):
+        return value
+    text = _MD_SPECIAL.sub(r"\\\1", " ".join(value.splitlines()))
+    return "\\" + text if text and text[0] in "=+-@#!" else text
+
+
+def _csv_number(value):
+    """A CSV cell as a number where it reads as one (else as it is, for check_result to name)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
 
 
 def headline(exps) -> str:

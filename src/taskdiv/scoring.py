@@ -12,10 +12,14 @@ longer than --max-prompt-tokens (the BOS token is kept), sorted by length and ru
 left-padded batches with a KV cache; rows that reach EOS leave the batch.
 
 Cache and resume: results go to OUT/cache.sqlite, keyed by (settings, prompt sha256),
-where `settings` hashes the model fingerprint, dtype, max-new-tokens, chat template
-and prompt-length limit. Each batch is one transaction, so a killed run loses at most
-the batch in flight; a rerun reuses every stored row, and other settings never see
-them.
+where `settings` hashes the model's identity (a content hash of its weights and adapter,
+`models.fingerprint`), dtype, max-new-tokens, chat template and prompt-length limit.
+Each batch is one transaction, so a killed run loses at most the batch in flight; a
+rerun reuses every stored row, and other settings never see them. Finished rounds are
+also copied into the shared cache, $TASKDIV_CACHE/scores/cache.sqlite, which every
+--out (and the Python API) reads first: scoring the same prompts with the same model and
+settings into a new --out generates nothing (`taskdiv cache info|clear`;
+TASKDIV_SHARED_SCORES=0 turns it off).
 
 Engines: --engine local (this process) or --engine ray (Ray Data feeding scorer actors
 that run the local engine's `generation.Scorer.generate` on shards of the same batches; see
@@ -50,10 +54,10 @@ import pandas as pd
 from . import metrics as metrics_mod
 from . import vllm_engine
 from .config import to_dict
-from .data import Pool, PoolOptions, load_pool
-from .distributed import RayOptions, display_uri
+from .data import Pool, PoolOptions, load_pool, read_ids
+from .distributed import RayOptions
 from .errors import TaskdivError
-from .fileio import dump_table, dump_yaml, output_set
+from .fileio import check_inputs_kept, dump_table, dump_yaml, output_set
 from .generation import Generation, Scorer
 from .models import DEFAULT_MODEL, EMBEDDED
 
@@ -64,6 +68,8 @@ FORMAT_VERSION = 1
 # --target-ci: the fewest prompts a task gets per extra round (one round scores the
 # extra prompts of every task that still needs them, together, in batches).
 CI_MIN_STEP = 8
+# What OUT holds: none of them may be the pool (`score OUT/scores.csv --out OUT`).
+OUTPUTS = ("scores.csv", "scores.parquet", "tasks.csv", "config.yaml", "cache.sqlite")
 
 
 @dataclass
@@ -86,6 +92,10 @@ class ScoreConfig(PoolOptions, RayOptions, vllm_engine.VLLMOptions):
     metric: str = field(default="mean_prob", metadata={
         "choices": list(metrics_mod.METRICS),
         "help": "The metric written as `confidence` (mean_entropy is written as exp(-mean_entropy))."})
+    exclude: str | None = field(default=None, metadata={
+        "help": "Ids not to score (a file of ids, a selection.jsonl, an annotation store): e.g. the prompts an "
+                "earlier round annotated, when a model trained on them scores the rest (tasks.csv counts the "
+                "rest)."})
     per_task: int | None = field(default=None, metadata={
         "help": "Score a seeded random sample of this many prompts per task (all of a smaller task)."})
     target_ci: float | None = field(default=None, metadata={
@@ -153,8 +163,43 @@ class ScoreCache:
         cols = ["prompt_sha", *metrics_mod.METRICS, "generated", "tokens", "prompt_tokens", "truncated"]
         return pd.DataFrame.from_records(records, columns=cols).set_index("prompt_sha")
 
+    def copy_from(self, other: "ScoreCache", shas) -> int:
+        """Copy `other`'s rows of these prompt shas (same settings) into this cache, in one
+        transaction; returns how many were new here."""
+        shas = list(shas)
+        rows = []
+        for start in range(0, len(shas), 500):  # SQLite's limit on bound parameters
+            chunk = shas[start:start + 500]
+            rows += other.conn.execute(
+                f"SELECT * FROM scores WHERE settings = ? AND prompt_sha IN ({','.join('?' * len(chunk))})",
+                (other.key, *chunk)).fetchall()
+        if not rows:
+            return 0
+        with self.conn:
+            self.conn.execute("INSERT OR IGNORE INTO settings VALUES (?, ?)", (self.key, self.settings_json))
+            before = self.conn.total_changes
+            self.conn.executemany("INSERT OR IGNORE INTO scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                  [(self.key, *row[1:]) for row in rows])
+            return self.conn.total_changes - before
+
     def close(self) -> None:
         self.conn.close()
+
+
+def shared_cache(settings: dict) -> "ScoreCache | None":
+    """The score cache every --out shares, in $TASKDIV_CACHE/scores (`taskdiv cache info`);
+    None when TASKDIV_SHARED_SCORES=0 or it cannot be opened (a run then keeps its own)."""
+    import os
+
+    from .fileio import cache_dir
+
+    if os.environ.get("TASKDIV_SHARED_SCORES", "1") == "0":
+        return None
+    try:
+        return ScoreCache(cache_dir("scores") / "cache.sqlite", settings)
+    except (TaskdivError, OSError, sqlite3.Error) as e:
+        log.warning("the shared score cache cannot be used (%s); scoring with this run's own cache only", e)
+        return None
 
 
 def prompt_sha(prompt: str) -> str:
@@ -212,7 +257,8 @@ def _next_sizes(table: pd.DataFrame, width: float) -> dict[str, int]:
 # ----------------------------------------------------------------------------- the run
 
 
-def _check(cfg: ScoreConfig) -> None:
+def check_options(cfg: ScoreConfig) -> None:
+    """Refuse bad options before any work (`experiment --dry-run` runs this too)."""
     for name in ("max_new_tokens", "batch_size", "per_task", "max_prompt_tokens"):
         value = getattr(cfg, name)
         if value is not None and value < 1:
@@ -220,10 +266,11 @@ def _check(cfg: ScoreConfig) -> None:
     if cfg.target_ci is not None and not 0 < cfg.target_ci <= 1:
         raise TaskdivError(f"--target-ci must be in (0, 1], got {cfg.target_ci}")
     metrics_mod.get(cfg.metric)
-    from .distributed import check_options
+    from . import distributed
 
-    check_options(cfg)
+    distributed.check_options(cfg)
     vllm_engine.check_options(cfg)
+    check_inputs_kept([Path(cfg.out) / name for name in OUTPUTS], [cfg.pool])
 
 
 def _open_out(out: Path) -> None:
@@ -260,12 +307,21 @@ def score(cfg: ScoreConfig, *, loaded=None) -> pd.DataFrame:
     return _score(cfg, loaded)[0]
 
 
-def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """`score`, also returning the task table it wrote."""
+def _score(cfg: ScoreConfig, loaded=None, pool: Pool | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`score`, also returning the task table it wrote. `pool`: cfg.pool loaded already
+    (the Python API's pool in memory)."""
     from . import models
 
-    _check(cfg)
-    pool = load_pool(cfg.pool, cfg.field_map())
+    check_options(cfg)
+    pool = pool if pool is not None else load_pool(cfg.pool, cfg.field_map())
+    if cfg.exclude:
+        excluded = set(map(str, read_ids(cfg.exclude)))
+        keep = ~pool.frame["id"].astype(str).isin(excluded)
+        log.info("--exclude %s: scoring the %d of %d prompts it does not name", cfg.exclude, int(keep.sum()),
+                 len(pool))
+        if not keep.any():
+            raise TaskdivError(f"--exclude {cfg.exclude} names every prompt of the pool: nothing to score")
+        pool = Pool(pool.frame[keep.to_numpy()].reset_index(drop=True), pool.source)
     ref = models.resolve(cfg.model)
     tokenizer = loaded[1] if loaded is not None else models.load_tokenizer(ref)
     chat = models.choose_chat(ref, tokenizer, cfg.chat_template)
@@ -286,6 +342,7 @@ def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     if vllm_engine.uses_vllm(cfg):  # another engine, other numbers: rows of its own (the local key is unchanged)
         settings["engine"] = vllm_engine.engine_key(cfg)
     cache = ScoreCache(out / "cache.sqlite", settings)
+    shared = shared_cache(settings)
     if cfg.engine == "vllm":
         scorer = vllm_engine.VLLMScorer(cfg, ref, tokenizer, chat, max_prompt, cache, log_path=out / "vllm-server.log")
     elif cfg.engine == "ray":
@@ -300,6 +357,8 @@ def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
         frame = pool.frame
         shas = np.array([prompt_sha(p) for p in frame["prompt"]], dtype=object)
         stored = cache.stored()
+        shared_stored = shared.stored() if shared is not None else set()
+        from_shared = 0
         orders = _sample_orders(pool, cfg.seed)
         sizes = {t: len(o) if cfg.per_task is None else min(cfg.per_task, len(o)) for t, o in orders.items()}
         chosen = np.zeros(len(frame), dtype=bool)
@@ -310,11 +369,19 @@ def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
             new = new[~chosen[new]]
             chosen[new] = True
             todo = {shas[i]: frame["prompt"].iat[i] for i in new}
+            if shared is not None:  # what another --out (or a notebook) scored with these settings
+                pulled = [s for s in todo if s not in stored and s in shared_stored]
+                if pulled:
+                    from_shared += cache.copy_from(shared, pulled)
+                    stored |= set(pulled)
             reused |= {s for s in todo if s in stored}
             todo = {s: p for s, p in todo.items() if s not in stored}
             round_no += 1
             scorer.run(todo, "scoring" if round_no == 1 else f"scoring (round {round_no})")
             stored |= set(todo)
+            if shared is not None and todo:
+                shared.copy_from(cache, list(todo))
+                shared_stored |= set(todo)
             scores = _scores_table(frame, shas, chosen, cache, cfg.metric)
             table = task_table(scores, pool)
             sizes = {} if cfg.target_ci is None else _next_sizes(table, cfg.target_ci)
@@ -325,26 +392,24 @@ def _score(cfg: ScoreConfig, loaded=None) -> tuple[pd.DataFrame, pd.DataFrame]:
                      len(sizes), sum(k - scored[t] for t, k in sizes.items()))
     finally:
         cache.close()
+        if shared is not None:
+            shared.close()
         if hasattr(scorer, "close"):  # the vLLM engine's own server
             scorer.close()
         if loaded is None and getattr(scorer, "model", None) is not None:  # ours: dropped, not kept
             scorer.model = None
             models.free_memory()
-    names = ("scores.csv", "scores.parquet", "tasks.csv", "config.yaml")
-    with output_set(*(out / name for name in names)) as (csv_tmp, parquet_tmp, tasks_tmp, config_tmp):
+    with output_set(*(out / name for name in OUTPUTS[:4])) as (csv_tmp, parquet_tmp, tasks_tmp, config_tmp):
         dump_table(csv_tmp, scores, ".csv")
         dump_table(parquet_tmp, scores, ".parquet")
         dump_table(tasks_tmp, table, ".csv")
-        written = to_dict(cfg)
-        if written.get("shards"):
-            written["shards"] = display_uri(written["shards"])
-        dump_yaml(config_tmp, {"command": "score", **written,
+        dump_yaml(config_tmp, {"command": "score", **to_dict(cfg),
                                "resolved": {**settings, "model_path": ref.path, "settings_key": cache.key}})
-    scores.attrs.update(reused=len(reused), computed=scorer.computed, seconds=time.perf_counter() - started,
+    scores.attrs.update(reused=len(reused), from_shared=from_shared, computed=scorer.computed, seconds=time.perf_counter() - started,
                         generation_seconds=scorer.seconds, available=len(frame),
                         engine=dict(getattr(scorer, "stats", {}), engine=cfg.engine))
-    log.info("scored %d of %d prompts: %d reused from the cache, %d generated", len(scores), len(frame),
-             len(reused), scorer.computed)
+    log.info("scored %d of %d prompts: %d reused from the cache (%d of them from the shared cache), %d generated",
+             len(scores), len(frame), len(reused), from_shared, scorer.computed)
     return scores, table
 
 
@@ -376,8 +441,10 @@ def run_score(cfg: ScoreConfig) -> None:
     a = scores.attrs
     print(format_tasks(table))
     rate = f" ({a['computed'] / a['generation_seconds']:.2f} prompts/s)" if a["computed"] else ""
+    shared = f" ({a['from_shared']} from the shared cache, scored before into another --out)" \
+        if a.get("from_shared") else ""
     print(f"scored {len(scores)} of {a['available']} prompt(s) in {len(table)} task(s): {a['reused']} reused from "
-          f"the cache, {a['computed']} generated in {a['generation_seconds']:.1f} s{rate}; "
+          f"the cache{shared}, {a['computed']} generated in {a['generation_seconds']:.1f} s{rate}; "
           f"{int(scores['truncated'].sum())} truncated from the left")
     label = metrics_mod.get(cfg.metric).confidence_label
     print(f"confidence = {cfg.metric}" + (f" as {label}" if label else "")

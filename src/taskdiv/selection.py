@@ -84,7 +84,7 @@ def prepare_inputs(pool: Pool, strategy, cfg: SelectConfig, *, embeddings=None, 
     """Confidence, embeddings and exclusion mask aligned with the pool's rows.
     `scores`: cfg.scores as read_score_file read it already."""
     inputs = Inputs()
-    if cfg.scores:
+    if cfg.scores or scores is not None:
         inputs.confidence = read_scores(cfg.scores, pool, scores)
         log.info("scores: %d of %d prompts scored", int(np.isfinite(inputs.confidence).sum()), len(pool))
     if "embeddings" in strategy.needs:
@@ -108,24 +108,25 @@ def _embed(pool: Pool, model: str, engine: str = "local") -> np.ndarray:
     return embed(pool.frame["prompt"].tolist(), model, engine=engine)
 
 
-def select(cfg: SelectConfig, pool: Pool | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def select(cfg: SelectConfig, pool: Pool | None = None, scores=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run a selection; returns (selection rows, allocation table) without writing.
 
     `pool`: the pool cfg.pool names, if the caller has loaded it already (an experiment
-    selects from one pool many times); it is not modified.
+    selects from one pool many times); it is not modified. `scores`: cfg.scores already
+    read (`data.score_table`; the Python API's DataFrame of scores).
     """
     auto, k = parse_tasks_option(cfg.tasks)
     strategy = get_strategy(cfg.strategy, seed=cfg.seed, **task_parameters(cfg))
     check_task_limits(cfg.min_per_task, cfg.max_per_task)
-    strategy.check_needs({"confidence"} if cfg.scores else set(), among={"confidence"})  # before loading anything
-    scores = None
+    strategy.check_needs({"confidence"} if cfg.scores or scores is not None else set(),
+                         among={"confidence"})  # before loading anything
     if pool is None:
         # The scores file is read (and its values checked) in a second thread while the pool
         # loads: Arrow's readers let go of the GIL. A bad pool is still reported first.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskdiv-scores") as helper:
             reading = helper.submit(read_score_file, cfg.scores) if cfg.scores else None
             pool = load_pool(cfg.pool, cfg.field_map(), require_tasks=not auto)
-            scores = reading.result() if reading else None
+            scores = reading.result() if reading else scores
     embeddings = None
     if auto:
         from .embeddings import cluster_tasks
@@ -182,7 +183,7 @@ def write_selection(out: str | Path, rows: pd.DataFrame, allocation: pd.DataFram
         # The allocation table is formatted while Arrow writes the selection (100K tasks and
         # 500K prompts: each about 0.3 s).
         table = helper.submit(dump_table, alloc_tmp, allocation, ".csv")
-        dump_yaml(config_tmp, {"command": "select", **to_dict(cfg)})
+        dump_yaml(config_tmp, {"command": "select", **(cfg if isinstance(cfg, dict) else to_dict(cfg))})
         dump_jsonl(selection_tmp, rows)
         table.result()
 
@@ -203,7 +204,7 @@ def format_allocation(allocation: pd.DataFrame, max_rows: int = 60) -> str:
 
 
 def run_select(cfg: SelectConfig) -> None:
-    check_output_dir(cfg.out, OUTPUTS)
+    check_output_dir(cfg.out, OUTPUTS, inputs=[cfg.pool, cfg.scores, cfg.exclude])
     rows, allocation = select(cfg)
     write_selection(cfg.out, rows, allocation, cfg)
     print(format_allocation(allocation))
@@ -239,7 +240,7 @@ def run_pool_info(cfg: PoolInfoConfig) -> None:
 
 def run_pool_export(cfg: PoolExportConfig) -> None:
     out = Path(cfg.out)
-    check_output_file(out)
+    check_output_file(out, inputs=[cfg.pool])
     pool = load_pool(cfg.pool, cfg.field_map(), require_tasks=False)
     if out.suffix == ".parquet":
         write_table(out, pool.frame)
@@ -248,3 +249,48 @@ def run_pool_export(cfg: PoolExportConfig) -> None:
     else:
         raise TaskdivError(f"{out}: export to .jsonl or .parquet")
     print(f"wrote {len(pool)} prompt(s) to {out}")
+
+
+@dataclass
+class PoolSplitConfig(PoolOptions):
+    test_per_task: float = field(default=0.2, metadata={
+        "help": "Held-out items per task: a whole count (10) or a fraction (0.2); never more than half a task."})
+    seed: int = field(default=0, metadata={"help": "Seed of the split."})
+    out: str | None = field(default=None, metadata={
+        "required": True, "help": "Output directory: pool.jsonl (to select from) and test.jsonl (for "
+                                  "`evaluate --heldout`)."})
+
+
+def split_pool(pool: Pool, test_per_task: float = 0.2, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(pool part, held-out part) of a pool by the rule every built-in source uses
+    (`taskdiv.splits`: keyed on the prompt and the response; a copy of a held-out item in
+    another task is in neither part). The held-out rows get `targets` = [response] where
+    they have a response and no targets, so that `evaluate --heldout` can score them."""
+    from .splits import SplitOptions, split_key, split_tasks
+
+    frame = pool.frame
+    responses = frame["response"].fillna("").astype(str) if "response" in frame else pd.Series("", index=frame.index)
+    keyed = frame.assign(_key=[split_key(p, r) for p, r in zip(frame["prompt"], responses)])
+    tasks = {t: g for t, g in keyed.groupby("task", sort=True)}
+    part = {split: set(split_tasks(tasks, SplitOptions(split=split, test=test_per_task, seed=seed),
+                                   where=pool.source)["id"]) for split in ("pool", "test")}
+    kept = frame[frame["id"].isin(part["pool"]).to_numpy()].reset_index(drop=True)
+    test = frame[frame["id"].isin(part["test"]).to_numpy()].reset_index(drop=True)
+    if "response" in test:
+        if "targets" not in test:
+            test["targets"] = None
+        fill = test["targets"].isna() & test["response"].notna()
+        test.loc[fill, "targets"] = pd.Series([[r] for r in test.loc[fill, "response"]], index=test.index[fill],
+                                              dtype=object)
+    return kept, test
+
+
+def run_pool_split(cfg: PoolSplitConfig) -> None:
+    out = check_output_dir(cfg.out, ("pool.jsonl", "test.jsonl"), inputs=[cfg.pool])
+    pool = load_pool(cfg.pool, cfg.field_map())
+    kept, test = split_pool(pool, cfg.test_per_task, cfg.seed)
+    with output_set(out / "pool.jsonl", out / "test.jsonl") as (pool_tmp, test_tmp):
+        dump_jsonl(pool_tmp, kept)
+        dump_jsonl(test_tmp, test)
+    print(f"wrote {len(kept)} prompt(s) to {out / 'pool.jsonl'} and {len(test)} held-out item(s) of "
+          f"{test['task'].nunique() if len(test) else 0} task(s) to {out / 'test.jsonl'}")

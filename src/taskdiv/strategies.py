@@ -15,6 +15,8 @@ sensible smaller selection) and, for task-based strategies, the allocation table
     sharp-weighted-task-diversity
                               taskdiv's variant (not in the paper): b_t ~ C_t^-3, and every
                               task gets one prompt first when the budget allows
+    kind-diversity            taskdiv's variant: even across kinds of task (yes/no, multiple
+                              choice, generative) first, then even across each kind's tasks
     uncertainty               the B prompts with the lowest confidence
     k-center                  greedy farthest-point selection on prompt embeddings
 
@@ -199,9 +201,8 @@ class TaskAllocation(Strategy):
         sizes = np.bincount(codes, minlength=len(tasks))
         taken = np.bincount(codes[excluded], minlength=len(tasks))
         conf = _task_confidence(codes, len(tasks), inputs.confidence)
-        weights = self._weights(tasks, sizes, conf)
-        alloc = allocate(sizes, budget, weights=weights, floor=self._floor(budget, sizes, taken),
-                         ceilings=self.max_per_task, taken=taken, seed=self.seed)
+        weights = self._weights(tasks, sizes - taken, conf)
+        alloc = self._allocate(pool, codes, sizes, budget, weights, taken)
         new = alloc - taken
         positions, within_rank = self._pick(codes, new, inputs, excluded, pool.random_keys(self.seed))
         # Rank across tasks by each pick's place in its task's share (stride order), so that
@@ -215,8 +216,14 @@ class TaskAllocation(Strategy):
                               "allocated": new})
         return positions[order], table
 
-    def _weights(self, tasks, sizes, conf):
+    def _weights(self, tasks, available, conf):
+        """Per-task weights (None: even); `available`: prompts of each task still to choose from."""
         return None
+
+    def _allocate(self, pool, codes, sizes, budget, weights, taken):
+        """Prompts per task, what is taken included."""
+        return allocate(sizes, budget, weights=weights, floor=self._floor(budget, sizes, taken),
+                        ceilings=self.max_per_task, taken=taken, seed=self.seed)
 
     def _floor(self, budget, sizes, taken) -> int:
         return self.min_per_task
@@ -266,16 +273,19 @@ class TaskDiversity(TaskAllocation):
 class Proportional(TaskAllocation):
     name = "proportional"
 
-    def _weights(self, tasks, sizes, conf):
-        return sizes.astype(float)
+    def _weights(self, tasks, available, conf):
+        return np.maximum(available, 1).astype(float)
 
 
 class WeightedTaskDiversity(TaskAllocation):
     name = "weighted-task-diversity"
     weights_need = frozenset({"confidence"})
 
-    def _weights(self, tasks, sizes, conf):
-        missing = np.isnan(conf)
+    def _weights(self, tasks, available, conf):
+        # A task with nothing left to choose (all annotated in an earlier round) gets no new
+        # prompt whatever its weight: it needs no confidence.
+        missing = np.isnan(conf) & (available > 0)
+        conf = np.where(np.isnan(conf), 1.0, conf)
         if missing.any():
             names = ", ".join(map(str, tasks[missing][:10]))
             raise TaskdivError(f"weighted-task-diversity needs a confidence for every task; "
@@ -301,12 +311,54 @@ class SharpWeightedTaskDiversity(WeightedTaskDiversity):
         super().__init__(seed=seed, **params)
         self.gamma = gamma
 
-    def _weights(self, tasks, sizes, conf):
-        return super()._weights(tasks, sizes, conf) ** self.gamma
+    def _weights(self, tasks, available, conf):
+        return super()._weights(tasks, available, conf) ** self.gamma
 
     def _floor(self, budget, sizes, taken) -> int:
         uncovered = int(((taken == 0) & (sizes > 0)).sum())
         return max(self.min_per_task, 1) if uncovered <= budget else self.min_per_task
+
+
+class KindDiversity(TaskAllocation):
+    """The budget spread evenly across kinds of task first (the answer format: yes/no, multiple
+    choice, generative, by the number of `choices` a task's prompts have), then evenly
+    across the tasks of each kind: taskdiv's variant, not the paper's.
+
+    Why: with a small model, what a few examples teach can be the answer format, which
+    carries over between tasks of a kind (../shared/EXPERIMENT-NOTES.md); spreading across
+    kinds first makes sure every format is taught whatever the kinds' task counts. A pool
+    without `choices` is one kind, and this is task-diversity.
+    """
+
+    name = "kind-diversity"
+
+    def _allocate(self, pool, codes, sizes, budget, weights, taken):
+        kinds = task_kinds(pool, codes, len(sizes))
+        names, kind_of = np.unique(kinds, return_inverse=True)
+        kind_sizes = np.bincount(kind_of, weights=sizes, minlength=len(names)).astype(np.int64)
+        kind_taken = np.bincount(kind_of, weights=taken, minlength=len(names)).astype(np.int64)
+        if self.max_per_task is not None:  # a kind holds no more than its tasks' ceilings allow
+            room = np.maximum(np.minimum(sizes, self.max_per_task), taken)
+            kind_sizes = np.bincount(kind_of, weights=room, minlength=len(names)).astype(np.int64)
+        per_kind = allocate(kind_sizes, budget, taken=kind_taken, seed=self.seed) - kind_taken
+        alloc = taken.copy()
+        for k in np.flatnonzero(per_kind):
+            members = np.flatnonzero(kind_of == k)
+            alloc[members] = allocate(sizes[members], int(per_kind[k]), floor=self._floor(budget, sizes, taken),
+                                      ceilings=self.max_per_task, taken=taken[members], seed=self.seed + int(k) + 1)
+        return alloc
+
+
+def task_kinds(pool: Pool, codes: np.ndarray, n_tasks: int) -> np.ndarray:
+    """Each task's kind: 'generative' (no choices), 'yes/no' (two) or 'multiple choice', the
+    most common among its prompts (ties: the first of those)."""
+    if "choices" not in pool.frame.columns:
+        return np.full(n_tasks, "generative", dtype=object)
+    count = pool.frame["choices"].map(lambda c: len(c) if isinstance(c, (list, tuple, np.ndarray)) else 0)
+    kind = np.where(count.to_numpy() == 0, 0, np.where(count.to_numpy() == 2, 1, 2))
+    table = np.zeros((n_tasks, 3), dtype=np.int64)
+    np.add.at(table, (codes, kind), 1)
+    return np.array(["generative", "yes/no", "multiple choice"], dtype=object)[table.argmax(axis=1)]
 
 
 def _smallest(keys: np.ndarray, k: int) -> np.ndarray:
@@ -350,7 +402,7 @@ def _task_confidence(codes, n_tasks, confidence) -> np.ndarray:
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
     for cls in (Random, Full, Proportional, TaskDiversity, WeightedTaskDiversity, SharpWeightedTaskDiversity,
-                Uncertainty, KCenter)
+                KindDiversity, Uncertainty, KCenter)
 }
 
 

@@ -31,19 +31,21 @@ from the same checkpoint. Tested on CPU with gloo (tests/test_training_ddp.py).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
+import os
+import re
 import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
-from . import __version__
+from ._version import __version__
 from .config import to_dict
 from .errors import DataError, TaskdivError
-from .fileio import atomic_dir, check_output_dir, file_sha256, write_json, write_text, write_yaml
+from .fileio import atomic_dir, check_output_dir, file_sha256, read_yaml, write_json, write_text, write_yaml
 from .models import DEFAULT_MODEL, EMBEDDED
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ DEFAULT_LR = {"lora": 3e-4, "full": 2e-5}
 # Options whose change makes an existing run directory a different run.
 RUN_IDENTITY = ("model", "data_sha256", "method", "epochs", "lr", "batch_size", "grad_accum", "max_length",
                 "lora_r", "lora_alpha", "lora_dropout", "target_modules", "seed", "dtype", "chat",
-                "warmup", "scheduler", "weight_decay", "activation_checkpointing")
+                "warmup", "scheduler", "weight_decay", "activation_checkpointing", "group_by_length")
 
 
 @dataclass
@@ -94,6 +96,10 @@ class TrainConfig:
     activation_checkpointing: bool = field(default=False, metadata={
         "help": "Recompute activations in the backward pass: less memory, about 20-30% slower "
                 "(for large models on a GPU)."})
+    group_by_length: bool = field(default=False, metadata={
+        "help": "Batch examples of similar length together (transformers' LengthGroupedSampler): far less "
+                "padding when lengths vary, as in a many-task pool (2.5x fewer tokens on bench:many), "
+                "but batches are no longer a uniform random draw."})
     save_steps: int = field(default=20, metadata={
         "help": "Checkpoint every N optimizer steps (an interrupted run resumes from the last one)."})
 
@@ -175,7 +181,9 @@ def check_existing(run: Path, resolved: dict) -> bool:
         if run.exists() and any(p for p in run.iterdir() if not p.name.startswith(".")):
             raise TaskdivError(f"{run}: exists and is not a taskdiv train run; choose another --out")
         return False
-    old = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+    old = read_yaml(cfg_path) or {}
+    if not isinstance(old, dict):
+        raise TaskdivError(f"{cfg_path}: holds no mapping of options; not a taskdiv train run")
     if old.get("command") != "train":
         raise TaskdivError(f"{run}: holds a {old.get('command', 'non-train')!r} output, not a training run")
     if old.get("model") != resolved["model"]:
@@ -202,16 +210,77 @@ def is_main_process() -> bool:
 
 
 def last_checkpoint(ckpt_dir: Path) -> str | None:
-    """The newest complete Trainer checkpoint (trainer_state.json is written last)."""
+    """The newest complete Trainer checkpoint (`complete_checkpoint`); incomplete ones, cut off while
+    being written (a full disk, a kill), are removed."""
     if not ckpt_dir.is_dir():
         return None
     done = []
     for d in ckpt_dir.glob("checkpoint-*"):
-        if (d / "trainer_state.json").exists():
-            done.append((int(d.name.split("-")[1]), d))
-        elif is_main_process():
-            shutil.rmtree(d, ignore_errors=True)  # cut off while being written
+        step = d.name.split("-", 1)[1]
+        if step.isdigit() and complete_checkpoint(d):
+            done.append((int(step), d))
+        elif step.isdigit() and is_main_process():
+            shutil.rmtree(d, ignore_errors=True)
     return str(max(done)[1]) if done else None
+
+
+def complete_checkpoint(d: Path) -> bool:
+    """Whether checkpoint `d` holds everything resuming reads, whole: trainer_state.json (the
+    Trainer writes it last) readable with its step; the weights (adapter_model.safetensors or
+    model.safetensors, or every shard its index names), each as long as its header says; and
+    every torch file (optimizer.pt, scheduler.pt, rng_state.pth, training_args.bin) a whole zip
+    archive. A full disk left checkpoint-N/ with a README only; a lost write after a crash can
+    leave any file short."""
+    import zipfile
+
+    try:
+        state = json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or "global_step" not in state:
+            return False
+        weights = [d / n for n in ("adapter_model.safetensors", "model.safetensors") if (d / n).exists()]
+        index = d / "model.safetensors.index.json"
+        if index.exists():
+            weights += [d / n for n in set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())]
+        if not weights or not all(_whole_safetensors(w) for w in weights):
+            return False
+        return all(zipfile.is_zipfile(f) for f in d.iterdir() if f.suffix in (".pt", ".pth", ".bin"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _whole_safetensors(path: Path) -> bool:
+    """A safetensors file as long as its header says (8 bytes of header length, the JSON header,
+    then the tensors' bytes up to the largest end offset)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return False
+        n = int.from_bytes(head, "little")
+        if n > 100_000_000:
+            return False
+        header = json.loads(f.read(n))
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+    return path.stat().st_size == 8 + n + max(ends, default=0)
+
+
+def _write_error(e: Exception, where: Path) -> OSError | None:
+    """The operating system's error behind a library's failure to write into `where`, naming it:
+    safetensors says 'I/O error: No space left on device (os error 28)' in a SafetensorError,
+    torch.save 'file write failed' in a RuntimeError; an OSError of the Trainer's own (a JSON
+    file) names no file. None for anything else."""
+    text = str(e)
+    if isinstance(e, OSError):
+        code = e.errno
+    elif m := re.search(r"os error (\d+)|\[errno (\d+)\]", text, re.IGNORECASE):
+        code = int(m[1] or m[2])
+    elif isinstance(e, RuntimeError) and "write" in text.lower() and shutil.disk_usage(where).free < 1 << 20:
+        code = errno.ENOSPC  # torch says no more than that a write failed: the disk it wrote to is full
+    else:
+        return None
+    if code is None:
+        return None
+    name = e.filename if isinstance(e, OSError) and e.filename else where
+    return OSError(code, os.strerror(code), str(name))
 
 
 # ----------------------------------------------------------------------------- training
@@ -358,7 +427,9 @@ def train(cfg: TrainConfig) -> Path:
         seed=cfg.seed, data_seed=cfg.seed, bf16=bf16, max_length=cfg.max_length, completion_only_loss=True,
         logging_steps=1, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1,
         report_to="none", disable_tqdm=True, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
-        activation_checkpointing=cfg.activation_checkpointing, remove_unused_columns=True)
+        activation_checkpointing=cfg.activation_checkpointing, remove_unused_columns=True,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        include_num_input_tokens_seen="all")  # the tokens computed, padding included
     trainer = None
     try:
         with _quiet(datasets):
@@ -366,7 +437,13 @@ def train(cfg: TrainConfig) -> Path:
                                      peft_config=peft_config,
                                      callbacks=[_callbacks(run / "train_log.jsonl", resume_step)])
             trainer.remove_callback(transformers.PrinterCallback)
-            result = trainer.train(resume_from_checkpoint=resume)
+            try:
+                result = trainer.train(resume_from_checkpoint=resume)
+            except Exception as e:  # a full disk while checkpointing: one line, not the library's traceback
+                if (error := _write_error(e, ckpt_dir)) is not None:
+                    last_checkpoint(ckpt_dir)  # removes the checkpoint the failure cut off
+                    raise error from None
+                raise
         tokens = sum(len(ids) for ids in encoded["input_ids"])
         seconds = result.metrics.get("train_runtime", float("nan"))
         done_epochs = cfg.epochs * (1 - resume_step / max(1, trainer.state.max_steps))  # this session's share
@@ -376,6 +453,8 @@ def train(cfg: TrainConfig) -> Path:
             "examples": examples, "tokens_per_epoch": tokens, "epochs": cfg.epochs, "steps": trainer.state.max_steps,
             "resumed_from_step": resume_step, "train_runtime": seconds,
             "tokens_per_second": tokens * done_epochs / seconds if seconds else None,
+            # tokens computed (padding included) over real ones, for the whole run (the state resumes)
+            "padding_ratio": trainer.state.num_input_tokens_seen / (tokens * cfg.epochs) if tokens else None,
             "seconds_per_example_epoch": seconds / (examples * done_epochs) if done_epochs else None,
             "final_loss": result.training_loss})
         _save(trainer.model, tokenizer, run, merge=cfg.merge or cfg.method == "full", lora=cfg.method == "lora")
@@ -433,8 +512,13 @@ def _save(model, tokenizer, run: Path, *, merge: bool, lora: bool) -> None:
         outputs.append(("merged", merged))  # after the adapter: merging changes the model
     for name, save in outputs:
         with atomic_dir(run / name) as staging:
-            save(staging)
-            tokenizer.save_pretrained(staging)
+            try:
+                save(staging)
+                tokenizer.save_pretrained(staging)
+            except Exception as e:
+                if (error := _write_error(e, run / name)) is not None:
+                    raise error from None
+                raise
 
 
 def run_train(cfg: TrainConfig) -> None:

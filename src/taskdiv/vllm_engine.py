@@ -76,7 +76,7 @@ class VLLMOptions:
 
 def check_options(cfg) -> None:
     """The vLLM options against the engine (before any work)."""
-    vllm = cfg.engine == "vllm" or (cfg.engine == "ray" and cfg.runner == "vllm")
+    vllm = uses_vllm(cfg)
     if cfg.runner not in RUNNERS:
         from .errors import unknown_name
 
@@ -281,11 +281,7 @@ class VLLMScorer(Scorer):
             return
         from . import progress
 
-        if self.model is None:
-            self.model = self.load()
-        model = self.model
-        eos = self.eos_ids(model)
-        order, encoded = self.plan(prompts)
+        model, eos, order, encoded = self.prepare(prompts)
         bs = self.cfg.batch_size
         start = time.perf_counter()
         try:

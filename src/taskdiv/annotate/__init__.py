@@ -18,9 +18,9 @@ Modules; imports run one way, answers -> formats and store -> this registry -> c
     jsonl.py         plain JSONL
     commands.py      export / import / oracle, which reach the formats through FORMATS only
 
-A format is a module with `check_out(out)` (before any work), `write(out, rows, name)
--> written paths` and `read(path) -> [Item]`. Adding a tool is one module and one entry
-in FORMATS; tests/test_annotation.py runs one round-trip contract over every entry.
+A format is a module with `check_out(out, inputs)` (before any work; no output may be one of
+the `inputs`), `write(out, rows, name) -> written paths` and `read(path) -> [Item]`. Adding a
+tool is one module and one entry in FORMATS; tests/test_annotation.py runs one round-trip contract over every entry.
 """
 from __future__ import annotations
 

@@ -36,6 +36,23 @@ class Item:
     where: str = ""
 
 
+def submission_time(value, *, file, field: str, line: int | None = None, row: int | None = None):
+    """A submission time as read from an export: None (none given), or text that is a date and time
+    the store can order answers by. Anything else is a DataError naming file, line or row and
+    field; before, it sorted as 'no time' and an old answer could replace a newer one. A number
+    (12345) is refused too: pandas would read it as nanoseconds after 1970."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            if not pd.isna(pd.Timestamp(value)):
+                return value
+        except (ValueError, TypeError):
+            pass
+    raise DataError(f"{value!r} is not a date and time (ISO 8601, e.g. 2026-01-31T12:00:00Z)", file=file,
+                    line=line, row=row, field=field)
+
+
 def read_selection(path) -> pd.DataFrame:
     """The selection's rows (id, task, prompt, and confidence when scored), validated."""
     path = Path(path)

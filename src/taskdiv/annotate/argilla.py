@@ -32,7 +32,7 @@ import pandas as pd
 from ..errors import DataError, TaskdivError
 from ..fileio import atomic_dir, check_output_dir, read_json_document
 from ..packages import require
-from .answers import Answer, Item
+from .answers import Answer, Item, submission_time
 
 FIELD, QUESTION = "prompt", "response"
 
@@ -114,10 +114,11 @@ def records(rows: pd.DataFrame) -> list:
     return out
 
 
-def check_out(out: Path) -> None:
-    """`out` must be new, empty, or an Argilla dataset directory (which the export replaces); the
-    dataset is built beside it and renamed onto it, so its parent must be writable too."""
-    check_output_dir(out)
+def check_out(out: Path, inputs=()) -> None:
+    """`out` must be new, empty, or an Argilla dataset directory (which the export replaces, so no
+    input may lie inside it); the dataset is built beside it and renamed onto it, so its parent
+    must be writable too."""
+    check_output_dir(out, inputs=inputs, whole=True)
     check_output_dir(out.parent)
     if out.exists() and (not out.is_dir() or any(out.iterdir()) and not (out / ".argilla").is_dir()):
         raise TaskdivError(f"--out {out} exists and is not an Argilla dataset directory; choose an empty one")
@@ -191,7 +192,9 @@ def read(path: Path) -> list[Item]:
             elif not (value or "").strip():
                 status = "empty"
             answers.append(Answer(response=value or "", status=status, annotator=resp.get("user_id"),
-                                  submitted_at=resp.get("updated_at"), where=f"{where}, response {k}"))
+                                  submitted_at=submission_time(resp.get("updated_at"), file=records_path, row=n,
+                                                               field=f"responses.{QUESTION}[{k - 1}].updated_at"),
+                                  where=f"{where}, response {k}"))
         prompt = rec["fields"].get(FIELD)
         items.append(Item(id=str(pid), prompt=prompt if isinstance(prompt, str) else None, answers=answers,
                           where=where))

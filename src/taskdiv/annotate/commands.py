@@ -93,7 +93,7 @@ def read_answers(path: Path, fmt: str) -> list[Item]:
 def run_export(cfg: ExportConfig) -> None:
     fmt = get_format(cfg.format)
     out = Path(cfg.out)
-    fmt.check_out(out)
+    fmt.check_out(out, inputs=[cfg.selection])
     rows = read_selection(cfg.selection)
     written = fmt.write(out, rows, cfg.name)
     print(f"exported {len(rows)} prompt(s) from {cfg.selection} as {cfg.format}: {', '.join(map(str, written))}")
@@ -101,7 +101,7 @@ def run_export(cfg: ExportConfig) -> None:
 
 def run_import(cfg: ImportConfig) -> None:
     get_format(cfg.format)
-    store_paths(cfg.out, cfg.store)  # the outputs are writable: checked before reading anything
+    store_paths(cfg.out, cfg.store, inputs=[cfg.file, cfg.selection])  # checked before reading anything
     selection = read_selection(cfg.selection)
     items = read_answers(Path(cfg.file), cfg.format)
     report = ingest(items, selection, cfg.out, cfg.store, source=str(cfg.file), fmt=cfg.format,
@@ -110,7 +110,7 @@ def run_import(cfg: ImportConfig) -> None:
 
 
 def run_oracle(cfg: OracleConfig) -> None:
-    store_paths(cfg.out, cfg.store)
+    store_paths(cfg.out, cfg.store, inputs=[cfg.selection, cfg.pool])
     selection = read_selection(cfg.selection)
     pool = load_pool(cfg.pool, cfg.field_map())
     frame = pool.frame.set_index("id", drop=False)

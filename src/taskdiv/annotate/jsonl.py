@@ -1,6 +1,6 @@
 """Plain JSONL, for any tool: prompts.jsonl out (id, task, prompt, confidence, and an empty
-response to fill), one answer a line back (id, response; optionally status 'skipped',
-annotator, submitted_at, prompt)."""
+response to fill), one answer a line back (id, response; optionally status: submitted, or
+skipped, cancelled or discarded; annotator; submitted_at, an ISO 8601 time; prompt)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,13 +9,16 @@ import pandas as pd
 
 from ..errors import DataError, TaskdivError
 from ..fileio import check_output_dir, iter_jsonl, write_jsonl
-from .answers import Answer, Item
+from .answers import Answer, Item, submission_time
 
 FILE = "prompts.jsonl"
+# The statuses an answer line may carry (none: an answer); the last three skip the prompt.
+STATUSES = ("submitted", "skipped", "cancelled", "discarded")
+SKIPPED = STATUSES[1:]
 
 
-def check_out(out: Path) -> None:
-    check_output_dir(out, [FILE])
+def check_out(out: Path, inputs=()) -> None:
+    check_output_dir(out, [FILE], inputs=inputs)
 
 
 def write(out: Path, rows: pd.DataFrame, name: str | None = None) -> list[Path]:
@@ -37,13 +40,18 @@ def read(path: Path) -> list[Item]:
         if response is not None and not isinstance(response, str):
             raise DataError(f"response is {type(response).__name__}, expected text", file=path, line=lineno,
                             field="response")
-        status = "skipped" if rec.get("status") in ("skipped", "cancelled", "discarded") else (
-            "submitted" if (response or "").strip() else "empty")
+        status = rec.get("status")
+        if status is not None and status not in STATUSES:
+            raise DataError(f"status {status!r} is none of {', '.join(STATUSES)}", file=path, line=lineno,
+                            field="status")
+        status = "skipped" if status in SKIPPED else "submitted" if (response or "").strip() else "empty"
         prompt = rec.get("prompt")
         item = items.setdefault(str(pid), Item(id=str(pid), prompt=prompt if isinstance(prompt, str) else None,
                                                answers=[], where=f"line {lineno}"))
         item.answers.append(Answer(response=response or "", status=status, annotator=rec.get("annotator"),
-                                   submitted_at=rec.get("submitted_at"), where=f"line {lineno}"))
+                                   submitted_at=submission_time(rec.get("submitted_at"), file=path, line=lineno,
+                                                                field="submitted_at"),
+                                   where=f"line {lineno}"))
     if not items:  # every non-blank line makes an item
         raise DataError("the file is empty", file=path)
     return list(items.values())

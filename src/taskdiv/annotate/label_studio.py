@@ -21,8 +21,8 @@ from xml.sax.saxutils import quoteattr
 import pandas as pd
 
 from ..errors import DataError, TaskdivError
-from ..fileio import check_output_dir, output_set, read_json_document
-from .answers import Answer, Item
+from ..fileio import check_input, check_output_dir, output_set, read_json_document
+from .answers import Answer, Item, submission_time
 
 # Names of the control and object tags in the labeling configuration; the reader
 # looks for the answer under RESPONSE_TAG.
@@ -85,6 +85,7 @@ def read(path: Path) -> list[Item]:
     """
     if path.is_dir():
         raise TaskdivError(f"{path} is a directory; --format label-studio reads the JSON export file")
+    check_input(path, kind="JSON document")  # before the first read: /dev/zero, a pipe
     with open(path, "rb") as f:
         head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
     if head and head[:1] not in (b"[", b"{"):  # Label Studio's CSV or TSV export, or another file
@@ -115,7 +116,9 @@ def read(path: Path) -> list[Item]:
             status = "skipped" if ann.get("was_cancelled") else ("submitted" if text.strip() else "empty")
             answers.append(Answer(
                 response=text, status=status, annotator=_annotator(ann.get("completed_by")),
-                submitted_at=ann.get("updated_at") or ann.get("created_at"),
+                submitted_at=submission_time(ann.get("updated_at") or ann.get("created_at"), file=path, row=n,
+                                             field=f"annotations[{k - 1}]."
+                                                   + ("updated_at" if ann.get("updated_at") else "created_at")),
                 where=f"{where}, annotation {ann.get('id', k)}"))
         prompt = task["data"].get("prompt")
         items.append(Item(id=str(pid), prompt=prompt if isinstance(prompt, str) else None, answers=answers,
@@ -168,8 +171,8 @@ def _annotator(completed_by) -> str | None:
     return None if completed_by is None else str(completed_by)
 
 
-def check_out(out: Path) -> None:
-    check_output_dir(out, EXPORT_FILES)
+def check_out(out: Path, inputs=()) -> None:
+    check_output_dir(out, EXPORT_FILES, inputs=inputs)
 
 
 def write(out_dir: Path, rows: pd.DataFrame, name: str | None = None) -> list[Path]:

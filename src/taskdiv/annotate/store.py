@@ -37,7 +37,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import DataError, TaskdivError
-from ..fileio import check_output_file, dump_jsonl, dumps_json, iter_jsonl, locked, nearest_existing, output_set
+from ..fileio import (check_output_file, dump_jsonl, dumps_json, iter_jsonl, locked, nearest_existing, output_set,
+                      remove_stale)
 from .answers import Item
 
 STORE_NAME = "annotations.jsonl"
@@ -54,6 +55,15 @@ def read_store(path: Path) -> pd.DataFrame:
         missing = [c for c in SFT_COLUMNS + ["round"] if c not in rec]
         if missing:
             raise DataError(f"not an annotation store row (missing {missing})", file=path, line=lineno)
+        for field in SFT_COLUMNS:  # what an import wrote: text (an edit by hand may have left other values)
+            if not isinstance(rec[field], str) or not rec[field].strip():
+                raise DataError(f"{rec[field]!r} is no text", file=path, line=lineno, field=field)
+        if isinstance(rec["round"], bool) or not isinstance(rec["round"], int) or rec["round"] < 1:
+            raise DataError(f"{rec['round']!r} is not a round (a whole number from 1)", file=path, line=lineno,
+                            field="round")
+        if rec.get("submitted_at") is not None and not isinstance(rec["submitted_at"], str):
+            raise DataError(f"{rec['submitted_at']!r} is not a date and time", file=path, line=lineno,
+                            field="submitted_at")
         rows.append(rec)
     return pd.DataFrame(rows, columns=columns)
 
@@ -167,11 +177,11 @@ def sft_rows(store: pd.DataFrame) -> pd.DataFrame:
     return latest.loc[first, SFT_COLUMNS[1:]].reset_index()[SFT_COLUMNS]
 
 
-def store_paths(out, store=None) -> tuple[Path, Path]:
+def store_paths(out, store=None, inputs=()) -> tuple[Path, Path]:
     """(SFT dataset, annotation store): the store defaults to annotations.jsonl beside the dataset.
 
-    Both must be writable (checked now, before any work); a store that is a symbolic link
-    is resolved, so that the store it points to gets the answers."""
+    Both must be writable and neither one of the command's `inputs` (checked now, before any
+    work); a store that is a symbolic link is resolved, so that the store it points to gets the answers."""
     out = Path(out)
     store = Path(store) if store else out.parent / STORE_NAME
     if out.suffix != ".jsonl":
@@ -180,8 +190,8 @@ def store_paths(out, store=None) -> tuple[Path, Path]:
         raise TaskdivError(f"--out {out} is the annotation store; write the SFT dataset to another file")
     if store.is_symlink():
         store = store.resolve()
-    check_output_file(out)
-    check_output_file(store)
+    check_output_file(out, inputs=inputs)
+    check_output_file(store, inputs=inputs)
     return out, store
 
 
@@ -218,6 +228,7 @@ def store_lock(directory: Path, doing: str):
 
 
 def _ingest(items, selection, out, store_path, *, source, fmt, selection_path, skip_unknown) -> dict:
+    clear_leftovers(store_path, out)
     store = read_store(store_path)
     rows, report = resolve(items, selection, store, source=source, fmt=fmt, selection_path=selection_path,
                            skip_unknown=skip_unknown)
@@ -240,6 +251,23 @@ def _ingest(items, selection, out, store_path, *, source, fmt, selection_path, s
     report.update(round=int(rows[0]["round"]) if rows else None, report_path=report_path, store=store_path,
                   out=out, total=int(full["id"].nunique()))
     return report
+
+
+def clear_leftovers(store_path: Path, out: Path) -> None:
+    """Remove what an import killed while writing (SIGKILL, a crash) left in the store's directory:
+    the temporaries of the store, its round report and the SFT dataset (fileio.output_set names
+    them .NAME.XXXXXXXX.tmp) and the copies it keeps while renaming (.NAME.PID.N.old). Called
+    under the store's lock, so no other import is writing them; the SFT dataset's only when it
+    lies in that directory (elsewhere another import, into another store, may be writing it)."""
+    import glob
+
+    directory = store_path.parent
+    names = [glob.escape(store_path.name), "import-round-*.json"]
+    if out.parent.resolve() == directory.resolve():
+        names.append(glob.escape(out.name))
+    for name in names:
+        remove_stale(directory, f".{name}.*.tmp")
+        remove_stale(directory, f".{name}.*.old")
 
 
 def print_report(report: dict) -> None:

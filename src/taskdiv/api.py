@@ -1,0 +1,193 @@
+"""taskdiv's Python API: the calls a notebook needs, each the same code the CLI runs.
+
+    >>> import taskdiv
+    >>> pool = taskdiv.load_pool([{"prompt": "2 + 2 =", "task": "math"},
+    ...                           {"prompt": "Capital of France?", "task": "facts"}])
+    >>> len(pool), sorted(pool.task_sizes().index)
+    (2, ['facts', 'math'])
+
+`load_pool` validates exactly as `taskdiv pool info` does (errors name the row and the
+field); `score` returns the scores and the task table as DataFrames and shares the score
+cache with the CLI ($TASKDIV_CACHE/scores); `select` takes its confidences from a
+DataFrame, a file or a column of the pool; `allocate` is the pure allocation behind the
+task strategies.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from .allocation import allocate as _allocate
+from .data import FieldMap, Pool, arrow_to_pandas, pool_from_frame, score_table
+from .data import load_pool as _load_spec
+from .errors import TaskdivError
+
+__all__ = ["load_pool", "score", "select", "allocate", "Pool", "TaskdivError"]
+
+
+def load_pool(source, *, id_field: str = "id", prompt_field: str = "prompt", task_field: str = "task",
+              response_field: str = "response", prompt_template: str | None = None,
+              require_tasks: bool = True) -> Pool:
+    """A validated pool from a path or pool spec, a pandas DataFrame, a `datasets.Dataset`,
+    or a list of dicts.
+
+    Every source goes through the CLI's checks: a missing or empty prompt or task, a
+    duplicate id or a mistyped field is a `TaskdivError` naming the row and the field.
+    Ids are generated (a stable hash of task and prompt) where there are none. Field
+    names map as the CLI's `--prompt-field` etc.; Alpaca and chat shapes are recognised.
+
+    Sources: "prompts.jsonl" (JSONL, JSON, CSV, Parquet), a `save_to_disk` directory,
+    "hf:NAME?split=S", a benchmark preset ("bench:demo", "mmlu:anatomy"); or rows in memory.
+
+    >>> import pandas as pd
+    >>> frame = pd.DataFrame({"id": ["a", "b", "c"], "question": ["Why?", "How?", "When?"],
+    ...                       "category": ["open_qa", "open_qa", "brainstorm"]})
+    >>> pool = load_pool(frame, prompt_field="question", task_field="category")
+    >>> pool.task_sizes().to_dict()
+    {'brainstorm': 1, 'open_qa': 2}
+    >>> load_pool([{"id": "x", "prompt": "p", "task": "t"}, {"id": "x", "prompt": "q", "task": "t"}])
+    Traceback (most recent call last):
+    ...
+    taskdiv.errors.DataError: list, row 1, field 'id': duplicate id 'x' (also at row 2; 1 duplicate id(s) in all)
+    """
+    fields = FieldMap(id_field=id_field, prompt_field=prompt_field, task_field=task_field,
+                      response_field=response_field, prompt_template=prompt_template)
+    if isinstance(source, Pool):
+        return source
+    if isinstance(source, (str, Path)):
+        return _load_spec(str(source), fields, require_tasks=require_tasks)
+    if isinstance(source, pd.DataFrame):
+        return pool_from_frame(source, fields, source="DataFrame", require_tasks=require_tasks)
+    if isinstance(source, list):
+        if not all(isinstance(r, dict) for r in source):
+            raise TaskdivError("a list pool holds one dict per prompt")
+        return pool_from_frame(pd.DataFrame(source), fields, source="list", require_tasks=require_tasks)
+    kind = type(source).__name__
+    if kind == "DatasetDict":
+        raise TaskdivError(f"a DatasetDict holds several splits ({', '.join(source)}); pass one of them, "
+                           f"e.g. dataset[{next(iter(source))!r}]")
+    if kind == "Dataset" and hasattr(source, "with_format"):
+        return pool_from_frame(arrow_to_pandas(source.with_format("arrow")[:]), fields, source="Dataset",
+                               require_tasks=require_tasks)
+    raise TaskdivError(f"cannot read a pool from a {kind}: pass a path or pool spec, a DataFrame, a "
+                       f"datasets.Dataset or a list of dicts")
+
+
+def score(pool, *, model: str = "gemma-3-270m", per_task: int | None = None, max_new_tokens: int = 32,
+          seed: int = 0, out: str | Path | None = None, **options) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The base model's confidence on each prompt (or a seeded sample of `per_task` per task),
+    and per task: `(scores, tasks)`, as `taskdiv score` writes them to scores.csv and tasks.csv.
+
+    `pool`: anything `load_pool` reads. `model`: an embedded name (gemma-3-270m,
+    smollm2-135m-instruct), a local directory, a `taskdiv train` run, or a hub id. Other
+    options are `taskdiv score`'s (dtype, batch_size, metric, target_ci, chat_template, ...).
+    `out`: where the files go (default: a temporary directory, removed after). Scores are
+    cached in $TASKDIV_CACHE/scores, keyed by the model's content hash and the settings:
+    scoring the same prompts again generates nothing (`scores.attrs["reused"]`).
+
+    >>> scores, tasks = score([{"prompt": "2 + 2 =", "task": "math"}, {"prompt": "Hi!", "task": "chat"}],
+    ...                       model="smollm2-135m-instruct", max_new_tokens=2)
+    >>> list(tasks.columns)
+    ['task', 'available', 'scored', 'confidence', 'sd', 'ci_low', 'ci_high']
+    >>> bool(scores["confidence"].between(0, 1).all()), len(scores)
+    (True, 2)
+    """
+    from .config import build
+    from .scoring import ScoreConfig, _score
+
+    loaded = load_pool(pool)
+    with tempfile.TemporaryDirectory(prefix="taskdiv-score-") as tmp:
+        target = Path(out) if out is not None else Path(tmp)
+        cfg = build(ScoreConfig, {"pool": loaded.source if isinstance(pool, (str, Path)) else f"<{loaded.source}>",
+                                  "model": str(model), "per_task": per_task, "max_new_tokens": max_new_tokens,
+                                  "seed": seed, "out": str(target), **options})
+        return _score(cfg, pool=loaded)
+
+
+def select(pool, budget, *, strategy: str = "weighted-task-diversity", scores=None, seed: int = 0,
+           exclude=None, **params):
+    """Which prompts to annotate: `(selection, allocation)` as DataFrames, as `taskdiv select`
+    writes them to selection.jsonl and allocation.csv (Datasets when `pool` is one).
+
+    `budget`: a count (500) or a share of the pool ("20%"). `strategy`: random,
+    task-diversity, weighted-task-diversity (the default; needs scores), proportional,
+    k-center, uncertainty, ... `scores`: a DataFrame with `id` and `confidence` (what
+    `score` returns), a path to a scores file, or the name of a column of the pool.
+    `exclude`: ids already annotated (a list, or a file). Other parameters: `within`,
+    `min_per_task`, `max_per_task`.
+
+    >>> rows = [{"id": f"{t}{i}", "prompt": f"question {i} of {t}", "task": t}
+    ...         for t, n in (("a", 2), ("b", 6), ("c", 10)) for i in range(n)]
+    >>> confidence = pd.DataFrame({"id": [r["id"] for r in rows],
+    ...                            "confidence": [{"a": 0.9, "b": 0.3, "c": 0.2}[r["task"]] for r in rows]})
+    >>> chosen, allocation = select(rows, 10, scores=confidence, seed=0)
+    >>> allocation.set_index("task")["allocated"].to_dict()
+    {'a': 1, 'b': 4, 'c': 5}
+    >>> len(chosen), list(chosen.columns[:3])
+    (10, ['id', 'task', 'prompt'])
+    >>> select(rows, 10, strategy="task-diversity")[1].set_index("task")["allocated"].to_dict()
+    {'a': 2, 'b': 4, 'c': 4}
+    """
+    from .selection import SelectConfig
+    from .selection import select as _select
+
+    loaded = load_pool(pool)
+    table = None
+    path = None
+    if isinstance(scores, pd.DataFrame):
+        table = score_table(scores, "scores DataFrame")
+    elif isinstance(scores, str) and scores in _columns(pool):
+        # A column of the rows given (empty where a prompt was not scored); the pool keeps their order.
+        values = pd.Series(_column(pool, scores), dtype=float).to_numpy()
+        column = pd.DataFrame({"id": loaded.frame["id"].to_numpy(), "confidence": values})
+        table = score_table(column[column["confidence"].notna()], f"pool column {scores!r}")
+    elif scores is not None:
+        path = str(scores)
+    exclude_file = None
+    with tempfile.TemporaryDirectory(prefix="taskdiv-select-") as tmp:
+        if exclude is not None and not isinstance(exclude, (str, Path)):
+            exclude_file = Path(tmp) / "exclude.txt"
+            exclude_file.write_text("".join(f"{i}\n" for i in exclude), encoding="utf-8")
+        cfg = SelectConfig(pool=loaded.source, budget=str(budget), strategy=strategy, scores=path, seed=seed,
+                           exclude=str(exclude_file or exclude) if exclude is not None else None, out=tmp, **params)
+        chosen, allocation = _select(cfg, pool=loaded, scores=table)
+    if type(pool).__name__ == "Dataset":
+        import datasets
+
+        return (datasets.Dataset.from_pandas(chosen, preserve_index=False),
+                datasets.Dataset.from_pandas(allocation, preserve_index=False))
+    return chosen, allocation
+
+
+def _columns(source) -> list[str]:
+    if isinstance(source, pd.DataFrame):
+        return list(source.columns)
+    if isinstance(source, list):
+        return sorted({k for row in source if isinstance(row, dict) for k in row})
+    return list(getattr(source, "column_names", []) or [])
+
+
+def _column(source, name: str) -> list:
+    if isinstance(source, pd.DataFrame):
+        return source[name].tolist()
+    if isinstance(source, list):
+        return [row.get(name) for row in source]
+    return list(source[name])
+
+
+def allocate(sizes, budget: int, *, weights=None, floor: int = 0, ceilings=None, taken=None, seed: int = 0):
+    """Prompts per task: `b_t = min(n_t, lam * w_t)` with `sum b_t = budget` (water-filling;
+    even when `weights` is None, TaskDiversity; `1 / C_t` for WeightedTaskDiversity),
+    rounded to whole prompts by largest remainder, ties broken by `seed`.
+
+    `sizes`: prompts per task (n_t); `floor`/`ceilings`: at least / at most per task;
+    `taken`: per task, prompts annotated in earlier rounds (counted in the result).
+
+    >>> allocate([2, 6, 10], 10).tolist()
+    [2, 4, 4]
+    >>> allocate([2, 6, 10], 10, weights=[1 / 0.9, 1 / 0.3, 1 / 0.2]).tolist()
+    [1, 4, 5]
+    """
+    return _allocate(sizes, budget, weights=weights, floor=floor, ceilings=ceilings, taken=taken, seed=seed)

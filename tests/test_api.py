@@ -1,0 +1,82 @@
+"""The Python API (`import taskdiv`): its docstring examples run, and a notebook's whole job
+on a DataFrame and on a datasets.Dataset gives what the CLI gives on the same files."""
+import doctest
+import json
+
+import pandas as pd
+import pytest
+
+import taskdiv
+from taskdiv import api
+from taskdiv.cli import main
+from taskdiv.errors import DataError, TaskdivError
+
+
+def test_every_public_name_has_a_docstring_with_an_example_and_the_examples_pass(monkeypatch):
+    monkeypatch.setenv("TASKDIV_SHARED_SCORES", "0")
+    for name in ("load_pool", "score", "select", "allocate"):
+        assert ">>> " in (getattr(taskdiv, name).__doc__ or ""), name
+    assert set(taskdiv.__all__) >= {"load_pool", "score", "select", "allocate"}
+    result = doctest.testmod(api, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 15 and result.failed == 0, result
+
+
+def _rows():
+    sizes = {"refunds": 3, "billing": 6, "shipping": 10}
+    return [{"id": f"{t}-{i}", "prompt": f"Customer message {i} about {t}: what do we answer?", "task": t,
+             "response": f"answer {i}"} for t, n in sizes.items() for i in range(n)]
+
+
+def test_load_pool_validates_in_memory_rows_as_the_cli_validates_files():
+    frame = pd.DataFrame(_rows())
+    assert len(taskdiv.load_pool(frame)) == 19
+    with pytest.raises(DataError, match=r"DataFrame, row 3, field 'task'"):
+        taskdiv.load_pool(frame.assign(task=["t", "t", None] + ["t"] * 16))
+    with pytest.raises(DataError, match=r"field 'prompt'"):
+        taskdiv.load_pool(frame.drop(columns="prompt"))
+    with pytest.raises(DataError, match="duplicate id"):
+        taskdiv.load_pool(frame.assign(id="same"))
+    with pytest.raises(TaskdivError, match="cannot read a pool from a int"):
+        taskdiv.load_pool(3)
+    datasets = pytest.importorskip("datasets")
+    with pytest.raises(TaskdivError, match="several splits"):
+        taskdiv.load_pool(datasets.DatasetDict({"train": datasets.Dataset.from_list(_rows())}))
+
+
+@pytest.mark.parametrize("kind", ["DataFrame", "Dataset"])
+def test_a_notebook_does_the_whole_job_and_matches_the_cli(kind, tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TASKDIV_SHARED_SCORES", "1")
+    monkeypatch.setenv("TASKDIV_CACHE", str(tmp_path / "cache"))
+    rows = _rows()
+    if kind == "DataFrame":
+        data = pd.DataFrame(rows)
+    else:
+        datasets = pytest.importorskip("datasets")
+        data = datasets.Dataset.from_list(rows)
+    pool = taskdiv.load_pool(data)
+    scores, tasks = taskdiv.score(pool, model=str(tiny_model_dir), max_new_tokens=3, per_task=4)
+    assert len(scores) == 3 + 4 + 4 and tasks.set_index("task")["available"].to_dict() == {
+        "billing": 6, "refunds": 3, "shipping": 10}
+    chosen, allocation = taskdiv.select(data, 9, scores=scores, seed=3)
+    if kind == "Dataset":
+        assert type(chosen).__name__ == "Dataset"
+        chosen, allocation = chosen.to_pandas(), allocation.to_pandas()
+    # The CLI on the same files: the same scores (from the shared cache) and the same selection.
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["score", str(path), "--model", str(tiny_model_dir), "--max-new-tokens", "3", "--per-task", "4",
+                 "--out", str(tmp_path / "s"), "--no-progress"]) == 0
+    cli_scores = pd.read_csv(tmp_path / "s" / "scores.csv")
+    assert cli_scores["id"].tolist() == scores["id"].tolist()
+    assert cli_scores["confidence"].round(6).tolist() == scores["confidence"].round(6).tolist()
+    assert main(["select", str(path), "--budget", "9", "--scores", str(tmp_path / "s" / "scores.csv"), "--seed", "3",
+                 "--out", str(tmp_path / "sel")]) == 0
+    cli_ids = [json.loads(x)["id"] for x in (tmp_path / "sel" / "selection.jsonl").read_text().splitlines()]
+    assert chosen["id"].tolist() == cli_ids
+    assert allocation["allocated"].sum() == 9
+    # Scores from a column of the pool, and ids to exclude as a list.
+    with_conf = pd.DataFrame(rows).merge(scores[["id", "confidence"]], on="id", how="left")
+    again, _ = taskdiv.select(with_conf, 9, scores="confidence", seed=3)
+    assert again["id"].tolist() == cli_ids
+    rest, _ = taskdiv.select(pd.DataFrame(rows), 5, strategy="task-diversity", exclude=cli_ids[:4])
+    assert not set(rest["id"]) & set(cli_ids[:4])
