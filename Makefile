@@ -3,7 +3,6 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip
 TASKDIV := $(VENV)/bin/taskdiv
 # uv installs .venv and .venv-vllm: it downloads and installs in parallel where pip goes
 # one package at a time, and resolves to the same versions. It comes from PyPI into a
