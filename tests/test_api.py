@@ -9,7 +9,7 @@ import pytest
 import taskdiv
 from taskdiv import api
 from taskdiv.cli import main
-from taskdiv.errors import DataError, TaskdivError
+from taskdiv.common.errors import DataError, TaskdivError
 
 
 def test_every_public_name_has_a_docstring_with_an_example_and_the_examples_pass(monkeypatch):

@@ -6,10 +6,11 @@ import json
 import shutil
 
 import pytest
-
 from conftest import write_jsonl
-from taskdiv import cli, models, training
-from taskdiv.errors import DataError, TaskdivError
+
+from taskdiv import cli, training
+from taskdiv.common.errors import DataError, TaskdivError
+from taskdiv.engines import models
 from taskdiv.training import TrainConfig, train
 
 
@@ -273,7 +274,7 @@ def test_a_target_module_typo_is_refused_and_the_corrected_rerun_accepted(tiny_m
 
 
 def test_a_dataset_directory_is_hashed_by_content(tmp_path):
-    from taskdiv.fileio import file_sha256
+    from taskdiv.common.inputs import file_sha256
 
     d = tmp_path / "ds"
     d.mkdir()

@@ -9,7 +9,7 @@
 The names are imported on first use, so `import taskdiv` stays light (no torch).
 See `taskdiv.api` and the docs' API page.
 """
-from ._version import __version__
+from .common.version import __version__
 
 __all__ = ["load_pool", "score", "select", "allocate", "Pool", "TaskdivError", "__version__"]
 

@@ -22,7 +22,7 @@ Rules (each case is reported by id, on screen and in import-round-N.json):
   selection), or, with skip_unknown, dropped and reported; a prompt whose text
   differs from the selection's is an error.
 Nothing is written unless the whole file is valid and holds something to import, and
-the three outputs are replaced as one unit (fileio.output_set), under a lock on the
+the three outputs are replaced as one unit (atomic.output_set), under a lock on the
 store's directory held from reading the store to the rename, so two imports into one
 shared store at once both land. A store that is a
 symbolic link (one store shared by several projects) is written through the link, and
@@ -36,9 +36,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import DataError, TaskdivError
-from ..fileio import (check_output_file, dump_jsonl, dumps_json, iter_jsonl, locked, nearest_existing, output_set,
-                      remove_stale)
+from ..common.atomic import output_set
+from ..common.errors import DataError, TaskdivError
+from ..common.inputs import iter_jsonl
+from ..common.locks import locked, remove_stale
+from ..common.outputs import check_output_file, nearest_existing
+from ..common.writers import dump_jsonl, dumps_json
 from .answers import Item
 
 STORE_NAME = "annotations.jsonl"
@@ -255,7 +258,7 @@ def _ingest(items, selection, out, store_path, *, source, fmt, selection_path, s
 
 def clear_leftovers(store_path: Path, out: Path) -> None:
     """Remove what an import killed while writing (SIGKILL, a crash) left in the store's directory:
-    the temporaries of the store, its round report and the SFT dataset (fileio.output_set names
+    the temporaries of the store, its round report and the SFT dataset (atomic.output_set names
     them .NAME.XXXXXXXX.tmp) and the copies it keeps while renaming (.NAME.PID.N.old). Called
     under the store's lock, so no other import is writing them; the SFT dataset's only when it
     lies in that directory (elsewhere another import, into another store, may be writing it)."""
