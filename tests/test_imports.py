@@ -65,8 +65,9 @@ PACKAGES: list[dict[str, list[set[str]]]] = [
     ], "caches": [{"caches"}]},                                        # taskdiv cache
     # every stage, end to end
     {"experiments": [
-        {"experiments", "experiments.grid", "experiments.collate",     # the grid; EXP's tables;
+        {"experiments", "experiments.grid",                            # the grid;
          "experiments.provenance", "experiments.rounds"},              # the code's commit; two rounds
+        {"experiments.collate"},                                       # EXP's tables from its runs
         {"experiments.runner"},                                        # runs the grid, resumes, reuses twins
         {"experiments.commands"},                                      # taskdiv experiment
     ]},
