@@ -619,7 +619,7 @@ def test_a_first_import_locks_the_store_directory_it_makes(selection, tmp_path):
     worker = threading.Thread(target=first_import)
     worker.start()
     assert inside.wait(30) and directory.is_dir()
-    fd = os.open(directory / "taskdiv.lock", os.O_RDONLY)  # what a second import, finding the directory, locks
+    fd = os.open(directory, os.O_RDONLY)  # what a second import, finding the directory, locks
     try:
         with pytest.raises(BlockingIOError):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

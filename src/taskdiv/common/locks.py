@@ -1,10 +1,5 @@
 """Inter-process locks on a directory (the cache, an annotation store): a second process waits,
 then finds the work done; leftovers of a killed holder are removed under the lock.
-
-The lock is `filelock`'s on a file in the directory, LOCK_NAME (flock on Unix, LockFileEx on
-Windows), which the kernel releases when the holder exits or is killed. The file stays (empty)
-after a release: removing it could let a third process lock a new file while a second still
-holds the old one.
 """
 from __future__ import annotations
 
@@ -14,42 +9,34 @@ import os
 import shutil
 from pathlib import Path
 
-import filelock
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks; concurrent first uses are not guarded
+    fcntl = None
 
 log = logging.getLogger(__name__)
-
-# Without a leading dot: a dot-file in the cache is what a killed writer leaves (`remove_stale`).
-LOCK_NAME = "taskdiv.lock"
-
-
-def lock_path(directory: str | os.PathLike) -> Path:
-    """The file whose lock stands for `directory`'s."""
-    return Path(directory) / LOCK_NAME
 
 
 @contextlib.contextmanager
 def locked(directory: str | os.PathLike, doing: str):
     """Hold an exclusive lock on `directory` while `doing` (e.g. "fetching BIG-bench").
 
-    A directory where no lock file can be made (read-only) is not locked: nothing can be
-    written there either, and the write that follows fails naming its own file. Under the
-    lock, any staging file or directory a killed holder left behind is known to be stale
-    (`remove_stale`)."""
-    lock = filelock.FileLock(lock_path(directory))
+    The lock is an flock on the directory itself, so taking it writes nothing, and the
+    kernel releases it when the holder exits or is killed: a second process waits,
+    then finds the work done. Under the lock, any staging file or directory a killed
+    holder left behind is known to be stale (`remove_stale`).
+    """
+    fd = os.open(directory, os.O_RDONLY)
     try:
-        try:
-            lock.acquire(timeout=0)
-        except filelock.Timeout:
-            log.warning("waiting for another taskdiv process %s", doing)
-            lock.acquire()
-    except OSError as e:  # a read-only directory
-        log.debug("%s: not locked (%s)", directory, e)
-        lock = None
-    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.warning("waiting for another taskdiv process %s", doing)
+                fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        if lock is not None:
-            lock.release()
+        os.close(fd)  # releases the lock
 
 
 def remove_stale(directory: Path, pattern: str) -> None:
