@@ -425,7 +425,8 @@ def _driver_error(e: Exception) -> TaskdivError:
     if isinstance(cause, TaskdivError):
         return TaskdivError(str(cause))
     text = str(e)
-    ours = re.search(r"^taskdiv\.errors\.TaskdivError: (.+)$", text, re.M)
+    # A worker's TaskdivError comes back as text, named by its module path.
+    ours = re.search(rf"^{re.escape(TaskdivError.__module__)}\.TaskdivError: (.+)$", text, re.M)
     if ours:
         return TaskdivError(ours.group(1))
     inner = [m for m in re.findall(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$", text, re.M)
