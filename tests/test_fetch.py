@@ -29,7 +29,7 @@ from taskdiv.common.errors import TaskdivError
 from taskdiv.engines import models
 from taskdiv.pool import bigbench
 
-SRC = Path(bigbench.__file__).resolve().parents[1]
+SRC = Path(bigbench.__file__).resolve().parents[2]  # src/taskdiv/pool/bigbench.py: the src directory
 
 
 def snapshot(root: Path) -> dict[str, int]:

@@ -216,7 +216,7 @@ def test_a_killed_run_loses_only_the_requests_in_flight(fake_judge, judge_files,
     cmd = [sys.executable, "-m", "taskdiv.cli", "evaluate", str(outs), "--suite", "judge", "--judge-url", url,
            "--judge-model", FAKE, "--judge-data", str(ref), "--judge-cache", str(cache), "--judge-concurrency", "1",
            "--out", str(tmp_path / "r"), "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": str(Path(judge.__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(judge.__file__).parents[2])}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
