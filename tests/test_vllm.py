@@ -323,7 +323,7 @@ def test_no_server_outlives_its_owner(fake_python, tmp_path, how):
     script = textwrap.dedent(f"""
         import signal, time
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        from taskdiv.vllm_server import VLLMServer
+        from taskdiv.engines.vllm_server import VLLMServer
         with VLLMServer({str(tmp_path / 'm')!r}, python={str(fake_python)!r}) as server:
             print(server.proc.pid, flush=True)
             time.sleep(3600)
