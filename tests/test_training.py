@@ -204,7 +204,7 @@ def test_help_of_train_and_evaluate(capsys):
             cli.main(words + ["--help"])
         assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert "--method {lora,full}" in out and "--suite {heldout,mmlu,bbh}" in out
+    assert "--method {lora,full}" in out and "--suite {heldout,mmlu,bbh,judge}" in out
 
 
 def test_cli_train_prints_loss(tiny_model_dir, tmp_path, capsys):

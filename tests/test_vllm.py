@@ -222,7 +222,7 @@ def test_a_missing_vllm_is_one_line_with_the_install_hint(tmp_path, small_pool, 
 
 def test_evaluate_engine_options_are_checked(tmp_path, capsys):
     assert main(["evaluate", MODEL, "--suite", "mmlu", "--engine", "vllm", "--out", str(tmp_path / "e")]) == 1
-    assert "--engine vllm evaluates the heldout suite" in capsys.readouterr().err
+    assert "--engine vllm evaluates the heldout and judge suites" in capsys.readouterr().err
     assert main(["evaluate", MODEL, "--vllm-url", "http://127.0.0.1:1", "--out", str(tmp_path / "e")]) == 1
     assert "--vllm-url apply to --engine vllm only" in capsys.readouterr().err
 
