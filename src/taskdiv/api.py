@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .common.errors import TaskdivError
+from .common.errors import DataError, TaskdivError
 from .pool.container import Pool, arrow_to_pandas
 from .pool.fields import FieldMap
 from .pool.load import load_pool as _load_spec
@@ -27,7 +27,7 @@ from .pool.load import pool_from_frame
 from .selection.allocation import allocate as _allocate
 from .selection.scores import score_table
 
-__all__ = ["load_pool", "score", "select", "allocate", "Pool", "TaskdivError"]
+__all__ = ["load_pool", "score", "select", "allocate", "Pool", "TaskdivError", "DataError"]
 
 
 def load_pool(source, *, id_field: str = "id", prompt_field: str = "prompt", task_field: str = "task",
