@@ -43,7 +43,7 @@ import pandas as pd
 from ..common.atomic import output_set
 from ..common.errors import DataError, TaskdivError
 from ..common.inputs import iter_jsonl
-from ..common.locks import locked, remove_stale
+from ..common.locks import LOCK_NAME, locked, remove_stale
 from ..common.outputs import check_output_file, nearest_existing
 from ..common.writers import dump_jsonl, dumps_json
 from .answers import Answer, Item
@@ -286,6 +286,8 @@ def store_lock(directory: Path, doing: str):
         finally:
             for p in made:  # deepest first
                 with contextlib.suppress(OSError):  # not empty: the import landed
+                    if p == directory and [c.name for c in p.iterdir()] == [LOCK_NAME]:
+                        (p / LOCK_NAME).unlink()  # only the lock's file (no fcntl): nothing landed
                     p.rmdir()
 
 
