@@ -64,43 +64,12 @@ def _normalise(raw: pd.DataFrame, fields: FieldMap, *, source: str, where: str,
 
 
 def _normalise_rows(raw, fields, source, where, require_tasks, ranking):
+    """The pool columns of `raw`, checked in this order: prompt, task, the fields named on the
+    command line, response, ids. Returns (frame, ranks of the ids or None, task codes or None)."""
     cols = set(raw.columns)
-    # The line (JSONL) or row number of the i-th row, for errors.
-    numbers = raw["__line__"].to_numpy() if "__line__" in cols else None
-
-    def lines(i):
-        return int(numbers[i]) if numbers is not None else int(i) + 1
-
-    loc = "line" if where == "line" else "row"
-
-    def err(message, i, fld):
-        return DataError(message, file=source, field=fld, **{loc: lines(i)})
-
-    shape = _detect_shape(cols, fields)
+    err, loc, lines = _row_errors(raw, source, where)
     out = pd.DataFrame(index=raw.index)
-    response = None
-    if shape == "alpaca":
-        prompt = _render_template(raw, "{instruction}\n\n{input}" if "input" in cols else "{instruction}", err,
-                                  source)
-        response = raw["output"]
-        _check_types(response, "output", err, what="response", numbers=True)
-        log.info("%s: recognised the Alpaca shape (instruction/input/output)", source)
-    elif shape == "chat":
-        key = "messages" if "messages" in cols else "conversations"
-        prompt, response = _first_turns(raw[key], key, err)
-        log.info("%s: recognised the chat shape (%s)", source, key)
-    elif fields.prompt_template:
-        prompt = _render_template(raw, fields.prompt_template, err, source)
-    else:
-        if fields.prompt_field not in cols:
-            raise DataError(f"no prompt field {fields.prompt_field!r}; the source has "
-                            f"{_source_fields(cols)} "
-                            f"(map it with --prompt-field or --prompt-template)", file=source)
-        prompt = raw[fields.prompt_field]
-    prompt_name = fields.prompt_field if shape == "mapped" and not fields.prompt_template else "prompt"
-    if shape == "chat":
-        prompt_name = key  # the first user turn's content
-    out["prompt"] = _check_text(prompt, prompt_name, err, what="prompt", numbers=False)
+    out["prompt"], response = _prompt_and_response(raw, fields, cols, err, source)
 
     codes = None
     if fields.task_field in cols:
@@ -110,42 +79,19 @@ def _normalise_rows(raw, fields, source, where, require_tasks, ranking):
         raise DataError(f"no task field {fields.task_field!r}; map it with --task-field, "
                         f"or use --tasks auto to cluster prompts into tasks", file=source)
 
-    defaults = FieldMap()
-    for name, given, default in (("--id-field", fields.id_field, defaults.id_field),
-                                 ("--response-field", fields.response_field, defaults.response_field)):
-        if given != default and given not in cols:  # asked for by name: not silently generated or dropped
-            raise DataError(f"no field {given!r} ({name}); the source has "
-                            f"{_source_fields(cols)}", file=source)
+    _check_named_fields(fields, cols, source)
     if response is None and fields.response_field in cols:
         response = raw[fields.response_field]
         # A list (several references) or a bool would become text by accident.
         _check_types(response, fields.response_field, err, what="response", numbers=True)
-    if response is not None and response.dtype != object and pd.api.types.is_string_dtype(response.dtype) \
-            and not response.isna().any():
-        out["response"] = response  # already text, none missing: no per-row copy of millions of strings
-    elif response is not None:
-        values = response.to_numpy(dtype=object).copy()
-        missing = pd.isna(values)
-        values[missing] = None
-        values[~missing] = [str(v) for v in values[~missing]]
-        out["response"] = pd.Series(values, index=out.index, dtype=object)
-    if "response" in out.columns:
-        blank = _blank(out["response"].fillna("")) & out["response"].notna().to_numpy()
-        if blank.any():  # an empty cell (CSV) or "" is no reference response
-            out["response"] = out["response"].astype(object).where(~blank, None)
+    if response is not None:
+        out["response"] = _response_text(response, out.index)
     for extra in ("choices", "targets"):
         if extra in cols:
             out[extra] = raw[extra]
 
     if fields.id_field in cols:
-        ids = raw[fields.id_field]
-        _check_types(ids, fields.id_field, err, what="id", numbers=True)  # a list or bytes is no id
-        missing = ids.isna().to_numpy()
-        if not missing.any():  # an empty CSV cell, or "", is no id either
-            missing = _blank(ids.astype(str))
-        if missing.any():
-            raise err("missing id", int(np.argmax(missing)), fields.id_field)
-        out["id"] = ids.astype(str)
+        out["id"] = _given_ids(raw[fields.id_field], fields.id_field, err)
         if codes is None and "task" in out.columns:
             codes = task_codes(out["task"])  # while the ids are ranked
         # Started by _normalise for every column of text or numbers without a missing id.
@@ -155,6 +101,89 @@ def _normalise_rows(raw, fields, source, where, require_tasks, ranking):
         out["id"], ranks = _generate_ids(out.get("task"), out["prompt"], source), None
     order = ["id", "prompt"] + [c for c in ("task",) + OPTIONAL_COLUMNS if c in out.columns]
     return out[order].reset_index(drop=True), ranks, codes
+
+
+def _row_errors(raw: pd.DataFrame, source: str, where: str):
+    """(err, loc, lines): err(message, i, field) is the DataError for the i-th row, naming
+    its line (JSONL) or row; loc is "line" or "row"; lines(i) is the i-th row's number."""
+    numbers = raw["__line__"].to_numpy() if "__line__" in raw.columns else None
+
+    def lines(i):
+        return int(numbers[i]) if numbers is not None else int(i) + 1
+
+    loc = "line" if where == "line" else "row"
+
+    def err(message, i, fld):
+        return DataError(message, file=source, field=fld, **{loc: lines(i)})
+
+    return err, loc, lines
+
+
+def _prompt_and_response(raw: pd.DataFrame, fields: FieldMap, cols: set, err,
+                         source: str) -> tuple[pd.Series, pd.Series | None]:
+    """The checked prompts, by the source's shape (Alpaca, chat, a template or the prompt
+    field), and the responses the shape itself carries (None for the mapped shape)."""
+    shape = _detect_shape(cols, fields)
+    response = None
+    prompt_name = "prompt"
+    if shape == "alpaca":
+        prompt = _render_template(raw, "{instruction}\n\n{input}" if "input" in cols else "{instruction}", err,
+                                  source)
+        response = raw["output"]
+        _check_types(response, "output", err, what="response", numbers=True)
+        log.info("%s: recognised the Alpaca shape (instruction/input/output)", source)
+    elif shape == "chat":
+        key = "messages" if "messages" in cols else "conversations"
+        prompt, response = _first_turns(raw[key], key, err)
+        prompt_name = key  # the first user turn's content
+        log.info("%s: recognised the chat shape (%s)", source, key)
+    elif fields.prompt_template:
+        prompt = _render_template(raw, fields.prompt_template, err, source)
+    else:
+        if fields.prompt_field not in cols:
+            raise DataError(f"no prompt field {fields.prompt_field!r}; the source has "
+                            f"{_source_fields(cols)} "
+                            f"(map it with --prompt-field or --prompt-template)", file=source)
+        prompt = raw[fields.prompt_field]
+        prompt_name = fields.prompt_field
+    return _check_text(prompt, prompt_name, err, what="prompt", numbers=False), response
+
+
+def _check_named_fields(fields: FieldMap, cols: set, source: str) -> None:
+    """An --id-field or --response-field asked for by name must exist: not silently generated or dropped."""
+    defaults = FieldMap()
+    for name, given, default in (("--id-field", fields.id_field, defaults.id_field),
+                                 ("--response-field", fields.response_field, defaults.response_field)):
+        if given != default and given not in cols:
+            raise DataError(f"no field {given!r} ({name}); the source has "
+                            f"{_source_fields(cols)}", file=source)
+
+
+def _response_text(response: pd.Series, index: pd.Index) -> pd.Series:
+    """The reference responses as text; missing and blank ones (an empty CSV cell, "") become None."""
+    if response.dtype != object and pd.api.types.is_string_dtype(response.dtype) and not response.isna().any():
+        text = response  # already text, none missing: no per-row copy of millions of strings
+    else:
+        values = response.to_numpy(dtype=object).copy()
+        missing = pd.isna(values)
+        values[missing] = None
+        values[~missing] = [str(v) for v in values[~missing]]
+        text = pd.Series(values, index=index, dtype=object)
+    blank = _blank(text.fillna("")) & text.notna().to_numpy()
+    if blank.any():  # an empty cell (CSV) or "" is no reference response
+        text = text.astype(object).where(~blank, None)
+    return text
+
+
+def _given_ids(ids: pd.Series, name: str, err) -> pd.Series:
+    """The source's ids as text; a list or bytes, a missing id or a blank one is refused."""
+    _check_types(ids, name, err, what="id", numbers=True)
+    missing = ids.isna().to_numpy()
+    if not missing.any():  # an empty CSV cell, or "", is no id either
+        missing = _blank(ids.astype(str))
+    if missing.any():
+        raise err("missing id", int(np.argmax(missing)), name)
+    return ids.astype(str)
 
 
 def _check_unique(ids: pd.Series, ranks: np.ndarray, err, loc: str, lines) -> None:

@@ -217,17 +217,47 @@ def _score(cfg: ScoreConfig, loaded=None, pool: Pool | None = None) -> tuple[pd.
     check_options(cfg)
     pool = pool if pool is not None else load_pool(cfg.pool, cfg.field_map())
     if cfg.exclude:
-        excluded = set(map(str, read_ids(cfg.exclude)))
-        keep = ~pool.frame["id"].astype(str).isin(excluded)
-        log.info("--exclude %s: scoring the %d of %d prompts it does not name", cfg.exclude, int(keep.sum()),
-                 len(pool))
-        if not keep.any():
-            raise TaskdivError(f"--exclude {cfg.exclude} names every prompt of the pool: nothing to score")
-        pool = Pool(pool.frame[keep.to_numpy()].reset_index(drop=True), pool.source)
+        pool = _without_excluded(pool, cfg.exclude)
     ref = models.resolve(cfg.model)
     tokenizer = loaded[1] if loaded is not None else models.load_tokenizer(ref)
     chat = models.choose_chat(ref, tokenizer, cfg.chat_template)
+    context = _context_length(cfg, ref)
+    out = Path(cfg.out)
+    _open_out(out)
+    max_prompt = cfg.max_prompt_tokens or context - cfg.max_new_tokens
+    settings = _settings(cfg, ref, chat, max_prompt)
+    cache = ScoreCache(out / "cache.sqlite", settings)
+    shared = shared_cache(settings)
+    scorer = _make_scorer(cfg, ref, tokenizer, chat, max_prompt, cache, out, loaded)
+    started = time.perf_counter()
+    try:
+        scores, table, reused, from_shared = _score_rounds(cfg, pool, scorer, cache, shared)
+    finally:
+        _close(cache, shared, scorer, ours=loaded is None)
+    _write_outputs(out, scores, table, cfg, settings, ref.path, cache.key)
+    scores.attrs.update(reused=reused, from_shared=from_shared, computed=scorer.computed, seconds=time.perf_counter() - started,
+                        generation_seconds=scorer.seconds, available=len(pool.frame),
+                        engine=dict(getattr(scorer, "stats", {}), engine=cfg.engine))
+    log.info("scored %d of %d prompts: %d reused from the cache (%d of them from the shared cache), %d generated",
+             len(scores), len(pool.frame), reused, from_shared, scorer.computed)
+    return scores, table
+
+
+def _without_excluded(pool: Pool, exclude) -> Pool:
+    """The pool without the prompts --exclude names (an earlier selection, a store); none left is an error."""
+    excluded = set(map(str, read_ids(exclude)))
+    keep = ~pool.frame["id"].astype(str).isin(excluded)
+    log.info("--exclude %s: scoring the %d of %d prompts it does not name", exclude, int(keep.sum()), len(pool))
+    if not keep.any():
+        raise TaskdivError(f"--exclude {exclude} names every prompt of the pool: nothing to score")
+    return Pool(pool.frame[keep.to_numpy()].reset_index(drop=True), pool.source)
+
+
+def _context_length(cfg: ScoreConfig, ref) -> int:
+    """The model's context, checked to hold a prompt and its generated tokens together."""
     from transformers import AutoConfig
+
+    from ..engines import models
 
     context = models.context_length(AutoConfig.from_pretrained(ref.path))
     if cfg.max_new_tokens >= context or (cfg.max_prompt_tokens or 1) + cfg.max_new_tokens > context:
@@ -235,84 +265,98 @@ def _score(cfg: ScoreConfig, loaded=None, pool: Pool | None = None) -> tuple[pd.
                            + (f" and --max-prompt-tokens {cfg.max_prompt_tokens}" if cfg.max_prompt_tokens else "")
                            + f" do not fit the model's context of {context} tokens ({cfg.model}): a prompt and "
                              f"its generated tokens must fit together")
-    out = Path(cfg.out)
-    _open_out(out)
-    max_prompt = cfg.max_prompt_tokens or context - cfg.max_new_tokens
-    dtype = models.dtype_name(cfg.dtype)
-    settings = {"model": models.fingerprint(ref), "dtype": dtype, "max_new_tokens": cfg.max_new_tokens,
-                "chat": chat, "max_prompt_tokens": max_prompt, "format": FORMAT_VERSION}
+    return context
+
+
+def _settings(cfg: ScoreConfig, ref, chat, max_prompt: int) -> dict:
+    """What the cache keys scores by: the model's content hash, dtype, lengths, chat template, format, engine."""
+    from ..engines import models
+
+    settings = {"model": models.fingerprint(ref), "dtype": models.dtype_name(cfg.dtype),
+                "max_new_tokens": cfg.max_new_tokens, "chat": chat, "max_prompt_tokens": max_prompt,
+                "format": FORMAT_VERSION}
     if vllm_engine.uses_vllm(cfg):  # another engine, other numbers: rows of its own (the local key is unchanged)
         settings["engine"] = vllm_engine.engine_key(cfg)
-    cache = ScoreCache(out / "cache.sqlite", settings)
-    shared = shared_cache(settings)
+    return settings
+
+
+def _make_scorer(cfg: ScoreConfig, ref, tokenizer, chat, max_prompt: int, cache: ScoreCache, out: Path, loaded):
+    """The engine's scorer: vLLM, Ray, or the local one (on the caller's `loaded` model when given)."""
     if cfg.engine == "vllm":
-        scorer = vllm_engine.VLLMScorer(cfg, ref, tokenizer, chat, max_prompt, cache, log_path=out / "vllm-server.log")
-    elif cfg.engine == "ray":
+        return vllm_engine.VLLMScorer(cfg, ref, tokenizer, chat, max_prompt, cache, log_path=out / "vllm-server.log")
+    if cfg.engine == "ray":
         from ..engines.ray import RayScorer
 
-        scorer = RayScorer(cfg, ref, tokenizer, chat, max_prompt, cache)
-    else:
-        scorer = Scorer(cfg, ref, tokenizer, chat, max_prompt, cache,
-                        model=loaded[0] if loaded is not None else None)
-    started = time.perf_counter()
-    try:
-        frame = pool.frame
-        shas = np.array([prompt_sha(p) for p in frame["prompt"]], dtype=object)
-        stored = cache.stored()
-        shared_stored = shared.stored() if shared is not None else set()
-        from_shared = 0
-        orders = _sample_orders(pool, cfg.seed)
-        sizes = {t: len(o) if cfg.per_task is None else min(cfg.per_task, len(o)) for t, o in orders.items()}
-        chosen = np.zeros(len(frame), dtype=bool)
-        reused: set[str] = set()
-        round_no = 0
-        while True:
-            new = np.concatenate([orders[t][:k] for t, k in sizes.items()])  # load_pool refuses an empty pool
-            new = new[~chosen[new]]
-            chosen[new] = True
-            todo = {shas[i]: frame["prompt"].iat[i] for i in new}
-            if shared is not None:  # what another --out (or a notebook) scored with these settings
-                pulled = [s for s in todo if s not in stored and s in shared_stored]
-                if pulled:
-                    from_shared += cache.copy_from(shared, pulled)
-                    stored |= set(pulled)
-            reused |= {s for s in todo if s in stored}
-            todo = {s: p for s, p in todo.items() if s not in stored}
-            round_no += 1
-            scorer.run(todo, "scoring" if round_no == 1 else f"scoring (round {round_no})")
-            stored |= set(todo)
-            if shared is not None and todo:
-                shared.copy_from(cache, list(todo))
-                shared_stored |= set(todo)
-            scores = _scores_table(frame, shas, chosen, cache, cfg.metric)
-            table = task_table(scores, pool)
-            sizes = {} if cfg.target_ci is None else _next_sizes(table, cfg.target_ci)
-            if not sizes:
-                break
-            scored = table.set_index("task")["scored"]
-            log.info("--target-ci %g: %d task(s) still wider; scoring up to %d more prompt(s)", cfg.target_ci,
-                     len(sizes), sum(k - scored[t] for t, k in sizes.items()))
-    finally:
-        cache.close()
-        if shared is not None:
-            shared.close()
-        if hasattr(scorer, "close"):  # the vLLM engine's own server
-            scorer.close()
-        if loaded is None and getattr(scorer, "model", None) is not None:  # ours: dropped, not kept
-            scorer.model = None
-            models.free_memory()
+        return RayScorer(cfg, ref, tokenizer, chat, max_prompt, cache)
+    return Scorer(cfg, ref, tokenizer, chat, max_prompt, cache, model=loaded[0] if loaded is not None else None)
+
+
+def _score_rounds(cfg: ScoreConfig, pool: Pool, scorer, cache: ScoreCache,
+                  shared: ScoreCache | None) -> tuple[pd.DataFrame, pd.DataFrame, int, int]:
+    """Score the sample (--per-task), then, with --target-ci, more of every task still too wide,
+    round by round. Rows already in `cache`, or in `shared` (copied over), are not generated again;
+    new rows are copied into `shared`. Returns (scores, task table, prompts reused, of them from shared)."""
+    frame = pool.frame
+    shas = np.array([prompt_sha(p) for p in frame["prompt"]], dtype=object)
+    stored = cache.stored()
+    shared_stored = shared.stored() if shared is not None else set()
+    from_shared = 0
+    orders = _sample_orders(pool, cfg.seed)
+    sizes = {t: len(o) if cfg.per_task is None else min(cfg.per_task, len(o)) for t, o in orders.items()}
+    chosen = np.zeros(len(frame), dtype=bool)
+    reused: set[str] = set()
+    round_no = 0
+    while True:
+        new = np.concatenate([orders[t][:k] for t, k in sizes.items()])  # load_pool refuses an empty pool
+        new = new[~chosen[new]]
+        chosen[new] = True
+        todo = {shas[i]: frame["prompt"].iat[i] for i in new}
+        if shared is not None:  # what another --out (or a notebook) scored with these settings
+            pulled = [s for s in todo if s not in stored and s in shared_stored]
+            if pulled:
+                from_shared += cache.copy_from(shared, pulled)
+                stored |= set(pulled)
+        reused |= {s for s in todo if s in stored}
+        todo = {s: p for s, p in todo.items() if s not in stored}
+        round_no += 1
+        scorer.run(todo, "scoring" if round_no == 1 else f"scoring (round {round_no})")
+        stored |= set(todo)
+        if shared is not None and todo:
+            shared.copy_from(cache, list(todo))
+            shared_stored |= set(todo)
+        scores = _scores_table(frame, shas, chosen, cache, cfg.metric)
+        table = task_table(scores, pool)
+        sizes = {} if cfg.target_ci is None else _next_sizes(table, cfg.target_ci)
+        if not sizes:
+            return scores, table, len(reused), from_shared
+        scored = table.set_index("task")["scored"]
+        log.info("--target-ci %g: %d task(s) still wider; scoring up to %d more prompt(s)", cfg.target_ci,
+                 len(sizes), sum(k - scored[t] for t, k in sizes.items()))
+
+
+def _close(cache: ScoreCache, shared: ScoreCache | None, scorer, *, ours: bool) -> None:
+    """Close the caches and the vLLM engine's own server; drop the model when this call loaded it (`ours`)."""
+    from ..engines import models
+
+    cache.close()
+    if shared is not None:
+        shared.close()
+    if hasattr(scorer, "close"):  # the vLLM engine's own server
+        scorer.close()
+    if ours and getattr(scorer, "model", None) is not None:  # ours: dropped, not kept
+        scorer.model = None
+        models.free_memory()
+
+
+def _write_outputs(out: Path, scores: pd.DataFrame, table: pd.DataFrame, cfg: ScoreConfig, settings: dict,
+                   model_path, settings_key: str) -> None:
+    """scores.csv, scores.parquet, tasks.csv and config.yaml, replaced as one unit."""
     with output_set(*(out / name for name in OUTPUTS[:4])) as (csv_tmp, parquet_tmp, tasks_tmp, config_tmp):
         dump_table(csv_tmp, scores, ".csv")
         dump_table(parquet_tmp, scores, ".parquet")
         dump_table(tasks_tmp, table, ".csv")
         dump_yaml(config_tmp, {"command": "score", **to_dict(cfg),
-                               "resolved": {**settings, "model_path": ref.path, "settings_key": cache.key}})
-    scores.attrs.update(reused=len(reused), from_shared=from_shared, computed=scorer.computed, seconds=time.perf_counter() - started,
-                        generation_seconds=scorer.seconds, available=len(frame),
-                        engine=dict(getattr(scorer, "stats", {}), engine=cfg.engine))
-    log.info("scored %d of %d prompts: %d reused from the cache (%d of them from the shared cache), %d generated",
-             len(scores), len(frame), len(reused), from_shared, scorer.computed)
-    return scores, table
+                               "resolved": {**settings, "model_path": model_path, "settings_key": settings_key}})
 
 
 def _scores_table(frame: pd.DataFrame, shas: np.ndarray, chosen: np.ndarray, cache: ScoreCache,
