@@ -288,12 +288,12 @@ def test_a_dataset_directory_is_hashed_by_content(tmp_path):
 def test_group_by_length_computes_less_padding(tiny_model_dir, tmp_path):
     """Lengths that vary 30-fold: grouped batches pad far less than random ones, and the run
     records its padding ratio (tokens computed over real tokens)."""
-    rows = [{"id": f"r{i}", "task": "t", "prompt": "word " * (3 if i % 2 else 90), "response": "yes"}
-            for i in range(128)]  # transformers groups within megabatches of 128 // 4 here
+    rows = [{"id": f"r{i}", "task": "t", "prompt": "word " * (3 if i % 2 else 60), "response": "yes"}
+            for i in range(64)]  # transformers groups within megabatches of 64 // 4 = 16 here
     data = write_jsonl(tmp_path / "data.jsonl", rows)
     ratios = {}
     for grouped in (False, True):
         run = train(_cfg(data, tiny_model_dir, tmp_path / f"run-{grouped}", epochs=1, group_by_length=grouped))
         ratios[grouped] = json.loads((run / "train_metrics.json").read_text())["padding_ratio"]
-    assert ratios[True] < 1.2  # each megabatch of 32 sorted by length: at most one mixed batch in it
     assert ratios[False] > 1.4  # random batches of 8 mix both lengths
+    assert ratios[True] < 1.25  # each megabatch of 16 sorted by length: at most one of its 2 batches mixed
