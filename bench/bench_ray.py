@@ -30,9 +30,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from taskdiv import data, generation, models, scoring  # noqa: E402
-from taskdiv.config import build  # noqa: E402
-from taskdiv.fileio import write_jsonl  # noqa: E402
+from taskdiv.common.config import build  # noqa: E402
+from taskdiv.common.writers import write_jsonl  # noqa: E402
+from taskdiv.engines import local as generation  # noqa: E402
+from taskdiv.engines import models
+from taskdiv.pool.load import load_pool  # noqa: E402
+from taskdiv.scoring import commands as scoring  # noqa: E402
+from taskdiv.scoring.cache import prompt_sha  # noqa: E402
 
 POOL = "bench:demo?max_pool=50"
 
@@ -64,7 +68,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     args = parser.parse_args()
-    frame = data.load_pool(POOL).frame.sample(n=args.n, random_state=0).reset_index(drop=True)
+    frame = load_pool(POOL).frame.sample(n=args.n, random_state=0).reset_index(drop=True)
     work = Path(tempfile.mkdtemp(prefix="bench-ray-"))
     pool = work / "pool.jsonl"
     write_jsonl(pool, frame[["id", "prompt", "task"]].to_dict(orient="records"))
@@ -86,18 +90,18 @@ def main() -> None:
     context = getattr(AutoConfig.from_pretrained(ref.path), "max_position_embeddings", None) or 2048
     scorer = generation.Scorer(scoring.ScoreConfig(**common, out="unused"), ref, tok, chat,
                                context - args.max_new_tokens, cache=None)
-    prompts = {scoring.prompt_sha(p): p for p in frame["prompt"]}
+    prompts = {prompt_sha(p): p for p in frame["prompt"]}
     order, encoded = scorer.plan(prompts)
     batches = [(order[i:i + 16], [encoded[s][0] for s in order[i:i + 16]]) for i in range(0, len(order), 16)]
     t = time.perf_counter()
     hf = hf_generate_batched(model, tok, batches, scorer.eos_ids(model), args.max_new_tokens)
     t_hf = time.perf_counter() - t
     print(f"  HF generate, batched:    {t_hf:7.1f} s ({args.n / t_hf:.2f} prompts/s)", flush=True)
-    ours = dict(zip(frame["prompt"].map(scoring.prompt_sha), local.set_index("id").loc[frame["id"], "mean_prob"]))
+    ours = dict(zip(frame["prompt"].map(prompt_sha), local.set_index("id").loc[frame["id"], "mean_prob"]))
     diff = max(abs(ours[s] - hf[s]) for s in hf)
 
     t = time.perf_counter()
-    from taskdiv import distributed
+    from taskdiv.engines import ray as distributed
 
     distributed.connect(None, num_cpus=os.cpu_count())
     t_connect = time.perf_counter() - t

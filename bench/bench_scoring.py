@@ -39,10 +39,13 @@ os.environ.setdefault("TASKDIV_NO_PROGRESS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from taskdiv import data, generation, models, scoring  # noqa: E402
-from taskdiv.config import build  # noqa: E402
-from taskdiv.fileio import write_jsonl  # noqa: E402
-from taskdiv.selection import SelectConfig, select  # noqa: E402
+from taskdiv.common.config import build  # noqa: E402
+from taskdiv.common.writers import write_jsonl  # noqa: E402
+from taskdiv.engines import local as generation  # noqa: E402
+from taskdiv.engines import models
+from taskdiv.pool.load import load_pool  # noqa: E402
+from taskdiv.scoring import commands as scoring  # noqa: E402
+from taskdiv.selection.commands import SelectConfig, select  # noqa: E402
 
 THROUGHPUT_POOL = "bench:demo?max_pool=50"
 SAMPLING_POOL = "bench:demo?max_pool=100"
@@ -67,7 +70,7 @@ def naive(model, tok, prompts, chat, max_new_tokens):
 
 
 def throughput(model_name: str, n: int, work: Path) -> None:
-    frame = data.load_pool(THROUGHPUT_POOL).frame.sample(n=n, random_state=0).reset_index(drop=True)
+    frame = load_pool(THROUGHPUT_POOL).frame.sample(n=n, random_state=0).reset_index(drop=True)
     ref = models.resolve(model_name)
     print(f"model {model_name}; {n} prompts of {THROUGHPUT_POOL} (seeded sample); 32 new tokens; "
           f"default dtype here = {models.resolve_dtype('auto')}", flush=True)
@@ -121,7 +124,7 @@ def _allocation(scores_csv: Path, budget: int) -> pd.Series:
 def sampling(model_name: str, work: Path) -> None:
     ref = models.resolve(model_name)
     loaded = generation.load_model(ref, "auto")  # one load for the three runs below
-    pool_size = len(data.load_pool(SAMPLING_POOL))
+    pool_size = len(load_pool(SAMPLING_POOL))
     print(f"model {model_name}; pool {SAMPLING_POOL} ({pool_size} prompts, 30 tasks) stands in for the full demo "
           f"pool (92k prompts; too slow to score in full here); {SAMPLING_TOKENS} new tokens", flush=True)
     runs = {}

@@ -25,14 +25,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 import pyarrow as pa
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 
-from taskdiv.data import load_pool
-from taskdiv.kcenter import k_center, k_center_naive
-from taskdiv.selection import SelectConfig, select, write_selection
+from taskdiv.pool.load import load_pool
+from taskdiv.selection.commands import SelectConfig, select, write_selection
+from taskdiv.selection.kcenter import k_center, k_center_naive
+
 
 def make_pool(root: Path, n=1_000_000, tasks=10_000, seed=0):
     rng = np.random.default_rng(seed)
@@ -130,8 +130,8 @@ import json, resource, sys, time
 import pyarrow as pa, pyarrow.json as pj, pyarrow.parquet as pq
 what, root, fmt = sys.argv[1:4]
 if what != "bare":
-    from taskdiv.data import load_pool
-    from taskdiv.selection import SelectConfig, select, write_selection
+    from taskdiv.pool.load import load_pool
+    from taskdiv.selection.commands import SelectConfig, select, write_selection
 t = time.perf_counter()
 if what in ("bare", "inputs"):
     n = (pj.read_json(f"{root}/pool.jsonl", read_options=pj.ReadOptions(block_size=1 << 24)) if fmt == "jsonl"
@@ -141,7 +141,7 @@ if what in ("bare", "inputs"):
 elif what == "floor":  # the least any selection must do; see bench_scale
     from concurrent.futures import ThreadPoolExecutor
     import numpy as np, pyarrow.compute as pc
-    from taskdiv.fileio import dump_jsonl
+    from taskdiv.common.writers import dump_jsonl
     with ThreadPoolExecutor(max_workers=1) as helper:
         scores = helper.submit(pq.read_table, f"{root}/scores.parquet")
         pool = (pj.read_json(f"{root}/pool.jsonl", read_options=pj.ReadOptions(block_size=1 << 24))

@@ -32,7 +32,7 @@ TASKS = ("sports_understanding,navigate,hyperbaton,formal_fallacies,causal_judge
 
 def one(kind: str, model: str, dtype: str, data: str) -> dict:
     """A single measurement (runs in the child process, so the peak memory is its own)."""
-    from taskdiv.evaluation import EvalConfig, evaluate
+    from taskdiv.evaluation.commands import EvalConfig, evaluate
     from taskdiv.training import TrainConfig, train
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,8 +74,8 @@ def measure(kind, model, dtype, data) -> dict:
 
 def write_data(tmp: str, n_train: int, n_eval: int) -> dict[str, str]:
     """The pool part (training) and test part (evaluation) of twelve BBH tasks as JSONL files."""
-    from taskdiv.data import load_pool
-    from taskdiv.fileio import write_jsonl
+    from taskdiv.common.writers import write_jsonl
+    from taskdiv.pool.load import load_pool
 
     train = load_pool(f"bbh:{TASKS}?max_pool={max(1, n_train // 12)}").frame
     test = load_pool(f"bbh:{TASKS}?split=test").frame.groupby("task").head(max(1, n_eval // 12))

@@ -36,10 +36,13 @@ os.environ.setdefault("TASKDIV_NO_PROGRESS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from taskdiv import data, generation, models, scoring  # noqa: E402
-from taskdiv.config import build  # noqa: E402
-from taskdiv.errors import TaskdivError  # noqa: E402
-from taskdiv.fileio import write_jsonl  # noqa: E402
+from taskdiv.common.config import build  # noqa: E402
+from taskdiv.common.errors import TaskdivError  # noqa: E402
+from taskdiv.common.writers import write_jsonl  # noqa: E402
+from taskdiv.engines import local as generation  # noqa: E402
+from taskdiv.engines import models
+from taskdiv.pool.load import load_pool  # noqa: E402
+from taskdiv.scoring import commands as scoring  # noqa: E402
 
 POOL = "bench:demo"
 NEW_TOKENS = 32
@@ -77,14 +80,14 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     args = parser.parse_args()
 
-    from taskdiv.vllm_server import VLLMServer, vllm_python
+    from taskdiv.engines.vllm_server import VLLMServer, vllm_python
 
     try:
         python = vllm_python()
     except TaskdivError as e:
         print(f"skipped: {e}")
         return
-    frame = data.load_pool(POOL).frame.sample(n=args.n, random_state=0).reset_index(drop=True)
+    frame = load_pool(POOL).frame.sample(n=args.n, random_state=0).reset_index(drop=True)
     ref = models.resolve(args.model)
     dtype = models.dtype_name(args.dtype)
     model, tok = generation.load_model(ref, args.dtype)

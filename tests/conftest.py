@@ -51,7 +51,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from taskdiv import models
+    from taskdiv.engines import models
 
     tok = models.load_tokenizer(models.resolve("smollm2-135m-instruct"))
     out = tmp_path_factory.mktemp("tiny-model")
@@ -75,8 +75,8 @@ def vllm_python() -> str:
     """The Python of a venv with vLLM (`make vllm` builds .venv-vllm; `make test` passes it as
     TASKDIV_VLLM_PYTHON). Without one the vLLM tests skip, except where TASKDIV_VLLM_PYTHON
     or CI is set: there a missing vLLM fails them."""
-    from taskdiv.errors import TaskdivError
-    from taskdiv.vllm_server import vllm_python as find
+    from taskdiv.common.errors import TaskdivError
+    from taskdiv.engines.vllm_server import vllm_python as find
 
     try:
         return find()
@@ -95,8 +95,8 @@ def vllm_server(vllm_python, tmp_path_factory):
     hand that serves the same, to iterate on a test without a start-up per run)."""
     from types import SimpleNamespace
 
-    from taskdiv import models
-    from taskdiv.vllm_server import VLLMServer
+    from taskdiv.engines import models
+    from taskdiv.engines.vllm_server import VLLMServer
 
     if os.environ.get("TASKDIV_TEST_VLLM_URL"):
         yield SimpleNamespace(url=os.environ["TASKDIV_TEST_VLLM_URL"])

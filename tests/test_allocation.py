@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taskdiv.allocation import allocate, parse_budget, round_robin, water_level
-from taskdiv.errors import TaskdivError
+from taskdiv.common.errors import TaskdivError
+from taskdiv.selection.allocation import allocate, parse_budget, round_robin, water_level
 
 
 @st.composite

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taskdiv import analysis
+from taskdiv.report import statistics as analysis
 
 
 def test_sign_and_permutation_tests_exact_values():
@@ -73,7 +73,7 @@ def test_task_kinds_and_accuracy_by_kind():
 
 
 def test_rank_correlation_and_its_interval():
-    from taskdiv.analysis import rank_correlation
+    from taskdiv.report.statistics import rank_correlation
 
     x = np.arange(30, dtype=float)
     up = rank_correlation(x, x ** 2)
@@ -86,7 +86,7 @@ def test_rank_correlation_and_its_interval():
 
 
 def test_task_gains_confidence_gain_and_examples_vs_none():
-    from taskdiv.analysis import confidence_gain, examples_vs_none, task_gains
+    from taskdiv.report.statistics import confidence_gain, examples_vs_none, task_gains
 
     results = pd.DataFrame({"run": ["base", "r0", "r1"], "strategy": ["base", "random", "random"],
                             "budget_n": [0, 2, 2], "seed": [0, 0, 1]})

@@ -13,13 +13,13 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from conftest import write_jsonl
 
 from taskdiv import cli
 from taskdiv.annotate import FORMATS, commands, store
 from taskdiv.annotate.answers import read_selection
-from taskdiv.data import load_pool, read_ids
-
-from conftest import write_jsonl
+from taskdiv.pool.load import load_pool
+from taskdiv.pool.readers import read_ids
 
 DATA = Path(__file__).parent / "data"
 
@@ -575,7 +575,7 @@ def test_two_imports_into_one_store_at_once_both_land(selection, tmp_path):
     holds it (here this test, in the middle of its own read-modify-write) is waited for."""
     import threading
 
-    from taskdiv.fileio import locked
+    from taskdiv.common.locks import locked
 
     ids = [r["id"] for r in _jsonl(selection)]
     assert _import(tmp_path, selection, _answers(tmp_path / "a.jsonl", [{"id": ids[0], "response": "x"}]),

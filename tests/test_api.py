@@ -9,7 +9,7 @@ import pytest
 import taskdiv
 from taskdiv import api
 from taskdiv.cli import main
-from taskdiv.errors import DataError, TaskdivError
+from taskdiv.common.errors import DataError, TaskdivError
 
 
 def test_every_public_name_has_a_docstring_with_an_example_and_the_examples_pass(monkeypatch):
@@ -80,3 +80,13 @@ def test_a_notebook_does_the_whole_job_and_matches_the_cli(kind, tiny_model_dir,
     assert again["id"].tolist() == cli_ids
     rest, _ = taskdiv.select(pd.DataFrame(rows), 5, strategy="task-diversity", exclude=cli_ids[:4])
     assert not set(rest["id"]) & set(cli_ids[:4])
+
+
+def test_the_error_types_are_names_of_the_package():
+    """A notebook catches taskdiv's errors without knowing its layout."""
+    import taskdiv
+
+    assert taskdiv.TaskdivError is TaskdivError and taskdiv.DataError is DataError
+    assert issubclass(taskdiv.DataError, taskdiv.TaskdivError)
+    with pytest.raises(taskdiv.DataError):
+        taskdiv.load_pool([{"id": "x", "prompt": "p", "task": "t"}, {"id": "x", "prompt": "q", "task": "t"}])

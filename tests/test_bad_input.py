@@ -17,11 +17,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import write_jsonl
+
 from taskdiv import cli
-from taskdiv.data import FieldMap, load_pool
-from taskdiv.errors import DataError
+from taskdiv.common.errors import DataError
+from taskdiv.pool.fields import FieldMap
+from taskdiv.pool.load import load_pool
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
@@ -347,7 +348,7 @@ def test_prompt_template_escapes_on_the_command_line_match_yaml(tmp_path, capsys
 
 
 def test_other_backslashes_in_a_template_stay():
-    from taskdiv.data import template_escapes
+    from taskdiv.pool.normalise import template_escapes
 
     assert template_escapes(r"{a}\n{b}\t\\n\frac") == "{a}\n{b}\t\\n\\frac"
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import write_jsonl
+
 from taskdiv import cli
-from taskdiv.errors import DataError, TaskdivError
+from taskdiv.common.errors import DataError, TaskdivError
 
 SECRET = "wJalr/XUtnFEMI/K7MDENG+bPxRfiCY"  # an AWS-shaped secret: it holds '/'
 
@@ -47,7 +47,7 @@ def assert_no_secret(text: str) -> None:
     ("admin:p@ss" + SECRET + "@head:6379", "admin:***@head:6379"),
 ])
 def test_every_address_form_is_masked(address, shown):
-    from taskdiv.redact import display_uri, redact
+    from taskdiv.common.redact import display_uri, redact
 
     assert display_uri(address).startswith(shown)
     assert_no_secret(display_uri(address))
@@ -58,13 +58,13 @@ def test_every_address_form_is_masked(address, shown):
 @pytest.mark.parametrize("text", ["/data/pool.jsonl", "hf:org/name?split=train", "bigbench:notes12",
                                   "Q: {prompt} (mail me@example.org)", "s3://bucket/run@v1/shards", "127.0.0.1:6379"])
 def test_text_without_credentials_is_left_alone(text):
-    from taskdiv.redact import display_uri
+    from taskdiv.common.redact import display_uri
 
     assert display_uri(text) == text
 
 
 def test_a_secret_in_free_text_is_masked():
-    from taskdiv.redact import redact
+    from taskdiv.common.redact import redact
 
     assert redact("Invalid port in s3://KEY:Zq9" + SECRET + "@bucket/x") == "Invalid port in s3://KEY:***@bucket/x"
 
@@ -131,8 +131,8 @@ def test_an_experiment_config_takes_credentials_from_the_environment(small_pool,
 
 
 def test_a_recorded_config_masks_the_password():
-    from taskdiv.config import to_dict
-    from taskdiv.scoring import ScoreConfig
+    from taskdiv.common.config import to_dict
+    from taskdiv.scoring.commands import ScoreConfig
 
     written = to_dict(ScoreConfig(pool="p.jsonl", out="o", engine="ray", shards=f"s3://AKIA:{SECRET}@b/x"))
     assert written["shards"] == "s3://AKIA:***@b/x"
@@ -142,7 +142,7 @@ def test_a_recorded_config_masks_the_password():
 def test_log_lines_and_tracebacks_are_redacted(capsys):
     """The CLI's log handler and excepthook mask every remembered secret: Ray's or pyarrow's
     own messages may quote an address."""
-    from taskdiv.redact import display_uri
+    from taskdiv.common.redact import display_uri
 
     display_uri(f"s3://AKIA:{SECRET}@bucket/x")
     cli.configure_logging(0, False)
@@ -300,7 +300,7 @@ def test_a_scores_csv_with_two_confidence_columns_is_refused(selected, tmp_path,
 
 
 def test_a_quoted_comma_and_a_short_row_still_load(tmp_path):
-    from taskdiv.data import load_pool
+    from taskdiv.pool.load import load_pool
 
     pool = load_pool(str(_pool_csv(tmp_path, "id,task,prompt,response\na1,t,\"first, quoted\",x\na2,t,second\n")),
                      require_tasks=True)
@@ -385,8 +385,9 @@ def _finished_experiment(tmp_path) -> Path:
 ])
 def test_a_tampered_result_json_is_refused(tmp_path, field, value, message):
     """Before: copied into results.csv as it was."""
-    from taskdiv.errors import DataError
-    from taskdiv.experiments import ExperimentConfig, Experiment, Run
+    from taskdiv.common.errors import DataError
+    from taskdiv.experiments.grid import ExperimentConfig, Run
+    from taskdiv.experiments.runner import Experiment
 
     exp = _finished_experiment(tmp_path)
     path = exp / "runs" / "random-b4-s0" / "result.json"
@@ -430,7 +431,7 @@ def test_report_on_an_empty_results_file(tmp_path, capsys):
 
 
 def test_the_studies_results_still_read():
-    from taskdiv.report import _read_results
+    from taskdiv.report.tables import _read_results
 
     for study in ("cpu-small", "cpu-skewed"):
         assert len(_read_results(Path(__file__).resolve().parents[1] / "results" / study)) > 10
@@ -569,8 +570,8 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
 
 
 def test_a_few_yaml_aliases_still_work(tmp_path):
-    from taskdiv import config
-    from taskdiv.selection import SelectConfig
+    from taskdiv.common import config
+    from taskdiv.selection.commands import SelectConfig
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("seed: &s 3\nbudget: *s\n")
@@ -658,7 +659,7 @@ def test_report_refuses_damaged_tables_beside_results(tmp_path, capsys, name, te
 def test_an_annotation_store_row_of_the_wrong_kind_is_refused(tmp_path, row, where):
     """Before: imported into the next round as it was (a list as the answer), or a TypeError."""
     from taskdiv.annotate.store import read_store
-    from taskdiv.errors import DataError
+    from taskdiv.common.errors import DataError
 
     store = write_jsonl(tmp_path / "annotations.jsonl", [row])
     with pytest.raises(DataError, match=f"line 1, {re.escape(where)}"):
@@ -668,7 +669,7 @@ def test_an_annotation_store_row_of_the_wrong_kind_is_refused(tmp_path, row, whe
 def test_a_csv_column_of_text_and_other_values_reads_back(tmp_path):
     """Before: pandas' AttributeError ('.str accessor with string values, not boolean') from the
     formula escape's reverse, for a column pandas reads as an empty cell and false."""
-    from taskdiv.fileio import read_csv
+    from taskdiv.common.inputs import read_csv
 
     path = tmp_path / "t.csv"
     path.write_text('x,y\n"",\'=1\nfalse,b\n')
@@ -898,7 +899,8 @@ def test_csv_cells_a_spreadsheet_would_run_are_neutralised_and_read_back_exactly
     import numpy as np
     import pandas as pd
 
-    from taskdiv.fileio import dump_table, read_csv
+    from taskdiv.common.inputs import read_csv
+    from taskdiv.common.writers import dump_table
 
     frame = pd.DataFrame({"task": TRICKY, "n": np.arange(len(TRICKY)) - 5, "x": np.linspace(-1, 1, len(TRICKY))})
     path = tmp_path / "t.csv"
@@ -916,8 +918,8 @@ def test_selection_and_scores_round_trip_with_formula_names(tmp_path):
     """allocation.csv and scores.csv neutralised; select --scores reads the ids back exactly."""
     import pandas as pd
 
-    from taskdiv.data import read_score_file
-    from taskdiv.fileio import dump_table
+    from taskdiv.common.writers import dump_table
+    from taskdiv.selection.scores import read_score_file
 
     rows = [{"id": f"=1+0{i}", "task": TRICKY[i % 3], "prompt": f"Question {i}?"} for i in range(6)]
     pool = write_jsonl(tmp_path / "pool.jsonl", rows)
@@ -950,7 +952,8 @@ def test_report_escapes_names_it_pastes_into_markdown(tmp_path, capsys):
 def test_a_run_directory_whose_config_is_no_mapping_is_refused_by_name(tmp_path):
     """train's and the model resolver's read of RUN/config.yaml go through the bounded YAML
     reader: a config.yaml that is a list, or an alias bomb, is a one-line error naming it."""
-    from taskdiv import models, training
+    from taskdiv import training
+    from taskdiv.engines import models
 
     run = tmp_path / "run"
     (run / "adapter").mkdir(parents=True)

@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 from conftest import BBH_DIR, GAUNTLET_DIR, MMLU_DIR, SHARED
 
-from taskdiv import analysis, benchmarks
 from taskdiv.cli import main
-from taskdiv.data import load_pool
-from taskdiv.errors import DataError, TaskdivError
+from taskdiv.common.errors import DataError, TaskdivError
+from taskdiv.pool import benchmarks
+from taskdiv.pool.load import load_pool
+from taskdiv.report import statistics as analysis
 
 pytestmark = pytest.mark.skipif(not (SHARED / "data" / "gauntlet").is_dir(), reason="needs ../shared/data")
 
@@ -162,7 +163,7 @@ def test_a_bad_line_names_the_file_line_and_field(tmp_path, monkeypatch):
 
 def test_the_bbh_suite_scores_only_the_held_out_fifth(tmp_path):
     pytest.importorskip("lm_eval")
-    from taskdiv import harness
+    from taskdiv.evaluation import harness
 
     prepared = harness.prepare_bbh(BBH_DIR, ["navigate"], "zeroshot", tmp_path / "h")
     assert prepared.tasks == ["taskdiv_bbh_zeroshot_navigate"]

@@ -5,9 +5,9 @@ import json
 import pandas as pd
 import pytest
 
-from taskdiv import bigbench
-from taskdiv.data import load_pool
-from taskdiv.errors import TaskdivError
+from taskdiv.common.errors import TaskdivError
+from taskdiv.pool import bigbench
+from taskdiv.pool.load import load_pool
 
 
 def _write(root, name, spec):

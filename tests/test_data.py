@@ -4,10 +4,14 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import write_jsonl
-from taskdiv.data import FieldMap, load_pool, read_ids, read_scores, stable_id
-from taskdiv.errors import DataError, TaskdivError
+
+from taskdiv.common.errors import DataError, TaskdivError
+from taskdiv.pool.container import stable_id
+from taskdiv.pool.fields import FieldMap
+from taskdiv.pool.load import load_pool
+from taskdiv.pool.readers import read_ids
+from taskdiv.selection.scores import read_scores
 
 ROWS = [{"id": "x1", "prompt": "Add 2 and 2.", "task": "math", "response": "4"},
         {"id": "x2", "prompt": "Capital of France?", "task": "geo", "response": "Paris"},
@@ -329,7 +333,7 @@ def test_jsonl_line_numbers_hold_with_a_blank_last_line_and_two_objects_on_a_lin
 def test_chunk_by_chunk_take_equals_take():
     import pyarrow as pa
 
-    from taskdiv.data import _take
+    from taskdiv.pool.container import _take
 
     rng = np.random.default_rng(0)
     for _ in range(200):
@@ -352,7 +356,7 @@ def test_a_response_that_is_not_text_names_its_line(tmp_path, value, kind):
 
 
 def test_newline_count_across_blocks():
-    from taskdiv.data import _scan_lines
+    from taskdiv.pool.jsonl import _scan_lines
 
     rng = np.random.default_rng(0)
     data = rng.choice(np.frombuffer(b"ab\n", np.uint8), size=(3 << 20) + 17).tobytes()  # 3 blocks and a bit
@@ -367,7 +371,7 @@ def test_newline_count_across_blocks():
 def test_the_bracket_bound_finds_every_line_that_could_nest_too_deep(layout, bracketed):
     """_scan_lines' cheap bound (brackets per 16 KB) never misses a line with CRASH_BRACKETS of
     them, wherever the line starts and however long it is."""
-    from taskdiv.data import CRASH_BRACKETS, _scan_lines
+    from taskdiv.pool.jsonl import CRASH_BRACKETS, _scan_lines
 
     line = b'{"id": "a", "x": 1}\n'
     if layout == "short lines":
@@ -385,7 +389,7 @@ def test_the_bracket_bound_finds_every_line_that_could_nest_too_deep(layout, bra
 def test_jsonl_read_in_pieces_equals_one_read(tmp_path, monkeypatch):
     # Pieces of a few lines: types inferred per piece are unified (int then float, a column that
     # only some pieces have, a line longer than a piece), as one reading of the file gives them.
-    import taskdiv.data as data
+    import taskdiv.pool.jsonl as data
 
     rows = [{"id": f"r{i}", "prompt": f"prompt {i} " + ("long " * 40 if i == 7 else ""), "task": f"t{i % 3}"}
             for i in range(40)]
@@ -411,7 +415,7 @@ def test_jsonl_read_in_pieces_equals_one_read(tmp_path, monkeypatch):
 def test_jsonl_without_memory_maps_is_read_whole(tmp_path, monkeypatch):
     import mmap
 
-    import taskdiv.data as data
+    import taskdiv.pool.jsonl as data
 
     path = write_jsonl(tmp_path / "p.jsonl", ROWS)
     expected = load_pool(str(path)).frame

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import write_jsonl
+
 from taskdiv import cli
 
 pytest.importorskip("ray")
@@ -45,7 +45,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def pool40(tmp_path_factory) -> Path:
     """40 real BBH prompts (../shared/data), 10 in each of 4 tasks, as a JSONL pool."""
-    from taskdiv import data
+    from taskdiv.pool import load as data
 
     frame = data.load_pool(BB_POOL).frame
     assert len(frame) == 40
@@ -170,7 +170,7 @@ def test_a_killed_driver_leaves_shards_the_rerun_reuses(cluster, pool40, tmp_pat
     assert 2 <= done_at_kill < 20, driver.stderr.read().decode()[-2000:]
     import logging
 
-    with caplog.at_level(logging.INFO, logger="taskdiv.distributed"):
+    with caplog.at_level(logging.INFO, logger="taskdiv.engines.ray"):
         assert score(args) == 0  # the rerun, in this process, on the same cluster
     m = re.search(r"reused (\d+) finished shard\(s\) \((\d+) prompts\)", caplog.text)
     assert m, caplog.text[-2000:]
@@ -203,7 +203,7 @@ def test_shards_on_an_object_store(cluster, small_pool, tiny_model_dir, tmp_path
         common = [small_pool, "--model", tiny_model_dir, "--dtype", "float32", "--max-new-tokens", "3",
                   "--batch-size", "2", "--batches-per-shard", "1"]
         assert score([*common, "--out", tmp_path / "local"]) == 0
-        with caplog.at_level(logging.INFO, logger="taskdiv.distributed"):
+        with caplog.at_level(logging.INFO, logger="taskdiv.engines.ray"):
             assert score([*common, "--engine", "ray", "--workers", "2", "--shards", uri, "--out", tmp_path / "a"]) == 0
             stored = [i.base_name for i in s3.get_file_info(fs.FileSelector("runs/score/shards"))]
             assert len(stored) == 8 and all(n.endswith(".parquet") and not n.startswith(".") for n in stored)
@@ -243,8 +243,8 @@ def test_an_unreachable_ray_address_fails_fast(small_pool, tiny_model_dir, tmp_p
     ("head-node", "expected HOST:PORT or auto"),
 ])
 def test_a_ray_address_taskdiv_cannot_use_is_refused_before_connecting(address, message):
-    from taskdiv.distributed import _probe
-    from taskdiv.errors import TaskdivError
+    from taskdiv.common.errors import TaskdivError
+    from taskdiv.engines.ray import _probe
 
     with pytest.raises(TaskdivError, match=re.escape(message)):
         _probe(address)
@@ -264,7 +264,7 @@ def test_bad_engine_options_fail_with_a_clear_error(cluster, small_pool, tiny_mo
 
 @pytest.mark.slow
 def test_embeddings_on_ray_match_local_and_are_cached(cluster, tmp_path):
-    from taskdiv import embeddings
+    from taskdiv.selection import embeddings
 
     prompts = [f"Question {i}: what is the capital of country number {i}?" for i in range(40)]
     local = embeddings.embed(prompts, cache=tmp_path / "local.sqlite", progress=False)
@@ -283,8 +283,8 @@ def test_an_actor_that_cannot_start_is_reported_with_its_node_and_cause(cluster,
     Before, the actor's constructor raised, and the driver said only 'the Ray engine
     failed: ActorDiedError: The actor died because of an error raised in its creation
     task', after Ray Data's stack trace asking for a Ray bug report."""
-    from taskdiv.distributed import embed_batches
-    from taskdiv.errors import TaskdivError
+    from taskdiv.common.errors import TaskdivError
+    from taskdiv.engines.ray import embed_batches
 
     (tmp_path / "not-a-model").mkdir()
     with pytest.raises(TaskdivError) as e:
@@ -298,7 +298,7 @@ def test_a_worker_error_is_reported_by_its_own_type_and_message(cluster):
     data block'; the error the driver reports is the worker's own."""
     import ray
 
-    from taskdiv.distributed import _driver_error
+    from taskdiv.engines.ray import _driver_error
 
     def fails(batch):
         raise ValueError("the batch had no prompts")

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from taskdiv.cli import main
-from taskdiv.embeddings import cluster_tasks, default_k, embed
+from taskdiv.selection.embeddings import cluster_tasks, default_k, embed
 
 pytestmark = pytest.mark.slow
 
@@ -70,8 +70,8 @@ def test_two_encoders_share_a_cache_file_and_a_replaced_encoder_is_not_served_st
     import shutil
     import sqlite3
 
-    from taskdiv.embeddings import encoder_id
-    from taskdiv.models import encoder_path
+    from taskdiv.engines.models import encoder_path
+    from taskdiv.selection.embeddings import encoder_id
 
     local = tmp_path / "encoder"
     shutil.copytree(encoder_path("all-MiniLM-L6-v2"), local)

@@ -8,12 +8,14 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import BBH_DIR, MMLU_DIR, write_jsonl
 from test_models import base_copy
-from taskdiv import evaluation, models
-from taskdiv.errors import DataError, TaskdivError
-from taskdiv.evaluation import EvalConfig, evaluate
+
+from taskdiv.common.errors import DataError, TaskdivError
+from taskdiv.engines import models
+from taskdiv.evaluation import commands as evaluation
+from taskdiv.evaluation import heldout
+from taskdiv.evaluation.commands import EvalConfig, evaluate
 
 
 def _pool_rows():
@@ -35,7 +37,7 @@ def _check_choice_scores(model, tok, chat):
     choices = [["yes", "no"], ["4", "five", "twenty two or so"], ["a", "b", "c", "d"]]
     pids = [models.encode_prompt(tok, p, chat) for p in prompts]
     cids = [[models.encode_response(tok, p, c, chat) for c in cs] for p, cs in zip(prompts, choices)]
-    fast = evaluation.choice_scores(model, pids, cids, tok.pad_token_id, max_rows=2)
+    fast = heldout.choice_scores(model, pids, cids, tok.pad_token_id, max_rows=2)
     for p, cs, got in zip(pids, cids, fast):
         for c, value in zip(cs, got):
             with torch.no_grad():
@@ -116,7 +118,7 @@ def test_heldout_resumes_after_interruption(tiny_model_dir, tmp_path, monkeypatc
     cfg = dict(model=str(tiny_model_dir), heldout=str(pool), batch_size=2)
     full = evaluate(EvalConfig(out=str(tmp_path / "full"), **cfg))
 
-    real = evaluation.choice_scores
+    real = heldout.choice_scores
     calls = []
 
     def interrupted(model, prompt_ids, *a, **kw):
@@ -125,7 +127,7 @@ def test_heldout_resumes_after_interruption(tiny_model_dir, tmp_path, monkeypatc
             raise KeyboardInterrupt
         return real(model, prompt_ids, *a, **kw)
 
-    monkeypatch.setattr(evaluation, "choice_scores", interrupted)
+    monkeypatch.setattr(heldout, "choice_scores", interrupted)
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         evaluate(EvalConfig(out=str(out), **cfg))
@@ -133,13 +135,13 @@ def test_heldout_resumes_after_interruption(tiny_model_dir, tmp_path, monkeypatc
     assert len(partial) == 1 + 4 and not (out / "results.json").exists()
 
     calls.clear()
-    monkeypatch.setattr(evaluation, "choice_scores", lambda *a, **kw: (calls.append(len(a[1])), real(*a, **kw))[1])
+    monkeypatch.setattr(heldout, "choice_scores", lambda *a, **kw: (calls.append(len(a[1])), real(*a, **kw))[1])
     resumed = evaluate(EvalConfig(out=str(out), **cfg))
     assert sum(calls) == 12 - 4, "only the items not yet in the partial file are scored"
     assert resumed["tasks"] == full["tasks"]
 
 
-_CHOICE_SCORES = evaluation.choice_scores  # the real one, whatever a test patches in
+_CHOICE_SCORES = heldout.choice_scores  # the real one, whatever a test patches in
 
 
 def _interrupt_at(monkeypatch, n_call):
@@ -153,7 +155,7 @@ def _interrupt_at(monkeypatch, n_call):
         calls.append(len(prompt_ids))
         return real(model, prompt_ids, *a, **kw)
 
-    monkeypatch.setattr(evaluation, "choice_scores", interrupted)
+    monkeypatch.setattr(heldout, "choice_scores", interrupted)
     return calls
 
 
@@ -270,7 +272,7 @@ def test_finetuning_raises_heldout_accuracy(tmp_path):
     own and never matches exactly (0 of 40 measured); 64 pool examples for 2 epochs teach it
     the answer format (14 of 40). The held-out items are paired, so the gain is tested with
     an exact McNemar test (all discordant pairs favour the finetuned model)."""
-    from taskdiv.data import load_pool
+    from taskdiv.pool.load import load_pool
     from taskdiv.training import TrainConfig, train
 
     task = "gauntlet:bigbench_qa_wikidata"

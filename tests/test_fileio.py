@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taskdiv.fileio import atomic_dir, write_jsonl
+from taskdiv.common.atomic import atomic_dir
+from taskdiv.common.writers import write_jsonl
 
 
 def _mode(path) -> int:
@@ -70,7 +71,7 @@ def test_dump_jsonl_frames_read_back_to_their_values(tmp_path_factory, rows, arr
     # NaN (null) and bool must read back exactly.
     import pandas as pd
 
-    from taskdiv.fileio import dump_jsonl
+    from taskdiv.common.writers import dump_jsonl
 
     frame = pd.DataFrame(rows, columns=["text", "n", "x", "flag"])
     if arrow_strings and frame["text"].notna().all():
@@ -85,7 +86,7 @@ def test_dump_jsonl_frames_read_back_to_their_values(tmp_path_factory, rows, arr
 def test_dump_jsonl_uses_arrow_for_plain_columns_and_pandas_for_the_rest(tmp_path):
     import pandas as pd
 
-    from taskdiv.fileio import _dump_jsonl_arrow
+    from taskdiv.common.writers import _dump_jsonl_arrow
 
     assert _dump_jsonl_arrow(tmp_path / "a.jsonl", pd.DataFrame({"t": ["a\n\"b\"\\"], "n": [1], "x": [0.1]}))
     assert open(tmp_path / "a.jsonl").read() == '{"t":"a\\n\\"b\\"\\\\","n":1,"x":0.1}\n'

@@ -36,7 +36,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from taskdiv.errors import TaskdivError
+from taskdiv.common.errors import TaskdivError
 
 MEMORY_BOUND = 64 << 20  # bytes Python may hold at once while reading an input of at most a few KB
 # Time: each example within `deadline` (a few hundred ms is usual; an alias bomb took minutes), and a
@@ -57,10 +57,10 @@ def summary(request):
     import pyarrow.parquet  # noqa: F401
 
     import taskdiv.annotate.commands  # noqa: F401
-    import taskdiv.experiments  # noqa: F401
-    import taskdiv.report  # noqa: F401
-    import taskdiv.selection  # noqa: F401
-    from taskdiv import redact
+    import taskdiv.experiments.runner  # noqa: F401
+    import taskdiv.report.commands  # noqa: F401
+    import taskdiv.selection.commands  # noqa: F401
+    from taskdiv.common import redact
 
     start = time.perf_counter()
     secrets = set(redact._SECRETS)
@@ -259,7 +259,7 @@ def is_text(value) -> bool:
 
 def check_pool(pool, scratch: Path) -> None:
     """A pool holds what `data` promises, and every writer can write it."""
-    from taskdiv.fileio import dump_jsonl, dump_table
+    from taskdiv.common.writers import dump_jsonl, dump_table
 
     frame = pool.frame
     assert list(frame.columns[:2]) == ["id", "prompt"]
@@ -275,7 +275,7 @@ def check_pool(pool, scratch: Path) -> None:
 
 
 def load_pool(path: Path, scratch: Path):
-    from taskdiv.data import load_pool
+    from taskdiv.pool.load import load_pool
 
     pool = load_pool(str(path))
     check_pool(pool, scratch)
@@ -423,7 +423,7 @@ def test_pool_saved_dataset(scratch, saved_dataset, data):
 @pytest.fixture(scope="module")
 def small_pool(scratch):
     """Four prompts with responses and accepted answers: a pool, and a test set, of an experiment."""
-    from taskdiv.data import load_pool
+    from taskdiv.pool.load import load_pool
 
     path = write(scratch / "base-pool.jsonl", "".join(
         json.dumps({"id": i, "prompt": f"Q {i}?", "task": i[0], "response": "yes", "targets": ["yes"]}) + "\n"
@@ -444,7 +444,7 @@ SCORES = perturbed(rows_of(score_row, max_size=5))
                  st.tuples(SCORES, st.lists(st.lists(CSV_CELL, max_size=3), max_size=1)).map(lambda t: table_csv(*t)),
                  SCORES.map(lambda rows: (parquet_bytes(columns_of(rows)), ".parquet"))))
 def test_scores(scratch, small_pool, content):
-    from taskdiv.data import align_scores, read_score_file
+    from taskdiv.selection.scores import align_scores, read_score_file
 
     content, suffix = content if isinstance(content, tuple) else (content, ".csv")
 
@@ -466,7 +466,7 @@ def test_scores(scratch, small_pool, content):
                  POOL_ROWS.map(lambda rows: ("".join(dumps(r) + "\n" for r in rows), ".jsonl")),
                  POOL_ROWS.map(lambda rows: (table_csv(rows), ".csv"))))
 def test_exclude(scratch, content):
-    from taskdiv.data import read_ids
+    from taskdiv.pool.readers import read_ids
 
     data, suffix = content
 
@@ -509,7 +509,7 @@ def option_values(cls) -> st.SearchStrategy:
     import dataclasses
     import typing
 
-    from taskdiv.config import _base_type
+    from taskdiv.common.config import _base_type
 
     hints = typing.get_type_hints(cls)
     kinds = {int: st.integers(0, 5), float: st.floats(0, 2), bool: st.booleans(), dict: st.just({}),
@@ -529,7 +529,7 @@ def test_config_yaml(scratch, data):
     """--config FILE.yaml of any command: bytes, and mappings of its own option names to any values."""
     import dataclasses
 
-    from taskdiv import config
+    from taskdiv.common import config
 
     cls = data.draw(st.sampled_from(command_configs()))
     content = data.draw(st.one_of(mutated(YAML_SEEDS), option_values(cls).map(yaml_text)))
@@ -548,7 +548,8 @@ GOOD_EXPERIMENT = {"pool": "POOL", "test": "POOL", "model": "smollm2-135m-instru
 def test_experiment_yaml(scratch, small_pool, data):
     """An experiment's YAML, and what `experiment --dry-run` checks of it before any work (the
     grid, every stage's options, the pool and test set it names)."""
-    from taskdiv.experiments import Experiment, load_config
+    from taskdiv.experiments.grid import load_config
+    from taskdiv.experiments.runner import Experiment
 
     good = dict(GOOD_EXPERIMENT, pool=small_pool.source, test=small_pool.source)
     wild = st.sampled_from([["random", "nope"], ["1%", "200%", 0], [{"strategies": ["random"], "budgets": [1]}],
@@ -698,7 +699,7 @@ RESULT = {"run": "random-b2-s0", "strategy": "random", "budget": "2", "budget_n"
                  st.dictionaries(st.sampled_from(list(RESULT) + ["mmlu_accuracy", "same_as"]),
                                  st.one_of(values(), NUMBER), max_size=2).map(lambda c: dumps({**RESULT, **c}))))
 def test_result_json(scratch, content):
-    from taskdiv.experiments import read_result
+    from taskdiv.experiments.collate import read_result
 
     bounded("result.json", lambda: read_result(write(scratch / "result.json", content)))
 
@@ -724,7 +725,7 @@ def table_rows(header: bytes):
 def quiet_report():
     """report without its plots and report.md (matplotlib takes seconds); run once on a good
     experiment first, as its first run imports scipy (seconds too)."""
-    from taskdiv import report
+    from taskdiv.report import commands as report
 
     with unittest.mock.patch.multiple(report, _write_report=lambda *a: None, plot_accuracy=lambda *a: None,
                                       plot_allocation=lambda *a: None, plot_task_gains=lambda *a: None,

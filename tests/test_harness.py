@@ -6,11 +6,11 @@ import shutil
 
 import pandas as pd
 import pytest
-
 from conftest import BBH_DIR, MMLU_DIR
-from taskdiv import harness
-from taskdiv.errors import DataError, TaskdivError
-from taskdiv.evaluation import EvalConfig, evaluate
+
+from taskdiv.common.errors import DataError, TaskdivError
+from taskdiv.evaluation import harness
+from taskdiv.evaluation.commands import EvalConfig, evaluate
 
 needs_data = pytest.mark.skipif(not (MMLU_DIR.is_dir() and BBH_DIR.is_dir()), reason="needs ../shared/data")
 

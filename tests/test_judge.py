@@ -18,16 +18,16 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from taskdiv import judge
 from taskdiv.cli import main
-from taskdiv.fileio import data_root
+from taskdiv.common.paths import data_root
+from taskdiv.evaluation import judge
 
 judge.alpaca_eval()  # alpaca-eval is in taskdiv[all]: its absence fails here, with the hint
 
@@ -216,7 +216,7 @@ def test_a_killed_run_loses_only_the_requests_in_flight(fake_judge, judge_files,
     cmd = [sys.executable, "-m", "taskdiv.cli", "evaluate", str(outs), "--suite", "judge", "--judge-url", url,
            "--judge-model", FAKE, "--judge-data", str(ref), "--judge-cache", str(cache), "--judge-concurrency", "1",
            "--out", str(tmp_path / "r"), "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": str(Path(judge.__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(judge.__file__).parents[2])}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -276,7 +276,7 @@ def test_api_key_from_the_environment_only(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-b")
     monkeypatch.setenv("TASKDIV_JUDGE_API_KEY", "sk-a")
     assert judge.api_key() == "sk-a"
-    from taskdiv.evaluation import EvalConfig
+    from taskdiv.evaluation.commands import EvalConfig
 
     assert "key" not in " ".join(f.name for f in __import__("dataclasses").fields(EvalConfig))
 
@@ -393,7 +393,7 @@ def test_the_default_verdict_cache_is_a_part_of_taskdiv_cache(fake_judge, judge_
                                                                monkeypatch):
     """Without --judge-cache verdicts go to $TASKDIV_CACHE/judge, which `cache info` lists and
     `cache clear judge` removes (the next run asks the judge again)."""
-    from taskdiv.fileio import cache_dir
+    from taskdiv.common.paths import cache_dir
 
     monkeypatch.setenv("TASKDIV_CACHE", str(tmp_path / "cache"))
     url, state = fake_judge

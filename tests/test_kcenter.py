@@ -4,7 +4,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from taskdiv.kcenter import k_center, k_center_naive
+from taskdiv.selection.kcenter import k_center, k_center_naive
 
 
 @pytest.mark.parametrize("chunk", [None, 1, 7, 1000])

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from taskdiv import metrics
-from taskdiv.errors import TaskdivError
+from taskdiv.common.errors import TaskdivError
+from taskdiv.scoring import metrics
 
 # Three generated tokens with probabilities 1/2, 1/4 and 1 (the last one an EOS the
 # model was sure of), and the entropies of the three next-token distributions.

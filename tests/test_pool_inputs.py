@@ -7,12 +7,13 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import write_jsonl
 
 from taskdiv import cli
-from taskdiv.data import FieldMap, load_pool, read_ids
-from taskdiv.errors import DataError
-
-from conftest import write_jsonl
+from taskdiv.common.errors import DataError
+from taskdiv.pool.fields import FieldMap
+from taskdiv.pool.load import load_pool
+from taskdiv.pool.readers import read_ids
 
 
 def _rows(n=3, **extra):

@@ -6,7 +6,10 @@ import pandas as pd
 import pytest
 
 from taskdiv.cli import main
-from taskdiv.report import _fmt_match, build_report, plot_accuracy, summary_table
+from taskdiv.report.commands import build_report
+from taskdiv.report.plots import plot_accuracy
+from taskdiv.report.sections import _fmt_match
+from taskdiv.report.tables import summary_table
 
 STRATEGIES = ["random", "task-diversity", "weighted-task-diversity", "k-center", "uncertainty"]
 TASKS = ["t1", "t2", "t3"]
@@ -74,7 +77,7 @@ def test_report_cli_and_missing_results(exp, tmp_path, capsys):
 
 
 def test_paired_difference_counts_only_runs_with_an_accuracy(exp):
-    from taskdiv.report import paired_vs_random
+    from taskdiv.report.tables import paired_vs_random
 
     results = pd.read_csv(exp / "results.csv")
     lost = (results["strategy"] == "k-center") & (results["budget_n"] == 30) & (results["seed"] == 1)
@@ -157,7 +160,7 @@ def test_report_and_plots_are_written_as_one_set(exp):
 def test_headline_puts_experiments_side_by_side(exp, tmp_path, capsys):
     import shutil
 
-    from taskdiv.report import headline
+    from taskdiv.report.sections import headline
 
     other = tmp_path / "other"
     other.mkdir()

@@ -19,10 +19,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import write_jsonl
-from taskdiv import cli, data, generation, models, scoring
-from taskdiv.config import build
+
+from taskdiv import cli
+from taskdiv.common.config import build
+from taskdiv.engines import local as generation
+from taskdiv.engines import models
+from taskdiv.pool import load as data
+from taskdiv.scoring import commands as scoring
+from taskdiv.selection.scores import read_scores
 
 
 def make_cfg(pool, out, model, **kw) -> scoring.ScoreConfig:
@@ -141,7 +146,7 @@ def test_score_tiny_outputs_sampling_and_cache(small_pool, tiny_model_dir, tmp_p
     assert tasks.set_index("task")["available"].to_dict() == {"a": 2, "b": 5, "c": 9}
     # `taskdiv select --scores` accepts the file as is.
     pool = data.load_pool(small_pool)
-    assert np.isfinite(data.read_scores(out / "scores.csv", pool)).sum() == 8
+    assert np.isfinite(read_scores(out / "scores.csv", pool)).sum() == 8
 
     # Same seed, same sample; a rerun reuses every row.
     again = scoring.score(cfg)
@@ -385,8 +390,8 @@ def test_run_score_prints_the_task_table_and_the_metric_mapping(small_pool, tiny
 
 
 def test_per_task_samples_do_not_depend_on_the_order_of_the_rows():
-    from taskdiv.data import Pool
-    from taskdiv.scoring import _sample_orders
+    from taskdiv.pool.container import Pool
+    from taskdiv.scoring.commands import _sample_orders
 
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"id": [f"p{i}" for i in range(60)], "prompt": [f"q{i}" for i in range(60)],

@@ -5,8 +5,8 @@ import sys
 
 import pandas as pd
 import pytest
-
 from conftest import write_jsonl
+
 from taskdiv.cli import COMMANDS, main
 
 
@@ -224,8 +224,8 @@ def test_pool_split_uses_the_sources_rule_and_feeds_evaluate(tmp_path):
     as an evaluation pool (targets from the responses)."""
     import json
 
-    from taskdiv.data import load_pool
-    from taskdiv.evaluation import load_heldout
+    from taskdiv.evaluation.heldout import load_heldout
+    from taskdiv.pool.load import load_pool
 
     spec = "bbh:navigate,word_sorting?split=all"
     src = tmp_path / "pool.jsonl"

@@ -1,8 +1,8 @@
 """write_selection writes its three files as one unit; select from a loaded pool."""
 import pytest
 
-from taskdiv import selection
-from taskdiv.selection import SelectConfig, select, write_selection
+from taskdiv.selection import commands as selection
+from taskdiv.selection.commands import SelectConfig, select, write_selection
 
 
 def _snapshot(out):
@@ -39,7 +39,7 @@ def test_a_failed_rename_puts_back_the_files_already_replaced(small_pool, tmp_pa
     """Issue 12, case 5: the set is replaced as one unit, also when the last rename fails."""
     import os
 
-    from taskdiv import fileio
+    from taskdiv.common import atomic as fileio
 
     out, before, second, rows, allocation = _second_selection_over_a_first(small_pool, tmp_path)
     real = os.replace
@@ -58,7 +58,7 @@ def test_a_failed_rename_puts_back_the_files_already_replaced(small_pool, tmp_pa
 
 
 def test_select_from_a_loaded_pool_equals_select_from_the_spec(small_pool, tmp_path):
-    from taskdiv.data import load_pool
+    from taskdiv.pool.load import load_pool
 
     cfg = SelectConfig(pool=str(small_pool), budget="7", strategy="task-diversity", seed=2, out=str(tmp_path))
     pool = load_pool(cfg.pool, cfg.field_map())

@@ -5,10 +5,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from taskdiv.data import Pool
-from taskdiv.errors import TaskdivError
-from taskdiv.kcenter import k_center, k_center_naive
-from taskdiv.strategies import STRATEGIES, Inputs, TaskAllocation, get_strategy
+from taskdiv.common.errors import TaskdivError
+from taskdiv.pool.container import Pool
+from taskdiv.selection.kcenter import k_center, k_center_naive
+from taskdiv.selection.strategies import STRATEGIES, Inputs, TaskAllocation, get_strategy
 
 VARIANTS = [(name, {}) for name in STRATEGIES] + [
     (name, {"within": within})
@@ -279,7 +279,7 @@ def test_pick_on_likely_rows_equals_sorting_every_row(seed, n_tasks, skew_keys):
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(1, 300))
 def test_smallest_equals_stable_argsort(seed, n):
-    from taskdiv.strategies import _smallest
+    from taskdiv.selection.strategies import _smallest
 
     rng = np.random.default_rng(seed)
     keys = rng.integers(0, 20, size=n).astype(float)  # many ties: the stable order must hold

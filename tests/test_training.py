@@ -6,10 +6,11 @@ import json
 import shutil
 
 import pytest
-
 from conftest import write_jsonl
-from taskdiv import cli, models, training
-from taskdiv.errors import DataError, TaskdivError
+
+from taskdiv import cli, training
+from taskdiv.common.errors import DataError, TaskdivError
+from taskdiv.engines import models
 from taskdiv.training import TrainConfig, train
 
 
@@ -203,7 +204,7 @@ def test_help_of_train_and_evaluate(capsys):
             cli.main(words + ["--help"])
         assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert "--method {lora,full}" in out and "--suite {heldout,mmlu,bbh}" in out
+    assert "--method {lora,full}" in out and "--suite {heldout,mmlu,bbh,judge}" in out
 
 
 def test_cli_train_prints_loss(tiny_model_dir, tmp_path, capsys):
@@ -273,7 +274,7 @@ def test_a_target_module_typo_is_refused_and_the_corrected_rerun_accepted(tiny_m
 
 
 def test_a_dataset_directory_is_hashed_by_content(tmp_path):
-    from taskdiv.fileio import file_sha256
+    from taskdiv.common.inputs import file_sha256
 
     d = tmp_path / "ds"
     d.mkdir()
@@ -287,12 +288,12 @@ def test_a_dataset_directory_is_hashed_by_content(tmp_path):
 def test_group_by_length_computes_less_padding(tiny_model_dir, tmp_path):
     """Lengths that vary 30-fold: grouped batches pad far less than random ones, and the run
     records its padding ratio (tokens computed over real tokens)."""
-    rows = [{"id": f"r{i}", "task": "t", "prompt": "word " * (3 if i % 2 else 90), "response": "yes"}
-            for i in range(128)]  # transformers groups within megabatches of 128 // 4 here
+    rows = [{"id": f"r{i}", "task": "t", "prompt": "word " * (3 if i % 2 else 60), "response": "yes"}
+            for i in range(64)]  # transformers groups within megabatches of 64 // 4 = 16 here
     data = write_jsonl(tmp_path / "data.jsonl", rows)
     ratios = {}
     for grouped in (False, True):
         run = train(_cfg(data, tiny_model_dir, tmp_path / f"run-{grouped}", epochs=1, group_by_length=grouped))
         ratios[grouped] = json.loads((run / "train_metrics.json").read_text())["padding_ratio"]
-    assert ratios[True] < 1.2  # each megabatch of 32 sorted by length: at most one mixed batch in it
     assert ratios[False] > 1.4  # random batches of 8 mix both lengths
+    assert ratios[True] < 1.25  # each megabatch of 16 sorted by length: at most one of its 2 batches mixed

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 from taskdiv.cli import main
-from taskdiv.errors import TaskdivError
+from taskdiv.common.errors import TaskdivError
 
 # 32 real prompts, two tasks (8 of them repeat another's text: 24 distinct prompts).
 POOL = "bench:bbh/sports_understanding,gauntlet/bigbench_simple_arithmetic?max_pool=16"
@@ -206,7 +206,7 @@ def test_evaluate_heldout_with_vllm_agrees_with_local(vllm_server, tmp_path):
 
 
 def test_a_missing_vllm_is_one_line_with_the_install_hint(tmp_path, small_pool, monkeypatch, capsys):
-    from taskdiv import vllm_server
+    from taskdiv.engines import vllm_server
 
     monkeypatch.delenv("TASKDIV_VLLM_PYTHON", raising=False)
     monkeypatch.setattr(vllm_server, "default_venv_python", lambda: tmp_path / "none" / "bin" / "python")
@@ -222,7 +222,7 @@ def test_a_missing_vllm_is_one_line_with_the_install_hint(tmp_path, small_pool, 
 
 def test_evaluate_engine_options_are_checked(tmp_path, capsys):
     assert main(["evaluate", MODEL, "--suite", "mmlu", "--engine", "vllm", "--out", str(tmp_path / "e")]) == 1
-    assert "--engine vllm evaluates the heldout suite" in capsys.readouterr().err
+    assert "--engine vllm evaluates the heldout and judge suites" in capsys.readouterr().err
     assert main(["evaluate", MODEL, "--vllm-url", "http://127.0.0.1:1", "--out", str(tmp_path / "e")]) == 1
     assert "--vllm-url apply to --engine vllm only" in capsys.readouterr().err
 
@@ -241,7 +241,7 @@ def test_vllm_options_are_checked_before_any_work(small_pool, tmp_path, capsys, 
 
 
 def test_a_vllm_url_where_nothing_listens(small_pool, tmp_path, capsys):
-    from taskdiv.vllm_server import free_port
+    from taskdiv.engines.vllm_server import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     assert score([small_pool, "--model", MODEL, "--engine", "vllm", "--vllm-url", url, "--out", tmp_path / "s"]) == 1
@@ -292,7 +292,7 @@ def fake_python(tmp_path) -> Path:
 
 
 def test_server_helper_starts_serves_and_stops_its_group(fake_python, tmp_path):
-    from taskdiv.vllm_server import OpenAIClient, VLLMServer
+    from taskdiv.engines.vllm_server import OpenAIClient, VLLMServer
 
     with VLLMServer(tmp_path / "m", python=str(fake_python), log_path=tmp_path / "log") as server:
         pgid = server.proc.pid
@@ -302,7 +302,7 @@ def test_server_helper_starts_serves_and_stops_its_group(fake_python, tmp_path):
 
 
 def test_server_helper_time_out_and_early_exit_are_clear(fake_python, tmp_path, monkeypatch):
-    from taskdiv.vllm_server import VLLMServer
+    from taskdiv.engines.vllm_server import VLLMServer
 
     monkeypatch.setenv("FAKE_DELAY", "60")
     server = VLLMServer(tmp_path / "m", python=str(fake_python), timeout=2, log_path=tmp_path / "log")
@@ -323,7 +323,7 @@ def test_no_server_outlives_its_owner(fake_python, tmp_path, how):
     script = textwrap.dedent(f"""
         import signal, time
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        from taskdiv.vllm_server import VLLMServer
+        from taskdiv.engines.vllm_server import VLLMServer
         with VLLMServer({str(tmp_path / 'm')!r}, python={str(fake_python)!r}) as server:
             print(server.proc.pid, flush=True)
             time.sleep(3600)

@@ -7,11 +7,13 @@
     taskdiv.allocate([2, 6, 10], 9)                       # the allocation alone
 
 The names are imported on first use, so `import taskdiv` stays light (no torch).
-See `taskdiv.api` and the docs' API page.
+See `taskdiv.api` and the docs' API page. Every error taskdiv raises for bad input or a
+failed step is a `taskdiv.TaskdivError` (`taskdiv.DataError` for bad data, naming file,
+row and field).
 """
-from ._version import __version__
+from .common.version import __version__
 
-__all__ = ["load_pool", "score", "select", "allocate", "Pool", "TaskdivError", "__version__"]
+__all__ = ["load_pool", "score", "select", "allocate", "Pool", "TaskdivError", "DataError", "__version__"]
 
 
 def __getattr__(name):

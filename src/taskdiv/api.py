@@ -19,12 +19,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from .allocation import allocate as _allocate
-from .data import FieldMap, Pool, arrow_to_pandas, pool_from_frame, score_table
-from .data import load_pool as _load_spec
-from .errors import TaskdivError
+from .common.errors import DataError, TaskdivError
+from .pool.container import Pool, arrow_to_pandas
+from .pool.fields import FieldMap
+from .pool.load import load_pool as _load_spec
+from .pool.load import pool_from_frame
+from .selection.allocation import allocate as _allocate
+from .selection.scores import score_table
 
-__all__ = ["load_pool", "score", "select", "allocate", "Pool", "TaskdivError"]
+__all__ = ["load_pool", "score", "select", "allocate", "Pool", "TaskdivError", "DataError"]
 
 
 def load_pool(source, *, id_field: str = "id", prompt_field: str = "prompt", task_field: str = "task",
@@ -50,7 +53,7 @@ def load_pool(source, *, id_field: str = "id", prompt_field: str = "prompt", tas
     >>> load_pool([{"id": "x", "prompt": "p", "task": "t"}, {"id": "x", "prompt": "q", "task": "t"}])
     Traceback (most recent call last):
     ...
-    taskdiv.errors.DataError: list, row 1, field 'id': duplicate id 'x' (also at row 2; 1 duplicate id(s) in all)
+    taskdiv.common.errors.DataError: list, row 1, field 'id': duplicate id 'x' (also at row 2; 1 duplicate id(s) in all)
     """
     fields = FieldMap(id_field=id_field, prompt_field=prompt_field, task_field=task_field,
                       response_field=response_field, prompt_template=prompt_template)
@@ -94,8 +97,8 @@ def score(pool, *, model: str = "gemma-3-270m", per_task: int | None = None, max
     >>> bool(scores["confidence"].between(0, 1).all()), len(scores)
     (True, 2)
     """
-    from .config import build
-    from .scoring import ScoreConfig, _score
+    from .common.config import build
+    from .scoring.commands import ScoreConfig, _score
 
     loaded = load_pool(pool)
     with tempfile.TemporaryDirectory(prefix="taskdiv-score-") as tmp:
@@ -130,8 +133,8 @@ def select(pool, budget, *, strategy: str = "weighted-task-diversity", scores=No
     >>> select(rows, 10, strategy="task-diversity")[1].set_index("task")["allocated"].to_dict()
     {'a': 2, 'b': 4, 'c': 4}
     """
-    from .selection import SelectConfig
-    from .selection import select as _select
+    from .selection.commands import SelectConfig
+    from .selection.commands import select as _select
 
     loaded = load_pool(pool)
     table = None

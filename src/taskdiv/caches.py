@@ -4,11 +4,11 @@
     taskdiv cache clear scores         drop the shared score cache (runs keep their own)
     taskdiv cache clear all            everything (models are converted again on first use)
 
-The cache is $TASKDIV_CACHE, else $XDG_CACHE_HOME/taskdiv (`fileio.cache_dir`):
-    scores/     the score cache every --out shares (`taskdiv.scoring`)
-    embeddings/ prompt embeddings (`taskdiv.embeddings`)
+The cache is $TASKDIV_CACHE, else $XDG_CACHE_HOME/taskdiv (`paths.cache_dir`):
+    scores/     the score cache every --out shares (`taskdiv.scoring.cache`)
+    embeddings/ prompt embeddings (`taskdiv.selection.embeddings`)
     models/     the embedded GGUF models dequantized to safetensors (rebuilt on first use)
-    judge/      the LLM judge's verdicts, verdicts.sqlite (`taskdiv.judge`; a rerun asks nothing twice)
+    judge/      the LLM judge's verdicts, verdicts.sqlite (`taskdiv.evaluation.judge`; a rerun asks nothing twice)
     bigbench-1.0.0/  BIG-bench's task files, where the sdist was available
 """
 from __future__ import annotations
@@ -19,8 +19,9 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import TaskdivError
-from .fileio import cache_dir, locked
+from .common.errors import TaskdivError
+from .common.locks import locked
+from .common.paths import cache_dir
 
 PARTS = ("scores", "embeddings", "models", "judge", "bigbench-1.0.0")
 

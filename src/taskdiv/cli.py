@@ -25,9 +25,9 @@ import logging
 import os
 import sys
 
-from ._version import __version__
-from .errors import TaskdivError
-from .redact import RedactingFilter, redact
+from .common.errors import TaskdivError
+from .common.redact import RedactingFilter, redact
+from .common.version import __version__
 
 # Set before torch (and its OpenMP runtime) loads: spinning OpenMP threads stall each
 # other whenever the cores are shared with other work; measured 10-20x slower forward
@@ -36,15 +36,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # (command words) -> (module, config class, function, one-line help)
 COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
-    ("pool", "info"): ("taskdiv.selection", "PoolInfoConfig", "run_pool_info",
+    ("pool", "info"): ("taskdiv.selection.commands", "PoolInfoConfig", "run_pool_info",
                        "Print the number of prompts and tasks and the per-task counts of a pool."),
-    ("pool", "export"): ("taskdiv.selection", "PoolExportConfig", "run_pool_export",
+    ("pool", "export"): ("taskdiv.selection.commands", "PoolExportConfig", "run_pool_export",
                          "Write a pool (any source) to a .jsonl or .parquet file."),
-    ("pool", "split"): ("taskdiv.selection", "PoolSplitConfig", "run_pool_split",
+    ("pool", "split"): ("taskdiv.selection.commands", "PoolSplitConfig", "run_pool_split",
                         "Split a pool into a part to select from and a held-out part per task (for evaluate)."),
-    ("score",): ("taskdiv.scoring", "ScoreConfig", "run_score",
+    ("score",): ("taskdiv.scoring.commands", "ScoreConfig", "run_score",
                  "Score the base model's confidence on each prompt (and per task), cached and resumable."),
-    ("select",): ("taskdiv.selection", "SelectConfig", "run_select",
+    ("select",): ("taskdiv.selection.commands", "SelectConfig", "run_select",
                   "Choose which prompts to annotate under a budget."),
     ("annotate", "export"): ("taskdiv.annotate.commands", "ExportConfig", "run_export",
                              "Write selected prompts for Label Studio, Argilla or as plain JSONL."),
@@ -54,15 +54,15 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                              "Answer selected prompts with the pool's reference responses (experiments)."),
     ("train",): ("taskdiv.training", "TrainConfig", "run_train",
                  "Finetune a model on prompt/response data (TRL SFTTrainer, PEFT LoRA)."),
-    ("evaluate",): ("taskdiv.evaluation", "EvalConfig", "run_evaluate",
+    ("evaluate",): ("taskdiv.evaluation.commands", "EvalConfig", "run_evaluate",
                     "Evaluate a model or run: held-out accuracy per task, MMLU, BBH (lm-evaluation-harness)."),
-    ("experiment",): ("taskdiv.experiments", "ExperimentCommand", "run_experiment",
+    ("experiment",): ("taskdiv.experiments.commands", "ExperimentCommand", "run_experiment",
                       "Compare strategies across budgets and seeds: select, annotate, train, evaluate."),
     ("cache", "info"): ("taskdiv.caches", "CacheInfoConfig", "run_cache_info",
                         "Show what taskdiv keeps in its cache ($TASKDIV_CACHE) and how large it is."),
     ("cache", "clear"): ("taskdiv.caches", "CacheClearConfig", "run_cache_clear",
                          "Free the cache: scores, embeddings, models, bigbench-1.0.0, or all."),
-    ("report",): ("taskdiv.report", "ReportConfig", "run_report",
+    ("report",): ("taskdiv.report.commands", "ReportConfig", "run_report",
                   "Write report.md and plots (accuracy vs budget, allocation, per-task gains) for an experiment."),
 }
 
@@ -72,7 +72,7 @@ GROUP_HELP = {"pool": "Inspect, export and split prompt pools.",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import config
+    from .common import config
 
     parser = argparse.ArgumentParser(
         prog="taskdiv",
@@ -149,7 +149,7 @@ def run_env() -> None:
         except metadata.PackageNotFoundError:
             version = "not installed"
         print(f"{pkg} {version}")
-    from .vllm_server import vllm_version
+    from .engines.vllm_server import vllm_version
 
     print(f"vllm {vllm_version()}")
     try:
@@ -188,7 +188,7 @@ def _redacted_traceback(kind, value, tb) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import config
+    from .common import config
 
     sys.excepthook = _redacted_traceback
     parser = build_parser()

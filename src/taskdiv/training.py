@@ -3,7 +3,7 @@
     taskdiv train runs/sel/selection.jsonl --model smollm2-135m-instruct --out runs/ft
     python -c "from taskdiv.training import train, TrainConfig; train(TrainConfig(data=..., out=...))"
 
-DATA is a prompt/response dataset: JSONL (or any pool source `taskdiv.data` reads)
+DATA is a prompt/response dataset: JSONL (or any pool source `taskdiv.pool` reads)
 with `prompt`, `response` (required, non-empty) and optionally `task`, `id`.
 Each example is tokenized exactly as `models.encode_prompt` + `models.encode_response`
 do it (raw text plus EOS for base models, the chat template for instruct models), and
@@ -41,12 +41,14 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-from ._version import __version__
-from .config import to_dict
-from .errors import DataError, TaskdivError
-from .fileio import atomic_dir, check_output_dir, file_sha256, read_yaml, write_json, write_text, write_yaml
-from .models import DEFAULT_MODEL, EMBEDDED
+from .common.atomic import atomic_dir
+from .common.config import to_dict
+from .common.errors import DataError, TaskdivError
+from .common.inputs import file_sha256, read_yaml
+from .common.outputs import check_output_dir
+from .common.version import __version__
+from .common.writers import write_json, write_text, write_yaml
+from .engines.models import DEFAULT_MODEL, EMBEDDED
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +111,8 @@ class TrainConfig:
 
 def load_examples(spec: str):
     """The SFT rows (id, prompt, response, task?) of DATA; every row needs a response."""
-    from .data import FieldMap, load_pool, parse_spec
+    from .pool.fields import FieldMap
+    from .pool.load import load_pool, parse_spec
 
     if parse_spec(str(spec))[0] == "path" and Path(spec).is_file() and Path(spec).stat().st_size == 0:
         raise DataError("the dataset is empty", file=spec)
@@ -132,7 +135,7 @@ def tokenize(frame, tokenizer, chat: bool, max_length: int, *, source=None):
     Examples longer than `max_length` are cut at the end; those whose response is cut
     entirely (nothing left to learn from) are dropped, with a warning that says how many,
     and an error when none is left."""
-    from . import models
+    from .engines import models
 
     input_ids, masks, cut, dropped = [], [], 0, []
     for pid, prompt, response in zip(frame["id"], frame["prompt"], frame["response"]):
@@ -163,7 +166,7 @@ def tokenize(frame, tokenizer, chat: bool, max_length: int, *, source=None):
 
 
 def resolved_config(cfg: TrainConfig, chat: bool) -> dict:
-    from . import models
+    from .engines import models
 
     out = {"command": "train", **to_dict(cfg)}
     out["lr"] = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.method]
@@ -289,7 +292,7 @@ def _write_error(e: Exception, where: Path) -> OSError | None:
 def _callbacks(log_path: Path, resume_step: int):
     from transformers import TrainerCallback
 
-    from .progress import bar
+    from .common.progress import bar
 
     class LogAndProgress(TrainerCallback):
         """Loss per step into train_log.jsonl, and a progress bar with loss and time left."""
@@ -370,8 +373,8 @@ def check_target_modules(model, target_modules: str) -> None:
 
 def train(cfg: TrainConfig) -> Path:
     """Finetune cfg.model on cfg.data into cfg.out; returns the run directory."""
-    from . import models
-    from .packages import require
+    from .common.packages import require
+    from .engines import models
 
     check_options(cfg)
     run = Path(cfg.out)
@@ -485,8 +488,8 @@ def _merge_finished(run: Path, ref, tokenizer) -> None:
     import torch
     import transformers
 
-    from . import models
-    from .packages import require
+    from .common.packages import require
+    from .engines import models
 
     peft = require("peft", "train")
     log.info("%s: already trained; writing merged/ from its adapter", run)

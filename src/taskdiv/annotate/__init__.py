@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from ..errors import unknown_name
+from ..common.errors import unknown_name
 from . import argilla, jsonl, label_studio
 
 FORMATS: dict[str, ModuleType] = {"label-studio": label_studio, "argilla": argilla, "jsonl": jsonl}

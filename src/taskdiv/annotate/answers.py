@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..data import FieldMap, normalise, read_raw
-from ..errors import DataError, TaskdivError
+from ..common.errors import DataError, TaskdivError
+from ..pool.fields import FieldMap
+from ..pool.normalise import normalise
+from ..pool.readers import read_raw
 
 
 @dataclass

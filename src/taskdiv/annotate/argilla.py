@@ -29,9 +29,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import DataError, TaskdivError
-from ..fileio import atomic_dir, check_output_dir, read_json_document
-from ..packages import require
+from ..common.atomic import atomic_dir
+from ..common.errors import DataError, TaskdivError
+from ..common.inputs import read_json_document
+from ..common.outputs import check_output_dir
+from ..common.packages import require
 from .answers import Answer, Item, submission_time
 
 FIELD, QUESTION = "prompt", "response"

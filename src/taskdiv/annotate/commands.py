@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..data import FieldMap, load_pool
-from ..errors import DataError, TaskdivError
+from ..common.errors import DataError, TaskdivError
+from ..pool.fields import FieldMap
+from ..pool.load import load_pool
 from . import FORMATS, get_format
 from .answers import Answer, Item, read_selection
 from .store import STORE_NAME, examples, ingest, print_report, store_paths

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import DataError, TaskdivError
-from ..fileio import check_output_dir, iter_jsonl, write_jsonl
+from ..common.errors import DataError, TaskdivError
+from ..common.inputs import iter_jsonl
+from ..common.outputs import check_output_dir
+from ..common.writers import write_jsonl
 from .answers import Answer, Item, submission_time
 
 FILE = "prompts.jsonl"

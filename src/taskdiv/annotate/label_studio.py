@@ -20,8 +20,10 @@ from xml.sax.saxutils import quoteattr
 
 import pandas as pd
 
-from ..errors import DataError, TaskdivError
-from ..fileio import check_input, check_output_dir, output_set, read_json_document
+from ..common.atomic import output_set
+from ..common.errors import DataError, TaskdivError
+from ..common.inputs import check_input, read_json_document
+from ..common.outputs import check_output_dir
 from .answers import Answer, Item, submission_time
 
 # Names of the control and object tags in the labeling configuration; the reader
@@ -176,7 +178,7 @@ def check_out(out: Path, inputs=()) -> None:
 
 
 def write(out_dir: Path, rows: pd.DataFrame, name: str | None = None) -> list[Path]:
-    """Write tasks.json and config.xml into out_dir, as one unit (fileio.output_set)."""
+    """Write tasks.json and config.xml into out_dir, as one unit (atomic.output_set)."""
     with_conf = "confidence" in rows.columns
     paths = [out_dir / name for name in EXPORT_FILES]
     with output_set(*paths) as (tasks_tmp, config_tmp):

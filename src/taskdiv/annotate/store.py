@@ -7,7 +7,8 @@ response) is rewritten from it after every import: each annotated prompt once, w
 its latest answer, in the order first annotated. Its `id` column makes it a valid
 `taskdiv select --exclude` file.
 
-Rules (each case is reported by id, on screen and in import-round-N.json):
+Rules (each case is reported by id, on screen and in import-round-N.json; `decide` applies the
+rules of one id's answers, a pure function, and `resolve` the rest):
 - skipped (cancelled) and empty answers are not imported;
 - several answers to one prompt: the latest submitted non-empty one wins (by the
   tool's submission time; where the export has none, the last in file order);
@@ -22,7 +23,7 @@ Rules (each case is reported by id, on screen and in import-round-N.json):
   selection), or, with skip_unknown, dropped and reported; a prompt whose text
   differs from the selection's is an error.
 Nothing is written unless the whole file is valid and holds something to import, and
-the three outputs are replaced as one unit (fileio.output_set), under a lock on the
+the three outputs are replaced as one unit (atomic.output_set), under a lock on the
 store's directory held from reading the store to the rename, so two imports into one
 shared store at once both land. A store that is a
 symbolic link (one store shared by several projects) is written through the link, and
@@ -32,14 +33,20 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
-from ..errors import DataError, TaskdivError
-from ..fileio import (check_output_file, dump_jsonl, dumps_json, iter_jsonl, locked, nearest_existing, output_set,
-                      remove_stale)
-from .answers import Item
+from ..common.atomic import output_set
+from ..common.errors import DataError, TaskdivError
+from ..common.inputs import iter_jsonl
+from ..common.locks import LOCK_NAME, locked, remove_stale
+from ..common.outputs import check_output_file, nearest_existing
+from ..common.writers import dump_jsonl, dumps_json
+from .answers import Answer, Item
 
 STORE_NAME = "annotations.jsonl"
 SFT_COLUMNS = ["id", "task", "prompt", "response"]
@@ -68,7 +75,7 @@ def read_store(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-# ----------------------------------------------------------------------------- resolving
+# ----------------------------------------------------------------------------- the rules
 
 
 def _time(value) -> float:
@@ -84,15 +91,92 @@ def _time(value) -> float:
     return ts.timestamp()
 
 
+class Stored(NamedTuple):
+    """One answer the store holds for an id: its response and submission time (None when unknown)."""
+
+    response: str
+    submitted_at: str | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What an import does with one id's answers.
+
+    `outcome` is the report's category: "imported" (new id), "replaced" (appended, replaces the
+    stored answer), "unchanged", "kept_stored", "earlier_answer" (the stored answer stays), or
+    "skipped", "empty", "not_annotated" (nothing accepted). `answer` is the winning answer (None
+    when nothing was accepted), `dropped` the other accepted ones, oldest first."""
+
+    outcome: str
+    answer: Answer | None = None
+    dropped: tuple[Answer, ...] = ()
+
+    @property
+    def appends(self) -> bool:
+        """Whether the winning answer is appended to the store."""
+        return self.outcome in ("imported", "replaced")
+
+    @property
+    def response(self) -> str | None:
+        return None if self.answer is None else self.answer.response.strip()
+
+
+def decide(answers: Sequence[Answer], stored: Sequence[Stored] = ()) -> Decision:
+    """The rules of the module docstring for one id: its answers in this import (in file order)
+    against what the store holds for it (`stored`, in store order, oldest first; empty for a new
+    id). Pure: no disk, no frames."""
+    accepted = [a for a in answers if a.status == "submitted"]
+    if not accepted:
+        return Decision(_not_accepted(answers))
+    win, dropped = _latest_submitted(accepted)
+    return Decision(_against_store(win.response.strip(), _time(win.submitted_at), stored), win, dropped)
+
+
+def _not_accepted(answers: Sequence[Answer]) -> str:
+    """Why nothing is imported: no answer at all, a skipped one among them, or only empty ones."""
+    if not answers:
+        return "not_annotated"
+    return "skipped" if any(a.status == "skipped" for a in answers) else "empty"
+
+
+def _latest_submitted(accepted: list[Answer]) -> tuple[Answer, tuple[Answer, ...]]:
+    """The latest submitted answer and the others, oldest first. Answers without a time sort
+    before every timed one; ties (no times at all) go to the last in file order."""
+    order = sorted(range(len(accepted)), key=lambda k: (_time(accepted[k].submitted_at), k))
+    return accepted[order[-1]], tuple(accepted[k] for k in order[:-1])
+
+
+def _against_store(response: str, new_time: float, stored: Sequence[Stored]) -> str:
+    """The outcome of the winning answer (stripped `response`, sortable `new_time`) against the
+    id's stored answers."""
+    if not stored:
+        return "imported"
+    prev = stored[-1]
+    if prev.response == response:
+        return "unchanged"
+    stored_time = _time(prev.submitted_at)
+    if math.isfinite(new_time) and math.isfinite(stored_time):
+        return "kept_stored" if new_time < stored_time else "replaced"
+    # One of the two has no time: an untimed answer counts as the newest, unless it is an earlier
+    # round's answer again, not submitted after every stored time (an old export re-imported).
+    if response in {s.response for s in stored} and not new_time > max(_time(s.submitted_at) for s in stored):
+        return "earlier_answer"
+    return "replaced"
+
+
+# ----------------------------------------------------------------------------- resolving
+
+
 def resolve(items: list[Item], selection: pd.DataFrame, store: pd.DataFrame, *, source: str,
             fmt: str, selection_path: str, skip_unknown: bool = False) -> tuple[list[dict], dict]:
     """The store rows to append and a report of every id, by category (see the module docstring)."""
     sel = selection.set_index("id", drop=False)
     latest = store.drop_duplicates("id", keep="last").set_index("id", drop=False) if len(store) else store
-    # Per id: every answer the store holds, and the latest submission time among them.
-    stored_answers = store.groupby("id")["response"].agg(set).to_dict() if len(store) else {}
-    stored_latest = store.groupby("id")["submitted_at"].agg(lambda ts: max(map(_time, ts))).to_dict() \
-        if len(store) else {}
+    # Per id: every answer the store holds, oldest first (the rules read them through `decide`).
+    stored: dict[str, list[Stored]] = {}
+    if len(store):
+        for pid, response, submitted_at in zip(store["id"], store["response"], store["submitted_at"]):
+            stored.setdefault(pid, []).append(Stored(response, submitted_at))
     by_id: dict[str, list[Item]] = {}
     for item in items:
         by_id.setdefault(item.id, []).append(item)
@@ -122,41 +206,19 @@ def resolve(items: list[Item], selection: pd.DataFrame, store: pd.DataFrame, *, 
         if pid in unknown:
             report["unknown"].append(pid)
             continue
-        answers = [a for it in its for a in it.answers]
-        accepted = [a for a in answers if a.status == "submitted"]
-        if not accepted:
-            key = "not_annotated" if not answers else ("skipped" if any(a.status == "skipped" for a in answers)
-                                                     else "empty")
-            report[key].append(pid)
-            continue
-        order = sorted(range(len(accepted)), key=lambda k: (_time(accepted[k].submitted_at), k))
-        win = accepted[order[-1]]
-        if len(accepted) > 1:
-            report["superseded"][pid] = {"kept": win.where, "dropped": [accepted[k].where for k in order[:-1]]}
-        if pid not in sel.index:
-            report["earlier_round"].append(pid)
-        base = sel.loc[pid] if pid in sel.index else latest.loc[pid]
-        response = win.response.strip()
-        if pid in latest.index:
-            prev = latest.loc[pid]
-            if prev["response"] == response:
-                report["unchanged"].append(pid)
-                continue
-            new_time, stored_time = _time(win.submitted_at), _time(prev.get("submitted_at"))
-            if math.isfinite(new_time) and math.isfinite(stored_time):
-                if new_time < stored_time:
-                    report["kept_stored"].append(pid)
-                    continue
-            elif response in stored_answers.get(pid, ()) and not new_time > stored_latest[pid]:
-                # An earlier round's answer again, not submitted after it: an old export re-imported.
-                report["earlier_answer"].append(pid)
-                continue
-            report["replaced"].append(pid)
-        else:
-            report["imported"].append(pid)
-        rows.append({"id": pid, "task": base["task"], "prompt": base["prompt"], "response": response,
-                     "round": next_round, "source": source, "format": fmt, "annotator": win.annotator,
-                     "submitted_at": win.submitted_at, "selection": selection_path})
+        decision = decide([a for it in its for a in it.answers], stored.get(pid, ()))
+        win = decision.answer
+        if win is not None:
+            if decision.dropped:
+                report["superseded"][pid] = {"kept": win.where, "dropped": [a.where for a in decision.dropped]}
+            if pid not in sel.index:
+                report["earlier_round"].append(pid)
+        report[decision.outcome].append(pid)
+        if decision.appends:
+            base = sel.loc[pid] if pid in sel.index else latest.loc[pid]
+            rows.append({"id": pid, "task": base["task"], "prompt": base["prompt"], "response": decision.response,
+                         "round": next_round, "source": source, "format": fmt, "annotator": win.annotator,
+                         "submitted_at": win.submitted_at, "selection": selection_path})
     report["not_in_export"] = [i for i in sel["id"] if i not in by_id]
     return rows, report
 
@@ -224,6 +286,8 @@ def store_lock(directory: Path, doing: str):
         finally:
             for p in made:  # deepest first
                 with contextlib.suppress(OSError):  # not empty: the import landed
+                    if p == directory and [c.name for c in p.iterdir()] == [LOCK_NAME]:
+                        (p / LOCK_NAME).unlink()  # only the lock's file (no fcntl): nothing landed
                     p.rmdir()
 
 
@@ -255,7 +319,7 @@ def _ingest(items, selection, out, store_path, *, source, fmt, selection_path, s
 
 def clear_leftovers(store_path: Path, out: Path) -> None:
     """Remove what an import killed while writing (SIGKILL, a crash) left in the store's directory:
-    the temporaries of the store, its round report and the SFT dataset (fileio.output_set names
+    the temporaries of the store, its round report and the SFT dataset (atomic.output_set names
     them .NAME.XXXXXXXX.tmp) and the copies it keeps while renaming (.NAME.PID.N.old). Called
     under the store's lock, so no other import is writing them; the SFT dataset's only when it
     lies in that directory (elsewhere another import, into another store, may be writing it)."""
