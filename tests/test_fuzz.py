@@ -239,6 +239,11 @@ def mutated(draw, seeds: list[bytes]):
             data[at:at] = data[at:at + draw(st.integers(1, 64))]
     return bytes(data)
 
+def jsonl_inputs(seed: bytes, row):
+    """A JSONL file's text: a valid line mutated, or drawn rows perturbed, one JSON object a line."""
+    return st.one_of(mutated([seed]), perturbed(rows_of(row)).map(lambda rows: "".join(dumps(r) + "\n" for r in rows)))
+
+
 
 def write(path: Path, data) -> Path:
     if isinstance(data, str):
@@ -574,8 +579,7 @@ def selection_row(i: int):
 
 
 @FUZZ
-@given(st.one_of(mutated([b'{"id":"a1","task":"t","prompt":"Q one?","confidence":0.5,"rank":1}\n']),
-                 perturbed(rows_of(selection_row)).map(lambda rows: "".join(dumps(r) + "\n" for r in rows))))
+@given(jsonl_inputs(b'{"id":"a1","task":"t","prompt":"Q one?","confidence":0.5,"rank":1}\n', selection_row))
 def test_selection(scratch, content):
     """The selection.jsonl that annotate export, import and oracle read."""
     from taskdiv.annotate.answers import read_selection
@@ -659,8 +663,7 @@ def answer(i: int):
 
 
 @FUZZ
-@given(st.one_of(mutated([b'{"id": "a1", "response": "A.", "submitted_at": "2026-01-31T12:00:00Z"}\n']),
-                 perturbed(rows_of(answer)).map(lambda rows: "".join(dumps(r) + "\n" for r in rows))))
+@given(jsonl_inputs(b'{"id": "a1", "response": "A.", "submitted_at": "2026-01-31T12:00:00Z"}\n', answer))
 def test_jsonl_answers(scratch, content):
     bounded("JSONL answers", lambda: read_export("jsonl", write(scratch / "answers.jsonl", content)))
 
@@ -672,8 +675,7 @@ def store_row(i: int):
 
 
 @FUZZ
-@given(st.one_of(mutated([b'{"id":"a1","task":"t","prompt":"Q one?","response":"A.","round":1}\n']),
-                 perturbed(rows_of(store_row)).map(lambda rows: "".join(dumps(r) + "\n" for r in rows))))
+@given(jsonl_inputs(b'{"id":"a1","task":"t","prompt":"Q one?","response":"A.","round":1}\n', store_row))
 def test_annotation_store(scratch, content):
     """The store an import appends to (annotations.jsonl): its rows, and the SFT data made from them."""
     from taskdiv.annotate.store import read_store, sft_rows
