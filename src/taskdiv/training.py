@@ -100,8 +100,9 @@ class TrainConfig:
                 "(for large models on a GPU)."})
     group_by_length: bool = field(default=False, metadata={
         "help": "Batch examples of similar length together (transformers' LengthGroupedSampler): far less "
-                "padding when lengths vary, as in a many-task pool (2.5x fewer tokens on bench:many), "
-                "but batches are no longer a uniform random draw."})
+                "padding when lengths vary, as in a many-task pool (on bench:many random batches of 8 "
+                "computed 2.46x the real tokens, grouped ones 1.2-1.3x), but batches are no longer a "
+                "uniform random draw."})
     save_steps: int = field(default=20, metadata={
         "help": "Checkpoint every N optimizer steps (an interrupted run resumes from the last one)."})
 
