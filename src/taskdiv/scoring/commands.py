@@ -235,8 +235,9 @@ def _score(cfg: ScoreConfig, loaded=None, pool: Pool | None = None) -> tuple[pd.
     finally:
         _close(cache, shared, scorer, ours=loaded is None)
     _write_outputs(out, scores, table, cfg, settings, ref.path, cache.key)
-    scores.attrs.update(reused=reused, from_shared=from_shared, computed=scorer.computed, seconds=time.perf_counter() - started,
-                        generation_seconds=scorer.seconds, available=len(pool.frame),
+    scores.attrs.update(reused=reused, from_shared=from_shared, computed=scorer.computed,
+                        seconds=time.perf_counter() - started, generation_seconds=scorer.seconds,
+                        available=len(pool.frame),
                         engine=dict(getattr(scorer, "stats", {}), engine=cfg.engine))
     log.info("scored %d of %d prompts: %d reused from the cache (%d of them from the shared cache), %d generated",
              len(scores), len(pool.frame), reused, from_shared, scorer.computed)
