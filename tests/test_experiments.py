@@ -372,6 +372,18 @@ def test_a_committed_study_needs_no_pool(tmp_path, monkeypatch, capsys, study):
     assert f"taskdiv report {exp}" in err
 
 
+def test_the_many_task_study_reports_from_its_committed_files(tmp_path):
+    """results/cpu-many (committed run by run while the grid runs) regenerates its report from
+    the committed files alone: no pool, no model, no rerun."""
+    root = Path(__file__).parents[1]
+    exp = tmp_path / "cpu-many"
+    shutil.copytree(root / "results" / "cpu-many", exp)
+    (exp / "report.md").unlink()
+    assert main(["report", str(exp)]) == 0
+    assert (exp / "report.md").read_text() == (root / "results" / "cpu-many" / "report.md").read_text()
+    assert (exp / "confidence_gain.png").exists()
+
+
 @pytest.mark.slow
 def test_two_round_strategy_end_to_end(tmp_path, tiny_model_dir):
     """Round 1 (task-diversity, half the budget) is annotated and trained on, the round-1
