@@ -140,8 +140,8 @@ experiment-skewed: install
 	$(TASKDIV) experiment configs/cpu-skewed.yaml --out results/cpu-skewed
 	$(TASKDIV) report results/cpu-skewed
 
-# The many-task study on local benchmark files (about 20 hours on 2 cores, several
-# sessions). Finished runs are committed under results/cpu-many, so this resumes.
+# The many-task study on local benchmark files (about 40 hours on 2 cores at the measured
+# pace, many sessions: docs/experiments.md). Finished runs are committed under results/cpu-many, so this resumes.
 experiment-many: install
 	$(TASKDIV) experiment configs/cpu-many.yaml --out results/cpu-many
 	$(TASKDIV) report results/cpu-many
