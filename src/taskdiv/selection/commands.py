@@ -271,16 +271,15 @@ def split_pool(pool: Pool, test_per_task: float = 0.2, seed: int = 0) -> tuple[p
     (`taskdiv.pool.splits`: keyed on the prompt and the response; a copy of a held-out item in
     another task is in neither part). The held-out rows get `targets` = [response] where
     they have a response and no targets, so that `evaluate --heldout` can score them."""
-    from ..pool.splits import SplitOptions, split_key, split_tasks
+    from ..pool.splits import SplitOptions, split_key, split_pool_and_test
 
     frame = pool.frame
     responses = frame["response"].fillna("").astype(str) if "response" in frame else pd.Series("", index=frame.index)
     keyed = frame.assign(_key=[split_key(p, r) for p, r in zip(frame["prompt"], responses)])
     tasks = {t: g for t, g in keyed.groupby("task", sort=True)}
-    part = {split: set(split_tasks(tasks, SplitOptions(split=split, test=test_per_task, seed=seed),
-                                   where=pool.source)["id"]) for split in ("pool", "test")}
-    kept = frame[frame["id"].isin(part["pool"]).to_numpy()].reset_index(drop=True)
-    test = frame[frame["id"].isin(part["test"]).to_numpy()].reset_index(drop=True)
+    pool_part, test_part = split_pool_and_test(tasks, SplitOptions(test=test_per_task, seed=seed), where=pool.source)
+    kept = frame[frame["id"].isin(set(pool_part["id"])).to_numpy()].reset_index(drop=True)
+    test = frame[frame["id"].isin(set(test_part["id"])).to_numpy()].reset_index(drop=True)
     if "response" in test:
         if "targets" not in test:
             test["targets"] = None
