@@ -28,7 +28,7 @@ from ..engines.models import DEFAULT_ENCODER
 from ..pool.container import Pool
 from ..pool.fields import PoolOptions
 from ..pool.load import load_pool
-from ..pool.readers import read_ids
+from ..pool.readers import EXCLUDE_HELP, excluded
 from .allocation import check_task_limits, parse_budget
 from .scores import read_score_file, read_scores
 from .strategies import STRATEGIES, TASK_PARAMETERS, WITHIN, Inputs, get_strategy
@@ -51,8 +51,8 @@ class SelectConfig(PoolOptions):
     min_per_task: int = field(default=0, metadata={"help": "Task strategies: at least this many prompts per task."})
     max_per_task: int | None = field(default=None, metadata={"help": "Task strategies: at most this many per task."})
     exclude: str | None = field(default=None, metadata={
-        "help": "Ids already annotated (a file of ids, a selection.jsonl, or an annotation store's ids); "
-                "never chosen again, and counted as taken by the allocation."})
+        "help": "Ids already annotated: never chosen again, and counted as taken by the allocation. "
+                + EXCLUDE_HELP})
     tasks: str | None = field(default=None, metadata={
         "help": "'auto' or 'auto:K': cluster prompt embeddings into K pseudo-tasks and use them "
                 "as task labels (default K = clamp(round(sqrt(N/2)), 2, 100))."})
@@ -96,14 +96,7 @@ def prepare_inputs(pool: Pool, strategy, cfg: SelectConfig, *, embeddings=None, 
         inputs.embeddings = embeddings if embeddings is not None else _embed(pool, cfg.embedding_model,
                                                                              getattr(cfg, "engine", "local"))
     if cfg.exclude:
-        ids = read_ids(cfg.exclude)
-        pos = pool.positions(ids)
-        mask = np.zeros(len(pool), dtype=bool)
-        mask[pos[pos >= 0]] = True
-        unknown = len(set(np.asarray(ids)[pos < 0]))
-        if unknown:
-            log.warning("%s: %d excluded id(s) are not in the pool; ignored", cfg.exclude, unknown)
-        inputs.excluded = mask
+        inputs.excluded = excluded(pool, cfg.exclude)
     return inputs
 
 
