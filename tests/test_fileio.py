@@ -173,3 +173,29 @@ def test_a_temporary_a_live_writer_holds_is_left_alone(tmp_path):
         write_text(target, "second")  # another run writing the same output meanwhile
         assert live.exists() and target.read_text() == "second"
     assert target.read_text() == "first" and os.listdir(tmp_path) == ["out.txt"]
+
+
+# ----------------------------------------------------------------------------- a library's errno
+
+
+@pytest.mark.parametrize("message, code", [
+    ("Error writing bytes to file. Detail: [errno 28] No space left on device", 28),  # Arrow
+    ("I/O error: No space left on device (os error 28)", 28),  # safetensors (Rust)
+    ("IOError: [Errno 13] Permission denied", 13),
+    ("file write failed", None), ("errno 28 without brackets", None)])
+def test_the_errno_a_library_gives_in_its_message(message, code):
+    from taskdiv.common.errors import errno_in
+
+    assert errno_in(message) == code
+
+
+def test_an_oserror_with_its_errno_only_in_the_text_is_said_in_the_systems_words(tmp_path):
+    """Before: only Arrow's '[errno N]' was read; safetensors' '(os error 28)' came out in its own words."""
+    from taskdiv.common.atomic import atomic_path
+
+    target = tmp_path / "out.bin"
+    with pytest.raises(OSError) as raised:
+        with atomic_path(target):
+            raise OSError("I/O error: No space left on device (os error 28)")
+    assert (raised.value.errno, raised.value.filename, raised.value.strerror) == \
+        (28, str(target), "No space left on device")

@@ -297,3 +297,13 @@ def test_group_by_length_computes_less_padding(tiny_model_dir, tmp_path):
         ratios[grouped] = json.loads((run / "train_metrics.json").read_text())["padding_ratio"]
     assert ratios[False] > 1.4  # random batches of 8 mix both lengths
     assert ratios[True] < 1.25  # each megabatch of 16 sorted by length: at most one of its 2 batches mixed
+
+
+def test_a_write_error_reads_the_errno_of_an_oserror_that_says_it_only_in_its_text(tmp_path):
+    """An OSError of Arrow's carries its errno only in its message ('[errno 28]'). Before: no
+    error of the system's was found behind it, and the library's words were shown."""
+    error = training._write_error(OSError("Error writing bytes to file. Detail: [errno 28] No space left"), tmp_path)
+    assert (error.errno, error.strerror, error.filename) == (28, "No space left on device", str(tmp_path))
+    safetensors = training._write_error(RuntimeError("I/O error: No space left on device (os error 28)"), tmp_path)
+    assert (safetensors.errno, safetensors.filename) == (28, str(tmp_path))
+    assert training._write_error(ValueError("no errno here"), tmp_path) is None

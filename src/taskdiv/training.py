@@ -35,7 +35,6 @@ import errno
 import json
 import logging
 import os
-import re
 import shutil
 import warnings
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from pathlib import Path
 
 from .common.atomic import atomic_dir
 from .common.config import to_dict
-from .common.errors import DataError, TaskdivError
+from .common.errors import DataError, TaskdivError, errno_in
 from .common.inputs import file_sha256, read_yaml
 from .common.outputs import check_output_dir
 from .common.version import __version__
@@ -273,14 +272,10 @@ def _write_error(e: Exception, where: Path) -> OSError | None:
     torch.save 'file write failed' in a RuntimeError; an OSError of the Trainer's own (a JSON
     file) names no file. None for anything else."""
     text = str(e)
-    if isinstance(e, OSError):
-        code = e.errno
-    elif m := re.search(r"os error (\d+)|\[errno (\d+)\]", text, re.IGNORECASE):
-        code = int(m[1] or m[2])
-    elif isinstance(e, RuntimeError) and "write" in text.lower() and shutil.disk_usage(where).free < 1 << 20:
+    code = (e.errno if isinstance(e, OSError) else None) or errno_in(text)  # Arrow's OSErrors: in the text
+    if code is None and isinstance(e, RuntimeError) and "write" in text.lower() \
+            and shutil.disk_usage(where).free < 1 << 20:
         code = errno.ENOSPC  # torch says no more than that a write failed: the disk it wrote to is full
-    else:
-        return None
     if code is None:
         return None
     name = e.filename if isinstance(e, OSError) and e.filename else where

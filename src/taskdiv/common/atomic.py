@@ -22,7 +22,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from .errors import TaskdivError
+from .errors import TaskdivError, errno_in
 
 try:
     import fcntl
@@ -173,11 +173,11 @@ def remove_empty(made: list[Path]) -> None:
 def _naming(e: OSError, target: Path, temporaries=(), staging: Path | None = None) -> OSError:
     """`e`, naming `target` (the output a user asked for) where it names no file (a write that
     fails on a full disk) or a temporary of ours, or a file inside the `staging` directory of
-    `target` (the same file inside `target`). An error of Arrow's ('Error writing bytes to file.
-    Detail: [errno 28] No space left on device') is said in the system's words for its errno."""
+    `target` (the same file inside `target`). An error whose errno is only in its message (Arrow's,
+    safetensors'; `errno_in`) is said in the system's words for it."""
     text = str(e)  # before a file name is set, which changes it
-    if e.errno is None and (m := re.search(r"\[errno (\d+)\]", text)):
-        e.errno = int(m[1])
+    if e.errno is None:
+        e.errno = errno_in(text)
     if e.errno is not None:  # Arrow's errors carry it with its own words around the system's
         e.strerror = os.strerror(e.errno)
     elif e.strerror is None:
