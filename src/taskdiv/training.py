@@ -30,13 +30,11 @@ from the same checkpoint. Tested on CPU with gloo (tests/test_training_ddp.py).
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
 import os
 import shutil
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +43,7 @@ from .common.config import to_dict
 from .common.errors import DataError, TaskdivError, errno_in
 from .common.inputs import file_sha256, read_yaml
 from .common.outputs import check_output_dir
+from .common.progress import quiet_inner_progress
 from .common.version import __version__
 from .common.writers import write_json, write_text, write_yaml
 from .engines.models import DEFAULT_MODEL, EMBEDDED
@@ -431,7 +430,7 @@ def train(cfg: TrainConfig) -> Path:
         include_num_input_tokens_seen="all")  # the tokens computed, padding included
     trainer = None
     try:
-        with _quiet(datasets):
+        with quiet_inner_progress(ours=False, ignore=(FutureWarning,)):  # dataset preparation, deprecations
             trainer = trl.SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                      peft_config=peft_config,
                                      callbacks=[_callbacks(run / "train_log.jsonl", resume_step)])
@@ -463,20 +462,6 @@ def train(cfg: TrainConfig) -> Path:
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     write_text(run / "done", "")
     return run
-
-
-@contextlib.contextmanager
-def _quiet(datasets):
-    """Hide the dataset-preparation progress bars and deprecation chatter of the libraries."""
-    was = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            yield
-    finally:
-        if was:
-            datasets.enable_progress_bars()
 
 
 def _merge_finished(run: Path, ref, tokenizer) -> None:
