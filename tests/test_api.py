@@ -80,6 +80,11 @@ def test_a_notebook_does_the_whole_job_and_matches_the_cli(kind, tiny_model_dir,
     assert again["id"].tolist() == cli_ids
     rest, _ = taskdiv.select(pd.DataFrame(rows), 5, strategy="task-diversity", exclude=cli_ids[:4])
     assert not set(rest["id"]) & set(cli_ids[:4])
+    # A list naming none of the pool's prompts: the error names the list, not a temporary file.
+    with pytest.raises(TaskdivError) as err:
+        taskdiv.select(pd.DataFrame(rows), 5, strategy="task-diversity", exclude=["not-an-id", "nor-this"])
+    assert str(err.value).startswith("exclude (a list of 2 id(s)): none of its 2 id(s) is in the pool")
+    assert "taskdiv-select-" not in str(err.value)
 
 
 def test_the_error_types_are_names_of_the_package():

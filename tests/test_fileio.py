@@ -1,6 +1,7 @@
 """Atomic outputs: files and directories appear whole, with the usual permissions."""
 import os
 import stat
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -8,6 +9,8 @@ from hypothesis import strategies as st
 
 from taskdiv.common.atomic import atomic_dir
 from taskdiv.common.writers import write_jsonl
+
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def _mode(path) -> int:
@@ -93,3 +96,106 @@ def test_dump_jsonl_uses_arrow_for_plain_columns_and_pandas_for_the_rest(tmp_pat
     assert not _dump_jsonl_arrow(tmp_path / "b.jsonl", pd.DataFrame({"t": ["bell \x07"]}))
     assert not _dump_jsonl_arrow(tmp_path / "c.jsonl", pd.DataFrame({"choices": [["a", "b"]]}))
     assert not (tmp_path / "b.jsonl").exists() and not (tmp_path / "c.jsonl").exists()
+
+
+# ----------------------------------------------------------------------------- leftovers of a killed run
+
+_KILLED = """
+import os, signal, sys
+from taskdiv import cli
+import {module} as where
+write = where.dump_jsonl
+def write_then_die(path, *args, **kwargs):
+    write(path, *args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)  # the temporary written, not yet renamed
+where.dump_jsonl = write_then_die
+cli.main(sys.argv[1:])
+"""
+
+_COMMANDS = {  # command: (the module whose dump_jsonl it writes with, the files it leaves in OUT's folder)
+    "select": ("taskdiv.selection.commands", ["allocation.csv", "config.yaml", "pool.jsonl", "selection.jsonl"]),
+    "pool export": ("taskdiv.common.writers", ["out.jsonl", "pool.jsonl"]),
+}
+
+
+def _command(name, pool, folder):
+    if name == "select":
+        return ["select", str(pool), "--budget", "4", "--strategy", "random", "--out", str(folder), "-q"]
+    return ["pool", "export", str(pool), "--out", str(folder / "out.jsonl"), "-q"]
+
+
+@pytest.mark.parametrize("name", list(_COMMANDS))
+def test_a_killed_run_leaves_temporaries_that_the_next_run_of_the_command_removes(tmp_path, small_pool, name):
+    """SIGKILL between writing an output's temporary and renaming it. Before: the next select or
+    export wrote its outputs and left the .NAME.XXXXXXXX.tmp beside them for good."""
+    import signal
+    import subprocess
+    import sys
+
+    from taskdiv import cli
+
+    module, files = _COMMANDS[name]
+    folder = small_pool.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    killed = subprocess.run([sys.executable, "-c", _KILLED.format(module=module), *_command(name, small_pool, folder)],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert any(n.endswith(".tmp") for n in os.listdir(folder)), os.listdir(folder)
+    assert cli.main(_command(name, small_pool, folder)) == 0
+    assert sorted(os.listdir(folder)) == files
+
+
+def test_planted_leftovers_of_the_same_output_go_and_the_others_stay(tmp_path, small_pool):
+    """Temporaries and rename backups named as atomic.py names them (.NAME.XXXXXXXX.tmp,
+    .NAME.PID.N.old), held by no process: the next write of NAME removes them, and only them."""
+    from taskdiv import cli
+
+    out = tmp_path / "sel"
+    out.mkdir()
+    stale = [".selection.jsonl.k3x_9q2a.tmp", ".allocation.csv.abcdefgh.tmp", ".selection.jsonl.4242.2.old"]
+    others = [".scores.csv.abcdefgh.tmp", ".selection.jsonl.gz.abcdefgh.tmp", ".selection.jsonl.keep",
+              "selection.jsonl.abcdefgh.tmp"]
+    for name in stale + others:
+        (out / name).write_text("left over")
+    assert cli.main(_command("select", small_pool, out)) == 0
+    assert sorted(os.listdir(out)) == sorted(["allocation.csv", "config.yaml", "selection.jsonl", *others])
+
+
+def test_a_temporary_a_live_writer_holds_is_left_alone(tmp_path):
+    """Only provably stale temporaries go: one a live writer holds (here this process, through
+    another open file) stays, and that writer's rename still lands."""
+    from taskdiv.common.atomic import atomic_path
+    from taskdiv.common.writers import write_text
+
+    target = tmp_path / "out.txt"
+    with atomic_path(target) as live:
+        live.write_text("first")
+        write_text(target, "second")  # another run writing the same output meanwhile
+        assert live.exists() and target.read_text() == "second"
+    assert target.read_text() == "first" and os.listdir(tmp_path) == ["out.txt"]
+
+
+# ----------------------------------------------------------------------------- a library's errno
+
+
+@pytest.mark.parametrize("message, code", [
+    ("Error writing bytes to file. Detail: [errno 28] No space left on device", 28),  # Arrow
+    ("I/O error: No space left on device (os error 28)", 28),  # safetensors (Rust)
+    ("IOError: [Errno 13] Permission denied", 13),
+    ("file write failed", None), ("errno 28 without brackets", None)])
+def test_the_errno_a_library_gives_in_its_message(message, code):
+    from taskdiv.common.errors import errno_in
+
+    assert errno_in(message) == code
+
+
+def test_an_oserror_with_its_errno_only_in_the_text_is_said_in_the_systems_words(tmp_path):
+    """Before: only Arrow's '[errno N]' was read; safetensors' '(os error 28)' came out in its own words."""
+    from taskdiv.common.atomic import atomic_path
+
+    target = tmp_path / "out.bin"
+    with pytest.raises(OSError) as raised:
+        with atomic_path(target):
+            raise OSError("I/O error: No space left on device (os error 28)")
+    assert (raised.value.errno, raised.value.filename, raised.value.strerror) == \
+        (28, str(target), "No space left on device")

@@ -422,6 +422,40 @@ def test_exclude_scores_only_the_rest(small_pool, tiny_model_dir, tmp_path):
                      "--out", str(tmp_path / "none")]) == 1
 
 
+def test_score_and_select_read_and_apply_one_exclude_file_alike(small_pool, tiny_model_dir, tmp_path, caplog, capsys):
+    """One --exclude file for both commands, naming two prompts of the pool and one id that is not
+    in it: each leaves out the same two prompts and warns, naming the file and the unknown id, and
+    says so in --help. Before: select warned and score said nothing; a file naming nobody in the
+    pool, or every prompt, was an error in score only."""
+    import logging
+
+    exclude = write_jsonl(tmp_path / "exclude.jsonl", [{"id": "c0"}, {"id": "b1"}, {"id": "nope"}])
+    commands = {"score": ["score", str(small_pool), "--model", str(tiny_model_dir), "--max-new-tokens", "1",
+                          "--no-progress"],
+                "select": ["select", str(small_pool), "--strategy", "full", "-q"]}
+    for name, args in commands.items():
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert cli.main([*args, "--exclude", str(exclude), "--out", str(tmp_path / name)]) == 0
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any(f"{exclude}: 1 of 3 excluded id(s) not in the pool, ignored: 'nope'" in m for m in warned), warned
+    chosen = pd.read_json(tmp_path / "select" / "selection.jsonl", lines=True)["id"]
+    scored = pd.read_csv(tmp_path / "score" / "scores.csv")["id"]
+    assert set(chosen) == set(scored) and len(chosen) == 14 and not {"c0", "b1"} & set(chosen)
+
+    strangers = write_jsonl(tmp_path / "strangers.jsonl", [{"id": "x1"}, {"id": "x2"}])
+    every = write_jsonl(tmp_path / "all.jsonl", [{"id": i} for i in pd.read_json(small_pool, lines=True)["id"]])
+    for name, args in commands.items():
+        capsys.readouterr()
+        assert cli.main([*args, "--exclude", str(strangers), "--out", str(tmp_path / "x")]) == 1
+        assert f"--exclude {strangers}: none of its 2 id(s) is in the pool (e.g. 'x1', 'x2')" in capsys.readouterr().err
+        assert cli.main([*args, "--exclude", str(every), "--out", str(tmp_path / "x")]) == 1
+        assert f"--exclude {every} names every prompt of the pool (16): none is left" in capsys.readouterr().err
+        with pytest.raises(SystemExit):
+            cli.main([args[0], "--help"])
+        assert "ids not in the pool are ignored with a warning" in " ".join(capsys.readouterr().out.split())
+
+
 def test_the_shared_cache_outlives_its_folder(small_pool, tiny_model_dir, tmp_path, monkeypatch, capsys):
     """Scoring the same pool with the same model into a second --out generates nothing: the
     scores come from $TASKDIV_CACHE/scores, and the output says how many."""

@@ -248,3 +248,34 @@ def test_pool_split_uses_the_sources_rule_and_feeds_evaluate(tmp_path):
     assert (tmp_path / "s" / "test.jsonl").read_bytes() == first
     assert main(["pool", "split", str(src), "--test-per-task", "-1", "--out", str(tmp_path / "u")]) == 1
     assert not (tmp_path / "u").exists()
+
+
+def test_split_pool_splits_once_into_the_parts_split_tasks_gives(tmp_path, monkeypatch):
+    """`split_pool` splits each task once (before: twice, once per part) and its parts are still
+    split_tasks' pool and test splits of the same items: rows, order, columns, test targets."""
+    from taskdiv.pool import splits
+    from taskdiv.pool.container import Pool
+    from taskdiv.pool.load import load_pool
+    from taskdiv.selection.commands import split_pool
+
+    rows = [{"id": f"{t}{i}", "task": t, "prompt": f"q{i % 7}" if t == "b" else f"{t} q{i}",
+             "response": f"r{i % 7}" if t == "b" else f"{t} r{i}"} for t, n in (("a", 3), ("b", 12), ("c", 20))
+            for i in range(n)]
+    rows += [{"id": "copy", "task": "c", "prompt": "q1", "response": "r1"}]  # an item of b, in c too
+    pool = load_pool(str(write_jsonl(tmp_path / "pool.jsonl", rows)))
+    options = splits.SplitOptions(test=0.25, seed=3)
+    frame = pool.frame.assign(_key=[splits.split_key(p, r) for p, r in zip(pool.frame["prompt"],
+                                                                           pool.frame["response"])])
+    tasks = dict(list(frame.groupby("task", sort=True)))
+    want = {part: set(splits.split_tasks(tasks, splits.SplitOptions(split=part, test=0.25, seed=3),
+                                         where="w")["id"]) for part in ("pool", "test")}
+    calls = []
+    real = splits.split_task
+    monkeypatch.setattr(splits, "split_task", lambda frame, **kw: calls.append(1) or real(frame, **kw))
+    kept, test = split_pool(Pool(pool.frame, pool.source), options.test, options.seed)
+    assert len(calls) == 3, "each task split once"
+    assert kept["id"].tolist() == [i for i in pool.frame["id"] if i in want["pool"]]
+    assert test["id"].tolist() == [i for i in pool.frame["id"] if i in want["test"]]
+    assert kept.equals(pool.frame[pool.frame["id"].isin(want["pool"])].reset_index(drop=True))
+    assert test["targets"].tolist() == [[r] for r in test["response"]]
+    assert not set(kept["id"]) & set(test["id"])

@@ -3,6 +3,7 @@ directory loads with plain peft, reruns and resumes), and bad input."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -297,3 +298,57 @@ def test_group_by_length_computes_less_padding(tiny_model_dir, tmp_path):
         ratios[grouped] = json.loads((run / "train_metrics.json").read_text())["padding_ratio"]
     assert ratios[False] > 1.4  # random batches of 8 mix both lengths
     assert ratios[True] < 1.25  # each megabatch of 16 sorted by length: at most one of its 2 batches mixed
+
+
+def test_a_write_error_reads_the_errno_of_an_oserror_that_says_it_only_in_its_text(tmp_path):
+    """An OSError of Arrow's carries its errno only in its message ('[errno 28]'). Before: no
+    error of the system's was found behind it, and the library's words were shown."""
+    error = training._write_error(OSError("Error writing bytes to file. Detail: [errno 28] No space left"), tmp_path)
+    assert (error.errno, error.strerror, error.filename) == (28, "No space left on device", str(tmp_path))
+    safetensors = training._write_error(RuntimeError("I/O error: No space left on device (os error 28)"), tmp_path)
+    assert (safetensors.errno, safetensors.filename) == (28, str(tmp_path))
+    assert training._write_error(ValueError("no errno here"), tmp_path) is None
+
+
+def test_training_quiets_the_libraries_with_the_common_switch_and_keeps_its_own_bar(monkeypatch):
+    """One way to quiet inner progress bars (common.progress.quiet_inner_progress), which training
+    now takes too: the libraries' bars and the FutureWarnings asked for are off inside, taskdiv's
+    own bar (train's steps) still shows with ours=False, and all is as it was afterwards."""
+    import warnings
+
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    from taskdiv.common import progress
+
+    assert not hasattr(training, "_quiet"), "training's own twin of quiet_inner_progress is gone"
+    monkeypatch.delenv("TASKDIV_INNER_PROGRESS_OFF", raising=False)
+    monkeypatch.delenv("TASKDIV_NO_PROGRESS", raising=False)
+    def libraries():
+        return datasets.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled()
+
+    def own_bar_shown():
+        bar = progress.bar(total=1)
+        shown = not bar.disable
+        bar.close()  # which sets disable
+        return shown
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an earlier --no-progress run in this process may pin them off
+        datasets.enable_progress_bars()
+        hf_logging.enable_progress_bar()
+    before = libraries()
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with progress.quiet_inner_progress(ours=False, ignore=(FutureWarning,)):
+            assert libraries() == (False, False)
+            assert own_bar_shown(), "taskdiv's own bar (train's steps) is still shown"
+            warnings.warn("deprecated", FutureWarning)
+            warnings.warn("kept", UserWarning)
+        assert [str(w.message) for w in shown] == ["kept"]
+        warnings.warn("deprecated", FutureWarning)
+    assert [str(w.message) for w in shown] == ["kept", "deprecated"]
+    assert libraries() == before and "TASKDIV_INNER_PROGRESS_OFF" not in os.environ
+    with progress.quiet_inner_progress():  # the experiment grid's: taskdiv's inner bars too
+        assert not own_bar_shown()
+    assert "TASKDIV_INNER_PROGRESS_OFF" not in os.environ

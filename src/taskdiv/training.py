@@ -30,22 +30,20 @@ from the same checkpoint. Tested on CPU with gloo (tests/test_training_ddp.py).
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
 import os
-import re
 import shutil
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .common.atomic import atomic_dir
 from .common.config import to_dict
-from .common.errors import DataError, TaskdivError
+from .common.errors import DataError, TaskdivError, errno_in
 from .common.inputs import file_sha256, read_yaml
 from .common.outputs import check_output_dir
+from .common.progress import quiet_inner_progress
 from .common.version import __version__
 from .common.writers import write_json, write_text, write_yaml
 from .engines.models import DEFAULT_MODEL, EMBEDDED
@@ -273,14 +271,10 @@ def _write_error(e: Exception, where: Path) -> OSError | None:
     torch.save 'file write failed' in a RuntimeError; an OSError of the Trainer's own (a JSON
     file) names no file. None for anything else."""
     text = str(e)
-    if isinstance(e, OSError):
-        code = e.errno
-    elif m := re.search(r"os error (\d+)|\[errno (\d+)\]", text, re.IGNORECASE):
-        code = int(m[1] or m[2])
-    elif isinstance(e, RuntimeError) and "write" in text.lower() and shutil.disk_usage(where).free < 1 << 20:
+    code = (e.errno if isinstance(e, OSError) else None) or errno_in(text)  # Arrow's OSErrors: in the text
+    if code is None and isinstance(e, RuntimeError) and "write" in text.lower() \
+            and shutil.disk_usage(where).free < 1 << 20:
         code = errno.ENOSPC  # torch says no more than that a write failed: the disk it wrote to is full
-    else:
-        return None
     if code is None:
         return None
     name = e.filename if isinstance(e, OSError) and e.filename else where
@@ -436,7 +430,7 @@ def train(cfg: TrainConfig) -> Path:
         include_num_input_tokens_seen="all")  # the tokens computed, padding included
     trainer = None
     try:
-        with _quiet(datasets):
+        with quiet_inner_progress(ours=False, ignore=(FutureWarning,)):  # dataset preparation, deprecations
             trainer = trl.SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                      peft_config=peft_config,
                                      callbacks=[_callbacks(run / "train_log.jsonl", resume_step)])
@@ -468,20 +462,6 @@ def train(cfg: TrainConfig) -> Path:
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     write_text(run / "done", "")
     return run
-
-
-@contextlib.contextmanager
-def _quiet(datasets):
-    """Hide the dataset-preparation progress bars and deprecation chatter of the libraries."""
-    was = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            yield
-    finally:
-        if was:
-            datasets.enable_progress_bars()
 
 
 def _merge_finished(run: Path, ref, tokenizer) -> None:

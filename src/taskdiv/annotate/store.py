@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +41,10 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from ..common.atomic import output_set
+from ..common.atomic import output_set, remove_leftovers
 from ..common.errors import DataError, TaskdivError
 from ..common.inputs import iter_jsonl
-from ..common.locks import LOCK_NAME, locked, remove_stale
+from ..common.locks import LOCK_NAME, locked
 from ..common.outputs import check_output_file, nearest_existing
 from ..common.writers import dump_jsonl, dumps_json
 from .answers import Answer, Item
@@ -319,19 +320,17 @@ def _ingest(items, selection, out, store_path, *, source, fmt, selection_path, s
 
 def clear_leftovers(store_path: Path, out: Path) -> None:
     """Remove what an import killed while writing (SIGKILL, a crash) left in the store's directory:
-    the temporaries of the store, its round report and the SFT dataset (atomic.output_set names
-    them .NAME.XXXXXXXX.tmp) and the copies it keeps while renaming (.NAME.PID.N.old). Called
-    under the store's lock, so no other import is writing them; the SFT dataset's only when it
-    lies in that directory (elsewhere another import, into another store, may be writing it)."""
-    import glob
-
+    the temporaries and rename backups of the store, its round reports and the SFT dataset
+    (`atomic.remove_leftovers`; the writes of this import clear those of its own outputs too, but
+    an earlier round's report is not rewritten). Called under the store's lock, so no other import
+    is writing them; the SFT dataset's only when it lies in that directory (elsewhere another
+    import, into another store, may be writing it)."""
     directory = store_path.parent
-    names = [glob.escape(store_path.name), "import-round-*.json"]
+    names = [re.escape(store_path.name), r"import-round-\d+\.json"]
     if out.parent.resolve() == directory.resolve():
-        names.append(glob.escape(out.name))
+        names.append(re.escape(out.name))
     for name in names:
-        remove_stale(directory, f".{name}.*.tmp")
-        remove_stale(directory, f".{name}.*.old")
+        remove_leftovers(directory, name, locked=True)
 
 
 def print_report(report: dict) -> None:

@@ -4,11 +4,17 @@ together (`output_set`).
 Everything taskdiv writes goes through `atomic_path`, `atomic_dir` or `output_set`: the content is
 written to a temporary in the same directory and renamed into place, so a crash or Ctrl-C never
 leaves a half-written output behind, and a failure names the output the user asked for.
+
+A run killed outright (SIGKILL, a crash) leaves its temporaries (.NAME.XXXXXXXX.tmp) and rename
+backups (.NAME.PID.N.old) beside NAME; the next write of NAME removes them (`remove_leftovers`).
+Its writer holds each of them with a shared flock for as long as it lives, and the kernel lets
+go of it when the writer dies, so one that no process holds is provably a dead run's.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 import shutil
@@ -16,7 +22,14 @@ import stat
 import tempfile
 from pathlib import Path
 
-from .errors import TaskdivError
+from .errors import TaskdivError, errno_in
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: temporaries are not held (see remove_leftovers)
+    fcntl = None
+
+log = logging.getLogger(__name__)
 
 
 def _umask() -> int:
@@ -32,11 +45,11 @@ def atomic_path(path: str | os.PathLike):
     full disk's names no file, or the temporary)."""
     path = Path(path)
     made = make_dirs(path.parent)
-    tmp = None
+    tmp = fd = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        yield Path(tmp)
+        remove_leftovers(path.parent, re.escape(path.name))
+        tmp, fd = _temporary(path)
+        yield tmp
         os.chmod(tmp, _mode_for(path))
         os.replace(tmp, path)
     except BaseException as e:
@@ -47,6 +60,98 @@ def atomic_path(path: str | os.PathLike):
         if isinstance(e, OSError):
             raise _naming(e, path, [tmp]) from None
         raise
+    finally:
+        _let_go(fd)
+
+
+def remove_leftovers(directory: Path, name: str, *, locked: bool = False) -> None:
+    """Remove what a killed writer of the output `name` left in `directory`: its temporaries
+    (.NAME.XXXXXXXX.tmp) and rename backups (.NAME.PID.N.old). `name` is a regular expression
+    (`re.escape` a plain name). Only files no live process holds go: their writers hold them
+    (`_temporary`). Without fcntl (Windows) nothing is held, and they go only when the caller is
+    `locked`: it holds a lock under which no other process writes them (the annotation store's)."""
+    leftover = re.compile(rf"\.(?:{name})\.(?:[^.]+\.tmp|\d+\.\d+\.old)")
+    try:
+        paths = [Path(e.path) for e in os.scandir(directory) if leftover.fullmatch(e.name)]
+    except FileNotFoundError:
+        return
+    for path in paths:
+        if fcntl is None:
+            if locked:
+                _remove(path)
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:  # gone meanwhile, a link, or not ours to open: not provably stale
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while a live writer holds it
+            if os.path.samestat(os.fstat(fd), os.lstat(path)) and stat.S_ISREG(os.fstat(fd).st_mode):
+                _remove(path)
+        except OSError:  # held (BlockingIOError), renamed away meanwhile, or no flock here
+            pass
+        finally:
+            os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    log.info("removing %s, left by an interrupted run", path)
+    path.unlink(missing_ok=True)
+
+
+def _temporary(target: Path) -> tuple[Path, int | None]:
+    """A new empty temporary beside `target`, and the descriptor that holds it (None without
+    fcntl) until `_let_go`: a shared flock, which another run's `remove_leftovers` finds taken."""
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        if fcntl is None:
+            os.close(fd)
+            return Path(tmp), None
+        if (held := _hold(fd, tmp)) is not None:
+            return Path(tmp), held
+
+
+def _hold(fd: int, path) -> int | None:
+    """`fd` (open on `path`) with a shared flock, once `path` is still that file; else None and
+    `fd` closed: another run's `remove_leftovers` took it between its making and the flock."""
+    # Waits only while a remove_leftovers looks at it. A file system without flock (ENOLCK):
+    # not held, and no remove_leftovers there can take it either.
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    try:
+        if os.path.samestat(os.fstat(fd), os.lstat(path)):
+            return fd
+    except FileNotFoundError:
+        pass
+    os.close(fd)
+    return None
+
+
+def _back_up(t: Path, backup: Path) -> int | None:
+    """`t`'s content kept at `backup` (a hard link, else a copy) while a set is renamed, and the
+    descriptor that holds it as `_temporary`'s are held (None where it is not held)."""
+    while True:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(backup)
+        try:
+            os.link(t, backup, follow_symlinks=False)
+        except OSError:  # a file system without hard links
+            shutil.copy2(t, backup, follow_symlinks=False)
+        if fcntl is None or backup.is_symlink():
+            return None
+        try:
+            fd = os.open(backup, os.O_RDONLY)
+        except FileNotFoundError:  # another run's remove_leftovers took it before it was held
+            continue
+        except OSError:  # not readable: not held, and no remove_leftovers can open it either
+            return None
+        if (held := _hold(fd, backup)) is not None:
+            return held
+
+
+def _let_go(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)  # releases the flock
 
 
 def make_dirs(directory: Path) -> list[Path]:
@@ -68,11 +173,11 @@ def remove_empty(made: list[Path]) -> None:
 def _naming(e: OSError, target: Path, temporaries=(), staging: Path | None = None) -> OSError:
     """`e`, naming `target` (the output a user asked for) where it names no file (a write that
     fails on a full disk) or a temporary of ours, or a file inside the `staging` directory of
-    `target` (the same file inside `target`). An error of Arrow's ('Error writing bytes to file.
-    Detail: [errno 28] No space left on device') is said in the system's words for its errno."""
+    `target` (the same file inside `target`). An error whose errno is only in its message (Arrow's,
+    safetensors'; `errno_in`) is said in the system's words for it."""
     text = str(e)  # before a file name is set, which changes it
-    if e.errno is None and (m := re.search(r"\[errno (\d+)\]", text)):
-        e.errno = int(m[1])
+    if e.errno is None:
+        e.errno = errno_in(text)
     if e.errno is not None:  # Arrow's errors carry it with its own words around the system's
         e.strerror = os.strerror(e.errno)
     elif e.strerror is None:
@@ -142,14 +247,16 @@ def output_set(*paths):
                                f"output")
     made: list[Path] = []
     tmps: list[Path] = []
+    fds: list[int | None] = []
     done = False
     try:
         for t in targets:
             made += make_dirs(t.parent)
         for t in targets:
-            fd, tmp = tempfile.mkstemp(prefix=f".{t.name}.", suffix=".tmp", dir=t.parent)
-            os.close(fd)
-            tmps.append(Path(tmp))
+            remove_leftovers(t.parent, re.escape(t.name))
+            tmp, fd = _temporary(t)
+            tmps.append(tmp)
+            fds.append(fd)
         yield list(tmps)
         _commit(tmps, targets)
         done = True
@@ -159,6 +266,8 @@ def output_set(*paths):
         for tmp in tmps:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+        for fd in fds:
+            _let_go(fd)
         if not done:
             remove_empty(sorted(set(made), key=lambda p: len(p.parts), reverse=True))
 
@@ -181,18 +290,14 @@ def _commit(tmps: list[Path], targets: list[Path]) -> None:
     for tmp, t in zip(tmps, targets):
         os.chmod(tmp, _mode_for(t))
     backups: list[Path | None] = []
+    held: list[int | None] = []
     done = 0
     try:
         for t in targets:
             backup = None
             if t.exists() or t.is_symlink():
                 backup = t.parent / f".{t.name}.{os.getpid()}.{len(backups)}.old"
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(backup)
-                try:
-                    os.link(t, backup, follow_symlinks=False)
-                except OSError:  # a file system without hard links
-                    shutil.copy2(t, backup, follow_symlinks=False)
+                held.append(_back_up(t, backup))
             backups.append(backup)
         for tmp, t in zip(tmps, targets):
             os.replace(tmp, t)
@@ -210,3 +315,5 @@ def _commit(tmps: list[Path], targets: list[Path]) -> None:
             if backup is not None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(backup)
+        for fd in held:
+            _let_go(fd)

@@ -2,11 +2,12 @@
 
 The CLI catches `TaskdivError`, prints its message and exits non-zero. `DataError`
 carries where the problem is (file, line or row, field) so every message about bad
-input names the place to look.
+input names the place to look. `errno_in` finds the system's error behind a library's message.
 """
 from __future__ import annotations
 
 import difflib
+import re
 
 
 class TaskdivError(Exception):
@@ -37,3 +38,14 @@ def unknown_name(kind: str, name: str, known) -> TaskdivError:
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return TaskdivError(f"unknown {kind} {name!r}.{hint} Known: {', '.join(known)}.")
+
+
+def errno_in(text: str) -> int | None:
+    """The errno a library gives only in its message: Arrow's 'Detail: [errno 28] No space left on
+    device', safetensors' 'I/O error: No space left on device (os error 28)'; None if none.
+
+    >>> errno_in("I/O error: No space left on device (os error 28)")
+    28
+    """
+    m = re.search(r"\[errno (\d+)\]|\(os error (\d+)\)", text, re.IGNORECASE)
+    return int(m[1] or m[2]) if m else None

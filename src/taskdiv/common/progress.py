@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 
 
 def enabled() -> bool:
@@ -20,12 +21,15 @@ def bar(iterable=None, *, outer: bool = False, **kwargs):
 
 
 @contextlib.contextmanager
-def quiet_inner_progress():
-    """One progress display for the whole grid: the stages' own bars (taskdiv's, datasets',
-    transformers') are off while the block runs, and as they were afterwards."""
+def quiet_inner_progress(*, ours: bool = True, ignore: tuple[type[Warning], ...] = ()):
+    """The libraries' progress bars (datasets', transformers') off while the block runs, and as
+    they were afterwards: the one way to quiet inner progress bars. `ours`: taskdiv's own inner
+    bars too (an experiment shows one display for the whole grid); `train` keeps its step bar
+    and passes False. `ignore`: warning categories hidden meanwhile (train's FutureWarnings)."""
     restore = []
     previous = os.environ.get("TASKDIV_INNER_PROGRESS_OFF")
-    os.environ["TASKDIV_INNER_PROGRESS_OFF"] = "1"
+    if ours:
+        os.environ["TASKDIV_INNER_PROGRESS_OFF"] = "1"
     try:
         import datasets
 
@@ -43,11 +47,14 @@ def quiet_inner_progress():
     except ImportError:
         pass
     try:
-        yield
+        with warnings.catch_warnings() if ignore else contextlib.nullcontext():  # else: filters untouched
+            for category in ignore:
+                warnings.filterwarnings("ignore", category=category)
+            yield
     finally:
-        if previous is None:
+        if ours and previous is None:
             os.environ.pop("TASKDIV_INNER_PROGRESS_OFF", None)
-        else:
+        elif ours:
             os.environ["TASKDIV_INNER_PROGRESS_OFF"] = previous
         for undo in restore:
             undo()

@@ -1,8 +1,10 @@
 """A pool's source as a raw table: a file (.jsonl, .json, .csv, .parquet), a `datasets`
-save_to_disk directory or a hub dataset; and the ids of an --exclude file (`read_ids`).
+save_to_disk directory or a hub dataset; and the ids of an --exclude file (`read_ids`), and the
+pool rows it names (`excluded`).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +13,15 @@ import pandas as pd
 from ..common.errors import DataError, TaskdivError
 from ..common.inputs import check_input, check_utf8, read_csv, read_json_document
 from .checks import id_texts
-from .container import arrow_to_pandas
+from .container import Pool, arrow_to_pandas
 from .jsonl import _from_records, _read_jsonl
+
+log = logging.getLogger(__name__)
+
+# What --exclude reads and how, in the --help of each command that takes it (score, select).
+EXCLUDE_HELP = ("A file of ids (one a line, or JSONL/CSV/Parquet with an `id` column: a selection.jsonl, an "
+                "annotation store); ids not in the pool are ignored with a warning; a file naming none of the "
+                "pool's prompts, or all of them, is an error.")
 
 
 def read_raw(path: Path) -> tuple[pd.DataFrame, str]:
@@ -131,6 +140,27 @@ def _read_hub(name: str, opts: dict[str, str]) -> pd.DataFrame:
         if n < len(ds):
             ds = ds.shuffle(seed=seed).select(range(n))
     return arrow_to_pandas(ds.with_format("arrow")[:])
+
+
+def excluded(pool: Pool, path) -> np.ndarray:
+    """Which rows of `pool` the --exclude file `path` names (a mask): the one reading of --exclude,
+    for `score` and `select` (EXCLUDE_HELP). Ids not in the pool are ignored with a warning naming
+    them; a file naming none of the pool's prompts (another pool's file?) or all of them (nothing
+    left to do) is an error."""
+    ids = list(dict.fromkeys(read_ids(path)))
+    pos = pool.positions(ids) if ids else np.zeros(0, dtype=np.int64)
+    unknown = [i for i, p in zip(ids, pos) if p < 0]
+    named = f"{', '.join(map(repr, unknown[:5]))}{', ...' if len(unknown) > 5 else ''}"
+    if ids and len(unknown) == len(ids):
+        raise TaskdivError(f"--exclude {path}: none of its {len(ids)} id(s) is in the pool (e.g. {named}); "
+                           f"is it a file of another pool?")
+    if unknown:
+        log.warning("%s: %d of %d excluded id(s) not in the pool, ignored: %s", path, len(unknown), len(ids), named)
+    mask = np.zeros(len(pool), dtype=bool)
+    mask[pos[pos >= 0]] = True
+    if mask.all():
+        raise TaskdivError(f"--exclude {path} names every prompt of the pool ({len(pool)}): none is left")
+    return mask
 
 
 def read_ids(path) -> list[str]:

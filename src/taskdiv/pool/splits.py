@@ -20,6 +20,7 @@ Options (`SOURCE:NAMES?key=value&...`):
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass
@@ -122,18 +123,36 @@ def cap_pool(pool_part: pd.DataFrame, *, exclude: set | None = None, max_pool: i
 def split_tasks(frames: dict[str, pd.DataFrame], options: SplitOptions, *, where: str) -> pd.DataFrame:
     """The rows of `options.split` over all tasks (each frame one task's rows with `_key`),
     without `_key`; `choices` is dropped when no row has any."""
-    o = options
+    parts = []
+    for pool_part, test_part in _task_parts(frames, options):
+        if options.split in ("pool", "all"):
+            parts.append(pool_part)
+        if options.split in ("test", "all"):
+            parts.append(test_part)
+    return _joined(parts, options.split, where)
+
+
+def split_pool_and_test(frames: dict[str, pd.DataFrame], options: SplitOptions, *,
+                        where: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """split_tasks' pool split and test split of `frames` (options.split aside), from one split."""
+    pairs = _task_parts(frames, dataclasses.replace(options, split="all"))
+    return (_joined([pool_part for pool_part, _ in pairs], "pool", where),
+            _joined([test_part for _, test_part in pairs], "test", where))
+
+
+def _task_parts(frames: dict[str, pd.DataFrame], o: SplitOptions) -> list[tuple[pd.DataFrame | None, pd.DataFrame]]:
+    """(pool part, test part) of each task with rows: the pool part (None for split=test) without
+    the items any task holds out, then shrunk and capped."""
     splits = [split_task(frame, test=o.test, seed=o.seed) for frame in frames.values() if len(frame)]
     held_out = {key for _, test_part in splits for key in test_part["_key"]}
-    parts = []
-    for pool_part, test_part in splits:
-        if o.split in ("pool", "all"):
-            parts.append(cap_pool(pool_part, exclude=held_out, max_pool=o.max_pool, pool_frac=o.pool_frac))
-        if o.split in ("test", "all"):
-            parts.append(test_part)
+    return [(cap_pool(pool_part, exclude=held_out, max_pool=o.max_pool, pool_frac=o.pool_frac)
+             if o.split in ("pool", "all") else None, test_part) for pool_part, test_part in splits]
+
+
+def _joined(parts: list[pd.DataFrame], split: str, where: str) -> pd.DataFrame:
     parts = [p for p in parts if len(p)]
     if not parts:
-        raise TaskdivError(f"{where}: no examples in the {o.split} split")
+        raise TaskdivError(f"{where}: no examples in the {split} split")
     out = pd.concat(parts, ignore_index=True).drop(columns="_key")
     if "choices" in out and out["choices"].isna().all():
         out = out.drop(columns="choices")

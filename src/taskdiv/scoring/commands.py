@@ -61,7 +61,7 @@ from ..engines.ray import RayOptions
 from ..pool.container import Pool
 from ..pool.fields import PoolOptions
 from ..pool.load import load_pool
-from ..pool.readers import read_ids
+from ..pool.readers import EXCLUDE_HELP, excluded
 from . import metrics as metrics_mod
 from .cache import ScoreCache, prompt_sha, shared_cache
 
@@ -102,9 +102,8 @@ class ScoreConfig(PoolOptions, RayOptions, vllm_engine.VLLMOptions):
         "choices": list(metrics_mod.METRICS),
         "help": "The metric written as `confidence` (mean_entropy is written as exp(-mean_entropy))."})
     exclude: str | None = field(default=None, metadata={
-        "help": "Ids not to score (a file of ids, a selection.jsonl, an annotation store): e.g. the prompts an "
-                "earlier round annotated, when a model trained on them scores the rest (tasks.csv counts the "
-                "rest)."})
+        "help": "Ids not to score: e.g. the prompts an earlier round annotated, when a model trained on them "
+                "scores the rest (tasks.csv counts the rest). " + EXCLUDE_HELP})
     per_task: int | None = field(default=None, metadata={
         "help": "Score a seeded random sample of this many prompts per task (all of a smaller task)."})
     target_ci: float | None = field(default=None, metadata={
@@ -245,13 +244,10 @@ def _score(cfg: ScoreConfig, loaded=None, pool: Pool | None = None) -> tuple[pd.
 
 
 def _without_excluded(pool: Pool, exclude) -> Pool:
-    """The pool without the prompts --exclude names (an earlier selection, a store); none left is an error."""
-    excluded = set(map(str, read_ids(exclude)))
-    keep = ~pool.frame["id"].astype(str).isin(excluded)
+    """The pool without the prompts --exclude names (an earlier selection, a store; `excluded`)."""
+    keep = ~excluded(pool, exclude)
     log.info("--exclude %s: scoring the %d of %d prompts it does not name", exclude, int(keep.sum()), len(pool))
-    if not keep.any():
-        raise TaskdivError(f"--exclude {exclude} names every prompt of the pool: nothing to score")
-    return Pool(pool.frame[keep.to_numpy()].reset_index(drop=True), pool.source)
+    return Pool(pool.frame[keep].reset_index(drop=True), pool.source)
 
 
 def _context_length(cfg: ScoreConfig, ref) -> int:

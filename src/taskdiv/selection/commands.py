@@ -28,7 +28,7 @@ from ..engines.models import DEFAULT_ENCODER
 from ..pool.container import Pool
 from ..pool.fields import PoolOptions
 from ..pool.load import load_pool
-from ..pool.readers import read_ids
+from ..pool.readers import EXCLUDE_HELP, excluded
 from .allocation import check_task_limits, parse_budget
 from .scores import read_score_file, read_scores
 from .strategies import STRATEGIES, TASK_PARAMETERS, WITHIN, Inputs, get_strategy
@@ -51,8 +51,8 @@ class SelectConfig(PoolOptions):
     min_per_task: int = field(default=0, metadata={"help": "Task strategies: at least this many prompts per task."})
     max_per_task: int | None = field(default=None, metadata={"help": "Task strategies: at most this many per task."})
     exclude: str | None = field(default=None, metadata={
-        "help": "Ids already annotated (a file of ids, a selection.jsonl, or an annotation store's ids); "
-                "never chosen again, and counted as taken by the allocation."})
+        "help": "Ids already annotated: never chosen again, and counted as taken by the allocation. "
+                + EXCLUDE_HELP})
     tasks: str | None = field(default=None, metadata={
         "help": "'auto' or 'auto:K': cluster prompt embeddings into K pseudo-tasks and use them "
                 "as task labels (default K = clamp(round(sqrt(N/2)), 2, 100))."})
@@ -96,14 +96,7 @@ def prepare_inputs(pool: Pool, strategy, cfg: SelectConfig, *, embeddings=None, 
         inputs.embeddings = embeddings if embeddings is not None else _embed(pool, cfg.embedding_model,
                                                                              getattr(cfg, "engine", "local"))
     if cfg.exclude:
-        ids = read_ids(cfg.exclude)
-        pos = pool.positions(ids)
-        mask = np.zeros(len(pool), dtype=bool)
-        mask[pos[pos >= 0]] = True
-        unknown = len(set(np.asarray(ids)[pos < 0]))
-        if unknown:
-            log.warning("%s: %d excluded id(s) are not in the pool; ignored", cfg.exclude, unknown)
-        inputs.excluded = mask
+        inputs.excluded = excluded(pool, cfg.exclude)
     return inputs
 
 
@@ -271,16 +264,15 @@ def split_pool(pool: Pool, test_per_task: float = 0.2, seed: int = 0) -> tuple[p
     (`taskdiv.pool.splits`: keyed on the prompt and the response; a copy of a held-out item in
     another task is in neither part). The held-out rows get `targets` = [response] where
     they have a response and no targets, so that `evaluate --heldout` can score them."""
-    from ..pool.splits import SplitOptions, split_key, split_tasks
+    from ..pool.splits import SplitOptions, split_key, split_pool_and_test
 
     frame = pool.frame
     responses = frame["response"].fillna("").astype(str) if "response" in frame else pd.Series("", index=frame.index)
     keyed = frame.assign(_key=[split_key(p, r) for p, r in zip(frame["prompt"], responses)])
     tasks = {t: g for t, g in keyed.groupby("task", sort=True)}
-    part = {split: set(split_tasks(tasks, SplitOptions(split=split, test=test_per_task, seed=seed),
-                                   where=pool.source)["id"]) for split in ("pool", "test")}
-    kept = frame[frame["id"].isin(part["pool"]).to_numpy()].reset_index(drop=True)
-    test = frame[frame["id"].isin(part["test"]).to_numpy()].reset_index(drop=True)
+    pool_part, test_part = split_pool_and_test(tasks, SplitOptions(test=test_per_task, seed=seed), where=pool.source)
+    kept = frame[frame["id"].isin(set(pool_part["id"])).to_numpy()].reset_index(drop=True)
+    test = frame[frame["id"].isin(set(test_part["id"])).to_numpy()].reset_index(drop=True)
     if "response" in test:
         if "targets" not in test:
             test["targets"] = None
