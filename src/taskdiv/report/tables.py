@@ -138,7 +138,7 @@ def annotation_saving(summary: pd.DataFrame, full_acc: float | None) -> dict[str
             continue
         reached = rows[rows["mean"] >= full_acc]
         out[strategy] = (f"{reached['budget'].iloc[0]} ({int(reached['budget_n'].iloc[0])} prompts)"
-                         if len(reached) else "not reached")
+                         if len(reached) else f"none up to {int(rows['budget_n'].max())} prompts")
     return out
 
 
