@@ -85,6 +85,9 @@ def test_a_notebook_does_the_whole_job_and_matches_the_cli(kind, tiny_model_dir,
         taskdiv.select(pd.DataFrame(rows), 5, strategy="task-diversity", exclude=["not-an-id", "nor-this"])
     assert str(err.value).startswith("exclude (a list of 2 id(s)): none of its 2 id(s) is in the pool")
     assert "taskdiv-select-" not in str(err.value)
+    # ... nor all of them (the ids as a pandas Series, as a caller would pass a column).
+    with pytest.raises(TaskdivError, match=r"^exclude \(a list of 19 id\(s\)\) names every prompt of the pool \(19\)"):
+        taskdiv.select(pd.DataFrame(rows), 5, strategy="task-diversity", exclude=pd.DataFrame(rows)["id"])
 
 
 def test_the_error_types_are_names_of_the_package():

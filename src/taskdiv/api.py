@@ -148,22 +148,11 @@ def select(pool, budget, *, strategy: str = "weighted-task-diversity", scores=No
         table = score_table(column[column["confidence"].notna()], f"pool column {scores!r}")
     elif scores is not None:
         path = str(scores)
-    exclude_file = None
+    ids = exclude is not None and not isinstance(exclude, (str, Path))
     with tempfile.TemporaryDirectory(prefix="taskdiv-select-") as tmp:
-        if exclude is not None and not isinstance(exclude, (str, Path)):
-            exclude_file = Path(tmp) / "exclude.txt"
-            ids = [str(i) for i in exclude]
-            n_excluded = len(ids)
-            exclude_file.write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
         cfg = SelectConfig(pool=loaded.source, budget=str(budget), strategy=strategy, scores=path, seed=seed,
-                           exclude=str(exclude_file or exclude) if exclude is not None else None, out=tmp, **params)
-        try:
-            chosen, allocation = _select(cfg, pool=loaded, scores=table)
-        except TaskdivError as e:
-            if exclude_file is not None:  # name the list the caller gave, not the temporary file it went to
-                e.args = (str(e).replace(f"--exclude {exclude_file}", f"exclude (a list of {n_excluded} id(s))")
-                          .replace(str(exclude_file), "exclude"),)
-            raise
+                           exclude=str(exclude) if exclude is not None and not ids else None, out=tmp, **params)
+        chosen, allocation = _select(cfg, pool=loaded, scores=table, exclude=list(exclude) if ids else None)
     if type(pool).__name__ == "Dataset":
         import datasets
 

@@ -5,6 +5,7 @@ pool rows it names (`excluded`).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -142,24 +143,29 @@ def _read_hub(name: str, opts: dict[str, str]) -> pd.DataFrame:
     return arrow_to_pandas(ds.with_format("arrow")[:])
 
 
-def excluded(pool: Pool, path) -> np.ndarray:
-    """Which rows of `pool` the --exclude file `path` names (a mask): the one reading of --exclude,
-    for `score` and `select` (EXCLUDE_HELP). Ids not in the pool are ignored with a warning naming
-    them; a file naming none of the pool's prompts (another pool's file?) or all of them (nothing
-    left to do) is an error."""
-    ids = list(dict.fromkeys(read_ids(path)))
+def excluded(pool: Pool, source) -> np.ndarray:
+    """Which rows of `pool` are excluded (a mask): `source` is an --exclude file or, from Python,
+    the ids themselves (a list). The one reading of --exclude, for `score` and `select`
+    (EXCLUDE_HELP). Ids not in the pool are ignored with a warning naming them; a source naming
+    none of the pool's prompts (another pool's file?) or all of them (nothing left to do) is an error."""
+    if isinstance(source, (str, os.PathLike)):
+        ids, label, name = read_ids(source), str(source), f"--exclude {source}"
+    else:
+        ids = [str(i) for i in source]
+        label = name = f"exclude (a list of {len(ids)} id(s))"
+    ids = list(dict.fromkeys(ids))
     pos = pool.positions(ids) if ids else np.zeros(0, dtype=np.int64)
     unknown = [i for i, p in zip(ids, pos) if p < 0]
     named = f"{', '.join(map(repr, unknown[:5]))}{', ...' if len(unknown) > 5 else ''}"
     if ids and len(unknown) == len(ids):
-        raise TaskdivError(f"--exclude {path}: none of its {len(ids)} id(s) is in the pool (e.g. {named}); "
+        raise TaskdivError(f"{name}: none of its {len(ids)} id(s) is in the pool (e.g. {named}); "
                            f"is it a file of another pool?")
     if unknown:
-        log.warning("%s: %d of %d excluded id(s) not in the pool, ignored: %s", path, len(unknown), len(ids), named)
+        log.warning("%s: %d of %d excluded id(s) not in the pool, ignored: %s", label, len(unknown), len(ids), named)
     mask = np.zeros(len(pool), dtype=bool)
     mask[pos[pos >= 0]] = True
     if mask.all():
-        raise TaskdivError(f"--exclude {path} names every prompt of the pool ({len(pool)}): none is left")
+        raise TaskdivError(f"{name} names every prompt of the pool ({len(pool)}): none is left")
     return mask
 
 

@@ -85,9 +85,10 @@ def task_parameters(cfg) -> dict:
     return {k: getattr(cfg, k) for k in TASK_PARAMETERS if getattr(cfg, k) != defaults[k]}
 
 
-def prepare_inputs(pool: Pool, strategy, cfg: SelectConfig, *, embeddings=None, scores=None) -> Inputs:
+def prepare_inputs(pool: Pool, strategy, cfg: SelectConfig, *, embeddings=None, scores=None,
+                   exclude=None) -> Inputs:
     """Confidence, embeddings and exclusion mask aligned with the pool's rows.
-    `scores`: cfg.scores as read_score_file read it already."""
+    `scores`: cfg.scores as read_score_file read it already; `exclude`: ids in place of cfg.exclude."""
     inputs = Inputs()
     if cfg.scores or scores is not None:
         inputs.confidence = read_scores(cfg.scores, pool, scores)
@@ -95,8 +96,8 @@ def prepare_inputs(pool: Pool, strategy, cfg: SelectConfig, *, embeddings=None, 
     if "embeddings" in strategy.needs:
         inputs.embeddings = embeddings if embeddings is not None else _embed(pool, cfg.embedding_model,
                                                                              getattr(cfg, "engine", "local"))
-    if cfg.exclude:
-        inputs.excluded = excluded(pool, cfg.exclude)
+    if exclude is not None or cfg.exclude:
+        inputs.excluded = excluded(pool, exclude if exclude is not None else cfg.exclude)
     return inputs
 
 
@@ -106,12 +107,14 @@ def _embed(pool: Pool, model: str, engine: str = "local") -> np.ndarray:
     return embed(pool.frame["prompt"].tolist(), model, engine=engine)
 
 
-def select(cfg: SelectConfig, pool: Pool | None = None, scores=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def select(cfg: SelectConfig, pool: Pool | None = None, scores=None,
+           exclude=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run a selection; returns (selection rows, allocation table) without writing.
 
     `pool`: the pool cfg.pool names, if the caller has loaded it already (an experiment
     selects from one pool many times); it is not modified. `scores`: cfg.scores already
-    read (`data.score_table`; the Python API's DataFrame of scores).
+    read (`data.score_table`; the Python API's DataFrame of scores). `exclude`: the ids to
+    exclude, in place of cfg.exclude's file (the Python API's list).
     """
     auto, k = parse_tasks_option(cfg.tasks)
     strategy = get_strategy(cfg.strategy, seed=cfg.seed, **task_parameters(cfg))
@@ -138,7 +141,7 @@ def select(cfg: SelectConfig, pool: Pool | None = None, scores=None) -> tuple[pd
         if cfg.budget is None:
             raise TaskdivError("missing --budget (a count such as 500, or a percentage such as 20%)")
         budget = parse_budget(cfg.budget, len(pool))
-    inputs = prepare_inputs(pool, strategy, cfg, embeddings=embeddings, scores=scores)
+    inputs = prepare_inputs(pool, strategy, cfg, embeddings=embeddings, scores=scores, exclude=exclude)
     if cfg.strategy == "full" and inputs.excluded is not None and cfg.budget is None:
         budget = int((~inputs.excluded).sum())
     result = strategy.select(pool, budget, inputs)
