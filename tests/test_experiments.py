@@ -254,6 +254,17 @@ def test_collect_without_prepare_and_no_state_left_behind(tmp_path, tiny_model_d
     with _quiet_inner_progress():
         assert os.environ["TASKDIV_INNER_PROGRESS_OFF"] == "1" and not hf_logging.is_progress_bar_enabled()
     assert "TASKDIV_INNER_PROGRESS_OFF" not in os.environ and hf_logging.is_progress_bar_enabled()
+    # A setting made before is put back as it was; ours=False leaves it alone.
+    os.environ["TASKDIV_INNER_PROGRESS_OFF"] = "before"
+    try:
+        with _quiet_inner_progress():
+            assert os.environ["TASKDIV_INNER_PROGRESS_OFF"] == "1"
+        assert os.environ["TASKDIV_INNER_PROGRESS_OFF"] == "before"
+        with _quiet_inner_progress(ours=False):
+            assert os.environ["TASKDIV_INNER_PROGRESS_OFF"] == "before" and not hf_logging.is_progress_bar_enabled()
+        assert os.environ["TASKDIV_INNER_PROGRESS_OFF"] == "before" and hf_logging.is_progress_bar_enabled()
+    finally:
+        os.environ.pop("TASKDIV_INNER_PROGRESS_OFF", None)
 
 
 def test_the_repository_does_not_ignore_committed_experiment_results():

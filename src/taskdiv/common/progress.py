@@ -52,9 +52,10 @@ def quiet_inner_progress(*, ours: bool = True, ignore: tuple[type[Warning], ...]
                 warnings.filterwarnings("ignore", category=category)
             yield
     finally:
-        if ours and previous is None:
-            os.environ.pop("TASKDIV_INNER_PROGRESS_OFF", None)
-        elif ours:
-            os.environ["TASKDIV_INNER_PROGRESS_OFF"] = previous
+        if ours:
+            if previous is None:
+                os.environ.pop("TASKDIV_INNER_PROGRESS_OFF", None)
+            else:
+                os.environ["TASKDIV_INNER_PROGRESS_OFF"] = previous
         for undo in restore:
             undo()
