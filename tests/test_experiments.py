@@ -267,6 +267,22 @@ def test_collect_without_prepare_and_no_state_left_behind(tmp_path, tiny_model_d
         os.environ.pop("TASKDIV_INNER_PROGRESS_OFF", None)
 
 
+
+def test_a_run_counts_the_training_time_of_the_processes_before_it(tmp_path):
+    """train_seconds in results.csv: a run resumed from a checkpoint adds the training before the
+    resume; a run whose model an earlier process finished adds that whole training."""
+    from taskdiv.experiments.runner import _earlier_training
+
+    train_dir = tmp_path / "train"
+    assert _earlier_training(train_dir, time.time()) == 0.0  # not trained (or made before the metrics)
+    train_dir.mkdir()
+    (train_dir / "train_metrics.json").write_text(json.dumps({"train_runtime": 30.0, "train_seconds": 100.0}))
+    written = (train_dir / "train_metrics.json").stat().st_mtime
+    assert _earlier_training(train_dir, written - 5) == 70.0   # trained here after a resume
+    assert _earlier_training(train_dir, written + 5) == 100.0  # trained by an earlier process
+    (train_dir / "train_metrics.json").write_text(json.dumps({"train_runtime": 30.0}))  # by older code
+    assert _earlier_training(train_dir, time.time() + 5) == 0.0
+
 def test_the_repository_does_not_ignore_committed_experiment_results():
     # A root .gitignore entry `runs/` once matched results/*/runs too, hiding every run.
     root = Path(__file__).resolve().parents[1]

@@ -161,8 +161,14 @@ def test_interrupted_run_resumes_to_the_same_adapter(trained, tiny_model_dir, tm
     assert not (run / "done").exists() and not (run / "adapter").exists()
     assert (run / "checkpoints" / "checkpoint-2").is_dir()
     train(cfg)
-    steps = [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 7)), steps
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [rec["step"] for rec in log] == list(range(1, 7)), log
+    # The training time carries on from the checkpoint's: step by step, and in the metrics.
+    seconds = [rec["seconds"] for rec in log]
+    assert seconds == sorted(seconds) and seconds[0] > 0, seconds
+    metrics = json.loads((run / "train_metrics.json").read_text())
+    assert metrics["resumed_from_step"] == 2
+    assert metrics["train_seconds"] == pytest.approx(seconds[1] + metrics["train_runtime"], abs=0.2)
     ours = load_file(run / "adapter" / "adapter_model.safetensors")
     straight = load_file(trained["run"] / "adapter" / "adapter_model.safetensors")
     assert ours.keys() == straight.keys()

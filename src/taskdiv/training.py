@@ -12,8 +12,10 @@ response tokens only and the model sees the very tokens evaluation uses.
 
 RUN/ holds:
     config.yaml       the resolved options (model, data hash, dtype, chat, ...)
-    train_log.jsonl   one line per optimizer step: step, epoch, loss, learning_rate
-    train_metrics.json  examples, tokens, runtime, tokens/s, seconds per example-epoch
+    train_log.jsonl   one line per optimizer step: step, epoch, loss, learning_rate, and
+                      seconds (training time up to that step, counted across resumes)
+    train_metrics.json  examples, tokens, runtime (this session's and, across resumes,
+                      train_seconds), tokens/s, seconds per example-epoch
     checkpoints/      Trainer checkpoints while training (removed when done)
     adapter/          the LoRA adapter (plain `peft.PeftModel.from_pretrained`)
     merged/           merged full weights (with --merge, and always for --method full)
@@ -35,6 +37,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -290,17 +293,26 @@ def _callbacks(log_path: Path, resume_step: int):
     from .common.progress import bar
 
     class LogAndProgress(TrainerCallback):
-        """Loss per step into train_log.jsonl, and a progress bar with loss and time left."""
+        """Loss per step into train_log.jsonl, and a progress bar with loss and time left.
+        `before`: the training seconds up to the checkpoint resumed from (its log line's), which
+        each line's `seconds` and the metrics' train_seconds carry on from."""
 
         def __init__(self):
             self.bar = None
+            self.before = 0.0
+            self.start = time.monotonic()
             # Steps after the checkpoint we resume from will be trained again: drop their lines.
             if log_path.exists() and is_main_process():
-                lines = [ln for ln in log_path.read_text(encoding="utf-8").splitlines()
-                         if ln.strip() and json.loads(ln)["step"] <= resume_step]
-                write_text(log_path, "".join(ln + "\n" for ln in lines))
+                lines = [json.loads(ln) for ln in log_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+                lines = [rec for rec in lines if rec["step"] <= resume_step]
+                write_text(log_path, "".join(json.dumps(rec) + "\n" for rec in lines))
+                self.before = float(lines[-1].get("seconds") or 0.0) if lines else 0.0
+
+        def seconds(self) -> float:
+            return self.before + time.monotonic() - self.start
 
         def on_train_begin(self, args, state, control, **kw):
+            self.start = time.monotonic()
             self.bar = bar(total=state.max_steps, initial=state.global_step, desc="train", unit="step")
 
         def on_step_end(self, args, state, control, **kw):
@@ -310,7 +322,8 @@ def _callbacks(log_path: Path, resume_step: int):
             if not logs or "loss" not in logs or not state.is_world_process_zero:
                 return
             rec = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "loss": logs["loss"],
-                   "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm")}
+                   "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
+                   "seconds": round(self.seconds(), 1)}
             with open(log_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(rec) + "\n")
             self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
@@ -429,11 +442,11 @@ def train(cfg: TrainConfig) -> Path:
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         include_num_input_tokens_seen="all")  # the tokens computed, padding included
     trainer = None
+    callback = _callbacks(run / "train_log.jsonl", resume_step)
     try:
         with quiet_inner_progress(ours=False, ignore=(FutureWarning,)):  # dataset preparation, deprecations
             trainer = trl.SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                     peft_config=peft_config,
-                                     callbacks=[_callbacks(run / "train_log.jsonl", resume_step)])
+                                     peft_config=peft_config, callbacks=[callback])
             trainer.remove_callback(transformers.PrinterCallback)
             try:
                 result = trainer.train(resume_from_checkpoint=resume)
@@ -450,6 +463,8 @@ def train(cfg: TrainConfig) -> Path:
         write_json(run / "train_metrics.json", {
             "examples": examples, "tokens_per_epoch": tokens, "epochs": cfg.epochs, "steps": trainer.state.max_steps,
             "resumed_from_step": resume_step, "train_runtime": seconds,
+            # the whole training time: the sessions before the resume (to its checkpoint) and this one
+            "train_seconds": round(callback.before + seconds, 1),
             "tokens_per_second": tokens * done_epochs / seconds if seconds else None,
             # tokens computed (padding included) over real ones, for the whole run (the state resumes)
             "padding_ratio": trainer.state.num_input_tokens_seen / (tokens * cfg.epochs) if tokens else None,

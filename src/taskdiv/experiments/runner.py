@@ -61,6 +61,20 @@ from .provenance import _short, code_version
 log = logging.getLogger(__name__)
 
 
+def _earlier_training(train_dir: Path, since: float) -> float:
+    """Training seconds spent on this run's model by processes before this one: the sessions before
+    a resume (train_metrics.json's train_seconds less this session's train_runtime), or the whole
+    training when an earlier process finished it and was stopped before its evaluation."""
+    path = train_dir / "train_metrics.json"
+    if not path.exists():
+        return 0.0
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    total = float(metrics.get("train_seconds") or 0.0)
+    if path.stat().st_mtime >= since:  # trained in this process
+        return max(0.0, total - float(metrics.get("train_runtime") or 0.0))
+    return total
+
+
 class Experiment:
     def __init__(self, cfg: ExperimentConfig, out: str | Path):
         self.cfg, self.out = cfg, Path(out)
@@ -375,7 +389,7 @@ class Experiment:
                                       {"data": str(data), "model": self.cfg.model, "out": str(d / "train"),
                                        "seed": run.seed})
             train(train_cfg)
-            record["train_seconds"] = round(time.time() - t0, 1)
+            record["train_seconds"] = round(time.time() - t0 + _earlier_training(d / "train", t0), 1)
             model = str(d / "train")
         t0 = time.time()
         for i, suite in enumerate(self.cfg.suites):
