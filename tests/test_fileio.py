@@ -175,6 +175,48 @@ def test_a_temporary_a_live_writer_holds_is_left_alone(tmp_path):
     assert target.read_text() == "first" and os.listdir(tmp_path) == ["out.txt"]
 
 
+
+def test_a_killed_directory_writers_staging_goes_with_the_next_write_and_only_it(tmp_path):
+    """atomic_dir's staging directory (.NAME-XXXXXXXX/, e.g. a killed `train`'s adapter/ or a
+    model conversion's ~1 GB) left by a SIGKILLed writer: the next write of NAME removes it.
+    One a live writer holds, and anything else named like it, stays."""
+    import fcntl
+    import signal
+    import subprocess
+    import sys
+
+    target = tmp_path / "adapter"
+    script = ("import os, signal, sys\nfrom taskdiv.common.atomic import atomic_dir\n"
+              "with atomic_dir(sys.argv[1]) as staging:\n"
+              "    (staging / 'weights.bin').write_bytes(b'x' * 1000)\n"
+              "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    killed = subprocess.run([sys.executable, "-c", script, str(target)], capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    (left,) = [p.name for p in tmp_path.iterdir()]
+    assert left.startswith(".adapter-") and len(left) == len(".adapter-") + 8, left
+    # Planted beside it: a live writer's staging (held), and names that are not this output's staging.
+    live = tmp_path / ".adapter-live_123"
+    live.mkdir()
+    held = os.open(live, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_SH)
+    others = [".adapter-abc", ".merged-abcd1234", ".adapter-abcd12345"]
+    for name in others:
+        (tmp_path / name).mkdir()
+    (tmp_path / ".adapter-file1234").write_text("a file, not a staging directory")
+    try:
+        with atomic_dir(target) as staging:
+            (staging / "weights.bin").write_text("new")
+    finally:
+        os.close(held)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["adapter", ".adapter-live_123", ".adapter-file1234", *others])
+    assert [p.name for p in target.iterdir()] == ["weights.bin"]
+    with atomic_dir(target) as staging:  # no one holds the live one now
+        (staging / "weights.bin").write_text("newer")
+    assert ".adapter-live_123" not in os.listdir(tmp_path)
+
 # ----------------------------------------------------------------------------- a library's errno
 
 

@@ -5,10 +5,11 @@ Everything taskdiv writes goes through `atomic_path`, `atomic_dir` or `output_se
 written to a temporary in the same directory and renamed into place, so a crash or Ctrl-C never
 leaves a half-written output behind, and a failure names the output the user asked for.
 
-A run killed outright (SIGKILL, a crash) leaves its temporaries (.NAME.XXXXXXXX.tmp) and rename
-backups (.NAME.PID.N.old) beside NAME; the next write of NAME removes them (`remove_leftovers`).
-Its writer holds each of them with a shared flock for as long as it lives, and the kernel lets
-go of it when the writer dies, so one that no process holds is provably a dead run's.
+A run killed outright (SIGKILL, a crash) leaves its temporaries (.NAME.XXXXXXXX.tmp), rename
+backups (.NAME.PID.N.old) or staging directory (.NAME-XXXXXXXX/, `atomic_dir`'s) beside NAME;
+the next write of NAME removes them (`remove_leftovers`). Its writer holds each of them with a
+shared flock for as long as it lives, and the kernel lets go of it when the writer dies, so one
+that no process holds is provably a dead run's.
 """
 from __future__ import annotations
 
@@ -66,18 +67,19 @@ def atomic_path(path: str | os.PathLike):
 
 def remove_leftovers(directory: Path, name: str, *, locked: bool = False) -> None:
     """Remove what a killed writer of the output `name` left in `directory`: its temporaries
-    (.NAME.XXXXXXXX.tmp) and rename backups (.NAME.PID.N.old). `name` is a regular expression
-    (`re.escape` a plain name). Only files no live process holds go: their writers hold them
-    (`_temporary`). Without fcntl (Windows) nothing is held, and they go only when the caller is
-    `locked`: it holds a lock under which no other process writes them (the annotation store's)."""
-    leftover = re.compile(rf"\.(?:{name})\.(?:[^.]+\.tmp|\d+\.\d+\.old)")
+    (.NAME.XXXXXXXX.tmp), rename backups (.NAME.PID.N.old) and staging directories
+    (.NAME-XXXXXXXX/). `name` is a regular expression (`re.escape` a plain name). Only those no
+    live process holds go: their writers hold them (`_temporary`, `_staging`). Without fcntl
+    (Windows) nothing is held, and they go only when the caller is `locked`: it holds a lock
+    under which no other process writes them (the annotation store's, a model conversion's)."""
+    leftover = re.compile(rf"\.(?:{name})(?P<file>\.(?:[^.]+\.tmp|\d+\.\d+\.old))?(?(file)|-[a-z0-9_]{{8}})")
     try:
-        paths = [Path(e.path) for e in os.scandir(directory) if leftover.fullmatch(e.name)]
+        found = [(Path(e.path), bool(m["file"])) for e in os.scandir(directory) if (m := leftover.fullmatch(e.name))]
     except FileNotFoundError:
         return
-    for path in paths:
+    for path, is_file in found:
         if fcntl is None:
-            if locked:
+            if locked and (path.is_file() if is_file else path.is_dir()) and not path.is_symlink():
                 _remove(path)
             continue
         try:
@@ -86,7 +88,9 @@ def remove_leftovers(directory: Path, name: str, *, locked: bool = False) -> Non
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while a live writer holds it
-            if os.path.samestat(os.fstat(fd), os.lstat(path)) and stat.S_ISREG(os.fstat(fd).st_mode):
+            mode = os.fstat(fd).st_mode
+            if os.path.samestat(os.fstat(fd), os.lstat(path)) and (stat.S_ISREG(mode) if is_file
+                                                                    else stat.S_ISDIR(mode)):
                 _remove(path)
         except OSError:  # held (BlockingIOError), renamed away meanwhile, or no flock here
             pass
@@ -96,7 +100,10 @@ def remove_leftovers(directory: Path, name: str, *, locked: bool = False) -> Non
 
 def _remove(path: Path) -> None:
     log.info("removing %s, left by an interrupted run", path)
-    path.unlink(missing_ok=True)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _temporary(target: Path) -> tuple[Path, int | None]:
@@ -203,17 +210,19 @@ def _mode_for(path: Path) -> int:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike):
+def atomic_dir(target: str | os.PathLike, *, locked: bool = False):
     """Yield a staging directory next to `target`; on success it replaces `target`.
     A `target` that is a symbolic link to a directory is written through: the directory it
-    points to is replaced and the link kept."""
+    points to is replaced and the link kept. Staging directories a killed writer of `target`
+    left go first (`remove_leftovers`; `locked`: the caller holds a lock for `target`)."""
     target = Path(target)
     if target.is_symlink():
         target = target.resolve()
     made = make_dirs(target.parent)
-    staging = None
+    staging = held = None
     try:
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+        remove_leftovers(target.parent, re.escape(target.name), locked=locked)
+        staging, held = _staging(target)
         yield staging
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private (0700), as mkstemp does
         if target.exists():
@@ -224,8 +233,24 @@ def atomic_dir(target: str | os.PathLike):
     finally:
         if staging is not None and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+        _let_go(held)
         if not target.exists():
             remove_empty(made)
+
+
+def _staging(target: Path) -> tuple[Path, int | None]:
+    """A new empty staging directory beside `target` (.NAME-XXXXXXXX), held as `_temporary`'s
+    files are (a shared flock on the directory) until `_let_go`."""
+    while True:
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+        if fcntl is None:
+            return staging, None
+        try:
+            fd = os.open(staging, os.O_RDONLY)
+        except FileNotFoundError:  # another run's remove_leftovers took it before it was held
+            continue
+        if (held := _hold(fd, staging)) is not None:
+            return staging, held
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from pathlib import Path
 from ..common.atomic import atomic_dir
 from ..common.errors import TaskdivError, unknown_name
 from ..common.inputs import read_yaml
-from ..common.locks import locked, remove_stale
+from ..common.locks import locked
 from ..common.packages import ensure_model_package, require
 from ..common.paths import cache_dir
 
@@ -195,7 +195,6 @@ def _converted(key: str, gguf_path) -> Path:
     with locked(target.parent, f"converting {key}"):
         if (target / ".done").exists():
             return target
-        remove_stale(target.parent, f".{key}-*")
         _convert(transformers, torch, gguf_path, target)
     return target
 
@@ -228,7 +227,7 @@ def _gguf_parsed_once():
 
 
 def _convert(transformers, torch, gguf_path, target: Path) -> None:
-    with atomic_dir(target) as staging:
+    with atomic_dir(target, locked=True) as staging:  # under `locked`: a killed conversion's staging goes
         gguf = Path(gguf_path(staging))
         log.warning("dequantizing %s to safetensors (once; later loads use the cache)", gguf.name)
         with _gguf_parsed_once():

@@ -218,11 +218,11 @@ def _extract(archive: Path, *, lock: bool = True, label: str | None = None) -> P
         with locked(cache_dir(), f"extracting {archive.name}"):
             return _extract(archive, lock=False, label=label)
     label = label or str(archive)
-    remove_stale(target.parent, f".{target.name}-*")  # a killed extraction's staging directory
     made_parent = not target.parent.exists()
     count = 0
     try:
-        with atomic_dir(target) as staging, tarfile.open(archive, "r:gz") as tar:
+        # under the cache's lock: a killed extraction's staging directory goes (locked=True)
+        with atomic_dir(target, locked=True) as staging, tarfile.open(archive, "r:gz") as tar:
             for member in tar:
                 name = member.name
                 if not member.isfile() or not name.endswith("/task.json") or "/benchmark_tasks/" not in name:
