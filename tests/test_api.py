@@ -88,6 +88,15 @@ def test_a_notebook_does_the_whole_job_and_matches_the_cli(kind, tiny_model_dir,
     # ... nor all of them (the ids as a pandas Series, as a caller would pass a column).
     with pytest.raises(TaskdivError, match=r"^exclude \(a list of 19 id\(s\)\) names every prompt of the pool \(19\)"):
         taskdiv.select(pd.DataFrame(rows), 5, strategy="task-diversity", exclude=pd.DataFrame(rows)["id"])
+    # A second round's scoring leaves round 1's prompts out: as a list, or as its selection file.
+    round1 = [r["id"] for r in rows if r["task"] == "refunds"] + cli_ids[:2]
+    rest_scores, rest_tasks = taskdiv.score(pool, model=str(tiny_model_dir), max_new_tokens=3, per_task=4,
+                                            exclude=round1)
+    assert not set(rest_scores["id"]) & set(round1) and "refunds" not in set(rest_tasks["task"])
+    (tmp_path / "round1.txt").write_text("".join(f"{i}\n" for i in round1))
+    from_file, _ = taskdiv.score(pool, model=str(tiny_model_dir), max_new_tokens=3, per_task=4,
+                                 exclude=tmp_path / "round1.txt")
+    assert from_file["id"].tolist() == rest_scores["id"].tolist()
 
 
 def test_the_error_types_are_names_of_the_package():

@@ -79,14 +79,15 @@ def load_pool(source, *, id_field: str = "id", prompt_field: str = "prompt", tas
 
 
 def score(pool, *, model: str = "gemma-3-270m", per_task: int | None = None, max_new_tokens: int = 32,
-          seed: int = 0, out: str | Path | None = None, **options) -> tuple[pd.DataFrame, pd.DataFrame]:
+          seed: int = 0, out: str | Path | None = None, exclude=None, **options) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The base model's confidence on each prompt (or a seeded sample of `per_task` per task),
     and per task: `(scores, tasks)`, as `taskdiv score` writes them to scores.csv and tasks.csv.
 
     `pool`: anything `load_pool` reads. `model`: an embedded name (gemma-3-270m,
     smollm2-135m-instruct), a local directory, a `taskdiv train` run, or a hub id. Other
     options are `taskdiv score`'s (dtype, batch_size, metric, target_ci, chat_template, ...).
-    `out`: where the files go (default: a temporary directory, removed after). Scores are
+    `exclude`: ids not to score (a list, or a file: an earlier round's selection or store, as
+    `select` takes). `out`: where the files go (default: a temporary directory, removed after). Scores are
     cached in $TASKDIV_CACHE/scores, keyed by the model's content hash and the settings:
     scoring the same prompts again generates nothing (`scores.attrs["reused"]`).
 
@@ -105,8 +106,10 @@ def score(pool, *, model: str = "gemma-3-270m", per_task: int | None = None, max
         target = Path(out) if out is not None else Path(tmp)
         cfg = build(ScoreConfig, {"pool": loaded.source if isinstance(pool, (str, Path)) else f"<{loaded.source}>",
                                   "model": str(model), "per_task": per_task, "max_new_tokens": max_new_tokens,
-                                  "seed": seed, "out": str(target), **options})
-        return _score(cfg, pool=loaded)
+                                  "seed": seed, "out": str(target), **options,
+                                  **({"exclude": str(exclude)} if isinstance(exclude, (str, Path)) else {})})
+        return _score(cfg, pool=loaded, exclude=None if exclude is None or isinstance(exclude, (str, Path))
+                      else list(exclude))
 
 
 def select(pool, budget, *, strategy: str = "weighted-task-diversity", scores=None, seed: int = 0,

@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,15 +209,16 @@ def score(cfg: ScoreConfig, *, loaded=None) -> pd.DataFrame:
     return _score(cfg, loaded)[0]
 
 
-def _score(cfg: ScoreConfig, loaded=None, pool: Pool | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _score(cfg: ScoreConfig, loaded=None, pool: Pool | None = None,
+           exclude=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`score`, also returning the task table it wrote. `pool`: cfg.pool loaded already
-    (the Python API's pool in memory)."""
+    (the Python API's pool in memory); `exclude`: ids in place of cfg.exclude's file (its list)."""
     from ..engines import models
 
     check_options(cfg)
     pool = pool if pool is not None else load_pool(cfg.pool, cfg.field_map())
-    if cfg.exclude:
-        pool = _without_excluded(pool, cfg.exclude)
+    if exclude is not None or cfg.exclude:
+        pool = _without_excluded(pool, exclude if exclude is not None else cfg.exclude)
     ref = models.resolve(cfg.model)
     tokenizer = loaded[1] if loaded is not None else models.load_tokenizer(ref)
     chat = models.choose_chat(ref, tokenizer, cfg.chat_template)
@@ -246,7 +248,8 @@ def _score(cfg: ScoreConfig, loaded=None, pool: Pool | None = None) -> tuple[pd.
 def _without_excluded(pool: Pool, exclude) -> Pool:
     """The pool without the prompts --exclude names (an earlier selection, a store; `excluded`)."""
     keep = ~excluded(pool, exclude)
-    log.info("--exclude %s: scoring the %d of %d prompts it does not name", exclude, int(keep.sum()), len(pool))
+    named = f"--exclude {exclude}" if isinstance(exclude, (str, os.PathLike)) else f"exclude ({len(exclude)} id(s))"
+    log.info("%s: scoring the %d of %d prompts it does not name", named, int(keep.sum()), len(pool))
     return Pool(pool.frame[keep].reset_index(drop=True), pool.source)
 
 
