@@ -408,7 +408,11 @@ def test_the_many_task_study_reports_from_its_committed_files(tmp_path):
     (exp / "report.md").unlink()
     assert main(["report", str(exp)]) == 0
     assert (exp / "report.md").read_text() == (root / "results" / "cpu-many" / "report.md").read_text()
-    assert (exp / "confidence_gain.png").exists()
+    # The confidence-gain plot has the tuned model's panel (the two-round runs) beside the base model's.
+    png = (exp / "confidence_gain.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") > 1000  # width: two panels
+    assert "![task confidence against gain, base and tuned model](confidence_gain.png)" in \
+        (exp / "report.md").read_text()
 
 
 @pytest.mark.slow

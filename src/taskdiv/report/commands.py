@@ -88,7 +88,8 @@ def _plots(results, summary, allocations, per_task, scatter) -> tuple[list[str],
         lines += ["![per-task gains over the base model](task_gains.png)", ""]
     if scatter is not None:
         figures["confidence_gain.png"] = plot_confidence_gain(*scatter)
-        lines += ["![task confidence against gain](confidence_gain.png)", ""]
+        lines += ["![task confidence against gain" + (", base and tuned model" if len(scatter) > 2 else "")
+                  + "](confidence_gain.png)", ""]
     return lines, figures
 
 

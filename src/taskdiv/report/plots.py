@@ -111,17 +111,26 @@ def _savefig(fig, target) -> None:
     fig.savefig(target, dpi=110, bbox_inches="tight", format="png")
 
 
-def plot_confidence_gain(table: pd.DataFrame, r: dict):
+def plot_confidence_gain(table: pd.DataFrame, r: dict, tuned: pd.DataFrame | None = None, t: dict | None = None):
+    """Each task's confidence C_t against its gain over the base model: the base model's (mean
+    gain in the runs where the task got examples) and, with `tuned`, beside it the tuned model's
+    in the two-round runs (one point per task and run)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    ax.scatter(table["confidence"], table["gain"], s=14, alpha=0.7)
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xlabel("base model's task confidence C_t")
-    ax.set_ylabel("gain over the base model (runs where the task got examples)")
-    ax.set_title(f"Spearman rho {r['rho']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}], {r['n']} tasks")
+    panels = [(table, r, "base model's task confidence C_t", "tasks",
+               "gain over the base model (runs where the task got examples)")]
+    if tuned is not None and len(tuned):
+        panels.append((tuned, t, "round-1 model's task confidence C_t (two-round runs)", "task-runs",
+                       "gain over the base model in that run"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (data, c, xlabel, unit, ylabel) in zip(axes[0], panels):
+        ax.scatter(data["confidence"], data["gain"], s=14, alpha=0.7)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"Spearman rho {c['rho']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}], {c['n']} {unit}")
     fig.tight_layout()
     return fig

@@ -172,7 +172,8 @@ def _tuned_confidence(exp: Path, gains: pd.DataFrame) -> pd.DataFrame:
 def _mechanism_lines(exp: Path, gains: pd.DataFrame, kinds) -> tuple[list[str], object]:
     """Does low confidence predict gain (weighted-task-diversity's premise), and does a task's
     own example matter within its kind (the method's mechanism)? Lines, and the confidence-gain
-    scatter's inputs (its table and rank correlation; None without them)."""
+    scatter's inputs (its table and rank correlation, and the tuned model's in the two-round
+    runs; None without them)."""
     lines, scatter = [], None
     tasks_csv = exp / "scores" / "tasks.csv"
     if len(gains) and tasks_csv.exists():
@@ -190,13 +191,13 @@ def _mechanism_lines(exp: Path, gains: pd.DataFrame, kinds) -> tuple[list[str], 
                       "gain over the base model in the runs where it got at least one example.", "",
                       f"Spearman's rho over {r['n']} tasks: **{r['rho']:+.3f}** [{r['ci_low']:+.3f}, "
                       f"{r['ci_high']:+.3f}] (95% bootstrap over tasks; p = {r['p']:.3f}): {verdict}."]
-            tuned = _tuned_confidence(exp, gains)
+            tuned, t = _tuned_confidence(exp, gains), None
             if len(tuned):
                 t = statistics.rank_correlation(tuned["confidence"], tuned["gain"])
                 lines += ["", f"The tuned model's confidence (two-round runs: the round-1 model's C_t, which round 2 "
                               f"was allocated by) against the run's per-task gain, {t['n']} task-runs: rho "
                               f"**{t['rho']:+.3f}** [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}] (p = {t['p']:.3f})."]
-            scatter = table, r
+            scatter = (table, r, tuned, t) if t is not None and t["n"] else (table, r)
     if len(gains) and kinds is not None and len(kinds):
         within = statistics.examples_vs_none(gains, kinds)
         if len(within):
