@@ -67,6 +67,15 @@ def test_accuracy_plot_has_one_series_per_strategy(exp, tmp_path):
     assert [l for l in labels if l in STRATEGIES] == STRATEGIES
     assert sum(l.startswith("full data") for l in labels) == 1
     assert len(ax.collections) == len(STRATEGIES)  # one interval band per strategy
+    assert ax.get_xscale() == "linear"  # budgets 30 and 60
+    # Doubling budgets (1x to 8x the tasks) sit evenly on a log axis, ticked at the budgets; the
+    # base model's budget 0 is no tick.
+    rows = [{"run": f"random-b{n}-s{s}", "strategy": "random", "budget": str(n), "budget_n": n, "seed": s,
+             "accuracy": 0.3 + n / 1e4 + s / 100} for n in (127, 254, 508, 1016) for s in (0, 1)]
+    rows.append({"run": "base", "strategy": "base", "budget": "0", "budget_n": 0, "seed": 0, "accuracy": 0.25})
+    doubling = pd.DataFrame(rows)
+    ax = plot_accuracy(doubling, summary_table(doubling)).axes[0]
+    assert ax.get_xscale() == "log" and list(ax.get_xticks()) == [127, 254, 508, 1016]
 
 
 def test_report_cli_and_missing_results(exp, tmp_path, capsys):

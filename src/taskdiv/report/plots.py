@@ -29,7 +29,14 @@ def plot_accuracy(results: pd.DataFrame, summary: pd.DataFrame, path: Path | Non
             ax.axhline(ref_rows["accuracy"].mean(), color="black", linestyle=style,
                        label=f"{ref} ({ref_rows['accuracy'].mean():.3f})" if ref == "base" else
                        f"full data, {int(ref_rows['budget_n'].iloc[0])} prompts ({ref_rows['accuracy'].mean():.3f})")
-    ax.set_xlabel("annotation budget (prompts)")
+    budgets = sorted(summary.loc[summary["strategy"].isin(_strategies(results)), "budget_n"].unique())
+    if len(budgets) >= 3 and budgets[-1] >= 4 * budgets[0]:  # doubling budgets: evenly spaced on a log axis
+        ax.set_xscale("log")
+        ax.set_xticks(budgets, [str(int(b)) for b in budgets])
+        ax.minorticks_off()
+        ax.set_xlabel("annotation budget (prompts, log scale)")
+    else:
+        ax.set_xlabel("annotation budget (prompts)")
     ax.set_ylabel("held-out macro accuracy")
     ax.set_title("Accuracy against budget (mean and 95% interval over seeds)")
     ax.legend(fontsize=8)
