@@ -173,3 +173,55 @@ def test_the_bbh_suite_scores_only_the_held_out_fifth(tmp_path):
     assert not set(pool["prompt"]) & {f"Q: {ex['input']}\nA:" for ex in held}
     harness.prepare_bbh(BBH_DIR, ["navigate"], "zeroshot", tmp_path / "all", items="all")
     assert len((tmp_path / "all" / "data" / "bbh" / "navigate.jsonl").read_text().splitlines()) == 250
+
+
+def _hub_copy(root, collection, tables):
+    """A dataset repository in the hub's layout, as `cais/mmlu` and `lukaemon/bbh` are: one
+    config per task, a Parquet file per split, the configs declared in README.md."""
+    lines = ["---", "configs:"]
+    for config, splits in tables.items():
+        lines += [f"- config_name: {config}", "  data_files:"]
+        for split, frame in splits.items():
+            (root / collection / config).mkdir(parents=True, exist_ok=True)
+            frame.to_parquet(root / collection / config / f"{split}-00000-of-00001.parquet", index=False)
+            lines += [f"  - split: {split}", f"    path: {config}/{split}-*"]
+    (root / collection / "README.md").write_text("\n".join(lines + ["---", ""]))
+    return str(root / collection)
+
+
+def test_without_local_files_mmlu_and_bbh_come_from_their_hub_copies(tmp_path, monkeypatch):
+    """The users' path (no ../shared/data): `mmlu:` and `bbh:` read the hub datasets through
+    `datasets`. Here the hub copies are local repositories in the hub's layout and schema,
+    written from the local files: the pool read through them is the one the files give."""
+    pytest.importorskip("datasets")
+    mmlu = {}
+    for subject in ("anatomy", "virology"):
+        splits = {}
+        for split, name in (("dev", "dev"), ("validation", "val"), ("test", "test")):
+            frame = benchmarks.read_mmlu_csv(MMLU_DIR / name / f"{subject}_{name}.csv")
+            splits[split] = pd.DataFrame({"question": frame["question"], "subject": subject,
+                                          "choices": [list(c) for c in frame["choices"]],
+                                          "answer": frame["answer"].map("ABCD".index)})
+        mmlu[subject] = splits
+    bbh = {task: {"test": pd.DataFrame(benchmarks.read_bbh_examples(BBH_DIR / f"{task}.json"))}
+           for task in ("navigate", "word_sorting")}
+    hub = {"mmlu": _hub_copy(tmp_path / "hub", "mmlu", mmlu), "bbh": _hub_copy(tmp_path / "hub", "bbh", bbh)}
+    specs = ["mmlu:?split=all", "bbh:?split=all"]
+    local = {spec: load_pool(spec).frame for spec in ("mmlu:anatomy,virology?split=all",
+                                                      "bbh:navigate,word_sorting?split=all")}
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("TASKDIV_DATA", str(tmp_path / "empty"))  # no local collection
+    monkeypatch.setattr(benchmarks, "HUB", hub)
+    benchmarks.catalogue.cache_clear()
+    try:
+        for spec, files in zip(specs, local.values()):
+            from_hub = load_pool(spec).frame
+            assert sorted(from_hub["task"].unique()) == sorted(files["task"].unique()), spec
+            pd.testing.assert_frame_equal(from_hub.sort_values("id").reset_index(drop=True),
+                                          files.sort_values("id").reset_index(drop=True))
+        with pytest.raises(TaskdivError, match="no local copy of mmlu and the hub copy .* cannot be read"):
+            monkeypatch.setattr(benchmarks, "HUB", {**hub, "mmlu": str(tmp_path / "no-such-dataset")})
+            benchmarks.catalogue.cache_clear()
+            load_pool("mmlu:")
+    finally:
+        benchmarks.catalogue.cache_clear()

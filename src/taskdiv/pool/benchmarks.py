@@ -126,14 +126,14 @@ def catalogue(collection: str, root: Path | None) -> dict[str, tuple]:
     """Task name -> how to read it, for one collection (root None: the hub copy)."""
     if collection == "mmlu":
         if root is None:
-            return {f"mmlu/{s}": ("hub", s) for s in _hub_configs(HUB["mmlu"])}
+            return {f"mmlu/{s}": ("hub", s) for s in _hub_configs("mmlu")}
         subjects = sorted(p.name[:-len("_test.csv")] for p in (root / "test").glob("*_test.csv"))
         if not subjects:
             raise TaskdivError(f"{root}: not in the MMLU layout (test/SUBJECT_test.csv, dev/, val/)")
         return {f"mmlu/{s}": ("files", root, s) for s in subjects}
     if collection == "bbh":
         if root is None:
-            return {f"bbh/{t}": ("hub", t) for t in _hub_configs(HUB["bbh"])}
+            return {f"bbh/{t}": ("hub", t) for t in _hub_configs("bbh")}
         return {f"bbh/{p.stem}": ("files", p) for p in sorted(root.glob("*.json"))}
     if root is None:
         raise TaskdivError("gauntlet: no local copy: point --data-dir (or $TASKDIV_DATA) at a folder holding "
@@ -151,14 +151,15 @@ def catalogue(collection: str, root: Path | None) -> dict[str, tuple]:
     return out
 
 
-def _hub_configs(name: str) -> list[str]:
+def _hub_configs(collection: str) -> list[str]:
     from ..common.packages import require
 
     datasets = require("datasets", "hf")
+    name = HUB[collection]
     try:
         return [c for c in datasets.get_dataset_config_names(name) if c not in ("all", "auxiliary_train")]
     except Exception as e:  # noqa: BLE001 - the hub client raises many kinds; all mean "not reachable"
-        raise TaskdivError(f"no local copy of {name.split('/')[-1]} and the hub copy {name} cannot be read ({e}); "
+        raise TaskdivError(f"no local copy of {collection} and the hub copy {name} cannot be read ({e}); "
                            f"point --data-dir (or $TASKDIV_DATA) at a folder holding it") from None
 
 
