@@ -19,6 +19,15 @@ def test_every_public_name_has_a_docstring_with_an_example_and_the_examples_pass
     assert set(taskdiv.__all__) >= {"load_pool", "score", "select", "allocate"}
     result = doctest.testmod(api, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 15 and result.failed == 0, result
+    # Every public name is the API's, even once the subpackages are imported (a subpackage's
+    # import sets an attribute of its name on the package: `taskdiv.report` is a module).
+    import importlib
+    import types
+
+    for module in ("evaluation.commands", "experiments.runner", "report.commands", "training"):
+        importlib.import_module(f"taskdiv.{module}")
+    for name in set(taskdiv.__all__) - {"__version__"}:
+        assert not isinstance(getattr(taskdiv, name), types.ModuleType), name
 
 
 def _rows():
@@ -107,3 +116,51 @@ def test_the_error_types_are_names_of_the_package():
     assert issubclass(taskdiv.DataError, taskdiv.TaskdivError)
     with pytest.raises(taskdiv.DataError):
         taskdiv.load_pool([{"id": "x", "prompt": "p", "task": "t"}, {"id": "x", "prompt": "q", "task": "t"}])
+
+
+def test_a_notebook_closes_the_loop_train_evaluate_experiment_report(tiny_model_dir, tmp_path, capsys):
+    """taskdiv.train on rows in memory trains what `taskdiv train` trains on the same rows in a
+    file; called again it returns at once, and other options on its directory are refused.
+    taskdiv.evaluate, experiment and write_report give what their commands write."""
+    import torch
+    from safetensors.torch import load_file
+
+    rows = _rows()
+    options = {"epochs": 1, "lr": 1e-2, "batch_size": 4, "save_steps": 100}
+    run = taskdiv.train(pd.DataFrame(rows), model=str(tiny_model_dir), out=tmp_path / "api", **options)
+    assert run == tmp_path / "api" and (run / "done").exists()
+    config = (run / "config.yaml").read_text()
+    assert "data: <DataFrame>" in config and "data_sha256: " in config
+    path = tmp_path / "sft.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["train", str(path), "--model", str(tiny_model_dir), "--out", str(tmp_path / "cli"), "--epochs", "1",
+                 "--lr", "0.01", "--batch-size", "4", "--save-steps", "100", "--no-progress"]) == 0
+    ours, cli = (load_file(d / "adapter" / "adapter_model.safetensors") for d in (run, tmp_path / "cli"))
+    assert ours.keys() == cli.keys()
+    for k in ours:
+        torch.testing.assert_close(ours[k], cli[k])
+    made = (run / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
+    assert taskdiv.train(rows, model=str(tiny_model_dir), out=run, **options) == run  # a list of dicts: the same rows
+    assert (run / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == made
+    with pytest.raises(TaskdivError, match="was trained with different options"):
+        taskdiv.train(rows[:-1], model=str(tiny_model_dir), out=run, **options)
+    with pytest.raises(DataError, match="no 'response' field"):
+        taskdiv.train([{k: v for k, v in r.items() if k != "response"} for r in rows], model=str(tiny_model_dir),
+                      out=tmp_path / "none")
+    assert not (tmp_path / "none").exists()
+
+    spec = "bbh:navigate,snarks?test=4&max_pool=8&split=test"
+    results = taskdiv.evaluate(run, out=tmp_path / "eval", heldout=spec, batch_size=4, n_boot=50)
+    assert results == json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert set(results["tasks"]) == {"bbh/navigate", "bbh/snarks"} and results["macro"]["n"] == 8
+
+    config_yaml = tmp_path / "grid.yaml"
+    config_yaml.write_text(json.dumps({
+        "name": "notebook", "pool": "bbh:navigate,snarks?test=4&max_pool=8", "model": str(tiny_model_dir),
+        "test": spec, "strategies": ["random"], "budgets": [4], "seeds": [0], "full": False,
+        "train": {"epochs": 1, "batch_size": 4, "save_steps": 100}, "evaluate": {"batch_size": 4, "n_boot": 50}}))
+    table = taskdiv.experiment(config_yaml, out=tmp_path / "exp")
+    assert sorted(table["run"]) == ["base", "random-b4-s0"]
+    assert table.equals(pd.read_csv(tmp_path / "exp" / "results.csv", dtype=table.dtypes.to_dict()))
+    text = taskdiv.write_report(tmp_path / "exp")
+    assert text == (tmp_path / "exp" / "report.md").read_text() and "| random |" in text

@@ -5,6 +5,9 @@
     scores, tasks = taskdiv.score(pool, model="gemma-3-270m", per_task=16)
     selection, allocation = taskdiv.select(pool, 1000, scores=scores)
     taskdiv.allocate([2, 6, 10], 9)                       # the allocation alone
+    run = taskdiv.train(annotated, model="smollm2-135m-instruct", out="runs/ft")   # rows with responses
+    taskdiv.evaluate(run, out="runs/ft-eval")["macro"]
+    taskdiv.experiment("configs/cpu-small.yaml", out="results/mine"); taskdiv.write_report("results/mine")
 
 The names are imported on first use, so `import taskdiv` stays light (no torch).
 See `taskdiv.api` and the docs' API page. Every error taskdiv raises for bad input or a
@@ -13,7 +16,8 @@ row and field).
 """
 from .common.version import __version__
 
-__all__ = ["load_pool", "score", "select", "allocate", "Pool", "TaskdivError", "DataError", "__version__"]
+__all__ = ["load_pool", "score", "select", "allocate", "train", "evaluate", "experiment", "write_report", "Pool",
+           "TaskdivError", "DataError", "__version__"]
 
 
 def __getattr__(name):

@@ -27,7 +27,8 @@ from .pool.load import pool_from_frame
 from .selection.allocation import allocate as _allocate
 from .selection.scores import score_table
 
-__all__ = ["load_pool", "score", "select", "allocate", "Pool", "TaskdivError", "DataError"]
+__all__ = ["load_pool", "score", "select", "allocate", "train", "evaluate", "experiment", "write_report", "Pool",
+           "TaskdivError", "DataError"]
 
 
 def load_pool(source, *, id_field: str = "id", prompt_field: str = "prompt", task_field: str = "task",
@@ -194,3 +195,66 @@ def allocate(sizes, budget: int, *, weights=None, floor: int = 0, ceilings=None,
     [1, 4, 5]
     """
     return _allocate(sizes, budget, weights=weights, floor=floor, ceilings=ceilings, taken=taken, seed=seed)
+
+
+def train(data, *, out: str | Path, model: str = "gemma-3-270m", seed: int = 0, **options) -> Path:
+    """Finetune `model` on prompt/response `data` into the run directory `out`, as `taskdiv
+    train` does; returns `out` (its `adapter/`, and `merged/` with `merge=True`).
+
+    `data`: a path or pool spec (an annotated selection.jsonl, an annotation store), or rows
+    in memory (a DataFrame, a `datasets.Dataset`, a list of dicts) with `prompt` and
+    `response` (`id` and `task` optional). Other options are `taskdiv train`'s (method,
+    epochs, lr, batch_size, grad_accum, max_length, merge, ...). A run interrupted, or
+    called again with the same data and options, resumes or returns at once; another
+    model or other options on the same `out` are refused.
+    """
+    from .common.config import build
+    from .training import TrainConfig
+    from .training import train as _train
+
+    params = {"model": str(model), "out": str(out), "seed": seed, **options}
+    if isinstance(data, (str, Path)):
+        return _train(build(TrainConfig, {"data": str(data), **params}))
+    rows = load_pool(data, require_tasks=False)  # the CLI's checks, errors naming the row
+    return _train(build(TrainConfig, {"data": f"<{rows.source}>", **params}), examples=rows.frame)
+
+
+def evaluate(model: str | Path, *, out: str | Path, suite: str = "heldout", heldout: str | None = None,
+             **options) -> dict:
+    """Evaluate `model` (an embedded name, a local directory, a `train` run, a hub id) on
+    `suite` as `taskdiv evaluate` does; writes results.json and per_task.csv into `out` and
+    returns the results: `macro` (accuracy with its 95% interval, n) and `tasks` (per task).
+
+    `heldout`: the pool spec or file of held-out items with targets (suite "heldout";
+    default the held-out part of the demo slice, `bench:demo?split=test`). Other options
+    are `taskdiv evaluate`'s (limit, batch_size, dtype, n_boot, ...).
+    """
+    from .common.config import build
+    from .evaluation.commands import EvalConfig
+    from .evaluation.commands import evaluate as _evaluate
+
+    params = {"model": str(model), "out": str(out), "suite": suite, **options}
+    if heldout is not None:
+        params["heldout"] = str(heldout)
+    results = _evaluate(build(EvalConfig, params))
+    results.pop("table", None)
+    return results
+
+
+def experiment(config: str | Path, *, out: str | Path) -> pd.DataFrame:
+    """Run (or resume) the experiment grid of `config` (a YAML file, e.g.
+    configs/cpu-small.yaml) into `out`, as `taskdiv experiment` does; returns results.csv's
+    table, one row per finished run. `write_report(out)` then compares the strategies."""
+    from .experiments.grid import load_config
+    from .experiments.runner import Experiment
+
+    return Experiment(load_config(str(config)), str(out)).run()
+
+
+def write_report(exp: str | Path) -> str:
+    """`exp`/report.md (returned) and its plots, from a finished or partial experiment's tables,
+    as `taskdiv report` does (not `taskdiv.report`: that name is the package's module): accuracy by strategy and budget, paired differences with exact
+    p-values, the annotation saving, coverage, and whether confidence predicts gain."""
+    from .report.commands import build_report
+
+    return build_report(Path(exp))

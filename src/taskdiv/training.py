@@ -118,7 +118,11 @@ def load_examples(spec: str):
 
     if parse_spec(str(spec))[0] == "path" and Path(spec).is_file() and Path(spec).stat().st_size == 0:
         raise DataError("the dataset is empty", file=spec)
-    frame = load_pool(spec, FieldMap(), require_tasks=False).frame
+    return check_examples(load_pool(spec, FieldMap(), require_tasks=False).frame, spec)
+
+
+def check_examples(frame, spec: str):
+    """`frame` (a pool's rows) as SFT rows: every row needs a response; errors name `spec`."""
     if "response" not in frame.columns:
         raise DataError("no 'response' field: training needs a response for every prompt "
                         "(annotate the selection first, see `taskdiv annotate`)", file=spec)
@@ -167,14 +171,16 @@ def tokenize(frame, tokenizer, chat: bool, max_length: int, *, source=None):
 # ----------------------------------------------------------------------------- run directory
 
 
-def resolved_config(cfg: TrainConfig, chat: bool) -> dict:
+def resolved_config(cfg: TrainConfig, chat: bool, data_sha256: str | None = None) -> dict:
+    """The options as config.yaml records them; `data_sha256`: the examples' hash when they came
+    in memory (`examples_sha256`), else cfg.data's file's."""
     from .engines import models
 
     out = {"command": "train", **to_dict(cfg)}
     out["lr"] = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.method]
     out["dtype"] = models.dtype_name(cfg.dtype)
     out["chat"] = chat
-    out["data_sha256"] = file_sha256(cfg.data)
+    out["data_sha256"] = data_sha256 or file_sha256(cfg.data)
     out["taskdiv_version"] = __version__
     return out
 
@@ -379,22 +385,37 @@ def check_target_modules(model, target_modules: str) -> None:
                            f"its linear layers are {', '.join(linear)} (or use all-linear)")
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Finetune cfg.model on cfg.data into cfg.out; returns the run directory."""
+def examples_sha256(frame) -> str:
+    """The hash that names in-memory examples in config.yaml (as a file's sha256 names a file's):
+    of their id, prompt, response and task, in order, so that the same rows resume the same run."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    columns = [c for c in ("id", "prompt", "response", "task") if c in frame.columns]
+    for row in frame[columns].itertuples(index=False):
+        digest.update(json.dumps([str(v) for v in row], ensure_ascii=False).encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+def train(cfg: TrainConfig, examples=None) -> Path:
+    """Finetune cfg.model on cfg.data into cfg.out; returns the run directory. `examples`: the
+    rows themselves (a pool's frame, the Python API's data in memory) in place of cfg.data's
+    file, which then only labels them."""
     from .common.packages import require
     from .engines import models
 
     check_options(cfg)
     run = Path(cfg.out)
     check_output_dir(run)
-    frame = load_examples(cfg.data)          # validate the data before touching RUN/
+    # validate the data before touching RUN/
+    frame = check_examples(examples, cfg.data) if examples is not None else load_examples(cfg.data)
     ref = models.resolve(cfg.model)
     if ref.adapter:
         raise TaskdivError(f"--model {cfg.model}: an adapter cannot be the base of a new run; train that run "
                            f"with --merge and pass its directory (its merged/ weights are used)")
     tokenizer = models.load_tokenizer(ref)
     chat = models.choose_chat(ref, tokenizer, cfg.chat_template)
-    resolved = resolved_config(cfg, chat)
+    resolved = resolved_config(cfg, chat, examples_sha256(frame) if examples is not None else None)
     if check_existing(run, resolved):
         if cfg.merge and cfg.method == "lora" and not (run / "merged").exists() and is_main_process():
             _merge_finished(run, ref, tokenizer)
