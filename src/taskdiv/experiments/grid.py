@@ -15,15 +15,15 @@ from ..common.errors import DataError, TaskdivError, unknown_name
 log = logging.getLogger(__name__)
 
 
-# For --dry-run estimates: the medians of the cpu-skewed study's runs (SmolLM2-135M, LoRA,
-# bf16, 2 cores shared with other work; results/cpu-skewed/results.csv): training per
-# example-epoch on BIG-bench prompts of ~100-300 characters, and held-out evaluation per item
-# (multiple choice and generative). bench/bench_training.py's short-prompt figures on an idle
-# machine (0.34 s, 0.06 s) are 2-4x lower, and gave estimates half the real time.
-SECONDS_PER_EXAMPLE_EPOCH = 0.9
-
-
-SECONDS_PER_TEST_ITEM = 0.23
+# For --dry-run estimates: seconds per training example-epoch and per held-out item, linear in
+# the mean length of the prompts (characters; responses included for training), fitted to the
+# medians of two studies' runs (SmolLM2-135M, LoRA, bf16, 2 cores shared with other work):
+# cpu-skewed's BIG-bench prompts of 109 characters, 0.9 s and 0.23 s (results/cpu-skewed),
+# and cpu-many's of 414, 2.26 s and 0.55 s (its first 10 runs). The per-example constant alone
+# (0.9 s, 0.23 s) estimated cpu-many at 12 hours where it measured about 40.
+TRAIN_SECONDS = (0.41, 0.00446)   # seconds per example-epoch = a + b * characters
+TEST_SECONDS = (0.12, 0.00105)    # seconds per held-out item = a + b * characters
+REFERENCE_CHARS = 109             # without the pools at hand: cpu-skewed's prompts
 
 
 @dataclass
@@ -254,7 +254,20 @@ def validate_model(name: str) -> None:
     raise TaskdivError(f"experiment config: key 'model': {unknown_name('model', name, EMBEDDED)}")
 
 
-def estimate_seconds(cfg: ExperimentConfig, runs: list[Run], n_test: int) -> float:
+def estimate_seconds(cfg: ExperimentConfig, runs: list[Run], n_test: int, *, train_chars: float | None = None,
+                     test_chars: float | None = None) -> float:
+    """Training and evaluation time of `runs` at SmolLM2-135M's measured pace on 2 cores
+    (TRAIN_SECONDS, TEST_SECONDS); `train_chars`, `test_chars`: the mean length of the pool's
+    examples and of the held-out prompts (default REFERENCE_CHARS)."""
     epochs = float((cfg.train or {}).get("epochs", 2))
     trained = sum(r.budget_n for r in runs if r.strategy != "base")
-    return trained * epochs * SECONDS_PER_EXAMPLE_EPOCH + len(runs) * n_test * SECONDS_PER_TEST_ITEM
+    per_example = TRAIN_SECONDS[0] + TRAIN_SECONDS[1] * (train_chars or REFERENCE_CHARS)
+    per_item = TEST_SECONDS[0] + TEST_SECONDS[1] * (test_chars or REFERENCE_CHARS)
+    return trained * epochs * per_example + len(runs) * n_test * per_item
+
+
+def mean_chars(frame, columns=("prompt", "response")) -> float | None:
+    """The mean length in characters of a pool's `columns` added up (None without a pool)."""
+    if frame is None or not len(frame):
+        return None
+    return float(sum(frame[c].fillna("").astype(str).str.len() for c in columns if c in frame.columns).mean())
