@@ -153,6 +153,14 @@ def test_a_notebook_closes_the_loop_train_evaluate_experiment_report(tiny_model_
     results = taskdiv.evaluate(run, out=tmp_path / "eval", heldout=spec, batch_size=4, n_boot=50)
     assert results == json.loads((tmp_path / "eval" / "results.json").read_text())
     assert set(results["tasks"]) == {"bbh/navigate", "bbh/snarks"} and results["macro"]["n"] == 8
+    # The held-out items in memory: the same answers; rows without targets are refused, nothing written.
+    items = taskdiv.load_pool(spec).frame
+    in_memory = taskdiv.evaluate(run, out=tmp_path / "eval-rows", heldout=items, batch_size=4, n_boot=50)
+    assert in_memory["macro"] == results["macro"] and in_memory["tasks"] == results["tasks"]
+    assert (tmp_path / "eval-rows" / "heldout.jsonl").exists()
+    with pytest.raises(DataError, match="no 'targets' field"):
+        taskdiv.evaluate(run, out=tmp_path / "eval-bad", heldout=items.drop(columns=["targets"]))
+    assert not (tmp_path / "eval-bad").exists()
 
     config_yaml = tmp_path / "grid.yaml"
     config_yaml.write_text(json.dumps({

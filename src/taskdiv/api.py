@@ -225,17 +225,26 @@ def evaluate(model: str | Path, *, out: str | Path, suite: str = "heldout", held
     `suite` as `taskdiv evaluate` does; writes results.json and per_task.csv into `out` and
     returns the results: `macro` (accuracy with its 95% interval, n) and `tasks` (per task).
 
-    `heldout`: the pool spec or file of held-out items with targets (suite "heldout";
-    default the held-out part of the demo slice, `bench:demo?split=test`). Other options
-    are `taskdiv evaluate`'s (limit, batch_size, dtype, n_boot, ...).
+    `heldout`: the held-out items with their `targets` (and `choices` for multiple choice),
+    suite "heldout": a pool spec or file (default the held-out part of the demo slice,
+    `bench:demo?split=test`), or rows in memory (a DataFrame, a `datasets.Dataset`, a list
+    of dicts), checked, then kept as `out`/heldout.jsonl. Other options are `taskdiv
+    evaluate`'s (limit, batch_size, dtype, n_boot, ...).
     """
     from .common.config import build
+    from .common.writers import write_jsonl
     from .evaluation.commands import EvalConfig
     from .evaluation.commands import evaluate as _evaluate
+    from .evaluation.heldout import check_heldout
 
     params = {"model": str(model), "out": str(out), "suite": suite, **options}
-    if heldout is not None:
+    if isinstance(heldout, (str, Path)):
         params["heldout"] = str(heldout)
+    elif heldout is not None:  # checked before anything is written; the file's hash keys the results
+        rows = load_pool(heldout)
+        check_heldout(rows.frame, rows.source)
+        params["heldout"] = str(Path(out) / "heldout.jsonl")
+        write_jsonl(params["heldout"], rows.frame)
     results = _evaluate(build(EvalConfig, params))
     results.pop("table", None)
     return results

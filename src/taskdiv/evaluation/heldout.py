@@ -139,7 +139,12 @@ def _answers(value, *, spec: str, row: int, rid: str, field: str) -> list[str] |
 def load_heldout(spec: str, limit: int | None) -> pd.DataFrame:
     from ..pool.load import load_pool
 
-    frame = load_pool(spec, require_tasks=True).frame
+    return check_heldout(load_pool(spec, require_tasks=True).frame, spec, limit)
+
+
+def check_heldout(frame: pd.DataFrame, spec: str, limit: int | None = None) -> pd.DataFrame:
+    """A pool's rows as held-out items: targets on every row (among the choices, where there are
+    choices), as lists of strings; at most `limit` per task. Errors name `spec`, row and field."""
     if "targets" not in frame.columns:
         raise DataError("no 'targets' field: held-out evaluation needs the accepted answers of each row "
                         "(and 'choices' for multiple choice)", file=spec)
