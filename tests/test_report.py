@@ -1,4 +1,5 @@
 """`taskdiv report` from fixture experiment tables."""
+import json
 import re
 
 import numpy as np
@@ -6,6 +7,7 @@ import pandas as pd
 import pytest
 
 from taskdiv.cli import main
+from taskdiv.common.errors import DataError
 from taskdiv.report.commands import build_report
 from taskdiv.report.plots import plot_accuracy
 from taskdiv.report.sections import _fmt_match
@@ -240,3 +242,29 @@ def test_report_gains_the_judge_win_rate_and_its_paired_differences(exp):
     assert "| weighted-task-diversity | 25.000 [" in section and "| base | 20.000 |" in section
     row = next(l for l in section.splitlines() if l.startswith("| weighted-task-diversity | 10% |"))
     assert "4.000" in row and "3 / 3" in row
+
+
+def test_the_answer_position_each_strategy_favours(exp):
+    """From the runs' eval/items.jsonl: the position each run's model chose most often on the
+    four-option items (one letter per seed), its share and the accuracy there; other items
+    (two options, generative) do not count. Bad items name file, line and field."""
+    def items(run, favourite, n_right):
+        d = exp / "runs" / run / "eval"
+        d.mkdir(parents=True)
+        recs = [{"id": f"q{i}", "task": "t1", "kind": "mc", "prediction": "x", "correct": i < n_right,
+                 "scores": [0.0 if j == (favourite if i < 8 else 0) else -1.0 for j in range(4)]} for i in range(10)]
+        recs += [{"id": "yn", "task": "t2", "kind": "mc", "correct": True, "scores": [0.0, -1.0]},
+                 {"id": "gen", "task": "t3", "kind": "generative", "correct": False}]
+        (d / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+    items("base", 2, 2)
+    for seed, favourite in enumerate((3, 3, 1)):
+        items(f"random-30-s{seed}", favourite, 3 + seed)
+    text = build_report(exp)
+    assert "## Answer position on four-option multiple choice" in text and "On the 10 held-out items" in text
+    assert "| base | 0 | C | 0.80 | 0.200 |" in text
+    assert "| random | 30 | D, D, B | 0.80 | 0.400 |" in text
+    assert "| task-diversity |" not in text.split("## Answer position")[1].split("## Plots")[0]  # no items: no row
+    (exp / "runs" / "base" / "eval" / "items.jsonl").write_text('{"kind": "mc", "correct": true, "scores": "high"}\n')
+    with pytest.raises(DataError, match=r"items.jsonl, line 1, field 'scores'"):
+        build_report(exp)

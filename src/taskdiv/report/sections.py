@@ -320,3 +320,56 @@ def headline(exps) -> str:
         lines += ["", "Annotation saving of the task strategies against random (the random budget that matches "
                       "them, interpolated in log budget; 95% intervals from resampling the seeds):", *notes]
     return "\n".join(lines) + "\n"
+
+
+def _run_positions(path: Path, n_options: int = 4) -> dict:
+    """answer_positions of one run's eval/items.jsonl (its multiple-choice items with
+    `n_options` options: the chosen position is the best-scored option's)."""
+    from ..common.errors import DataError
+    from ..common.inputs import iter_jsonl
+
+    positions, correct = [], []
+    for line, rec in iter_jsonl(path):
+        if rec.get("kind") != "mc":
+            continue
+        scores = rec.get("scores")
+        if not isinstance(scores, list) or not scores or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores):
+            raise DataError("'scores' must be a non-empty list of numbers (one per option)", file=path, line=line,
+                            field="scores")
+        if not isinstance(rec.get("correct"), bool):
+            raise DataError("'correct' must be true or false", file=path, line=line, field="correct")
+        if len(scores) == n_options:
+            positions.append(int(np.argmax(scores)))
+            correct.append(rec["correct"])
+    return statistics.answer_positions(positions, correct, n_options)
+
+
+def position_lines(exp: Path, results: pd.DataFrame, strategies: list[str]) -> list[str]:
+    """The option position each strategy's models favour on four-option multiple choice, from
+    the runs' eval/items.jsonl (where the experiment kept them)."""
+    rows = []
+    for _, r in results.iterrows():
+        path = exp / "runs" / str(r["run"]) / "eval" / "items.jsonl"
+        if path.exists():
+            found = _run_positions(path)
+            if found["n"]:
+                rows.append({"strategy": r["strategy"], "budget_n": r["budget_n"], **found})
+    if not rows:
+        return []
+    table = pd.DataFrame(rows)
+    letters = "ABCD"
+    lines = ["", "## Answer position on four-option multiple choice", "",
+             f"On the {int(table['n'].iloc[0])} held-out items with four options: the position each run's model "
+             "chose most often (A = the first option; one letter per seed), the share of items it chose there and "
+             "its accuracy on them (chance 0.25), mean over seeds. A model near chance that learns to favour "
+             "another position moves its accuracy by the share of the gold answers at that position, whatever "
+             "it learnt of the tasks.", "",
+             "| strategy | budget | favourite position | share there | accuracy |", "|---|---|---|---|---|"]
+    order = ["base", *strategies, "full"]
+    table["rank"] = table["strategy"].map(lambda s: order.index(s) if s in order else len(order))
+    for (budget_n, _, strategy), group in table.groupby(["budget_n", "rank", "strategy"], sort=True):
+        favourite = ", ".join(letters[f] if f < len(letters) else str(f + 1) for f in group["favourite"])
+        lines.append(f"| {strategy} | {int(budget_n)} | {favourite} | {group['share'].mean():.2f} | "
+                     f"{group['accuracy'].mean():.3f} |")
+    return lines

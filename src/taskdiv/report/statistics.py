@@ -12,6 +12,7 @@ Pure numpy/scipy on the experiment's tables (no torch):
     examples_vs_none(...)            within a kind: do tasks that got examples gain more?
     accuracy_by_kind(...)            macro accuracy over the tasks of each kind
     task_kinds(test_pool)            yes/no (two choices), multiple choice, generative
+    answer_positions(items)          the option position a run's model favours on multiple choice
 """
 from __future__ import annotations
 
@@ -239,3 +240,16 @@ def difference_stats(diffs) -> dict:
     half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else math.nan
     return {"diff": m, "ci_low": m - half, "ci_high": m + half, "wins": int((d > 0).sum()), "pairs": len(d),
             "p_sign": sign_test(d), "p_perm": permutation_test(d)}
+
+
+def answer_positions(positions, correct, n_options: int = 4) -> dict:
+    """Multiple-choice items with `n_options` options, as a run's model answered them: the
+    position (0 = the first option) it chose most often, the share of items it chose there,
+    its accuracy on them, and how many there were. A model at chance that learns to favour
+    another position moves its accuracy by the share of gold answers at that position."""
+    positions = np.asarray(positions, dtype=int)
+    if not len(positions):
+        return {"n": 0, "favourite": None, "share": float("nan"), "accuracy": float("nan")}
+    counts = np.bincount(positions, minlength=n_options)
+    return {"n": int(len(positions)), "favourite": int(counts.argmax()), "share": float(counts.max() / len(positions)),
+            "accuracy": float(np.mean(np.asarray(correct, dtype=float)))}
