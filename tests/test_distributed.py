@@ -70,6 +70,30 @@ def test_score_help_lists_the_engine_flags(capsys):
         assert flag in text
 
 
+def test_a_shard_write_removes_what_a_killed_worker_left_of_it(tmp_path):
+    """A worker killed while writing a shard leaves its temporary beside the shards; on a local
+    file system the next write of that shard removes it (held temporaries: common.atomic),
+    and other files stay. The shard reads back as written."""
+    from pyarrow import fs
+
+    from taskdiv.engines.local import Generation
+    from taskdiv.engines.ray import read_shard, write_shard
+
+    name = "key-0123456789abcdef01234567.parquet"
+    stale = [f".{name}.{'f' * 32}.tmp", f".{name}.k3x_9q2a.tmp"]  # the older writer's naming and atomic's
+    others = [f".other-{name}.abcdefgh.tmp", "key-fedcba.parquet"]
+    for leftover in stale + others:
+        (tmp_path / leftover).write_bytes(b"left over")
+    rows = [(f"sha{i}", Generation([1, 2, i], np.array([-0.5, -0.25, -1.0], np.float32),
+                                    np.array([0.1, 0.2, 0.3], np.float32)), f"text {i}", 7 + i, i == 1)
+            for i in range(3)]
+    write_shard(fs.LocalFileSystem(), str(tmp_path), name, rows)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, *others])
+    back = read_shard(fs.LocalFileSystem(), str(tmp_path), name)
+    assert [(r[0], r[1].token_ids, r[2], r[3], r[4]) for r in back] == \
+        [(r[0], r[1].token_ids, r[2], r[3], r[4]) for r in rows]
+    np.testing.assert_array_equal(back[2][1].logprobs, rows[2][1].logprobs)
+
 @pytest.mark.slow
 def test_ray_engine_gives_the_local_engine_results(cluster, pool40, tmp_path):
     """Same confidence prompt by prompt (1e-5, float32), same tasks.csv, same output files."""

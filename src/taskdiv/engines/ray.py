@@ -53,6 +53,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -276,9 +277,13 @@ def shard_name(settings_key: str, shas: list[str]) -> str:
 
 
 def write_shard(filesystem, base: str, name: str, rows) -> None:
-    """Rows of `_Scorer.generate` as one Parquet file: a temporary file, then a move."""
+    """Rows of `_Scorer.generate` as one Parquet file: a temporary file, then a move. On a local
+    (or mounted) file system through `atomic_path`, whose temporaries their writer holds, so
+    that the next write of the shard removes those a killed worker left; elsewhere (s3://, ...)
+    a temporary of a unique name, deleted on failure."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from pyarrow import fs
 
     shas, gens, texts, n_prompt, trunc = zip(*rows)
     table = pa.table({
@@ -287,6 +292,12 @@ def write_shard(filesystem, base: str, name: str, rows) -> None:
         "logprobs": pa.array([g.logprobs for g in gens], pa.list_(pa.float32())),
         "entropies": pa.array([g.entropies for g in gens], pa.list_(pa.float32())),
         "prompt_tokens": pa.array(n_prompt, pa.int32()), "truncated": pa.array(trunc, pa.bool_())})
+    if isinstance(filesystem, fs.LocalFileSystem):
+        from ..common.atomic import atomic_path
+
+        with atomic_path(Path(base) / name) as tmp:
+            pq.write_table(table, str(tmp))
+        return
     tmp = f"{base}/.{name}.{uuid.uuid4().hex}.tmp"
     try:
         with filesystem.open_output_stream(tmp) as f:
