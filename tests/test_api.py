@@ -100,7 +100,8 @@ def test_a_notebook_does_the_whole_job_and_matches_the_cli(kind, tiny_model_dir,
     # A second round's scoring leaves round 1's prompts out: as a list, or as its selection file.
     round1 = [r["id"] for r in rows if r["task"] == "refunds"] + cli_ids[:2]
     rest_scores, rest_tasks = taskdiv.score(pool, model=str(tiny_model_dir), max_new_tokens=3, per_task=4,
-                                            exclude=round1)
+                                            exclude=round1, out=tmp_path / "round2")
+    assert f"exclude: <a list of {len(round1)} id(s)>" in (tmp_path / "round2" / "config.yaml").read_text()
     assert not set(rest_scores["id"]) & set(round1) and "refunds" not in set(rest_tasks["task"])
     (tmp_path / "round1.txt").write_text("".join(f"{i}\n" for i in round1))
     from_file, _ = taskdiv.score(pool, model=str(tiny_model_dir), max_new_tokens=3, per_task=4,

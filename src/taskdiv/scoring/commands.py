@@ -235,7 +235,8 @@ def _score(cfg: ScoreConfig, loaded=None, pool: Pool | None = None,
         scores, table, reused, from_shared = _score_rounds(cfg, pool, scorer, cache, shared)
     finally:
         _close(cache, shared, scorer, ours=loaded is None)
-    _write_outputs(out, scores, table, cfg, settings, ref.path, cache.key)
+    _write_outputs(out, scores, table, cfg, settings, ref.path, cache.key,
+                   excluded=None if exclude is None else f"<a list of {len(exclude)} id(s)>")
     scores.attrs.update(reused=reused, from_shared=from_shared, computed=scorer.computed,
                         seconds=time.perf_counter() - started, generation_seconds=scorer.seconds,
                         available=len(pool.frame),
@@ -349,13 +350,14 @@ def _close(cache: ScoreCache, shared: ScoreCache | None, scorer, *, ours: bool) 
 
 
 def _write_outputs(out: Path, scores: pd.DataFrame, table: pd.DataFrame, cfg: ScoreConfig, settings: dict,
-                   model_path, settings_key: str) -> None:
-    """scores.csv, scores.parquet, tasks.csv and config.yaml, replaced as one unit."""
+                   model_path, settings_key: str, excluded: str | None = None) -> None:
+    """scores.csv, scores.parquet, tasks.csv and config.yaml, replaced as one unit. `excluded`:
+    how config.yaml names ids excluded in memory (the Python API's list)."""
     with output_set(*(out / name for name in OUTPUTS[:4])) as (csv_tmp, parquet_tmp, tasks_tmp, config_tmp):
         dump_table(csv_tmp, scores, ".csv")
         dump_table(parquet_tmp, scores, ".parquet")
         dump_table(tasks_tmp, table, ".csv")
-        dump_yaml(config_tmp, {"command": "score", **to_dict(cfg),
+        dump_yaml(config_tmp, {"command": "score", **to_dict(cfg), **({"exclude": excluded} if excluded else {}),
                                "resolved": {**settings, "model_path": model_path, "settings_key": settings_key}})
 
 
