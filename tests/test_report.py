@@ -250,7 +250,7 @@ def test_the_answer_position_each_strategy_favours(exp):
     (two options, generative) do not count. Bad items name file, line and field."""
     def items(run, favourite, n_right):
         d = exp / "runs" / run / "eval"
-        d.mkdir(parents=True)
+        d.mkdir(parents=True, exist_ok=True)
         recs = [{"id": f"q{i}", "task": "t1", "kind": "mc", "prediction": "x", "correct": i < n_right,
                  "scores": [0.0 if j == (favourite if i < 8 else 0) else -1.0 for j in range(4)]} for i in range(10)]
         recs += [{"id": "yn", "task": "t2", "kind": "mc", "correct": True, "scores": [0.0, -1.0]},
@@ -265,6 +265,17 @@ def test_the_answer_position_each_strategy_favours(exp):
     assert "| base | 0 | C | 0.80 | 0.200 |" in text
     assert "| random | 30 | D, D, B | 0.80 | 0.400 |" in text
     assert "| task-diversity |" not in text.split("## Answer position")[1].split("## Plots")[0]  # no items: no row
+    # A clone has no items.jsonl (not committed): the same section from EXP/answer_positions.csv.
+    kept = pd.read_csv(exp / "answer_positions.csv")
+    assert sorted(kept["run"]) == ["base", "random-30-s0", "random-30-s1", "random-30-s2"]
+    for run in kept["run"]:
+        (exp / "runs" / run / "eval" / "items.jsonl").unlink()
+    assert build_report(exp) == text
+    (exp / "answer_positions.csv").write_text("run,n,favourite,share,accuracy\nbase,10,2,1.5,0.2\n")
+    with pytest.raises(DataError, match=r"answer_positions.csv, row 1, field 'share'"):
+        build_report(exp)
+    items("base", 2, 2)
     (exp / "runs" / "base" / "eval" / "items.jsonl").write_text('{"kind": "mc", "correct": true, "scores": "high"}\n')
+    (exp / "answer_positions.csv").unlink()
     with pytest.raises(DataError, match=r"items.jsonl, line 1, field 'scores'"):
         build_report(exp)

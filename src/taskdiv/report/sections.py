@@ -11,9 +11,9 @@ import pandas as pd
 
 from . import statistics
 from .statistics import mean_ci
-from .tables import (REFERENCE, TASK_CONFIDENCE, VARIANTS, _by_budget_then_strategy, _is_task_strategy, _read_results,
-                     _strategies, annotation_saving, paired_vs, paired_vs_random, read_table, saving_vs_random,
-                     summary_table)
+from .tables import (ANSWER_POSITIONS, REFERENCE, TASK_CONFIDENCE, VARIANTS, _by_budget_then_strategy,
+                     _is_task_strategy, _read_results, _strategies, annotation_saving, paired_vs, paired_vs_random,
+                     read_table, saving_vs_random, summary_table)
 
 
 def _fmt_match(r, smallest: int, largest: int) -> str:
@@ -345,19 +345,41 @@ def _run_positions(path: Path, n_options: int = 4) -> dict:
     return statistics.answer_positions(positions, correct, n_options)
 
 
+def answer_positions(exp: Path, runs: list[str]) -> pd.DataFrame:
+    """Per run, the answer positions of its four-option items (`_run_positions`), from its
+    eval/items.jsonl where the experiment kept it, else from EXP/answer_positions.csv, which
+    keeps them for the report of a clone (items.jsonl is not committed: 220 KB a run). The
+    CSV is written when a run's items add to it."""
+    from ..common.writers import write_table
+
+    path = exp / "answer_positions.csv"
+    kept = read_table(path, ANSWER_POSITIONS, unique="run").set_index("run") if path.exists() else None
+    rows, fresh = {}, False
+    for run in runs:
+        items = exp / "runs" / run / "eval" / "items.jsonl"
+        if items.exists():
+            found = _run_positions(items)
+            if found["n"]:
+                rows[run] = found
+                fresh |= kept is None or run not in kept.index or \
+                    [kept.loc[run, k] for k in ("n", "favourite")] != [found["n"], found["favourite"]]
+        elif kept is not None and run in kept.index:
+            rows[run] = kept.loc[run].to_dict()
+    table = pd.DataFrame([{"run": run, **found} for run, found in rows.items()],
+                         columns=list(ANSWER_POSITIONS))
+    if fresh:
+        write_table(path, table.round({"share": 6, "accuracy": 6}))
+    return table
+
+
 def position_lines(exp: Path, results: pd.DataFrame, strategies: list[str]) -> list[str]:
     """The option position each strategy's models favour on four-option multiple choice, from
-    the runs' eval/items.jsonl (where the experiment kept them)."""
-    rows = []
-    for _, r in results.iterrows():
-        path = exp / "runs" / str(r["run"]) / "eval" / "items.jsonl"
-        if path.exists():
-            found = _run_positions(path)
-            if found["n"]:
-                rows.append({"strategy": r["strategy"], "budget_n": r["budget_n"], **found})
-    if not rows:
+    the runs' eval/items.jsonl (or EXP/answer_positions.csv; `answer_positions`)."""
+    found = answer_positions(exp, [str(r) for r in results["run"]])
+    if not len(found):
         return []
-    table = pd.DataFrame(rows)
+    table = found.merge(results[["run", "strategy", "budget_n"]].astype({"run": str}), on="run")
+    table = table.astype({"n": int, "favourite": int, "share": float, "accuracy": float})
     letters = "ABCD"
     lines = ["", "## Answer position on four-option multiple choice", "",
              f"On the {int(table['n'].iloc[0])} held-out items with four options: the position each run's model "
