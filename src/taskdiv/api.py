@@ -24,6 +24,7 @@ from .pool.container import Pool, arrow_to_pandas
 from .pool.fields import FieldMap
 from .pool.load import load_pool as _load_spec
 from .pool.load import pool_from_frame
+from .pool.readers import split_exclude
 from .selection.allocation import allocate as _allocate
 from .selection.scores import score_table
 
@@ -103,14 +104,13 @@ def score(pool, *, model: str = "gemma-3-270m", per_task: int | None = None, max
     from .scoring.commands import ScoreConfig, _score
 
     loaded = load_pool(pool)
+    file, ids = split_exclude(exclude)
     with tempfile.TemporaryDirectory(prefix="taskdiv-score-") as tmp:
         target = Path(out) if out is not None else Path(tmp)
         cfg = build(ScoreConfig, {"pool": loaded.source if isinstance(pool, (str, Path)) else f"<{loaded.source}>",
                                   "model": str(model), "per_task": per_task, "max_new_tokens": max_new_tokens,
-                                  "seed": seed, "out": str(target), **options,
-                                  **({"exclude": str(exclude)} if isinstance(exclude, (str, Path)) else {})})
-        return _score(cfg, pool=loaded, exclude=None if exclude is None or isinstance(exclude, (str, Path))
-                      else list(exclude))
+                                  "seed": seed, "out": str(target), "exclude": file, **options})
+        return _score(cfg, pool=loaded, exclude=ids)
 
 
 def select(pool, budget, *, strategy: str = "weighted-task-diversity", scores=None, seed: int = 0,
@@ -152,11 +152,11 @@ def select(pool, budget, *, strategy: str = "weighted-task-diversity", scores=No
         table = score_table(column[column["confidence"].notna()], f"pool column {scores!r}")
     elif scores is not None:
         path = str(scores)
-    ids = exclude is not None and not isinstance(exclude, (str, Path))
+    file, ids = split_exclude(exclude)
     with tempfile.TemporaryDirectory(prefix="taskdiv-select-") as tmp:
         cfg = SelectConfig(pool=loaded.source, budget=str(budget), strategy=strategy, scores=path, seed=seed,
-                           exclude=str(exclude) if exclude is not None and not ids else None, out=tmp, **params)
-        chosen, allocation = _select(cfg, pool=loaded, scores=table, exclude=list(exclude) if ids else None)
+                           exclude=file, out=tmp, **params)
+        chosen, allocation = _select(cfg, pool=loaded, scores=table, exclude=ids)
     if type(pool).__name__ == "Dataset":
         import datasets
 
@@ -262,8 +262,9 @@ def experiment(config: str | Path, *, out: str | Path) -> pd.DataFrame:
 
 def write_report(exp: str | Path) -> str:
     """`exp`/report.md (returned) and its plots, from a finished or partial experiment's tables,
-    as `taskdiv report` does (not `taskdiv.report`: that name is the package's module): accuracy by strategy and budget, paired differences with exact
-    p-values, the annotation saving, coverage, and whether confidence predicts gain."""
+    as `taskdiv report` does: accuracy by strategy and budget, paired differences with exact
+    p-values, the annotation saving, coverage, and whether confidence predicts gain. (Not
+    `taskdiv.report`: that name is the package's subpackage.)"""
     from .report.commands import build_report
 
     return build_report(Path(exp))

@@ -148,11 +148,10 @@ def excluded(pool: Pool, source) -> np.ndarray:
     the ids themselves (a list). The one reading of --exclude, for `score` and `select`
     (EXCLUDE_HELP). Ids not in the pool are ignored with a warning naming them; a source naming
     none of the pool's prompts (another pool's file?) or all of them (nothing left to do) is an error."""
-    if isinstance(source, (str, os.PathLike)):
-        ids, label, name = read_ids(source), str(source), f"--exclude {source}"
-    else:
-        ids = [str(i) for i in source]
-        label = name = f"exclude (a list of {len(ids)} id(s))"
+    is_file = isinstance(source, (str, os.PathLike))
+    ids = read_ids(source) if is_file else [str(i) for i in source]
+    name = exclude_name(source)
+    label = str(source) if is_file else name
     ids = list(dict.fromkeys(ids))
     pos = pool.positions(ids) if ids else np.zeros(0, dtype=np.int64)
     unknown = [i for i, p in zip(ids, pos) if p < 0]
@@ -167,6 +166,22 @@ def excluded(pool: Pool, source) -> np.ndarray:
     if mask.all():
         raise TaskdivError(f"{name} names every prompt of the pool ({len(pool)}): none is left")
     return mask
+
+
+def exclude_name(source) -> str:
+    """How messages and records name an exclusion: `--exclude FILE`, or the Python API's list."""
+    if isinstance(source, (str, os.PathLike)):
+        return f"--exclude {source}"
+    return f"exclude (a list of {len(source)} id(s))"
+
+
+def split_exclude(exclude) -> tuple[str | None, list | None]:
+    """The Python API's `exclude=`: (a file's path, None) or (None, the ids of a list)."""
+    if exclude is None:
+        return None, None
+    if isinstance(exclude, (str, os.PathLike)):
+        return str(exclude), None
+    return None, list(exclude)
 
 
 def read_ids(path) -> list[str]:

@@ -42,7 +42,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +61,7 @@ from ..engines.ray import RayOptions
 from ..pool.container import Pool
 from ..pool.fields import PoolOptions
 from ..pool.load import load_pool
-from ..pool.readers import EXCLUDE_HELP, excluded
+from ..pool.readers import EXCLUDE_HELP, exclude_name, excluded
 from . import metrics as metrics_mod
 from .cache import ScoreCache, prompt_sha, shared_cache
 
@@ -249,8 +248,7 @@ def _score(cfg: ScoreConfig, loaded=None, pool: Pool | None = None,
 def _without_excluded(pool: Pool, exclude) -> Pool:
     """The pool without the prompts --exclude names (an earlier selection, a store; `excluded`)."""
     keep = ~excluded(pool, exclude)
-    named = f"--exclude {exclude}" if isinstance(exclude, (str, os.PathLike)) else f"exclude ({len(exclude)} id(s))"
-    log.info("%s: scoring the %d of %d prompts it does not name", named, int(keep.sum()), len(pool))
+    log.info("%s: scoring the %d of %d prompts it does not name", exclude_name(exclude), int(keep.sum()), len(pool))
     return Pool(pool.frame[keep].reset_index(drop=True), pool.source)
 
 
