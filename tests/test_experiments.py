@@ -485,3 +485,36 @@ def test_two_round_options_are_checked_before_any_run(tmp_path, tiny_model_dir, 
         assert main(["experiment", str(cfg), "--out", str(tmp_path / "exp"), "--dry-run"]) == 1
         assert message in capsys.readouterr().err
         assert not (tmp_path / "exp").exists()
+
+
+def test_processes_share_a_grid_run_by_run(tmp_path, tiny_model_dir, caplog):
+    # Another process holds run s0's lock (the test, here): the experiment leaves s0, makes s1,
+    # then waits for s0. The holder lets go without finishing it (killed): the experiment makes it.
+    import fcntl
+    import threading
+
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, strategies=["random"], budgets=[4], seeds=[0, 1],
+                       base=False, full=False)
+    exp = tmp_path / "exp"
+    held = exp / "runs" / "random-b4-s0"
+    (exp / ".claims" / held.name).mkdir(parents=True)
+    fd = os.open(exp / ".claims" / held.name, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    codes = []
+    worker = threading.Thread(target=lambda: codes.append(main(["experiment", str(cfg), "--out", str(exp)])))
+    caplog.set_level("INFO", logger="taskdiv")
+    try:
+        worker.start()
+        deadline = time.time() + 120
+        while time.time() < deadline and "waiting for another taskdiv process making random-b4-s0" not in caplog.text:
+            assert worker.is_alive(), "the experiment ended with a run held by another process"
+            time.sleep(0.2)
+        assert "random-b4-s0: another process is making it; on to the next run" in caplog.text
+        assert (exp / "runs" / "random-b4-s1" / "done").exists() and not (held / "done").exists()
+        time.sleep(1)
+        assert worker.is_alive() and not (held / "done").exists(), "made a run another process held"
+    finally:
+        os.close(fd)  # releases the lock
+        worker.join(timeout=120)
+    assert codes == [0] and (held / "done").exists()
+    assert sorted(pd.read_csv(exp / "results.csv")["run"]) == ["random-b4-s0", "random-b4-s1"]

@@ -1,6 +1,7 @@
 """The directory lock's filelock path (what Windows, without fcntl, takes), forced on this
 machine by setting `taskdiv.common.locks.fcntl` to None. The flock path is tested through its
-users (test_annotation's concurrent imports, test_fetch's concurrent fetches)."""
+users (test_annotation's concurrent imports, test_fetch's concurrent fetches); `claimed` (take
+it or leave it) on both paths here."""
 from __future__ import annotations
 
 import os
@@ -20,7 +21,8 @@ HOLDER = textwrap.dedent("""
     from pathlib import Path
     from taskdiv.common import locks
 
-    locks.fcntl = None  # the Windows path
+    if len(sys.argv) < 4 or sys.argv[3] != "flock":
+        locks.fcntl = None  # the Windows path
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
     directory, name = Path(sys.argv[1]), sys.argv[2]
     events = directory / "events"
@@ -37,9 +39,9 @@ HOLDER = textwrap.dedent("""
 """)
 
 
-def _holder(directory: Path, name: str) -> subprocess.Popen:
+def _holder(directory: Path, name: str, how: str = "filelock") -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-c", HOLDER, str(directory), name], env=env,
+    return subprocess.Popen([sys.executable, "-c", HOLDER, str(directory), name, how], env=env,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -102,3 +104,30 @@ def test_without_fcntl_a_refused_first_import_leaves_nothing_behind(tmp_path, mo
             assert (directory / locks.LOCK_NAME).exists()
             raise RuntimeError("refused")
     assert not (parent / "runs").exists()
+
+
+@pytest.mark.parametrize("how", ["flock", "filelock"])
+def test_claimed_leaves_a_lock_another_process_holds_and_takes_a_free_one(tmp_path, monkeypatch, how):
+    from taskdiv.common import locks
+
+    if how == "filelock":
+        monkeypatch.setattr(locks, "fcntl", None)
+    holder = _holder(tmp_path, "holder", how)
+    try:
+        _wait_for(tmp_path / "holder.inside", holder)
+        started = time.monotonic()
+        with locks.claimed(tmp_path) as mine:
+            assert mine is False  # at once: no waiting for the holder
+        assert time.monotonic() - started < 10 and holder.poll() is None
+        (tmp_path / "holder.release").touch()
+        assert holder.wait(120) == 0, holder.stderr.read()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    with locks.claimed(tmp_path) as mine:
+        assert mine is True
+        with locks.claimed(tmp_path) as again:  # held: another claim, even from this process, is refused
+            assert again is False
+    with locks.claimed(tmp_path) as mine:  # released on leaving
+        assert mine is True

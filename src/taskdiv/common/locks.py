@@ -75,6 +75,38 @@ def _file_locked(directory: Path, doing: str):
             lock.release()
 
 
+@contextlib.contextmanager
+def claimed(directory: str | os.PathLike):
+    """Take `locked`'s lock on `directory` if no other process holds it, without waiting:
+    yields True while holding it, False (holding nothing) when another process does. For
+    work that processes share out among themselves (an experiment's runs): a process takes
+    what is free and leaves the rest."""
+    if fcntl is not None:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+        return
+    import filelock
+
+    lock = filelock.FileLock(Path(directory) / LOCK_NAME)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
 def remove_stale(directory: Path, pattern: str) -> None:
     """Delete leftovers of a killed writer (`pattern` globbed in `directory`); call under `locked`."""
     for path in directory.glob(pattern):

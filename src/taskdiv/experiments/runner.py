@@ -33,6 +33,13 @@ killed at any point resumes where it stopped, with no duplicate rows. A rerun ma
 the grid (strategies, budgets, seeds) but fails if a key that defines a run (model, pool,
 train, ...: RUN_DEFINING) differs from EXP/config.yaml.
 
+Several processes may work through one grid side by side (`taskdiv experiment` started
+twice with the same --out, on one machine or on machines sharing EXP on a file system
+with locks): each run is made by whichever process takes its directory's lock first
+(common.locks on EXP/.claims/RUN), the others go on to the next free run, and the pool is scored once. A
+process that runs out of free runs waits for those another process is making, so each
+exits with the whole grid finished (and makes a run itself if its maker was killed).
+
 The config (YAML) keys are the fields of `ExperimentConfig`; `score`, `train` and
 `evaluate` hold options of those commands (same names as their flags).
 """
@@ -297,17 +304,52 @@ class Experiment:
             self._warn_lost_rows(todo)
         with quiet_inner_progress():
             if self.must_score(todo):
-                from ..scoring.commands import score
-
-                log.info("scoring the pool once for the whole experiment")
-                score(self.score_cfg)
+                self._score_once(todo)
             with bar(total=len(runs), initial=len(runs) - len(todo), desc="experiment", unit="run",
                      outer=True) as progress:
+                elsewhere = []  # runs another process was making when this one came to them
                 for r in todo:
-                    self.run_one(r, lambda stage, r=r: progress.set_postfix_str(f"{r.id}: {stage}"))
+                    if self._claim_and_run(r, progress, wait=False):
+                        progress.update(1)
+                        self.collect()
+                    else:
+                        log.info("%s: another process is making it; on to the next run", r.id)
+                        elsewhere.append(r)
+                for r in elsewhere:
+                    self._claim_and_run(r, progress, wait=True)
                     progress.update(1)
                     self.collect()
         return self.collect()
+
+    def _score_once(self, todo: list[Run]) -> None:
+        """Score the pool into EXP/scores, once: a second process started beside this one
+        waits for the scores under the lock, then finds them there."""
+        from ..common.locks import locked
+        from ..scoring.commands import score
+
+        claim = self.out / ".claims" / ".scores"  # not EXP/scores: score's own writers lock there
+        claim.mkdir(parents=True, exist_ok=True)
+        with locked(claim, "scoring the pool for this experiment"):
+            if self.must_score(todo):
+                log.info("scoring the pool once for the whole experiment")
+                score(self.score_cfg)
+
+    def _claim_and_run(self, run: Run, progress, *, wait: bool) -> bool:
+        """Make `run` under its lock (common.locks on EXP/.claims/RUN; the run directory's own
+        lock is the annotation store's): False, having done nothing, when another process holds
+        it and `wait` is false; with `wait`, after waiting for it. A run found finished once the
+        lock is taken (another process made it) is not made again."""
+        from ..common.locks import claimed, locked
+
+        d, claim = self.run_dir(run), self.out / ".claims" / run.id
+        claim.mkdir(parents=True, exist_ok=True)
+        lock = locked(claim, f"making {run.id}") if wait else claimed(claim)
+        with lock as mine:
+            if mine is False:
+                return False
+            if not (d / "done").exists():
+                self.run_one(run, lambda stage: progress.set_postfix_str(f"{run.id}: {stage}"))
+        return True
 
     def _warn_other_code(self, finished: list[Run]) -> None:
         """Say so when finished runs were made by other code than the runs about to be made:
@@ -470,6 +512,8 @@ class Experiment:
 
 # EXP/.gitignore: everything but the compact results of each run (see the module docstring).
 GITIGNORE = """# Written by `taskdiv experiment`: commit EXP for the compact results of finished runs.
+.claims/
+.taskdiv.lock
 runs/*/data.jsonl
 runs/*/annotations.jsonl
 runs/*/import-round-*.json
