@@ -1,6 +1,7 @@
 """`taskdiv report` from fixture experiment tables."""
 import json
 import re
+import time
 
 import numpy as np
 import pandas as pd
@@ -257,6 +258,8 @@ def test_the_answer_position_each_strategy_favours(exp):
                  {"id": "gen", "task": "t3", "kind": "generative", "correct": False}]
         (d / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
 
+    build_report(exp)
+    assert not (exp / "answer_positions.csv").exists()  # no run's items: nothing to keep
     items("base", 2, 2)
     for seed, favourite in enumerate((3, 3, 1)):
         items(f"random-30-s{seed}", favourite, 3 + seed)
@@ -268,6 +271,16 @@ def test_the_answer_position_each_strategy_favours(exp):
     # A clone has no items.jsonl (not committed): the same section from EXP/answer_positions.csv.
     kept = pd.read_csv(exp / "answer_positions.csv")
     assert sorted(kept["run"]) == ["base", "random-30-s0", "random-30-s1", "random-30-s2"]
+    # Written when the table differs from it, not on every report: a changed accuracy (same
+    # favourite and count) is written; the same table again leaves the file as it is.
+    written = (exp / "answer_positions.csv").stat().st_mtime_ns
+    time.sleep(0.01)
+    assert build_report(exp) == text and (exp / "answer_positions.csv").stat().st_mtime_ns == written
+    items("random-30-s0", 3, 4)
+    build_report(exp)
+    assert pd.read_csv(exp / "answer_positions.csv").set_index("run").loc["random-30-s0", "accuracy"] == 0.4
+    items("random-30-s0", 3, 3)
+    assert build_report(exp) == text
     for run in kept["run"]:
         (exp / "runs" / run / "eval" / "items.jsonl").unlink()
     assert build_report(exp) == text

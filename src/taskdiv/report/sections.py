@@ -349,27 +349,40 @@ def answer_positions(exp: Path, runs: list[str]) -> pd.DataFrame:
     """Per run, the answer positions of its four-option items (`_run_positions`), from its
     eval/items.jsonl where the experiment kept it, else from EXP/answer_positions.csv, which
     keeps them for the report of a clone (items.jsonl is not committed: 220 KB a run). The
-    CSV is written when a run's items add to it."""
+    CSV is written when the table differs from it."""
     from ..common.writers import write_table
 
     path = exp / "answer_positions.csv"
     kept = read_table(path, ANSWER_POSITIONS, unique="run").set_index("run") if path.exists() else None
-    rows, fresh = {}, False
+    rows = {}
     for run in runs:
         items = exp / "runs" / run / "eval" / "items.jsonl"
         if items.exists():
             found = _run_positions(items)
             if found["n"]:
                 rows[run] = found
-                fresh |= kept is None or run not in kept.index or \
-                    [kept.loc[run, k] for k in ("n", "favourite")] != [found["n"], found["favourite"]]
         elif kept is not None and run in kept.index:
             rows[run] = kept.loc[run].to_dict()
     table = pd.DataFrame([{"run": run, **found} for run, found in rows.items()],
-                         columns=list(ANSWER_POSITIONS))
-    if fresh:
-        write_table(path, table.round({"share": 6, "accuracy": 6}))
+                         columns=list(ANSWER_POSITIONS)).round({"share": 6, "accuracy": 6})
+    if (kept is None and len(table)) or (kept is not None and not _same_table(table, kept.reset_index())):
+        write_table(path, table)
     return table
+
+
+def _same_table(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    """The same rows in the same order: numbers equal as numbers (reading the file gives counts
+    as floats), text as text."""
+    if list(a.columns) != list(b.columns) or len(a) != len(b):
+        return False
+    for c in a.columns:
+        x, y = a[c].reset_index(drop=True), b[c].reset_index(drop=True)
+        if pd.api.types.is_numeric_dtype(x) and pd.api.types.is_numeric_dtype(y):
+            if not np.array_equal(x.to_numpy(float), y.to_numpy(float)):
+                return False
+        elif x.astype(str).tolist() != y.astype(str).tolist():
+            return False
+    return True
 
 
 def position_lines(exp: Path, results: pd.DataFrame, strategies: list[str]) -> list[str]:
