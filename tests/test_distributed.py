@@ -205,14 +205,17 @@ def test_a_killed_driver_leaves_shards_the_rerun_reuses(cluster, pool40, tmp_pat
     assert len(scores) == 40 and scores["id"].is_unique
 
 
-def test_shards_on_an_object_store(cluster, small_pool, tiny_model_dir, tmp_path, caplog, capsys):
+def test_shards_on_an_object_store(cluster, small_pool, tiny_model_dir, tmp_path, caplog, capsys, monkeypatch):
     """--shards s3://...: the actors write their shards to an S3 API (moto's server, on this
     machine) through pyarrow's filesystem layer; the scores equal the local engine's, no
-    temporary object is left, a run into a new OUT (another machine's view) reuses every shard
-    from the store, and the secret in the URI is in no log line or config.yaml."""
+    temporary object is left (one a killed worker left goes once it is old), a run into a new
+    OUT (another machine's view) reuses every shard from the store, and the secret in the URI
+    is in no log line or config.yaml."""
     import logging
 
     from pyarrow import fs
+
+    from taskdiv.engines import ray as ray_engine
 
     moto_server = pytest.importorskip("moto.server")
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -233,7 +236,18 @@ def test_shards_on_an_object_store(cluster, small_pool, tiny_model_dir, tmp_path
             assert len(stored) == 8 and all(n.endswith(".parquet") and not n.startswith(".") for n in stored)
             local, on_s3 = (pd.read_csv(tmp_path / d / "scores.csv").set_index("id") for d in ("local", "a"))
             np.testing.assert_allclose(on_s3.loc[local.index, "confidence"], local["confidence"], atol=1e-5, rtol=0)
+            # A worker killed between its upload and the move left a temporary: kept while it
+            # could still be in flight (young), removed by the next driver once it is old.
+            key = stored[0].rsplit("-", 1)[0]
+            stale = f"runs/score/shards/.{key}-{'0' * 24}.parquet.{'f' * 32}.tmp"
+            with s3.open_output_stream(stale) as f:
+                f.write(b"half a shard")
             assert score([*common, "--engine", "ray", "--workers", "2", "--shards", uri, "--out", tmp_path / "b"]) == 0
+            assert s3.get_file_info(stale).type == fs.FileType.File
+            monkeypatch.setattr(ray_engine, "STALE_TEMP_SECONDS", 0)
+            assert score([*common, "--shards", uri, "--engine", "ray", "--workers", "1", "--out", tmp_path / "c"]) == 0
+            assert s3.get_file_info(stale).type == fs.FileType.NotFound
+            assert "removed 1 temporary shard file(s) that killed workers left in s3://testkey:***@" in caplog.text
         assert "reused 8 finished shard(s) (16 prompts) from s3://testkey:***@runs/score/shards" in caplog.text
         assert "16 reused from the cache, 0 generated" in capsys.readouterr().out
         written = (tmp_path / "b" / "config.yaml").read_text()

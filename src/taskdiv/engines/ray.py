@@ -15,7 +15,8 @@ Both engines therefore run the very same batches, and give the same numbers.
 
 Shards and resume. An actor writes each finished shard to SHARDS/ (default OUT/shards;
 any path every node can reach, or a URI such as s3://bucket/run/shards) through pyarrow's
-filesystem layer: a temporary file, then a move. Before any work each node writes a
+filesystem layer: a temporary file, then a move (on an object store, the driver removes a
+temporary a killed worker left once it is an hour old). Before any work each node writes a
 probe file there, which the driver must see (`RayScorer.check_reach`). A shard's name is the
 settings key of the run plus the sha256 of its prompts' hashes in order, so a retried
 shard (Ray Data restarts a killed actor and retries its task: its actor pools default
@@ -324,6 +325,37 @@ def read_shard(filesystem, base: str, name: str) -> list:
                                                       t["entropies"], t["prompt_tokens"], t["truncated"])]
 
 
+# A shard's temporary on an object store exists from the moment its upload completes to its
+# move, a few seconds; one older than this was left by a worker killed in between.
+STALE_TEMP_SECONDS = 3600
+
+
+def remove_stale_temps(filesystem, base: str, settings_key: str, shown: str) -> int:
+    """Delete the temporaries of these settings' shards that killed workers left on a file
+    system other than the local one (`write_shard`'s .NAME.UUID.tmp; on the local file
+    system `atomic_path` removes its own). Nothing holds a lock there, so age tells: only
+    those older than STALE_TEMP_SECONDS go. Returns how many."""
+    from pyarrow import fs
+
+    if isinstance(filesystem, fs.LocalFileSystem):
+        return 0
+    infos = filesystem.get_file_info(fs.FileSelector(base, allow_not_found=True))
+    now, removed = time.time(), 0
+    for i in infos:
+        if (i.type == fs.FileType.File and i.base_name.startswith(f".{settings_key}-")
+                and i.base_name.endswith(".tmp") and i.mtime is not None
+                and now - i.mtime.timestamp() > STALE_TEMP_SECONDS):
+            try:
+                filesystem.delete_file(i.path)
+            except OSError as e:  # another driver removed it first, or no right to: not this run's concern
+                log.debug("%s/%s: not removed (%s)", shown, i.base_name, e)
+                continue
+            removed += 1
+    if removed:
+        log.info("removed %d temporary shard file(s) that killed workers left in %s", removed, shown)
+    return removed
+
+
 def list_shards(filesystem, base: str, settings_key: str) -> list[str]:
     from pyarrow import fs
 
@@ -477,6 +509,7 @@ class RayScorer:
         # Finished shards of these settings: those this cache has seen, and those a killed
         # driver (or another driver) finished but never copied in, which are copied now.
         seen = dict(cache.conn.execute("SELECT name, prompts FROM shards"))
+        remove_stale_temps(self.fs, self.base, cache.key, self.shown)
         finished = list_shards(self.fs, self.base, cache.key)
         prompts = sum(seen[n] if n in seen else self._ingest(n) for n in finished)
         self.stats["shards_reused"] = len(finished)
