@@ -518,3 +518,46 @@ def test_processes_share_a_grid_run_by_run(tmp_path, tiny_model_dir, caplog):
         worker.join(timeout=120)
     assert codes == [0] and (held / "done").exists()
     assert sorted(pd.read_csv(exp / "results.csv")["run"]) == ["random-b4-s0", "random-b4-s1"]
+
+
+def test_a_run_waits_for_the_earlier_run_another_process_makes_of_its_selection(tmp_path, tiny_model_dir, caplog):
+    # task-diversity and weighted-task-diversity at one prompt per task select the same ids. Another
+    # process (the test, here) is making task-diversity: weighted-task-diversity waits for it, then
+    # takes its evaluation instead of training the same model beside it.
+    import fcntl
+    import threading
+
+    td, wtd = "task-diversity-b2-s0", "weighted-task-diversity-b2-s0"
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, strategies=["task-diversity", "weighted-task-diversity"],
+                       budgets=[2], seeds=[0], base=False, full=False)
+    made = tmp_path / "made"  # the other process's finished run, made beforehand
+    assert main(["experiment", str(write_config(tmp_path / "td.yaml", tiny_model_dir, strategies=["task-diversity"],
+                                                budgets=[2], seeds=[0], base=False, full=False)),
+                 "--out", str(made)]) == 0
+    exp = tmp_path / "exp"
+    shutil.copytree(made / "runs" / td / "selection", exp / "runs" / td / "selection")  # it has selected so far
+    (exp / ".claims" / td).mkdir(parents=True)
+    fd = os.open(exp / ".claims" / td, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    codes = []
+    worker = threading.Thread(target=lambda: codes.append(main(["experiment", str(cfg), "--out", str(exp)])))
+    caplog.set_level("INFO", logger="taskdiv")
+    waiting = f"waiting for another taskdiv process making {td}, which selected what {wtd} did"
+    try:
+        worker.start()
+        deadline = time.time() + 120
+        while time.time() < deadline and waiting not in caplog.text:
+            assert worker.is_alive(), "the experiment ended without waiting for the run of the same selection"
+            time.sleep(0.2)
+        assert not (exp / "runs" / wtd / "train").exists(), "trained what another process is training"
+        for part in (made / "runs" / td).iterdir():  # the other process finishes its run
+            if part.name not in ("selection", "done"):
+                (shutil.copytree if part.is_dir() else shutil.copy2)(part, exp / "runs" / td / part.name)
+        shutil.copy2(made / "runs" / td / "done", exp / "runs" / td / "done")
+    finally:
+        os.close(fd)
+        worker.join(timeout=120)
+    assert codes == [0]
+    results = pd.read_csv(exp / "results.csv").set_index("run")
+    assert results.loc[wtd, "same_as"] == td and not (exp / "runs" / wtd / "train").exists()
+    assert results.loc[wtd, "accuracy"] == results.loc[td, "accuracy"]

@@ -25,7 +25,8 @@ clone then skips every committed run.
 A run that selects exactly what a finished run of the same seed selected (the same ids
 in the same order, e.g. task-diversity and weighted-task-diversity at one prompt per
 task) is not trained again: it takes that run's evaluation, and its result.json names
-the run in `same_as`.
+the run in `same_as`; with several processes it waits for such an earlier run that
+another process is making.
 
 A rerun skips runs with a `done` marker; inside an unfinished run each stage skips
 what it already finished (training resumes from its last checkpoint), so a grid
@@ -465,13 +466,25 @@ class Experiment:
         ids in the same order: its training data, and so its model and results, are this
         run's too (training and evaluation are deterministic given data and seed; the
         settings are the experiment's). E.g. task-diversity and weighted-task-diversity at a
-        budget of one prompt per task."""
+        budget of one prompt per task. Such a run that comes earlier in the grid and that
+        another process is making now is waited for (a later one never is: no two processes
+        can wait for each other)."""
+        from ..common.locks import locked
+
         ids = (self.run_dir(run) / "selection" / "ids.txt").read_bytes()
-        for other in self.runs if self.runs is not None else self.prepare():
+        runs = self.runs if self.runs is not None else self.prepare()
+        earlier = set(runs[:runs.index(run)]) if run in runs else set()
+        for other in runs:
             d = self.run_dir(other)
-            if (other.id != run.id and other.seed == run.seed and other.strategy != "base"
-                    and (d / "done").exists() and (d / "selection" / "ids.txt").exists()
-                    and (d / "selection" / "ids.txt").read_bytes() == ids):
+            if (other.id == run.id or other.seed != run.seed or other.strategy == "base"
+                    or not (d / "selection" / "ids.txt").exists()
+                    or (d / "selection" / "ids.txt").read_bytes() != ids):
+                continue
+            claim = self.out / ".claims" / other.id
+            if not (d / "done").exists() and other in earlier and claim.is_dir():
+                with locked(claim, f"making {other.id}, which selected what {run.id} did"):
+                    pass  # its maker is done with it (or was killed: then this run trains)
+            if (d / "done").exists():
                 return other
         return None
 
