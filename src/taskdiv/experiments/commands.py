@@ -14,8 +14,10 @@ from .runner import Experiment
 class ExperimentCommand:
     config_yaml: str | None = field(default=None, metadata={"positional": True, "required": True,
                                                        "help": "Experiment YAML (e.g. configs/cpu-small.yaml)."})
-    out: str | None = field(default=None, metadata={"required": True, "help": "Experiment directory. A rerun resumes it; several "
-                                  "processes given the same one share its runs (each run made once)."})
+    out: str | None = field(default=None, metadata={
+        "required": True,
+        "help": "Experiment directory. A rerun resumes it; several processes given the same one share its runs "
+                "(each run made once)."})
     dry_run: bool = field(default=False, metadata={"help": "Validate, print the grid and a time estimate, stop."})
 
 

@@ -36,8 +36,8 @@ train, ...: RUN_DEFINING) differs from EXP/config.yaml.
 
 Several processes may work through one grid side by side (`taskdiv experiment` started
 twice with the same --out, on one machine or on machines sharing EXP on a file system
-with locks): each run is made by whichever process takes its directory's lock first
-(common.locks on EXP/.claims/RUN), the others go on to the next free run, and the pool is scored once. A
+with locks): each run is made by whichever process first takes its lock (common.locks on
+EXP/.claims/RUN), the others go on to the next free run, and the pool is scored once. A
 process that runs out of free runs waits for those another process is making, so each
 exits with the whole grid finished (and makes a run itself if its maker was killed).
 
