@@ -37,74 +37,56 @@ def locked(directory: str | os.PathLike, doing: str) -> contextlib.AbstractConte
 
 
 @contextlib.contextmanager
-def _flocked(directory: str | os.PathLike, doing: str):
-    """An flock on the directory itself: taking it writes nothing."""
+def _flocked(directory: str | os.PathLike, doing: str | None):
+    """An flock on the directory itself: taking it writes nothing. `doing` None: no waiting,
+    False is yielded when another process holds it (`claimed`)."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            mine = True
         except BlockingIOError:
-            log.warning("waiting for another taskdiv process %s", doing)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+            mine = doing is not None
+            if mine:
+                log.warning("waiting for another taskdiv process %s", doing)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        yield mine
     finally:
         os.close(fd)  # releases the lock
 
 
 @contextlib.contextmanager
-def _file_locked(directory: Path, doing: str):
-    """filelock's lock on directory/LOCK_NAME. A directory where the lock file cannot be made
-    (read-only) is not locked: nothing can be written there either, and the write that
-    follows fails naming its own file."""
+def _file_locked(directory: Path, doing: str | None):
+    """filelock's lock on directory/LOCK_NAME (`doing` as `_flocked`'s). A directory where the
+    lock file cannot be made (read-only) is not locked: nothing can be written there either,
+    and the write that follows fails naming its own file."""
     import filelock
 
-    lock = filelock.FileLock(directory / LOCK_NAME)
+    lock, mine = filelock.FileLock(directory / LOCK_NAME), True
     try:
         try:
             lock.acquire(timeout=0)
         except filelock.Timeout:
-            log.warning("waiting for another taskdiv process %s", doing)
-            lock.acquire()
+            mine = doing is not None
+            if mine:
+                log.warning("waiting for another taskdiv process %s", doing)
+                lock.acquire()
     except OSError as e:
         log.debug("%s: not locked (%s)", directory, e)
         lock = None
     try:
-        yield
+        yield mine
     finally:
-        if lock is not None:
+        if lock is not None and mine:
             lock.release()
 
 
-@contextlib.contextmanager
-def claimed(directory: str | os.PathLike):
+def claimed(directory: str | os.PathLike) -> contextlib.AbstractContextManager:
     """Take `locked`'s lock on `directory` if no other process holds it, without waiting:
     yields True while holding it, False (holding nothing) when another process does. For
     work that processes share out among themselves (an experiment's runs): a process takes
     what is free and leaves the rest."""
-    if fcntl is not None:
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            yield True
-        finally:
-            os.close(fd)
-        return
-    import filelock
-
-    lock = filelock.FileLock(Path(directory) / LOCK_NAME)
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        lock.release()
+    return _flocked(directory, None) if fcntl is not None else _file_locked(Path(directory), None)
 
 
 def remove_stale(directory: Path, pattern: str) -> None:
