@@ -1,4 +1,5 @@
-"""Training and evaluation throughput, bf16 against float32, for both embedded models.
+"""Training and evaluation throughput, bf16 against float32, for both embedded models; and
+training with the LM head on response positions only against TRL's head on every position.
 
     python bench/bench_training.py            # or `make bench`
     python bench/bench_training.py --quick    # fewer examples, for a smoke run
@@ -8,7 +9,10 @@ own; bf16 and float32 runs alternate so that load from other work on the machine
 both alike. Training: LoRA (the defaults of `taskdiv train`) on the pool part of the
 twelve BBH tasks (bench_training.TASKS), one epoch; tokens/s counts prompt + response tokens. Evaluation:
 `taskdiv evaluate --suite heldout` on their test part (multiple choice, prefix-shared
-scoring), items/s. Prints the ratios bf16/float32 measured side by side.
+scoring), items/s. Prints the ratios bf16/float32 measured side by side. Then, in bf16,
+training's CPU loss (taskdiv.training._sft_trainer: logits of the response positions only)
+against TRL's fused head, which on a CPU projects every position through the vocabulary:
+the time and peak-memory ratios, alternating the two as above.
 """
 from __future__ import annotations
 
@@ -32,11 +36,13 @@ TASKS = ("sports_understanding,navigate,hyperbaton,formal_fallacies,causal_judge
 
 def one(kind: str, model: str, dtype: str, data: str) -> dict:
     """A single measurement (runs in the child process, so the peak memory is its own)."""
+    from taskdiv import training
     from taskdiv.evaluation.commands import EvalConfig, evaluate
     from taskdiv.training import TrainConfig, train
 
     with tempfile.TemporaryDirectory() as tmp:
-        if kind == "train":
+        if kind in ("train", "train-every-position"):
+            training.COMPACT_HEAD = kind == "train"
             run = train(TrainConfig(data=data, model=model, out=f"{tmp}/run", epochs=1, dtype=dtype))
             m = json.loads((run / "train_metrics.json").read_text())
             out = {"tokens_per_second": m["tokens_per_second"], "seconds_per_example_epoch":
@@ -115,6 +121,19 @@ def main(quick: bool) -> None:
                       f"({fp['seconds_per_item']:.3f} s/item, peak {fp['peak_rss_mb']:.0f} MB)  "
                       f"bf16/float32 = {bf[key] / fp[key]:.2f}x  (accuracy bf16 {bf['accuracy']:.3f}, "
                       f"float32 {fp['accuracy']:.3f})", flush=True)
+    key = "seconds_per_example_epoch"
+    for model in MODELS:
+        best = {}
+        for _ in range(reps):
+            for kind in ("train", "train-every-position"):
+                r = measure(kind, model, "bfloat16", files["train"])
+                if kind not in best or r[key] < best[kind][key]:
+                    best[kind] = r
+        ours, trl = best["train"], best["train-every-position"]
+        print(f"{model:22s} LM head  response positions {ours[key]:.3f} s/example-epoch (peak "
+              f"{ours['peak_rss_mb']:.0f} MB)  every position (TRL on a CPU) {trl[key]:.3f} s/example-epoch (peak "
+              f"{trl['peak_rss_mb']:.0f} MB)  time {ours[key] / trl[key]:.2f}x, peak memory "
+              f"{ours['peak_rss_mb'] / trl['peak_rss_mb']:.2f}x", flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
