@@ -296,3 +296,50 @@ def test_group_by_length_computes_less_padding(tiny_model_dir, tmp_path):
         ratios[grouped] = json.loads((run / "train_metrics.json").read_text())["padding_ratio"]
     assert ratios[True] < 1.2  # each megabatch of 32 sorted by length: at most one mixed batch in it
     assert ratios[False] > 1.4  # random batches of 8 mix both lengths
+
+
+def test_the_cpu_loss_projects_response_positions_only_and_equals_trls(tiny_model_dir, tmp_path, monkeypatch):
+    """On a CPU the loss takes logits only where a response token follows (TRL's fused head
+    scores every position there): the same loss and the same LoRA gradients as TRL's, on a
+    padded batch of prompts of several lengths; a batch without a response token gives a
+    differentiable zero."""
+    import datasets
+    import pandas as pd
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    tok = models.load_tokenizer(models.resolve(str(tiny_model_dir)))
+    rows = [{**r, "prompt": f"Count to {i % 7 + 1} please, slowly. " * (1 + i % 3)}
+            for i, r in enumerate(_rows(8))]
+    dataset = datasets.Dataset.from_dict(training.tokenize(pd.DataFrame(rows), tok, True, 512))
+    transformers.set_seed(0)
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    args = trl.SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, completion_only_loss=True,
+                         report_to="none", use_cpu=True, max_length=512)
+    trainer = training._sft_trainer(trl)(model=model, args=args, train_dataset=dataset, processing_class=tok,
+                                         peft_config=peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                                     task_type="CAUSAL_LM"))
+    batch = next(iter(trainer.get_train_dataloader()))
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    results = {}
+    for compact in (True, False):
+        monkeypatch.setattr(training, "COMPACT_HEAD", compact)
+        trainer.model.zero_grad()
+        loss, outputs = trainer.compute_loss(trainer.model, dict(batch), return_outputs=True,
+                                             num_items_in_batch=torch.tensor(labelled + 5))
+        loss.backward()
+        grads = [p.grad.clone() for p in trainer.model.parameters() if p.requires_grad]
+        results[compact] = loss.item(), grads, outputs
+    (ours, ours_grads, ours_out), (theirs, their_grads, _) = results[True], results[False]
+    assert ours_out.logits.shape[1] < batch["input_ids"].shape[1] - 1  # the prompts' positions were left out
+    assert ours == pytest.approx(theirs, rel=1e-5) and ours > 0
+    scale = max(g.abs().max().item() for g in their_grads)
+    assert scale > 0 and all(torch.allclose(a, b, atol=1e-5 * scale) for a, b in zip(ours_grads, their_grads))
+
+    monkeypatch.setattr(training, "COMPACT_HEAD", True)
+    trainer.model.zero_grad()
+    none = trainer.compute_loss(trainer.model, {**batch, "labels": torch.full_like(batch["labels"], -100)})
+    none.backward()
+    assert none.item() == 0.0

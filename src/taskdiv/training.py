@@ -259,6 +259,57 @@ def _callbacks(log_path: Path, resume_step: int):
     return LogAndProgress()
 
 
+def _sft_trainer(trl):
+    """TRL's SFTTrainer, whose loss on a CPU projects through the LM head only the positions
+    whose next token is a response token.
+
+    TRL's fused LM head scores only those positions on Triton devices (GPUs); elsewhere it
+    scores every position, so a CPU computes and holds logits of the whole batch over the
+    whole vocabulary: for Gemma 3 (262,144 tokens) at 4 x 1,024 tokens, 4.3 GB in float32
+    per copy, and more than half of the step's arithmetic, spent on prompt positions whose
+    loss is zero. Here the model's own forward keeps those positions only
+    (`logits_to_keep`, a transformers argument every causal LM takes), and the loss is the
+    same sum over response tokens divided by the same token count as TRL's. `make bench`
+    (bench_training) measures the two side by side. GPUs, models without `logits_to_keep`,
+    label smoothing, a custom loss and MoE auxiliary losses keep TRL's path."""
+    import inspect
+
+    import torch
+
+    class SFTTrainer(trl.SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not self._compact_head(model, inputs):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            targets = inputs["labels"][:, 1:]  # the label of each position's next token
+            keep = (targets != -100).any(dim=0).nonzero().squeeze(1)  # positions some row has a label after
+            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False,
+                            logits_to_keep=keep)
+            logits, targets = outputs.logits.float(), targets[:, keep]
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                                     ignore_index=-100, reduction="sum")
+            count = (targets != -100).sum() if num_items_in_batch is None else num_items_in_batch
+            loss = loss / torch.as_tensor(count, device=loss.device).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size())  # as TRL's: DDP averages
+            return (loss, outputs) if return_outputs else loss
+
+        def _compact_head(self, model, inputs) -> bool:
+            if not COMPACT_HEAD or "labels" not in inputs or inputs["labels"].device.type != "cpu":
+                return False
+            if self.compute_loss_func is not None or self.label_smoother is not None or self.aux_loss_enabled:
+                return False
+            base = self.accelerator.unwrap_model(model)
+            base = base.get_base_model() if hasattr(base, "get_base_model") else base
+            return "logits_to_keep" in inspect.signature(type(base).forward).parameters
+
+    return SFTTrainer
+
+
+# Whether training on a CPU projects only the response positions through the LM head
+# (_sft_trainer); bench_training sets it False in a child process to measure TRL's own path.
+COMPACT_HEAD = True
+
+
 def check_options(cfg: TrainConfig) -> None:
     """The options alone make sense (the data and model are checked by `train`)."""
     if cfg.out is None or cfg.data is None:
@@ -368,9 +419,9 @@ def train(cfg: TrainConfig) -> Path:
     trainer = None
     try:
         with _quiet(datasets):
-            trainer = trl.SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                     peft_config=peft_config,
-                                     callbacks=[_callbacks(run / "train_log.jsonl", resume_step)])
+            trainer = _sft_trainer(trl)(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                                peft_config=peft_config,
+                                                callbacks=[_callbacks(run / "train_log.jsonl", resume_step)])
             trainer.remove_callback(transformers.PrinterCallback)
             result = trainer.train(resume_from_checkpoint=resume)
         tokens = sum(len(ids) for ids in encoded["input_ids"])
