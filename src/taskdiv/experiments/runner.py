@@ -218,8 +218,9 @@ class Experiment:
         if todo:
             shown = ", ".join(r.id for r in todo[:3]) + (" ..." if len(todo) > 3 else "")
             raise TaskdivError(f"{str(error).rstrip('.')}; {len(todo)} of the grid's {len(runs)} run(s) are not "
-                               f"finished ({shown}) and need the pool. The {len(runs) - len(todo)} finished run(s) need none: "
-                               f"`taskdiv report {self.out}` rebuilds the report from them") from error
+                               f"finished ({shown}) and need the pool. The {len(runs) - len(todo)} finished "
+                               f"run(s) need none: `taskdiv report {self.out}` rebuilds the report from them"
+                               ) from error
         log.warning("the pool cannot be loaded (%s); every run of the grid is finished, so the results are "
                     "collated from %s without it", error, self.out / "runs")
         return runs
@@ -308,18 +309,16 @@ class Experiment:
                 self._score_once(todo)
             with bar(total=len(runs), initial=len(runs) - len(todo), desc="experiment", unit="run",
                      outer=True) as progress:
-                elsewhere = []  # runs another process was making when this one came to them
-                for r in todo:
-                    if self._claim_and_run(r, progress, wait=False):
+                # The free runs first; a run another process is making goes to the end of the
+                # queue (which grows as it is read), to be waited for once the free ones are made.
+                queue = [(r, False) for r in todo]
+                for r, wait in queue:
+                    if self._claim_and_run(r, progress, wait=wait):
                         progress.update(1)
                         self.collect()
                     else:
                         log.info("%s: another process is making it; on to the next run", r.id)
-                        elsewhere.append(r)
-                for r in elsewhere:
-                    self._claim_and_run(r, progress, wait=True)
-                    progress.update(1)
-                    self.collect()
+                        queue.append((r, True))
         return self.collect()
 
     def _score_once(self, todo: list[Run]) -> None:
