@@ -406,6 +406,9 @@ def test_a_committed_study_needs_no_pool(tmp_path, monkeypatch, capsys, study):
     before = (exp / "results.csv").read_text()
     assert main(["experiment", str(root / "configs" / f"{study}.yaml"), "--out", str(exp)]) == 0
     assert pd.read_csv(exp / "results.csv").equals(pd.read_csv(io.StringIO(before)))
+    capsys.readouterr()
+    assert main(["experiment", str(root / "configs" / f"{study}.yaml"), "--out", str(exp), "--dry-run"]) == 0
+    assert "already done; pool not loaded (every run is finished)" in capsys.readouterr().out
     assert main(["report", str(exp)]) == 0
     assert (exp / "report.md").read_text() == (root / "results" / study / "report.md").read_text()
     (exp / "runs" / "random-b214-s1" / "done" if study == "cpu-skewed" else

@@ -31,8 +31,9 @@ def run_experiment(cmd: ExperimentCommand) -> None:
         for r in runs:
             print(f"{r.id:40s} strategy={r.strategy:24s} budget={r.budget_n:6d} seed={r.seed}"
                   + ("" if r in todo else "  (done)"))
-        est = estimate_seconds(cfg, todo, n_test, train_chars=mean_chars(_frame(exp.pool)),
-                               test_chars=mean_chars(_frame(exp.test), ("prompt",)))
+        pool_rows = exp.pool.frame if exp.pool is not None else None  # None: every run is finished
+        est = estimate_seconds(cfg, todo, n_test, train_chars=mean_chars(pool_rows),
+                               test_chars=mean_chars(exp.test, ("prompt",)))
         pool = f"{len(exp.pool)} prompts" if exp.pool is not None else "not loaded (every run is finished)"
         print(f"{len(runs)} run(s), {len(runs) - len(todo)} already done; pool {pool}, "
               f"test {n_test} items; estimate for the {len(todo)} left at SmolLM2-135M's pace on 2 cores, "
@@ -43,7 +44,3 @@ def run_experiment(cmd: ExperimentCommand) -> None:
     print(f"{len(table)} run(s) finished; results in {Path(cmd.out) / 'results.csv'}; "
           f"next: taskdiv report {cmd.out}")
 
-
-def _frame(pool):
-    """The rows of a Pool (the experiment's pool) or a DataFrame (its test items); None for none."""
-    return getattr(pool, "frame", pool)
