@@ -434,6 +434,12 @@ def test_the_many_task_study_reports_from_its_committed_files(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") > 1000  # width: two panels
     assert "![task confidence against gain, base and tuned model](confidence_gain.png)" in \
         (exp / "report.md").read_text()
+    # The commit each run's result.json names, counted: the study's worktree moved once.
+    made = pd.read_csv(exp / "results.csv")["code"].str[:7].value_counts()
+    line = next(ln for ln in (exp / "report.md").read_text().splitlines() if ln.startswith("Runs: "))
+    code = line.split(" Code: ")[1].rstrip(".").split(", ")
+    assert code[0] == f"{made.iloc[0]} run(s) at {made.index[0]}" and len(code) == len(made)
+    assert sorted(int(c.split()[0]) for c in code) == sorted(made.tolist())
 
 
 @pytest.mark.slow

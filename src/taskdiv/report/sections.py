@@ -64,6 +64,11 @@ def accuracy_lines(exp: Path, results: pd.DataFrame, summary: pd.DataFrame, stra
         timing += (f" {len(twins)} run(s) selected exactly what another run of the same seed selected and "
                    f"took its evaluation instead of training the same model again: "
                    + ", ".join(f"{r} = {t}" for r, t in zip(twins["run"], twins["same_as"])) + ".")
+    if "code" in results.columns and results["code"].notna().any():  # the commit each run's result.json names
+        made = results["code"].dropna().str.removesuffix("+dirty").str[:7].value_counts(sort=False)
+        made = made.sort_values(ascending=False, kind="stable")
+        timing += " Code: " + ", ".join(f"{n}{' run(s)' * (i == 0)} at {c}"
+                                        for i, (c, n) in enumerate(made.items())) + "."
     suite = results["suite"].iloc[0] if "suite" in results.columns else "heldout"
     lines += [f"Runs: {len(results)}. Accuracy is the {suite} macro accuracy; cells give the mean over "
               f"seeds and its 95% t-interval.{timing}", ""]
