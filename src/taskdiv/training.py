@@ -518,7 +518,7 @@ def train(cfg: TrainConfig, examples=None) -> Path:
     try:
         with quiet_inner_progress(ours=False, ignore=(FutureWarning,)):  # dataset preparation, deprecations
             trainer = _sft_trainer(trl)(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                                peft_config=peft_config, callbacks=[callback])
+                                        peft_config=peft_config, callbacks=[callback])
             trainer.remove_callback(transformers.PrinterCallback)
             try:
                 result = trainer.train(resume_from_checkpoint=resume)
