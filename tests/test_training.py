@@ -385,6 +385,7 @@ def test_the_cpu_loss_projects_response_positions_only_and_equals_trls(tiny_mode
                                                                      task_type="CAUSAL_LM"))
     batch = next(iter(trainer.get_train_dataloader()))
     labelled = int((batch["labels"][:, 1:] != -100).sum())
+    trainer.model.train()  # as Trainer.training_step sets it (LoRA dropout 0: the same forward)
     results = {}
     for compact in (True, False):
         monkeypatch.setattr(training, "COMPACT_HEAD", compact)

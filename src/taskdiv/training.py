@@ -352,8 +352,8 @@ def _sft_trainer(trl):
     loss is zero. Here the model's own forward keeps those positions only
     (`logits_to_keep`, a transformers argument every causal LM takes), and the loss is the
     same sum over response tokens divided by the same token count as TRL's. `make bench`
-    (bench_training) measures the two side by side. GPUs, models without `logits_to_keep`,
-    label smoothing, a custom loss and MoE auxiliary losses keep TRL's path."""
+    (bench_training) measures the two side by side. GPUs, evaluation, models without
+    `logits_to_keep`, label smoothing, a custom loss and MoE auxiliary losses keep TRL's path."""
     import inspect
 
     import torch
@@ -376,8 +376,9 @@ def _sft_trainer(trl):
             return (loss, outputs) if return_outputs else loss
 
         def _compact_head(self, model, inputs) -> bool:
-            if not COMPACT_HEAD or "labels" not in inputs or inputs["labels"].device.type != "cpu":
-                return False
+            if not COMPACT_HEAD or not model.training or "labels" not in inputs \
+                    or inputs["labels"].device.type != "cpu":
+                return False  # evaluation keeps TRL's path: its metrics may want every position's logits
             if self.compute_loss_func is not None or self.label_smoother is not None or self.aux_loss_enabled:
                 return False
             base = self.accelerator.unwrap_model(model)
