@@ -65,7 +65,7 @@ def accuracy_lines(exp: Path, results: pd.DataFrame, summary: pd.DataFrame, stra
                    f"took its evaluation instead of training the same model again: "
                    + ", ".join(f"{r} = {t}" for r, t in zip(twins["run"], twins["same_as"])) + ".")
     if "code" in results.columns and results["code"].notna().any():  # the commit each run's result.json names
-        made = results["code"].dropna().str.removesuffix("+dirty").str[:7].value_counts(sort=False)
+        made = results["code"].dropna().str[:7].value_counts(sort=False)  # "+dirty" counted with its commit
         made = made.sort_values(ascending=False, kind="stable")
         timing += " Code: " + ", ".join(f"{n}{' run(s)' * (i == 0)} at {c}"
                                         for i, (c, n) in enumerate(made.items())) + "."
