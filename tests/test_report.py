@@ -181,6 +181,9 @@ def test_headline_puts_experiments_side_by_side(exp, tmp_path, capsys):
     td = results["strategy"] == "task-diversity"
     results.loc[td & (results["budget_n"] == 30), "accuracy"] += 0.025  # half way to random at 60
     results.loc[td & (results["budget_n"] == 60), "accuracy"] += 0.2  # far above random at 60
+    two_round = results[td & (results["budget_n"] == 30)].assign(strategy="two-round")
+    two_round["run"] = two_round["run"].str.replace("task-diversity", "two-round")
+    results = pd.concat([results, two_round])
     results.to_csv(other / "results.csv", index=False)
     text = headline([exp, other])
     header = text.splitlines()[0]
@@ -197,6 +200,7 @@ def test_headline_puts_experiments_side_by_side(exp, tmp_path, capsys):
     saving = re.search(r"- other, task-diversity at 30: random needs (\d+) \[(\d+), (\d+)\]: (\d+)% fewer", text)
     assert saving and 36 <= int(saving[1]) <= 50 and int(saving[2]) <= int(saving[1]) <= int(saving[3])
     assert "- other, task-diversity at 60: not matched by random up to 60" in text
+    assert f"- other, two-round at 30: random needs {saving[1]} [" in text  # an experiment's task strategy
     assert "k-center at" not in text  # savings are given for the task strategies
     assert main(["report", str(exp), "--compare", str(other)]) == 0
     assert "other, 60 prompts" in capsys.readouterr().out

@@ -13,6 +13,7 @@ import pandas as pd
 from ..common.errors import DataError, TaskdivError
 from ..common.inputs import read_csv
 from ..common.writers import write_table
+from ..experiments.grid import ROUND_STRATEGIES
 from ..selection.strategies import STRATEGIES, is_task_strategy
 from . import statistics
 from .statistics import _bracket, mean_ci
@@ -96,8 +97,9 @@ def saving_vs_random(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def _is_task_strategy(name: str) -> bool:
-    """strategies.is_task_strategy for any name in results.csv (full and base are rows too)."""
-    return name in STRATEGIES and is_task_strategy(name)
+    """strategies.is_task_strategy for any name in results.csv (full and base are rows too); an
+    experiment's round strategies (two-round) allocate across tasks in every round."""
+    return name in ROUND_STRATEGIES or (name in STRATEGIES and is_task_strategy(name))
 
 
 def _by_budget_then_strategy(table: pd.DataFrame, strategies: list[str]) -> pd.DataFrame:
