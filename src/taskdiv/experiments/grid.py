@@ -16,13 +16,17 @@ log = logging.getLogger(__name__)
 
 
 # For --dry-run estimates: seconds per training example-epoch and per held-out item, linear in
-# the mean length of the prompts (characters; responses included for training), fitted to the
-# medians of two studies' runs (SmolLM2-135M, LoRA, bf16, 2 cores shared with other work):
-# cpu-skewed's BIG-bench prompts of 109 characters, 0.9 s and 0.23 s (results/cpu-skewed),
-# and cpu-many's of 414, 2.26 s and 0.55 s (its first 10 runs). The per-example constant alone
-# (0.9 s, 0.23 s) estimated cpu-many at 12 hours where it measured about 40.
-TRAIN_SECONDS = (0.41, 0.00446)   # seconds per example-epoch = a + b * characters
-TEST_SECONDS = (0.12, 0.00105)    # seconds per held-out item = a + b * characters
+# the mean length of the prompts (characters; responses included for training), for SmolLM2-135M,
+# LoRA, bf16 on 2 cores. First fitted to the medians of two studies' runs: cpu-skewed's
+# BIG-bench prompts of 109 characters, 0.9 s and 0.23 s, and cpu-many's of 414, 2.26 s and 0.55 s
+# (its first 10 runs; the per-example constant alone estimated cpu-many at 12 hours where it
+# measured about 40). Since training on a CPU scores only the response positions (1d8661d),
+# cpu-many's runs at 259c0eb with only the study's two processes on the cores took a median
+# 1.30 s per example-epoch and 0.42 s per item (2026-12-07, 4 runs): both lines are scaled by
+# those ratios (0.575, 0.757). cpu-skewed's pool cannot be measured again (its BIG-bench source
+# is withdrawn), so its point is scaled by the same ratios.
+TRAIN_SECONDS = (0.236, 0.00256)  # seconds per example-epoch = a + b * characters
+TEST_SECONDS = (0.091, 0.000795)  # seconds per held-out item = a + b * characters
 REFERENCE_CHARS = 109             # without the pools at hand: cpu-skewed's prompts
 
 
