@@ -131,6 +131,12 @@ def test_report_measures_the_saving_against_random_and_coverage_and_kinds(tmp_pa
     assert "## Coverage" in text and "| random | 30 | 1.0 | 1.0 |" in text
     assert "| task-diversity | 30 | 0.0 | 0.0 |" in text
     assert "## Accuracy by kind of task" in text and "yes/no (1) | multiple choice (1) | generative (1)" in text
+    # Beside each kind's accuracy, the examples the strategy gave it: random gave t1 (yes/no) none
+    # at 30 and t2, t3 15 each; task-diversity 10 each.
+    kind_rows = text.split("## Accuracy by kind of task")[1].splitlines()
+    assert re.search(r"^\| random \| 30 \| [0-9.]+ \(0\) \| [0-9.]+ \(15\) \| [0-9.]+ \(15\) \|$", "\n".join(kind_rows),
+                     re.M), kind_rows
+    assert re.search(r"^\| task-diversity \| 30 \|( [0-9.]+ \(10\) \|){3}$", "\n".join(kind_rows), re.M), kind_rows
     assert "not run" in text   # task-diversity at 60 and 120
     assert "no interval" not in text and "fewer annotations [" in line
     # Random at 120 with seed 0 only (as a 4x cell run on one seed) does not void the interval

@@ -65,7 +65,7 @@ def build_report(exp: Path) -> str:
     lines += saving_lines(results, summary)
     lines += coverage_lines(allocations, strategies)
     kinds = task_kinds(exp) if len(per_task) else None
-    lines += kind_lines(per_task, results, kinds, strategies)
+    lines += kind_lines(per_task, results, kinds, strategies, allocations)
     gains = statistics.task_gains(per_task, results, allocations) if len(per_task) else pd.DataFrame()
     mechanism, scatter = _mechanism_lines(exp, gains, kinds)
     lines += mechanism

@@ -146,18 +146,32 @@ def coverage_lines(allocations: pd.DataFrame, strategies: list[str]) -> list[str
     return lines
 
 
-def kind_lines(per_task: pd.DataFrame, results: pd.DataFrame, kinds, strategies: list[str]) -> list[str]:
-    """Macro accuracy over the tasks of each kind (yes/no, multiple choice, generative)."""
+def kind_lines(per_task: pd.DataFrame, results: pd.DataFrame, kinds, strategies: list[str],
+               allocations: pd.DataFrame | None = None) -> list[str]:
+    """Macro accuracy over the tasks of each kind (yes/no, multiple choice, generative), and
+    beside it the training examples the run gave that kind, where allocations are known."""
     lines = []
     if kinds is not None and len(kinds):
         by_kind = statistics.accuracy_by_kind(per_task, results, kinds)
         cols = [c for c in by_kind.columns if c not in ("strategy", "budget_n")]
+        given = {}
+        if allocations is not None and len(allocations):
+            examples = statistics.examples_by_kind(allocations, kinds).set_index(["strategy", "budget_n"])
+            given = {key: row for key, row in examples.iterrows()}
         lines += ["", "## Accuracy by kind of task", "",
-                  "Macro accuracy over the tasks of each kind (their number in brackets), mean over seeds.", "",
+                  "Macro accuracy over the tasks of each kind (their number in brackets), mean over seeds"
+                  + ("; in brackets after it, the training examples the strategy gave the tasks of that kind, "
+                     "mean over seeds. What a strategy spends on a kind is what it does not spend on the others."
+                     if given else "."), "",
                   "| strategy | budget | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
         for _, r in _by_budget_then_strategy(by_kind, strategies).iterrows():
-            lines.append(f"| {r['strategy']} | {int(r['budget_n'])} | "
-                         + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
+            row = given.get((r["strategy"], r["budget_n"]))
+            cells = []
+            for c in cols:
+                kind = c.rsplit(" (", 1)[0]
+                n = row.get(kind) if row is not None else None
+                cells.append(f"{r[c]:.3f}" + (f" ({n:.0f})" if n is not None and pd.notna(n) else ""))
+            lines.append(f"| {r['strategy']} | {int(r['budget_n'])} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -163,6 +163,15 @@ def accuracy_by_kind(per_task: pd.DataFrame, results: pd.DataFrame, kinds: pd.Da
     return table.reset_index()
 
 
+def examples_by_kind(allocations: pd.DataFrame, kinds: pd.DataFrame) -> pd.DataFrame:
+    """strategy x budget x kind: the training examples a run gave the tasks of the kind, mean
+    over seeds (columns named by kind alone; runs without an allocation are not in it)."""
+    merged = allocations.merge(kinds, on="task")
+    per_run = merged.groupby(["strategy", "budget_n", "run", "kind"])["allocated"].sum().reset_index()
+    table = per_run.groupby(["strategy", "budget_n", "kind"])["allocated"].mean().unstack("kind")
+    return table[[k for k in KINDS if k in table.columns]].reset_index()
+
+
 def task_gains(per_task: pd.DataFrame, results: pd.DataFrame, allocations: pd.DataFrame) -> pd.DataFrame:
     """run, strategy, budget_n, seed, task, allocated, gain: each trained run's per-task
     accuracy minus the base model's on that task (runs without an allocation are left out)."""
