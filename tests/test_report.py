@@ -302,3 +302,49 @@ def test_the_answer_position_each_strategy_favours(exp):
     (exp / "answer_positions.csv").unlink()
     with pytest.raises(DataError, match=r"items.jsonl, line 1, field 'scores'"):
         build_report(exp)
+
+
+def test_a_tasks_examples_move_its_answers_toward_theirs(exp):
+    """From the runs' data.jsonl and eval/items.jsonl: how much more often a tuned model gives
+    the majority answer of a task's training examples than the base model does, against the
+    same in runs that gave the task no example; tied examples have no majority. A clone, with
+    no items.jsonl, gets the same section from EXP/answer_shift.csv; bad lines are named."""
+    pd.DataFrame({"task": ["t1", "t2", "t3"], "kind": ["yes/no", "multiple choice", "generative"]}).to_csv(
+        exp / "task_kinds.csv", index=False)
+
+    def run(name, said, given=None):
+        d = exp / "runs" / name
+        (d / "eval").mkdir(parents=True, exist_ok=True)
+        (d / "eval" / "items.jsonl").write_text("".join(
+            json.dumps({"id": f"{task}-{i}", "task": task, "kind": "mc", "prediction": p, "correct": False,
+                        "scores": [0.0, -1.0]}) + "\n" for task, ps in said.items() for i, p in enumerate(ps))
+            + json.dumps({"id": "g", "task": "t3", "kind": "generative", "prediction": "x", "correct": False}) + "\n")
+        if given is not None:
+            (d / "data.jsonl").write_text("".join(json.dumps({"id": f"{task}-{i}", "task": task, "prompt": "q",
+                                                              "response": r}) + "\n"
+                                                  for task, rs in given.items() for i, r in enumerate(rs)))
+
+    assert "## Do a task's examples teach it" not in build_report(exp)  # no files: no section
+    run("base", {"t1": ["No"] * 4, "t2": ["A"] * 4})
+    # s0: t1's examples say "yes" (case aside); its model says Yes on 3 of 4 (base: 0), where s1,
+    # which gave t1 none, says it on 1 of 4. s1: t2's example says B, its model on 2 of 4, the
+    # runs without t2 examples (s0, s2) on none. s2: t1's examples tie, so no majority.
+    run("random-30-s0", {"t1": ["Yes", "Yes", "Yes", "No"], "t2": ["A"] * 4}, {"t1": ["Yes", "yes", "No"]})
+    run("random-30-s1", {"t1": ["Yes", "No", "No", "No"], "t2": ["B", "B", "A", "A"]}, {"t2": ["B"], "t3": ["x"]})
+    run("random-30-s2", {"t1": ["Yes"] * 4, "t2": ["A"] * 4}, {"t1": ["Yes", "No"]})
+    text = build_report(exp)
+    section = text.split("## Do a task's examples teach it, or only their answer?")[1].split("\n## ")[0]
+    assert "| yes/no | 1 | 1.0 | +0.750 | +0.250 | 0.500 | 1 / 1 |" in section, section
+    assert "| multiple choice | 1 | 1.0 | +0.500 | +0.000 | 0.500 | 1 / 1 |" in section, section
+    assert "generative" not in section.split("|---|")[-1]
+    kept = pd.read_csv(exp / "answer_shift.csv")
+    assert sorted(kept["run"]) == ["random-30-s0", "random-30-s1"]
+    for name in ("base", "random-30-s0", "random-30-s1", "random-30-s2"):
+        (exp / "runs" / name / "eval" / "items.jsonl").unlink()
+    assert build_report(exp) == text
+    run("base", {"t1": ["No"] * 4, "t2": ["A"] * 4})
+    for name in ("random-30-s0", "random-30-s1"):
+        run(name, {"t1": ["No"] * 4})
+    (exp / "runs" / "random-30-s1" / "data.jsonl").write_text('{"task": "t2", "response": "B"}\n{"task": "t2"}\n')
+    with pytest.raises(DataError, match=r"random-30-s1/data.jsonl, line 2, field 'response'"):
+        build_report(exp)

@@ -32,7 +32,7 @@ from ..common.outputs import check_output_dir
 from . import statistics
 from .plots import _savefig, plot_accuracy, plot_allocation, plot_confidence_gain, plot_task_gains
 from .sections import (_judge_lines, _mechanism_lines, _variant_lines, accuracy_lines, coverage_lines, headline,
-                       kind_lines, paired_lines, position_lines, saving_lines)
+                       kind_lines, paired_lines, position_lines, saving_lines, shift_lines)
 from .tables import ALLOCATIONS, PER_TASK, _read_results, _strategies, read_table, summary_table, task_kinds
 
 
@@ -70,6 +70,7 @@ def build_report(exp: Path) -> str:
     mechanism, scatter = _mechanism_lines(exp, gains, kinds)
     lines += mechanism
     lines += position_lines(exp, results, strategies)
+    lines += shift_lines(exp, results, kinds)
     plots, figures = _plots(results, summary, allocations, per_task, scatter)
     text = "\n".join(lines + plots) + "\n"
     _write_report(exp, text, figures)

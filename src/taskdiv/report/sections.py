@@ -4,6 +4,7 @@ experiments.
 """
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pandas as pd
 
 from . import statistics
 from .statistics import mean_ci
-from .tables import (ANSWER_POSITIONS, REFERENCE, TASK_CONFIDENCE, VARIANTS, _by_budget_then_strategy,
+from .tables import (ANSWER_POSITIONS, ANSWER_SHIFT, REFERENCE, TASK_CONFIDENCE, VARIANTS, _by_budget_then_strategy,
                      _is_task_strategy, _read_results, _strategies, annotation_saving, paired_vs, paired_vs_random,
                      read_table, saving_vs_random, summary_table)
 
@@ -387,6 +388,122 @@ def answer_positions(exp: Path, runs: list[str]) -> pd.DataFrame:
     if (kept is None and len(table)) or (kept is not None and not _same_table(table, kept.reset_index())):
         write_table(path, table)
     return table
+
+
+def _closed_answers(path: Path) -> dict[str, list[str]]:
+    """task -> the answers (lower-cased) of its closed-answer items (options scored) in an eval/items.jsonl."""
+    from ..common.errors import DataError
+    from ..common.inputs import iter_jsonl
+
+    answers: dict[str, list[str]] = {}
+    for line, rec in iter_jsonl(path):
+        if rec.get("kind") != "mc":
+            continue
+        if not isinstance(rec.get("task"), str) or rec.get("prediction") is None:
+            raise DataError("a multiple-choice item needs its 'task' and 'prediction'", file=path, line=line,
+                            field="prediction" if isinstance(rec.get("task"), str) else "task")
+        answers.setdefault(rec["task"], []).append(str(rec["prediction"]).strip().lower())
+    return answers
+
+
+def _training_answers(path: Path) -> dict[str, Counter]:
+    """task -> how many of a run's training examples (data.jsonl) give each response (lower-cased)."""
+    from ..common.errors import DataError
+    from ..common.inputs import iter_jsonl
+
+    given: dict[str, Counter] = {}
+    for line, rec in iter_jsonl(path):
+        if not isinstance(rec.get("task"), str) or rec.get("response") is None:
+            raise DataError("a training example needs its 'task' and 'response'", file=path, line=line,
+                            field="response" if isinstance(rec.get("task"), str) else "task")
+        given.setdefault(rec["task"], Counter())[str(rec["response"]).strip().lower()] += 1
+    return given
+
+
+def _answer_shifts(answers: dict, given: dict, base: dict, kinds: dict[str, str]) -> list[dict]:
+    """Per trained run and kind of task: its tasks with closed-answer items whose training
+    examples have a majority answer L (more examples give it than any other) and which some
+    other run left without an example; the mean share of their held-out items its model
+    answered L, the base model's share, and the mean share in the runs that gave the task no
+    example (the control: what finetuning does to L without the task's own examples).
+    `answers`, `given`: per run, `_closed_answers` and `_training_answers`."""
+    rows = []
+    for run, by_task in answers.items():
+        shares: dict[str, list[tuple[float, float, float]]] = {}
+        for task, said in by_task.items():
+            counts = given[run].get(task)
+            counts = counts.most_common(2) if counts else []
+            tied = len(counts) > 1 and counts[0][1] == counts[1][1]
+            if not counts or tied or task not in base or task not in kinds:
+                continue
+            label = counts[0][0]
+            control = [np.mean([a == label for a in answers[other][task]]) for other in answers
+                       if not given[other].get(task) and task in answers[other]]
+            if control:
+                shares.setdefault(kinds[task], []).append(
+                    (float(np.mean([a == label for a in said])), float(np.mean([a == label for a in base[task]])),
+                     float(np.mean(control))))
+        rows += [{"run": run, "kind": kind, "tasks": len(v), "share": float(np.mean([x[0] for x in v])),
+                  "base_share": float(np.mean([x[1] for x in v])), "control_share": float(np.mean([x[2] for x in v]))}
+                 for kind, v in sorted(shares.items())]
+    return rows
+
+
+def answer_shift(exp: Path, results: pd.DataFrame, kinds: pd.DataFrame | None) -> pd.DataFrame:
+    """`_answer_shifts` of the trained runs, from their data.jsonl and eval/items.jsonl and the
+    base model's items where the experiment kept them, else from EXP/answer_shift.csv, which
+    keeps the table for a clone (items.jsonl is not committed). The CSV is written when the
+    table differs from it."""
+    from ..common.writers import write_table
+
+    path = exp / "answer_shift.csv"
+    kept = read_table(path, ANSWER_SHIFT) if path.exists() else None
+    base_runs = [str(r) for r in results.loc[results["strategy"] == "base", "run"]]
+    base_items = exp / "runs" / base_runs[0] / "eval" / "items.jsonl" if base_runs else None
+    by_task = dict(zip(kinds["task"], kinds["kind"])) if kinds is not None else {}
+    trained = [str(r) for r in results.loc[~results["strategy"].isin(["base", "full"]), "run"]]
+    here = [r for r in trained if (exp / "runs" / r / "data.jsonl").exists()
+            and (exp / "runs" / r / "eval" / "items.jsonl").exists()]
+    rows = []
+    if here and by_task and base_items is not None and base_items.exists():
+        answers = {r: _closed_answers(exp / "runs" / r / "eval" / "items.jsonl") for r in here}
+        given = {r: _training_answers(exp / "runs" / r / "data.jsonl") for r in here}
+        rows = _answer_shifts(answers, given, _closed_answers(base_items), by_task)
+    if kept is not None:  # runs whose files are gone (a clone) keep their rows
+        rows += kept[kept["run"].isin([r for r in trained if r not in here])].to_dict("records")
+    table = pd.DataFrame(rows, columns=list(ANSWER_SHIFT))
+    table = table.round({"share": 6, "base_share": 6, "control_share": 6})
+    if (kept is None and len(table)) or (kept is not None and not _same_table(table, kept)):
+        write_table(path, table)
+    return table
+
+
+def shift_lines(exp: Path, results: pd.DataFrame, kinds: pd.DataFrame | None) -> list[str]:
+    """Do a task's few examples teach it, or only their answer? (`answer_shift`)"""
+    table = answer_shift(exp, results, kinds)
+    if not len(table):
+        return []
+    table = table.astype({"tasks": int, "share": float, "base_share": float, "control_share": float})
+    lines = ["", "## Do a task's examples teach it, or only their answer?", "",
+             "In each trained run, the tasks with a closed answer set (options scored) whose training examples "
+             "have a majority answer (more examples give it than any other; compared as text, case aside): how "
+             "much more often the tuned model gives that answer on their held-out items than the base model "
+             "does; beside it, the same for the runs that gave the task no example (what finetuning does to that "
+             "answer anyway; tasks no run left without an example are left out). Means over the run's tasks of "
+             "the kind, then over runs; the difference between the two per run with its 95% t-interval, the runs "
+             "where it is positive and exact p-values. A large difference means a few examples teach the model "
+             "their answer, a prior over the options, more than the task: where the model is near chance, that "
+             "moves a task's accuracy by how often its gold answer happens to be that one.", "",
+             "| kind | runs | tasks a run | shift toward the examples' answer | without the task's examples | "
+             "difference [95% CI] | positive / runs | p (sign) | p (permutation) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    order = list(statistics.KINDS)
+    for kind, group in sorted(table.groupby("kind"), key=lambda g: order.index(g[0]) if g[0] in order else len(order)):
+        shift, control = group["share"] - group["base_share"], group["control_share"] - group["base_share"]
+        w = statistics.difference_stats((shift - control).to_numpy())
+        lines.append(f"| {kind} | {len(group)} | {group['tasks'].mean():.1f} | {shift.mean():+.3f} | "
+                     f"{control.mean():+.3f} | {_paired_cells(w)} |")
+    return lines
 
 
 def _same_table(a: pd.DataFrame, b: pd.DataFrame) -> bool:

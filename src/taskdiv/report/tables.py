@@ -163,6 +163,10 @@ TASK_KINDS = {"task": "text", "kind": "text"}
 ANSWER_POSITIONS = {"run": "text", "n": "count", "favourite": "count", "share": "share", "accuracy": "share"}
 
 
+ANSWER_SHIFT = {"run": "text", "kind": "text", "tasks": "count", "share": "share", "base_share": "share",
+                "control_share": "share"}
+
+
 def read_table(path: Path, columns: dict[str, str], *, unique: str | None = None) -> pd.DataFrame:
     """One of an experiment's CSV tables, checked: the `columns` there, each holding what it should
     (see PER_TASK), and `unique` naming each row once; else a DataError naming file, row and field.
